@@ -1,0 +1,41 @@
+-- Every job the worker has seen, keyed by its idempotency key, with the result it ended in.
+-- A redelivered or republished job finds its row here and is answered from it.
+CREATE TABLE memoji_jobs (
+    job_id      uuid PRIMARY KEY,
+    user_id     text NOT NULL,
+    prompt_hash text,
+    status      text NOT NULL CHECK (status IN ('processing', 'succeeded', 'failed')),
+    result      jsonb,
+    deliveries  integer NOT NULL DEFAULT 1,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX memoji_jobs_updated_idx ON memoji_jobs (updated_at);
+
+-- Credits: one row per user and calendar month (UTC). allowance NULL means unlimited.
+CREATE TABLE memoji_credit_balances (
+    user_id    text NOT NULL,
+    period     date NOT NULL,
+    tier       text NOT NULL,
+    allowance  integer,
+    used       integer NOT NULL DEFAULT 0 CHECK (used >= 0),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (user_id, period)
+);
+
+-- One row per charged job: the primary key makes charging idempotent per job id.
+CREATE TABLE memoji_credit_ledger (
+    job_id      uuid PRIMARY KEY,
+    user_id     text NOT NULL,
+    period      date NOT NULL,
+    charged_at  timestamptz NOT NULL DEFAULT now(),
+    refunded_at timestamptz
+);
+
+-- Single flight: the job that may generate a key right now. A lease that is not renewed expires,
+-- so another worker takes over when the holder dies.
+CREATE TABLE memoji_generation_leases (
+    prompt_hash text PRIMARY KEY,
+    holder      uuid NOT NULL,
+    expires_at  timestamptz NOT NULL
+);

@@ -1,0 +1,96 @@
+//! The queues and exchanges of CONTRACT.md §2, declared idempotently at start.
+//!
+//! Re-declaring with the same arguments is a no-op; declaring an existing queue with different
+//! arguments (say, a classic `memoji.jobs` from an earlier setup) fails loudly with the broker's
+//! PRECONDITION_FAILED rather than silently working with the wrong guarantees.
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, ExchangeKind};
+
+use super::BrokerError;
+use crate::config::AmqpSettings;
+
+fn durable_exchange() -> ExchangeDeclareOptions {
+    ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() }
+}
+
+fn durable_queue() -> QueueDeclareOptions {
+    QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() }
+}
+
+fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (key, value) in entries {
+        table.insert((*key).into(), value.clone());
+    }
+    table
+}
+
+pub async fn declare(channel: &Channel, names: &AmqpSettings) -> Result<(), BrokerError> {
+    let text = |s: &str| AMQPValue::LongString(s.into());
+
+    // Dead letters: a fanout exchange into one durable queue.
+    channel
+        .exchange_declare(names.dead_letter_exchange.as_str().into(), ExchangeKind::Fanout, durable_exchange(), FieldTable::default())
+        .await?;
+    channel
+        .queue_declare(names.dead_letter_queue.as_str().into(), durable_queue(), FieldTable::default())
+        .await?;
+    channel
+        .queue_bind(
+            names.dead_letter_queue.as_str().into(),
+            names.dead_letter_exchange.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+
+    // Jobs: a quorum queue (replicated, with a delivery limit) that dead-letters to the above.
+    let job_arguments = table(&[
+        ("x-queue-type", text("quorum")),
+        ("x-dead-letter-exchange", text(&names.dead_letter_exchange)),
+        ("x-delivery-limit", AMQPValue::LongLongInt(i64::from(names.delivery_limit))),
+    ]);
+    channel.queue_declare(names.job_queue.as_str().into(), durable_queue(), job_arguments).await?;
+
+    // Results: a topic exchange and a durable queue holding every result until someone reads it.
+    channel
+        .exchange_declare(names.result_exchange.as_str().into(), ExchangeKind::Topic, durable_exchange(), FieldTable::default())
+        .await?;
+    channel
+        .queue_declare(names.result_queue.as_str().into(), durable_queue(), FieldTable::default())
+        .await?;
+    channel
+        .queue_bind(
+            names.result_queue.as_str().into(),
+            names.result_exchange.as_str().into(),
+            "result.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+
+    // Metrics: a topic exchange and a bounded queue that drops its oldest messages first.
+    channel
+        .exchange_declare(names.metrics_exchange.as_str().into(), ExchangeKind::Topic, durable_exchange(), FieldTable::default())
+        .await?;
+    let metrics_arguments = table(&[
+        ("x-max-length", AMQPValue::LongLongInt(i64::from(names.metrics_queue_max_length))),
+        ("x-overflow", text("drop-head")),
+    ]);
+    channel
+        .queue_declare(names.metrics_queue.as_str().into(), durable_queue(), metrics_arguments)
+        .await?;
+    channel
+        .queue_bind(
+            names.metrics_queue.as_str().into(),
+            names.metrics_exchange.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,289 @@
+//! Settings and where they come from (CONTRACT.md §9).
+//!
+//! `config/default.toml` is compiled in, then an optional file, then `MEMOJI__SECTION__KEY`
+//! variables, then the usual unprefixed variables. Secrets (the OpenAI key, the admin token, URLs
+//! with passwords) are `SecretString`s: their `Debug` output is redacted, so logging settings is safe.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::job::{GeneratorKind, Tier};
+
+const DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// Unprefixed variables the usual tools set, and the key each stands for.
+const ALIASES: [(&str, &str); 3] =
+    [("AMQP_URL", "amqp.url"), ("DATABASE_URL", "database.url"), ("OPENAI_BASE_URL", "openai.base_url")];
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("configuration: {0}")]
+    Invalid(#[from] config::ConfigError),
+    #[error("configuration: {0}")]
+    Rule(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub amqp: AmqpSettings,
+    pub database: DatabaseSettings,
+    pub openai: OpenAiSettings,
+    pub generator: GeneratorSettings,
+    pub storage: StorageSettings,
+    pub http: HttpSettings,
+    pub credits: CreditSettings,
+    pub stats: StatsSettings,
+    pub cleanup: CleanupSettings,
+    pub worker: WorkerSettings,
+    pub log: LogSettings,
+    /// From the environment only, never from a file.
+    #[serde(skip)]
+    pub secrets: Secrets,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Secrets {
+    pub openai_api_key: Option<SecretString>,
+    pub admin_token: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AmqpSettings {
+    pub url: SecretString,
+    pub prefetch: u16,
+    pub job_queue: String,
+    pub result_exchange: String,
+    pub result_queue: String,
+    pub metrics_exchange: String,
+    pub metrics_queue: String,
+    pub metrics_queue_max_length: u32,
+    pub dead_letter_exchange: String,
+    pub dead_letter_queue: String,
+    pub delivery_limit: u32,
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    pub url: SecretString,
+    pub max_connections: u32,
+    pub acquire_timeout_secs: u64,
+    pub create_if_missing: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct OpenAiSettings {
+    pub base_url: String,
+    pub max_concurrency: usize,
+    pub images_per_minute: u32,
+    pub request_timeout_secs: u64,
+    pub total_timeout_secs: u64,
+    pub max_attempts: u32,
+    pub backoff_min_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+impl OpenAiSettings {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+    pub fn total_timeout(&self) -> Duration {
+        Duration::from_secs(self.total_timeout_secs)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct GeneratorSettings {
+    pub kind: GeneratorKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    Local,
+    S3,
+    Supabase,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct StorageSettings {
+    pub kind: StorageKind,
+    pub local_dir: PathBuf,
+    pub public_base_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpSettings {
+    pub bind: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CreditSettings {
+    pub enabled: bool,
+    pub allowances: BTreeMap<String, Allowance>,
+}
+
+impl CreditSettings {
+    /// The monthly allowance of a tier; a tier missing from configuration gets nothing.
+    pub fn allowance(&self, tier: Tier) -> Allowance {
+        self.allowances.get(tier.as_str()).copied().unwrap_or(Allowance::Limited(0))
+    }
+}
+
+/// Credits a tier gets each month.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Allowance {
+    Limited(u32),
+    Unlimited(UnlimitedWord),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnlimitedWord {
+    Unlimited,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct StatsSettings {
+    pub interval_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CleanupSettings {
+    pub schedule: String,
+    pub max_age_days: u32,
+    pub min_uses: u32,
+    pub archive_above_uses: u32,
+    pub batch_size: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WorkerSettings {
+    pub lease_secs: u64,
+    pub wait_poll_ms: u64,
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+impl Settings {
+    /// The built-in defaults alone, ignoring files and the environment (tests start here).
+    pub fn defaults() -> Result<Settings, SettingsError> {
+        let settings: Settings = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+            .build()?
+            .try_deserialize()?;
+        settings.checked()
+    }
+
+    /// Every layer: defaults, then `file` (or `MEMOJI_CONFIG`), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
+        let env_file = std::env::var_os("MEMOJI_CONFIG").map(PathBuf::from);
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if let Some(path) = file.map(Path::to_path_buf).or(env_file) {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("MEMOJI")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        for (variable, key) in ALIASES {
+            let prefixed = format!("MEMOJI__{}", key.replace('.', "__").to_uppercase());
+            if std::env::var_os(prefixed).is_none()
+                && let Ok(value) = std::env::var(variable)
+            {
+                builder = builder.set_override(key, value)?;
+            }
+        }
+        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        settings.secrets = Secrets {
+            openai_api_key: secret_from_env("OPENAI_API_KEY"),
+            admin_token: secret_from_env("ADMIN_TOKEN"),
+        };
+        settings.checked()
+    }
+
+    fn checked(self) -> Result<Settings, SettingsError> {
+        let rule = |ok: bool, what: &str| if ok { Ok(()) } else { Err(SettingsError::Rule(what.to_owned())) };
+        rule(self.amqp.prefetch > 0, "amqp.prefetch must be at least 1")?;
+        rule(self.openai.max_concurrency > 0, "openai.max_concurrency must be at least 1")?;
+        rule(self.openai.max_attempts > 0, "openai.max_attempts must be at least 1")?;
+        rule(self.database.max_connections > 1, "database.max_connections must be at least 2")?;
+        rule(self.worker.lease_secs >= 3, "worker.lease_secs must be at least 3")?;
+        rule(self.amqp.delivery_limit > 0, "amqp.delivery_limit must be at least 1")?;
+        Ok(self)
+    }
+}
+
+fn secret_from_env(variable: &str) -> Option<SecretString> {
+    std::env::var(variable).ok().filter(|v| !v.is_empty()).map(SecretString::from)
+}
+
+/// A URL fit for logs: scheme, host, port and path, never the password.
+pub fn redacted_url(url: &SecretString) -> String {
+    match url::Url::parse(url.expose_secret()) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "<unparseable url>".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let settings = Settings::defaults().unwrap();
+        assert_eq!(settings.amqp.url.expose_secret(), "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(settings.database.url.expose_secret(), "postgres://postgres@127.0.0.1:5432/memoji");
+        assert_eq!(settings.openai.base_url, "https://api.openai.com/v1");
+        assert_eq!(settings.generator.kind, GeneratorKind::OpenAi);
+        assert_eq!(settings.storage.kind, StorageKind::Local);
+        assert_eq!(settings.http.bind.to_string(), "127.0.0.1:8080");
+        assert!(settings.credits.enabled);
+        assert_eq!(settings.stats.interval_secs, 60);
+        assert_eq!(settings.cleanup.schedule, "0 0 3 * * *");
+        let allowance = |tier| settings.credits.allowance(tier);
+        assert_eq!(allowance(Tier::Free), Allowance::Limited(2));
+        assert_eq!(allowance(Tier::MonthlyBasic), Allowance::Limited(100));
+        assert_eq!(allowance(Tier::MonthlyStandard), Allowance::Limited(300));
+        assert_eq!(allowance(Tier::MonthlyPro), Allowance::Limited(1000));
+        assert_eq!(allowance(Tier::Lifetime), Allowance::Unlimited(UnlimitedWord::Unlimited));
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let mut settings = Settings::defaults().unwrap();
+        settings.amqp.url = SecretString::from("amqp://user:hunter2@broker:5672/%2f");
+        settings.secrets.openai_api_key = Some(SecretString::from("sk-live-123"));
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains("hunter2") && !printed.contains("sk-live-123"), "{printed}");
+        assert_eq!(redacted_url(&settings.amqp.url), "amqp://user:***@broker:5672/%2f");
+    }
+}

@@ -1,0 +1,101 @@
+//! Image generators: OpenAI, and an offline placeholder.
+//!
+//! Both sit behind [`ImageGenerator`]. Whatever the generator, [`Paced`] bounds how many
+//! generations run at once and how many start per minute, so a burst of misses waits its turn
+//! instead of drawing 429s. [`pricing`] says what an image cost.
+
+mod openai;
+mod pacing;
+mod placeholder;
+pub mod pricing;
+mod prompt;
+
+use std::fmt;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use openai::OpenAiGenerator;
+pub use pacing::Paced;
+pub use placeholder::PlaceholderGenerator;
+pub use prompt::prompt_for;
+
+use crate::job::{AvatarConfig, ErrorCode, GeneratorKind};
+
+/// Token counts OpenAI reports for GPT image models.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Usage {
+    #[serde(default)]
+    pub input_tokens: u64,
+    #[serde(default)]
+    pub output_tokens: u64,
+    #[serde(default)]
+    pub total_tokens: u64,
+}
+
+/// A generated image, not yet checked or stored.
+#[derive(Clone, PartialEq)]
+pub struct Generated {
+    pub png: Bytes,
+    /// HTTP attempts it took (1 when the first one succeeded).
+    pub attempts: u32,
+    pub cost_usd: f64,
+    pub usage: Option<Usage>,
+}
+
+impl fmt::Debug for Generated {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Generated")
+            .field("png_bytes", &self.png.len())
+            .field("attempts", &self.attempts)
+            .field("cost_usd", &self.cost_usd)
+            .field("usage", &self.usage)
+            .finish()
+    }
+}
+
+/// Why a generation failed, after whatever retries were worth making.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GenerateError {
+    /// The provider refused the request on content grounds.
+    #[error("refused by the content policy: {message}")]
+    ContentPolicy { message: String, attempts: u32 },
+    /// The provider answered with something that is not a usable image.
+    #[error("the generated image is unusable: {message}")]
+    BadImage { message: String, attempts: u32 },
+    /// Anything else; `retryable` says whether the same job may succeed later (rate limits and
+    /// outages) or not (a rejected request, a bad key, no quota).
+    #[error("generation failed: {message}")]
+    Failed { message: String, retryable: bool, attempts: u32 },
+}
+
+impl GenerateError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            GenerateError::ContentPolicy { .. } => ErrorCode::ContentPolicy,
+            GenerateError::BadImage { .. } => ErrorCode::ImageInvalid,
+            GenerateError::Failed { .. } => ErrorCode::GenerationFailed,
+        }
+    }
+
+    pub fn attempts(&self) -> u32 {
+        match self {
+            GenerateError::ContentPolicy { attempts, .. }
+            | GenerateError::BadImage { attempts, .. }
+            | GenerateError::Failed { attempts, .. } => *attempts,
+        }
+    }
+
+    pub fn retryable(&self) -> bool {
+        matches!(self, GenerateError::Failed { retryable: true, .. })
+    }
+}
+
+/// Something that turns an avatar configuration into a PNG.
+#[async_trait]
+pub trait ImageGenerator: Send + Sync + fmt::Debug {
+    /// Which kind of entries it makes; part of the cache key.
+    fn kind(&self) -> GeneratorKind;
+    /// Generates one image. `user` is an opaque id passed on for abuse monitoring.
+    async fn generate(&self, config: &AvatarConfig, user: &str) -> Result<Generated, GenerateError>;
+}

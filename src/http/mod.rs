@@ -1,0 +1,33 @@
+//! The admin HTTP API (CONTRACT.md §8), on axum: one `router()` per file, merged here.
+
+mod health;
+mod images;
+
+use std::sync::Arc;
+
+use axum::Router;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::storage::ImageStore;
+use crate::worker::BrokerHealth;
+
+/// What the handlers read.
+#[derive(Clone)]
+pub struct ApiState {
+    pub db: PgPool,
+    pub store: Arc<dyn ImageStore>,
+    pub broker: Arc<BrokerHealth>,
+    pub settings: Arc<Settings>,
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new().merge(health::router()).merge(images::router()).with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` is cancelled.
+pub async fn serve(listener: TcpListener, state: ApiState, shutdown: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await
+}

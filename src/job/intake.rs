@@ -1,0 +1,228 @@
+//! Intake: a delivery's bytes become a [`Job`], an invalid job, or a [`Rejection`].
+//!
+//! This is the one place raw message text is read (CONTRACT.md §2.1). A message that is not a job
+//! at all is rejected for the dead-letter queue; a job that breaks a rule is [`Intake::Invalid`] and
+//! gets an `invalid_job` result; everything else is a [`Job`] whose fields are valid by construction.
+
+use std::fmt;
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::AvatarConfig;
+
+/// Largest message body accepted as a job.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Longest `user_id`.
+const MAX_USER_ID_CHARS: usize = 128;
+/// Namespace for job ids derived from message bodies, so a redelivered message without an id keeps
+/// the id it had the first time.
+const DERIVED_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6d656d6f_6a69_4a6f_8b62_000000000001);
+
+/// The idempotency key of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct JobId(pub Uuid);
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A user's plan; allowances per tier come from configuration (CONTRACT.md §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tier {
+    Free,
+    MonthlyBasic,
+    MonthlyStandard,
+    MonthlyPro,
+    Lifetime,
+}
+
+impl Tier {
+    pub const ALL: [Tier; 5] =
+        [Tier::Free, Tier::MonthlyBasic, Tier::MonthlyStandard, Tier::MonthlyPro, Tier::Lifetime];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Free => "free",
+            Tier::MonthlyBasic => "monthly_basic",
+            Tier::MonthlyStandard => "monthly_standard",
+            Tier::MonthlyPro => "monthly_pro",
+            Tier::Lifetime => "lifetime",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Tier> {
+        Tier::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+}
+
+/// A valid generation job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub id: JobId,
+    pub user_id: String,
+    pub tier: Tier,
+    pub config: AvatarConfig,
+    pub force_refresh: bool,
+}
+
+/// What a readable message turned out to be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Intake {
+    Job(Job),
+    /// A job that breaks a rule: answered with an `invalid_job` result, never retried or charged.
+    Invalid { job_id: JobId, user_id: String, message: String },
+}
+
+/// A message that is not a job: it goes to the dead-letter queue with `reason`, and, where a job id
+/// and user id could be read, also gets an `invalid_job` result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub reason: String,
+    pub answer: Option<(JobId, String)>,
+}
+
+/// Reads a message body. `message_id` is the AMQP property, used as the job id when the body has none.
+pub fn intake(body: &[u8], message_id: Option<&str>) -> Result<Intake, Rejection> {
+    let reject = |reason: String| Rejection { reason, answer: None };
+    if body.len() > MAX_MESSAGE_BYTES {
+        return Err(reject(format!(
+            "message is {} bytes; a job is at most {MAX_MESSAGE_BYTES}",
+            body.len()
+        )));
+    }
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| reject(format!("body is not JSON: {e}")))?;
+    let Value::Object(fields) = value else {
+        return Err(reject("body is not a JSON object".to_owned()));
+    };
+
+    let (job_id, job_id_problem) = job_id(&fields, message_id, body);
+    let user_id = match fields.get("user_id") {
+        Some(Value::String(user)) if !user.is_empty() => user.clone(),
+        _ => return Err(reject("user_id is missing or not a non-empty string".to_owned())),
+    };
+    if user_id.chars().count() > MAX_USER_ID_CHARS || user_id.chars().any(char::is_control) {
+        return Err(Rejection {
+            reason: format!(
+                "user_id must be 1-{MAX_USER_ID_CHARS} printable characters"
+            ),
+            answer: Some((job_id, user_id)),
+        });
+    }
+
+    let invalid = |message: String| Ok(Intake::Invalid { job_id, user_id: user_id.clone(), message });
+    if let Some(problem) = job_id_problem {
+        return invalid(problem);
+    }
+    let tier = match fields.get("tier") {
+        None | Some(Value::Null) => Tier::Free,
+        Some(Value::String(name)) => match Tier::from_name(name) {
+            Some(tier) => tier,
+            None => return invalid(format!("tier {name:?} is unknown")),
+        },
+        Some(_) => return invalid("tier must be a string".to_owned()),
+    };
+    let force_refresh = match fields.get("force_refresh") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(flag)) => *flag,
+        Some(_) => return invalid("force_refresh must be true or false".to_owned()),
+    };
+    let config = match AvatarConfig::parse(fields.get("config").unwrap_or(&Value::Null)) {
+        Ok(config) => config,
+        Err(error) => return invalid(error.to_string()),
+    };
+    Ok(Intake::Job(Job { id: job_id, user_id, tier, config, force_refresh }))
+}
+
+/// The job id: the body's `job_id`, else a UUID `message_id`, else one derived from the body (so a
+/// redelivery keeps it). A `job_id` that is present but not a UUID is reported as a problem.
+fn job_id(
+    fields: &serde_json::Map<String, Value>,
+    message_id: Option<&str>,
+    body: &[u8],
+) -> (JobId, Option<String>) {
+    let from_message = message_id.and_then(|id| Uuid::parse_str(id).ok());
+    let fallback = JobId(from_message.unwrap_or_else(|| Uuid::new_v5(&DERIVED_ID_NAMESPACE, body)));
+    match fields.get("job_id") {
+        None | Some(Value::Null) => (fallback, None),
+        Some(Value::String(text)) => match Uuid::parse_str(text) {
+            Ok(id) => (JobId(id), None),
+            Err(_) => (fallback, Some(format!("job_id {text:?} is not a UUID"))),
+        },
+        Some(_) => (fallback, Some("job_id must be a UUID string".to_owned())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn read(body: Value) -> Result<Intake, Rejection> {
+        intake(body.to_string().as_bytes(), None)
+    }
+
+    #[test]
+    fn reads_the_contract_example() {
+        let body = json!({
+            "job_id": "0b6f6f0e-3f5e-4c55-9d36-0f2b8e4a7f10", "user_id": "user-42",
+            "tier": "monthly_basic", "force_refresh": false,
+            "config": {"model": "gpt-image-1", "size": "1024x1024", "familyType": "father",
+                "gesture": "wave", "hair": "short", "skinTone": "medium", "accessories": ["glasses"],
+                "colorTheme": "pastel-blue", "background": "auto"}
+        });
+        let Ok(Intake::Job(job)) = read(body) else { panic!("example is a valid job") };
+        assert_eq!(job.id.to_string(), "0b6f6f0e-3f5e-4c55-9d36-0f2b8e4a7f10");
+        assert_eq!(job.tier, Tier::MonthlyBasic);
+        assert_eq!(job.config.accessories, vec!["glasses".to_owned()]);
+    }
+
+    #[test]
+    fn job_id_falls_back_to_message_id_then_to_the_body() {
+        let body = json!({"user_id": "u"}).to_string();
+        let message_id = "1e0c9c4a-6a5f-4c6e-9d8e-2b7c1f0a9e11";
+        let Ok(Intake::Job(job)) = intake(body.as_bytes(), Some(message_id)) else { panic!() };
+        assert_eq!(job.id.to_string(), message_id);
+        assert_eq!(job.tier, Tier::Free);
+
+        let first = intake(body.as_bytes(), Some("not-a-uuid")).unwrap();
+        let again = intake(body.as_bytes(), None).unwrap();
+        assert_eq!(first, again, "a derived id is stable across redeliveries");
+    }
+
+    #[test]
+    fn non_jobs_are_rejected_with_a_reason() {
+        assert!(intake(b"hello", None).unwrap_err().reason.contains("not JSON"));
+        assert!(intake(b"[1,2]", None).unwrap_err().reason.contains("not a JSON object"));
+        let no_user = read(json!({"job_id": "0b6f6f0e-3f5e-4c55-9d36-0f2b8e4a7f10"})).unwrap_err();
+        assert!(no_user.reason.contains("user_id"));
+        assert_eq!(no_user.answer, None);
+        let huge = vec![b' '; MAX_MESSAGE_BYTES + 1];
+        assert!(intake(&huge, None).unwrap_err().reason.contains("at most"));
+    }
+
+    #[test]
+    fn an_unreadable_user_id_still_gets_an_answer_when_it_can_be_read() {
+        let long_user = "u".repeat(129);
+        let rejection = read(json!({"user_id": long_user})).unwrap_err();
+        assert_eq!(rejection.answer.map(|(_, user)| user), Some("u".repeat(129)));
+    }
+
+    #[test]
+    fn broken_rules_make_an_invalid_job() {
+        for body in [
+            json!({"user_id": "u", "job_id": "nope"}),
+            json!({"user_id": "u", "tier": "platinum"}),
+            json!({"user_id": "u", "force_refresh": "yes"}),
+            json!({"user_id": "u", "config": {"size": "3x3"}}),
+        ] {
+            let outcome = read(body.clone()).unwrap();
+            assert!(matches!(outcome, Intake::Invalid { .. }), "{body} → {outcome:?}");
+        }
+    }
+}

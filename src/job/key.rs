@@ -1,0 +1,209 @@
+//! The cache key: lowercase hex SHA-256 of the normalized configuration's JSON text (CONTRACT.md §3).
+//!
+//! It must be byte for byte what the JavaScript implementation computes, so that a `memoji_cache`
+//! table filled by that system keeps serving hits. `serde_json` escapes strings exactly as
+//! `JSON.stringify` does (`\"`, `\\`, `\b\f\n\r\t`, other control characters as lowercase `\u00xx`,
+//! everything else verbatim) and derives emit fields in declaration order without spaces, so a
+//! struct in the seed's field order reproduces the seed's text. Normalization (defaults, lowercase,
+//! UTF-16 sort) happens in [`AvatarConfig`], which is the only way to reach this module.
+
+use std::fmt;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::AvatarConfig;
+
+/// Which generator an entry comes from. Placeholder images get keys of their own, so they never
+/// answer a run with the real generator (CONTRACT.md §10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GeneratorKind {
+    OpenAi,
+    Placeholder,
+}
+
+impl GeneratorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GeneratorKind::OpenAi => "openai",
+            GeneratorKind::Placeholder => "placeholder",
+        }
+    }
+}
+
+/// The normalized configuration in the seed's key order. Field names are the JavaScript ones.
+#[derive(Serialize)]
+struct Canonical<'a> {
+    model: &'a str,
+    size: &'a str,
+    #[serde(rename = "familyType")]
+    family_type: &'a str,
+    gesture: &'a str,
+    hair: &'a str,
+    #[serde(rename = "skinTone")]
+    skin_tone: &'a str,
+    accessories: &'a [String],
+    #[serde(rename = "colorTheme")]
+    color_theme: &'a str,
+    background: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quality: Option<&'a str>,
+    /// Only for placeholder entries: keeps them apart from real ones.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    generator: Option<&'a str>,
+}
+
+/// A cache key: 64 lowercase hex digits. Only [`CacheKey::of`] makes one from a configuration, and
+/// [`CacheKey::parse`] accepts only that shape, so a key is always safe in a storage path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey(String);
+
+impl CacheKey {
+    /// The key of a configuration for the given generator.
+    pub fn of(config: &AvatarConfig, generator: GeneratorKind) -> CacheKey {
+        let canonical = Self::canonical_json(config, generator);
+        CacheKey(hex::encode(Sha256::digest(canonical.as_bytes())))
+    }
+
+    /// The JSON text that is hashed; public so tests and operators can see what a key stands for.
+    pub fn canonical_json(config: &AvatarConfig, generator: GeneratorKind) -> String {
+        let canonical = Canonical {
+            model: config.model.as_str(),
+            size: &config.size,
+            family_type: &config.family_type,
+            gesture: &config.gesture,
+            hair: &config.hair,
+            skin_tone: &config.skin_tone,
+            accessories: &config.accessories,
+            color_theme: &config.color_theme,
+            background: &config.background,
+            prompt: config.prompt.as_deref(),
+            quality: config.quality.as_deref(),
+            generator: match generator {
+                GeneratorKind::OpenAi => None,
+                GeneratorKind::Placeholder => Some(GeneratorKind::Placeholder.as_str()),
+            },
+        };
+        // Serializing borrowed strings into a String cannot fail.
+        serde_json::to_string(&canonical).unwrap_or_default()
+    }
+
+    /// Accepts a stored key: exactly 64 lowercase hex digits.
+    pub fn parse(text: &str) -> Option<CacheKey> {
+        let ok = text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        ok.then(|| CacheKey(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn key_of(config: Value) -> (String, String) {
+        let config = AvatarConfig::normalize(&config).expect("vector configs are well-typed");
+        (
+            CacheKey::canonical_json(&config, GeneratorKind::OpenAi),
+            CacheKey::of(&config, GeneratorKind::OpenAi).to_string(),
+        )
+    }
+
+    #[test]
+    fn matches_every_javascript_vector() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/hash-vectors.json");
+        let text = std::fs::read_to_string(path).expect("../shared/hash-vectors.json is readable");
+        let vectors: Vec<Value> = serde_json::from_str(&text).expect("vectors are JSON");
+        assert!(vectors.len() >= 20, "expected the full vector set");
+        for vector in vectors {
+            let (canonical, hash) = key_of(vector["config"].clone());
+            assert_eq!(canonical, vector["canonical"].as_str().unwrap(), "canonical of {vector}");
+            assert_eq!(hash, vector["hash"].as_str().unwrap(), "hash of {vector}");
+        }
+    }
+
+    #[test]
+    fn empty_strings_and_nulls_count_as_absent() {
+        let (_, default) = key_of(json!({}));
+        let (_, empty) = key_of(json!({"model": "", "size": null, "hair": "", "accessories": null}));
+        assert_eq!(default, empty);
+        assert_eq!(default, "57031741670c8d0259dfd2b0809f9923eb2a04bcfc4ac10ce9d998eb376f16fe");
+    }
+
+    #[test]
+    fn accessories_sort_by_utf16_code_units_like_javascript() {
+        // U+FF5E (fullwidth tilde) is one UTF-16 unit 0xFF5E; U+1F600 is the surrogate pair
+        // 0xD83D 0xDE00. By code points the emoji sorts last; by UTF-16 units, as JavaScript
+        // sorts, it comes first.
+        let (canonical, _) = key_of(json!({"accessories": ["～", "😀", "Z", "a", "É"]}));
+        assert!(canonical.contains(r#""accessories":["Z","a","É","😀","～"]"#), "{canonical}");
+    }
+
+    #[test]
+    fn lowercases_hair_and_skin_tone_with_unicode_rules() {
+        let (canonical, _) = key_of(json!({"hair": "ΣΟΦΟΣ", "skinTone": "ÉBÈNE"}));
+        // Final sigma as JavaScript's toLowerCase renders it.
+        assert!(canonical.contains(r#""hair":"σοφος""#), "{canonical}");
+        assert!(canonical.contains(r#""skinTone":"ébène""#), "{canonical}");
+        // Other fields keep their case.
+        let (canonical, _) = key_of(json!({"gesture": "Wave"}));
+        assert!(canonical.contains(r#""gesture":"Wave""#), "{canonical}");
+    }
+
+    #[test]
+    fn escapes_like_json_stringify() {
+        let (canonical, _) =
+            key_of(json!({"gesture": "a\"b\\c\n\t\u{1}\u{7f}/\u{2028}é"}));
+        assert!(
+            canonical.contains(r#""gesture":"a\"b\\c\n\t\u0001"#),
+            "control characters: {canonical}"
+        );
+        assert!(canonical.contains("\u{7f}/\u{2028}é\""), "verbatim characters: {canonical}");
+    }
+
+    #[test]
+    fn extras_are_appended_only_when_present() {
+        let (plain, _) = key_of(json!({"hair": "long"}));
+        let (extra, _) = key_of(json!({"hair": "long", "quality": "high", "prompt": "smiling"}));
+        assert_eq!(
+            extra,
+            plain.trim_end_matches('}').to_owned() + r#","prompt":"smiling","quality":"high"}"#
+        );
+        let (empty_extras, _) = key_of(json!({"hair": "long", "quality": "", "prompt": null}));
+        assert_eq!(empty_extras, plain);
+    }
+
+    #[test]
+    fn placeholder_keys_never_collide_with_real_ones() {
+        let config = AvatarConfig::normalize(&json!({})).unwrap();
+        let real = CacheKey::of(&config, GeneratorKind::OpenAi);
+        let fake = CacheKey::of(&config, GeneratorKind::Placeholder);
+        assert_ne!(real, fake);
+        assert!(
+            CacheKey::canonical_json(&config, GeneratorKind::Placeholder)
+                .ends_with(r#","generator":"placeholder"}"#)
+        );
+    }
+
+    #[test]
+    fn parse_accepts_only_lowercase_hex_of_the_right_length() {
+        let good = "57031741670c8d0259dfd2b0809f9923eb2a04bcfc4ac10ce9d998eb376f16fe";
+        assert!(CacheKey::parse(good).is_some());
+        assert!(CacheKey::parse(&good.to_uppercase()).is_none());
+        assert!(CacheKey::parse(&good[1..]).is_none());
+        assert!(CacheKey::parse("../../etc/passwd").is_none());
+    }
+}

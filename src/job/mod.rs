@@ -1,0 +1,15 @@
+//! The job domain: pure types and rules, no I/O.
+//!
+//! A delivery's bytes become a [`Job`] exactly once, in [`intake`]; everything downstream works with
+//! validated types. [`CacheKey`] can only be computed from an [`AvatarConfig`], and a [`JobResult`]
+//! is the one message every job ends in. Error codes are stable strings from CONTRACT.md §2.3.
+
+mod avatar;
+mod intake;
+mod key;
+mod result;
+
+pub use avatar::{AvatarConfig, ConfigError, Model};
+pub use intake::{Intake, Job, JobId, MAX_MESSAGE_BYTES, Rejection, Tier, intake};
+pub use key::{CacheKey, GeneratorKind};
+pub use result::{ErrorCode, JobError, JobResult, Status};

@@ -1,0 +1,27 @@
+//! memoji-worker: serves cached AI avatars from Postgres and generates the misses with OpenAI.
+//!
+//! A job's journey, and where each step lives:
+//!
+//! ```text
+//! broker::consume ─► job::intake ─► job::CacheKey ─► db::cache (hit?) ─┬─► publish ─► settle (ack)
+//!                                                                      └─► worker::claim (single flight)
+//!                                  ─► db::credits (charge) ─► generate ─► storage ─► db (record) ─┘
+//! ```
+//!
+//! - [`job`]: pure domain — parsing, validation, the cache key, the result message.
+//! - [`worker`]: the pipeline; the only code that acks, retries or dead-letters a delivery.
+//! - [`broker`], [`db`], [`generate`], [`storage`]: the outside systems.
+//! - [`http`]: the admin API; [`maintenance`]: the scheduled cleanup.
+//! - [`app`] wires it all together and runs it until shutdown; [`config`] and [`telemetry`] set it up.
+
+pub mod app;
+pub mod broker;
+pub mod client;
+pub mod config;
+pub mod db;
+pub mod generate;
+pub mod http;
+pub mod job;
+pub mod storage;
+pub mod telemetry;
+pub mod worker;

@@ -1,0 +1,177 @@
+//! The `memoji-worker` command line (CONTRACT.md §10): parses arguments and calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use memoji_worker::app::{self, App};
+use memoji_worker::config::Settings;
+use memoji_worker::job::GeneratorKind;
+use memoji_worker::{client, telemetry};
+use serde_json::{Map, Value, json};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "memoji-worker", version, about = "Cached AI avatar generation from RabbitMQ jobs")]
+struct Cli {
+    /// A configuration file layered over the built-in defaults (also MEMOJI_CONFIG).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the worker and its admin API until SIGTERM or Ctrl-C.
+    Run {
+        /// `placeholder` draws images offline, for trying the system without an OpenAI key.
+        #[arg(long, value_parser = ["openai", "placeholder"])]
+        generator: Option<String>,
+    },
+    /// Create the database if needed and apply the migrations.
+    Migrate,
+    /// Publish one job, as the web app would; with --wait, print its result.
+    Enqueue(EnqueueArgs),
+}
+
+#[derive(Args)]
+struct EnqueueArgs {
+    #[arg(long, default_value = "cli-user")]
+    user_id: String,
+    #[arg(long, default_value = "free")]
+    tier: String,
+    /// Job id (a UUID); a new one by default.
+    #[arg(long)]
+    job_id: Option<uuid::Uuid>,
+    #[arg(long)]
+    model: Option<String>,
+    #[arg(long)]
+    size: Option<String>,
+    #[arg(long)]
+    family_type: Option<String>,
+    #[arg(long)]
+    gesture: Option<String>,
+    #[arg(long)]
+    hair: Option<String>,
+    #[arg(long)]
+    skin_tone: Option<String>,
+    /// Comma-separated, e.g. glasses,hat
+    #[arg(long, value_delimiter = ',')]
+    accessories: Option<Vec<String>>,
+    #[arg(long)]
+    color_theme: Option<String>,
+    #[arg(long)]
+    background: Option<String>,
+    #[arg(long)]
+    quality: Option<String>,
+    #[arg(long)]
+    prompt: Option<String>,
+    #[arg(long)]
+    force_refresh: bool,
+    /// Wait for the result and print it.
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait waits, in seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout_secs: u64,
+}
+
+impl EnqueueArgs {
+    fn job(&self) -> Value {
+        let mut config = Map::new();
+        let text_fields = [
+            ("model", &self.model),
+            ("size", &self.size),
+            ("familyType", &self.family_type),
+            ("gesture", &self.gesture),
+            ("hair", &self.hair),
+            ("skinTone", &self.skin_tone),
+            ("colorTheme", &self.color_theme),
+            ("background", &self.background),
+            ("quality", &self.quality),
+            ("prompt", &self.prompt),
+        ];
+        for (name, value) in text_fields {
+            if let Some(value) = value {
+                config.insert(name.to_owned(), json!(value));
+            }
+        }
+        if let Some(accessories) = &self.accessories {
+            config.insert("accessories".to_owned(), json!(accessories));
+        }
+        json!({
+            "job_id": self.job_id.unwrap_or_else(uuid::Uuid::new_v4).to_string(),
+            "user_id": self.user_id,
+            "tier": self.tier,
+            "config": config,
+            "force_refresh": self.force_refresh,
+        })
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("memoji-worker: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut settings = Settings::load(cli.config.as_deref())?;
+    telemetry::init(&settings.log);
+    match cli.command {
+        Command::Run { generator } => {
+            if let Some(kind) = generator {
+                settings.generator.kind =
+                    if kind == "placeholder" { GeneratorKind::Placeholder } else { GeneratorKind::OpenAi };
+            }
+            let app = App::build(settings).await?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            app.run_until_stopped(shutdown).await
+        }
+        Command::Migrate => {
+            app::connect_database(&settings).await?;
+            println!("database is migrated");
+            Ok(())
+        }
+        Command::Enqueue(args) => {
+            let job = args.job();
+            let wait = args.wait.then(|| Duration::from_secs(args.timeout_secs));
+            match client::enqueue(&settings.amqp, &job, wait).await? {
+                Some(result) => println!("{}", serde_json::to_string_pretty(&result)?),
+                None => println!("published job {}", job["job_id"].as_str().unwrap_or_default()),
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Cancels `shutdown` on SIGTERM or Ctrl-C.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown requested; finishing in-flight jobs");
+    shutdown.cancel();
+}
+

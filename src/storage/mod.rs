@@ -1,0 +1,166 @@
+//! Object storage for generated images (CONTRACT.md §5).
+//!
+//! Paths are `YYYY/MM/<hash>.png`, built only from a [`CacheKey`] the worker computed, never from
+//! text in a job. Every image is checked ([`check_png`]) before any backend sees it. Backends sit
+//! behind [`ImageStore`]; `local` writes to a directory that the admin API serves at `/images/…`.
+
+mod local;
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Datelike, Utc};
+
+pub use local::LocalStore;
+
+use crate::config::{StorageKind, StorageSettings};
+use crate::job::CacheKey;
+
+/// Largest image stored.
+pub const MAX_IMAGE_BYTES: usize = 5 * 1024 * 1024;
+const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
+
+/// Where an image lives inside a store: `YYYY/MM/<hash>.png`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StoragePath(String);
+
+impl StoragePath {
+    /// The path for a key generated at `at` (UTC).
+    pub fn for_key(key: &CacheKey, at: DateTime<Utc>) -> StoragePath {
+        StoragePath(format!("{:04}/{:02}/{}.png", at.year(), at.month(), key))
+    }
+
+    /// Accepts only the exact shape `for_key` produces, so a parsed path can never leave its store.
+    pub fn parse(text: &str) -> Option<StoragePath> {
+        let mut parts = text.split('/');
+        let (year, month, file) = (parts.next()?, parts.next()?, parts.next()?);
+        let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+        let month_ok = digits(month, 2) && (1..=12).contains(&month.parse::<u32>().ok()?);
+        let key = CacheKey::parse(file.strip_suffix(".png")?)?;
+        (parts.next().is_none() && digits(year, 4) && month_ok)
+            .then(|| StoragePath(format!("{year}/{month}/{key}.png")))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for StoragePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The image itself is unfit to store; retrying will not help.
+    #[error("image rejected: {0}")]
+    Invalid(String),
+    /// The backend failed; it may work later.
+    #[error("storage backend: {0}")]
+    Backend(String),
+}
+
+/// A stored image: where it is, the URL that serves it, and its size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub path: StoragePath,
+    pub url: String,
+    pub bytes: u64,
+}
+
+/// A place images are kept.
+#[async_trait]
+pub trait ImageStore: Send + Sync + fmt::Debug {
+    /// Stores `png` at `path`, replacing what was there; returns once it is durable.
+    async fn put(&self, path: &StoragePath, png: Bytes) -> Result<Stored, StorageError>;
+    /// Reads an image back, `None` when absent.
+    async fn get(&self, path: &StoragePath) -> Result<Option<Bytes>, StorageError>;
+    /// Removes an image; absent is fine. Returns the bytes freed where known.
+    async fn delete(&self, path: &StoragePath) -> Result<u64, StorageError>;
+    /// The public URL of a path.
+    fn url(&self, path: &StoragePath) -> String;
+}
+
+/// Builds the configured backend.
+pub fn from_settings(settings: &StorageSettings) -> Result<Arc<dyn ImageStore>, StorageError> {
+    match settings.kind {
+        StorageKind::Local => Ok(Arc::new(LocalStore::new(
+            settings.local_dir.clone(),
+            settings.public_base_url.clone(),
+        ))),
+        StorageKind::S3 | StorageKind::Supabase => Err(StorageError::Backend(format!(
+            "storage kind {:?} is not available in this build; use \"local\"",
+            settings.kind
+        ))),
+    }
+}
+
+/// Refuses anything that is not a PNG of at most [`MAX_IMAGE_BYTES`] with a readable header.
+pub fn check_png(bytes: &[u8]) -> Result<(u32, u32), StorageError> {
+    if bytes.len() > MAX_IMAGE_BYTES {
+        return Err(StorageError::Invalid(format!(
+            "image is {} bytes; at most {MAX_IMAGE_BYTES} are stored",
+            bytes.len()
+        )));
+    }
+    if !bytes.starts_with(&PNG_SIGNATURE) {
+        return Err(StorageError::Invalid("not a PNG (bad signature)".to_owned()));
+    }
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let reader = decoder
+        .read_info()
+        .map_err(|e| StorageError::Invalid(format!("unreadable PNG: {e}")))?;
+    let info = reader.info();
+    Ok((info.width, info.height))
+}
+
+/// `base/path`, with exactly one slash between.
+pub(crate) fn join_url(base: &str, path: &StoragePath) -> String {
+    format!("{}/{}", base.trim_end_matches('/'), path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "57031741670c8d0259dfd2b0809f9923eb2a04bcfc4ac10ce9d998eb376f16fe";
+
+    #[test]
+    fn paths_are_year_month_hash() {
+        let key = CacheKey::parse(KEY).unwrap();
+        let at = DateTime::parse_from_rfc3339("2026-03-31T23:59:59Z").unwrap().with_timezone(&Utc);
+        let path = StoragePath::for_key(&key, at);
+        assert_eq!(path.as_str(), format!("2026/03/{KEY}.png"));
+        assert_eq!(StoragePath::parse(path.as_str()), Some(path));
+    }
+
+    #[test]
+    fn parse_refuses_anything_else() {
+        for bad in [
+            format!("2026/13/{KEY}.png"),
+            format!("2026/3/{KEY}.png"),
+            format!("../03/{KEY}.png"),
+            format!("2026/03/{KEY}.jpg"),
+            format!("2026/03/{KEY}.png/x"),
+            "2026/03/..%2f..%2fetc.png".to_owned(),
+        ] {
+            assert_eq!(StoragePath::parse(&bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn png_check_rejects_what_is_not_a_png() {
+        assert!(matches!(check_png(b"GIF89a....."), Err(StorageError::Invalid(_))));
+        let mut truncated = PNG_SIGNATURE.to_vec();
+        truncated.extend_from_slice(b"\0\0\0\rIHDR");
+        assert!(matches!(check_png(&truncated), Err(StorageError::Invalid(_))));
+        let mut huge = PNG_SIGNATURE.to_vec();
+        huge.resize(MAX_IMAGE_BYTES + 1, 0);
+        let err = check_png(&huge).unwrap_err().to_string();
+        assert!(err.contains("at most"), "{err}");
+    }
+}

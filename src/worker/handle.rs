@@ -1,0 +1,316 @@
+//! One job's journey: intake → key → job record → cache → (single flight → credits → generate →
+//! check → store → record) → result.
+//!
+//! Every step that changes state is idempotent per job id, and each outcome is written in one
+//! transaction with the job's result, so a job delivered again — after a crash, a lost connection
+//! or a publisher's retry — is answered from its record and never charged or generated twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use bytes::Bytes;
+use chrono::Utc;
+use sqlx::PgPool;
+use tokio::time::Instant;
+
+use super::claim::{self, Claim};
+use super::settle::Outcome;
+use crate::config::Settings;
+use crate::db::credits::{self, Account, Charge};
+use crate::db::jobs::{self, Seen};
+use crate::db::{DbError, cache, leases};
+use crate::generate::{GenerateError, Generated, ImageGenerator};
+use crate::job::{CacheKey, ErrorCode, Intake, Job, JobError, JobResult, Rejection, Status, intake};
+use crate::storage::{self, ImageStore, StorageError, StoragePath, Stored};
+
+/// Everything a job's journey needs; shared by all in-flight jobs.
+#[derive(Clone)]
+pub struct Context {
+    pub db: PgPool,
+    pub store: Arc<dyn ImageStore>,
+    pub generator: Arc<dyn ImageGenerator>,
+    pub settings: Arc<Settings>,
+}
+
+/// A step that cannot finish now but may later: the delivery goes back to the queue.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("{0}")]
+    Retry(String),
+}
+
+impl From<DbError> for StepError {
+    fn from(error: DbError) -> StepError {
+        StepError::Retry(error.to_string())
+    }
+}
+
+/// Turns a delivery's body into its outcome. Records the job id on the current span.
+pub async fn handle(ctx: &Context, body: &[u8], message_id: Option<&str>) -> Outcome {
+    let started = Instant::now();
+    let span = tracing::Span::current();
+    match intake(body, message_id) {
+        Err(Rejection { reason, answer }) => {
+            if let Some((id, _)) = &answer {
+                span.record("job_id", tracing::field::display(id));
+            }
+            let answer = answer.map(|(id, user)| JobResult::invalid(id, &user, reason.clone()));
+            Outcome::Reject { reason, answer }
+        }
+        Ok(Intake::Invalid { job_id, user_id, message }) => {
+            span.record("job_id", tracing::field::display(job_id));
+            tracing::info!(%message, "invalid job");
+            Outcome::Answer(JobResult::invalid(job_id, &user_id, message))
+        }
+        Ok(Intake::Job(job)) => {
+            span.record("job_id", tracing::field::display(job.id));
+            match serve(ctx, &job, started).await {
+                Ok(result) => Outcome::Answer(result),
+                Err(StepError::Retry(reason)) => Outcome::Retry { reason },
+            }
+        }
+    }
+}
+
+async fn serve(ctx: &Context, job: &Job, started: Instant) -> Result<JobResult, StepError> {
+    let key = CacheKey::of(&job.config, ctx.generator.kind());
+    let resumed = match jobs::arrive(&ctx.db, job.id, &job.user_id, key.as_str()).await? {
+        Seen::Finished(result) => {
+            tracing::info!("job seen before; answering with its recorded result");
+            return Ok(*result);
+        }
+        Seen::Conflict => {
+            return Ok(JobResult::invalid(job.id, &job.user_id, "job_id already belongs to another user's job"));
+        }
+        Seen::New => false,
+        Seen::Unfinished { deliveries } => {
+            tracing::info!(deliveries, "resuming a job an earlier delivery did not finish");
+            true
+        }
+    };
+    let received = Utc::now();
+    if !job.force_refresh
+        && let Some(hit) = ctx.serve_hit(job, &key).await?
+    {
+        return ctx.finish_hit(job, &key, hit, resumed, started).await;
+    }
+    match claim::lead_or_wait(ctx, job, &key, job.force_refresh.then_some(received)).await? {
+        Claim::Served(hit) => ctx.finish_hit(job, &key, hit, resumed, started).await,
+        Claim::Leader(_lease) => ctx.generate(job, &key, started).await,
+    }
+}
+
+impl Context {
+    /// Counts a use of the key's entry and returns it; `None` on a miss.
+    pub(super) async fn serve_hit(&self, job: &Job, key: &CacheKey) -> Result<Option<cache::Hit>, DbError> {
+        cache::hit(&self.db, key, &job.user_id, credits::current_period()).await
+    }
+
+    fn remaining_after(&self, job: &Job, used: i64) -> Option<i64> {
+        let credits = &self.settings.credits;
+        credits.enabled.then(|| credits::remaining(credits.allowance(job.tier), used)).flatten()
+    }
+
+    /// Answers from the cache. A resumed job may have been charged by its earlier delivery as a
+    /// leader that never finished; hits are free, so that charge is refunded.
+    async fn finish_hit(
+        &self,
+        job: &Job,
+        key: &CacheKey,
+        hit: cache::Hit,
+        resumed: bool,
+        started: Instant,
+    ) -> Result<JobResult, StepError> {
+        let mut used = hit.credits_used.unwrap_or(0);
+        let mut tx = self.db.begin().await.map_err(DbError::from)?;
+        if resumed && credits::refund(&mut *tx, job.id).await? {
+            used -= 1;
+        }
+        let entry = hit.entry;
+        let storage_path = entry.storage_path.clone().or_else(|| path_in_url(&entry.image_url));
+        let result = JobResult {
+            job_id: job.id,
+            user_id: job.user_id.clone(),
+            status: Status::Succeeded,
+            cached: true,
+            prompt_hash: Some(key.to_string()),
+            image_url: Some(entry.image_url),
+            storage_path,
+            credits_charged: 0,
+            credits_remaining: self.remaining_after(job, used),
+            cost_usd: 0.0,
+            saved_usd: entry.generation_cost,
+            attempts: 1,
+            duration_ms: elapsed_ms(started),
+            completed_at: Utc::now(),
+            error: None,
+        };
+        jobs::finish(&mut *tx, &result).await?;
+        tx.commit().await.map_err(DbError::from)?;
+        Ok(result)
+    }
+
+    /// The leader's path: charge, generate, store, record — or refund and fail.
+    async fn generate(&self, job: &Job, key: &CacheKey, started: Instant) -> Result<JobResult, StepError> {
+        let credits = &self.settings.credits;
+        let remaining = if credits.enabled {
+            let account = Account {
+                job: job.id,
+                user_id: &job.user_id,
+                tier: job.tier,
+                allowance: credits.allowance(job.tier),
+                period: credits::current_period(),
+            };
+            match credits::charge(&self.db, account).await? {
+                Charge::Charged { remaining } => remaining,
+                Charge::OutOfCredits => {
+                    let message = format!("no credits left this month on the {} tier", job.tier.as_str());
+                    let error = JobError { code: ErrorCode::OutOfCredits, message, retryable: false };
+                    let mut result = JobResult::failure(job.id, &job.user_id, Some(key), error);
+                    result.credits_remaining = Some(0);
+                    result.duration_ms = elapsed_ms(started);
+                    self.record_failure(job, key, &result).await?;
+                    return Ok(result);
+                }
+            }
+        } else {
+            None
+        };
+
+        let generated_at = Utc::now();
+        match self.make_image(job, key, generated_at).await {
+            Ok((generated, stored)) => {
+                let result = JobResult {
+                    job_id: job.id,
+                    user_id: job.user_id.clone(),
+                    status: Status::Succeeded,
+                    cached: false,
+                    prompt_hash: Some(key.to_string()),
+                    image_url: Some(stored.url.clone()),
+                    storage_path: Some(stored.path.to_string()),
+                    credits_charged: u32::from(credits.enabled),
+                    credits_remaining: remaining,
+                    cost_usd: generated.cost_usd,
+                    saved_usd: 0.0,
+                    attempts: generated.attempts,
+                    duration_ms: elapsed_ms(started),
+                    completed_at: Utc::now(),
+                    error: None,
+                };
+                let prompt_config = serde_json::from_str(&CacheKey::canonical_json(&job.config, self.generator.kind()))
+                    .unwrap_or(serde_json::Value::Null);
+                let entry = cache::NewEntry {
+                    key,
+                    image_url: &stored.url,
+                    storage_path: stored.path.as_str(),
+                    prompt_config,
+                    generation_cost: generated.cost_usd,
+                    image_bytes: i64::try_from(stored.bytes).unwrap_or(i64::MAX),
+                    generator: self.generator.kind(),
+                };
+                let mut tx = self.db.begin().await.map_err(DbError::from)?;
+                cache::record(&mut *tx, &entry).await?;
+                leases::release(&mut *tx, key, job.id).await?;
+                jobs::finish(&mut *tx, &result).await?;
+                tx.commit().await.map_err(DbError::from)?;
+                tracing::info!(attempts = generated.attempts, cost_usd = generated.cost_usd, bytes = stored.bytes, "generated and stored");
+                Ok(result)
+            }
+            Err((error, attempts)) => {
+                tracing::warn!(code = error.code.as_str(), message = %error.message, attempts, "generation failed; refunding");
+                let mut result = JobResult::failure(job.id, &job.user_id, Some(key), error);
+                result.attempts = attempts;
+                result.credits_remaining = remaining.map(|r| r + 1);
+                result.duration_ms = elapsed_ms(started);
+                self.record_failure(job, key, &result).await?;
+                Ok(result)
+            }
+        }
+    }
+
+    /// Writes a failed result, refunding any charge and freeing the key for the next job.
+    async fn record_failure(&self, job: &Job, key: &CacheKey, result: &JobResult) -> Result<(), StepError> {
+        let mut tx = self.db.begin().await.map_err(DbError::from)?;
+        credits::refund(&mut *tx, job.id).await?;
+        leases::release(&mut *tx, key, job.id).await?;
+        jobs::finish(&mut *tx, result).await?;
+        tx.commit().await.map_err(DbError::from)?;
+        Ok(())
+    }
+
+    /// Generates, checks and stores the image. Errors carry the attempts the generator made.
+    async fn make_image(
+        &self,
+        job: &Job,
+        key: &CacheKey,
+        at: chrono::DateTime<Utc>,
+    ) -> Result<(Generated, Stored), (JobError, u32)> {
+        let generated = self.generator.generate(&job.config, &job.user_id).await.map_err(|e| {
+            let attempts = e.attempts();
+            (generation_error(e), attempts)
+        })?;
+        let attempts = generated.attempts;
+        storage::check_png(&generated.png).map_err(|e| (storage_error(e), attempts))?;
+        let path = StoragePath::for_key(key, at);
+        let stored = self.put_with_retries(&path, generated.png.clone()).await.map_err(|e| (storage_error(e), attempts))?;
+        Ok((generated, stored))
+    }
+
+    /// Storage outages are often brief: three tries with backoff before giving up.
+    async fn put_with_retries(&self, path: &StoragePath, png: Bytes) -> Result<Stored, StorageError> {
+        let mut pauses = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(2))
+            .with_jitter()
+            .with_max_times(2)
+            .build();
+        loop {
+            match self.store.put(path, png.clone()).await {
+                Err(StorageError::Backend(message)) => match pauses.next() {
+                    Some(pause) => {
+                        tracing::warn!(%message, "storing the image failed; retrying");
+                        tokio::time::sleep(pause).await;
+                    }
+                    None => return Err(StorageError::Backend(message)),
+                },
+                other => return other,
+            }
+        }
+    }
+}
+
+fn generation_error(error: GenerateError) -> JobError {
+    JobError { code: error.code(), retryable: error.retryable(), message: error.to_string() }
+}
+
+fn storage_error(error: StorageError) -> JobError {
+    match error {
+        StorageError::Invalid(message) => JobError { code: ErrorCode::ImageInvalid, message, retryable: true },
+        StorageError::Backend(message) => JobError { code: ErrorCode::StorageFailed, message, retryable: true },
+    }
+}
+
+/// The `YYYY/MM/<hash>.png` tail of an image URL, for rows imported without a storage path.
+fn path_in_url(url: &str) -> Option<String> {
+    let parts: Vec<&str> = url.rsplitn(4, '/').collect();
+    let tail = format!("{}/{}/{}", parts.get(2)?, parts.get(1)?, parts.first()?);
+    StoragePath::parse(&tail).map(|p| p.to_string())
+}
+
+fn elapsed_ms(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_storage_path_in_an_imported_url() {
+        let hash = "57031741670c8d0259dfd2b0809f9923eb2a04bcfc4ac10ce9d998eb376f16fe";
+        let url = format!("https://x.supabase.co/storage/v1/object/public/memoji-images/2025/07/{hash}.png");
+        assert_eq!(path_in_url(&url), Some(format!("2025/07/{hash}.png")));
+        assert_eq!(path_in_url("https://cdn.example.com/avatar.png"), None);
+    }
+}
