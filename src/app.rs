@@ -42,8 +42,17 @@ impl App {
             admin_api = %settings.http.bind,
             "memoji-worker ready"
         );
-        let ctx = Arc::new(Context { db, store, generator, settings });
-        Ok(App { ctx, health: Arc::new(BrokerHealth::default()), listener })
+        let ctx = Arc::new(Context {
+            db,
+            store,
+            generator,
+            settings,
+        });
+        Ok(App {
+            ctx,
+            health: Arc::new(BrokerHealth::default()),
+            listener,
+        })
     }
 
     pub fn http_addr(&self) -> std::io::Result<SocketAddr> {
@@ -62,12 +71,19 @@ impl App {
         };
         let api_stop = CancellationToken::new();
         let server = tokio::spawn(http::serve(self.listener, api, api_stop.clone()));
-        tasks.spawn(worker::run(self.ctx.clone(), self.health.clone(), shutdown.clone()));
+        tasks.spawn(worker::run(
+            self.ctx.clone(),
+            self.health.clone(),
+            shutdown.clone(),
+        ));
         tasks.close();
         tasks.wait().await;
         // The API answers until the worker has handed everything back.
         api_stop.cancel();
-        server.await.context("admin API task")?.context("admin API")?;
+        server
+            .await
+            .context("admin API task")?
+            .context("admin API")?;
         self.ctx.db.close().await;
         tracing::info!("stopped");
         Ok(())
@@ -93,9 +109,16 @@ fn generator(settings: &Settings) -> anyhow::Result<Arc<dyn ImageGenerator>> {
                      to try the system with the offline generator"
                 );
             };
-            Arc::new(OpenAiGenerator::new(&settings.openai, key).context("building the OpenAI client")?)
+            Arc::new(
+                OpenAiGenerator::new(&settings.openai, key)
+                    .context("building the OpenAI client")?,
+            )
         }
     };
     let openai = &settings.openai;
-    Ok(Arc::new(Paced::new(inner, openai.max_concurrency, openai.images_per_minute)))
+    Ok(Arc::new(Paced::new(
+        inner,
+        openai.max_concurrency,
+        openai.images_per_minute,
+    )))
 }

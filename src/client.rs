@@ -26,15 +26,25 @@ pub enum ClientError {
 
 /// Publishes `job` (which must carry a `job_id`) to the job queue. With `wait`, returns the
 /// result, waiting at most that long.
-pub async fn enqueue(settings: &AmqpSettings, job: &Value, wait: Option<Duration>) -> Result<Option<Value>, ClientError> {
+pub async fn enqueue(
+    settings: &AmqpSettings,
+    job: &Value,
+    wait: Option<Duration>,
+) -> Result<Option<Value>, ClientError> {
     let broker = Broker::connect(settings, "memoji-worker enqueue").await?;
     broker.declare().await?;
-    let job_id = job.get("job_id").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let job_id = job
+        .get("job_id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
     let body = serde_json::to_vec(job)?;
     let properties = BasicProperties::default().with_message_id(job_id.as_str().into());
 
     let Some(wait) = wait else {
-        broker.publish("", &settings.job_queue, &body, properties, true).await?;
+        broker
+            .publish("", &settings.job_queue, &body, properties, true)
+            .await?;
         broker.close().await;
         return Ok(None);
     };
@@ -44,25 +54,40 @@ pub async fn enqueue(settings: &AmqpSettings, job: &Value, wait: Option<Duration
     let reply_queue = channel
         .queue_declare(
             "".into(),
-            QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() },
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
             FieldTable::default(),
         )
         .await
         .map_err(BrokerError::from)?;
     let mut replies = channel
-        .basic_consume(reply_queue.name().clone(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            reply_queue.name().clone(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .map_err(BrokerError::from)?;
     let properties = properties
         .with_reply_to(reply_queue.name().clone())
         .with_correlation_id(job_id.as_str().into());
-    broker.publish("", &settings.job_queue, &body, properties, true).await?;
+    broker
+        .publish("", &settings.job_queue, &body, properties, true)
+        .await?;
 
     let result = tokio::time::timeout(wait, async {
         while let Some(delivery) = replies.next().await {
             let delivery = delivery.map_err(BrokerError::from)?;
             let _ = delivery.ack(BasicAckOptions::default()).await;
-            let matches = delivery.properties.correlation_id().as_ref().is_some_and(|c| c.as_str() == job_id);
+            let matches = delivery
+                .properties
+                .correlation_id()
+                .as_ref()
+                .is_some_and(|c| c.as_str() == job_id);
             if matches {
                 return Ok(serde_json::from_slice(&delivery.data)?);
             }

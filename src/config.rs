@@ -17,8 +17,11 @@ use crate::job::{GeneratorKind, Tier};
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
 /// Unprefixed variables the usual tools set, and the key each stands for.
-const ALIASES: [(&str, &str); 3] =
-    [("AMQP_URL", "amqp.url"), ("DATABASE_URL", "database.url"), ("OPENAI_BASE_URL", "openai.base_url")];
+const ALIASES: [(&str, &str); 3] = [
+    ("AMQP_URL", "amqp.url"),
+    ("DATABASE_URL", "database.url"),
+    ("OPENAI_BASE_URL", "openai.base_url"),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -132,7 +135,10 @@ pub struct CreditSettings {
 impl CreditSettings {
     /// The monthly allowance of a tier; a tier missing from configuration gets nothing.
     pub fn allowance(&self, tier: Tier) -> Allowance {
-        self.allowances.get(tier.as_str()).copied().unwrap_or(Allowance::Limited(0))
+        self.allowances
+            .get(tier.as_str())
+            .copied()
+            .unwrap_or(Allowance::Limited(0))
     }
 }
 
@@ -225,19 +231,43 @@ impl Settings {
     }
 
     fn checked(self) -> Result<Settings, SettingsError> {
-        let rule = |ok: bool, what: &str| if ok { Ok(()) } else { Err(SettingsError::Rule(what.to_owned())) };
+        let rule = |ok: bool, what: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(SettingsError::Rule(what.to_owned()))
+            }
+        };
         rule(self.amqp.prefetch > 0, "amqp.prefetch must be at least 1")?;
-        rule(self.openai.max_concurrency > 0, "openai.max_concurrency must be at least 1")?;
-        rule(self.openai.max_attempts > 0, "openai.max_attempts must be at least 1")?;
-        rule(self.database.max_connections > 1, "database.max_connections must be at least 2")?;
-        rule(self.worker.lease_secs >= 3, "worker.lease_secs must be at least 3")?;
-        rule(self.amqp.delivery_limit > 0, "amqp.delivery_limit must be at least 1")?;
+        rule(
+            self.openai.max_concurrency > 0,
+            "openai.max_concurrency must be at least 1",
+        )?;
+        rule(
+            self.openai.max_attempts > 0,
+            "openai.max_attempts must be at least 1",
+        )?;
+        rule(
+            self.database.max_connections > 1,
+            "database.max_connections must be at least 2",
+        )?;
+        rule(
+            self.worker.lease_secs >= 3,
+            "worker.lease_secs must be at least 3",
+        )?;
+        rule(
+            self.amqp.delivery_limit > 0,
+            "amqp.delivery_limit must be at least 1",
+        )?;
         Ok(self)
     }
 }
 
 fn secret_from_env(variable: &str) -> Option<SecretString> {
-    std::env::var(variable).ok().filter(|v| !v.is_empty()).map(SecretString::from)
+    std::env::var(variable)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(SecretString::from)
 }
 
 /// A URL fit for logs: scheme, host, port and path, never the password.
@@ -260,8 +290,14 @@ mod tests {
     #[test]
     fn defaults_match_the_contract() {
         let settings = Settings::defaults().unwrap();
-        assert_eq!(settings.amqp.url.expose_secret(), "amqp://guest:guest@127.0.0.1:5672/%2f");
-        assert_eq!(settings.database.url.expose_secret(), "postgres://postgres@127.0.0.1:5432/memoji");
+        assert_eq!(
+            settings.amqp.url.expose_secret(),
+            "amqp://guest:guest@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            settings.database.url.expose_secret(),
+            "postgres://postgres@127.0.0.1:5432/memoji"
+        );
         assert_eq!(settings.openai.base_url, "https://api.openai.com/v1");
         assert_eq!(settings.generator.kind, GeneratorKind::OpenAi);
         assert_eq!(settings.storage.kind, StorageKind::Local);
@@ -274,7 +310,10 @@ mod tests {
         assert_eq!(allowance(Tier::MonthlyBasic), Allowance::Limited(100));
         assert_eq!(allowance(Tier::MonthlyStandard), Allowance::Limited(300));
         assert_eq!(allowance(Tier::MonthlyPro), Allowance::Limited(1000));
-        assert_eq!(allowance(Tier::Lifetime), Allowance::Unlimited(UnlimitedWord::Unlimited));
+        assert_eq!(
+            allowance(Tier::Lifetime),
+            Allowance::Unlimited(UnlimitedWord::Unlimited)
+        );
     }
 
     #[test]
@@ -283,7 +322,13 @@ mod tests {
         settings.amqp.url = SecretString::from("amqp://user:hunter2@broker:5672/%2f");
         settings.secrets.openai_api_key = Some(SecretString::from("sk-live-123"));
         let printed = format!("{settings:?}");
-        assert!(!printed.contains("hunter2") && !printed.contains("sk-live-123"), "{printed}");
-        assert_eq!(redacted_url(&settings.amqp.url), "amqp://user:***@broker:5672/%2f");
+        assert!(
+            !printed.contains("hunter2") && !printed.contains("sk-live-123"),
+            "{printed}"
+        );
+        assert_eq!(
+            redacted_url(&settings.amqp.url),
+            "amqp://user:***@broker:5672/%2f"
+        );
     }
 }

@@ -13,7 +13,11 @@ use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "memoji-worker", version, about = "Cached AI avatar generation from RabbitMQ jobs")]
+#[command(
+    name = "memoji-worker",
+    version,
+    about = "Cached AI avatar generation from RabbitMQ jobs"
+)]
 struct Cli {
     /// A configuration file layered over the built-in defaults (also MEMOJI_CONFIG).
     #[arg(long, global = true)]
@@ -33,7 +37,7 @@ enum Command {
     /// Create the database if needed and apply the migrations.
     Migrate,
     /// Publish one job, as the web app would; with --wait, print its result.
-    Enqueue(EnqueueArgs),
+    Enqueue(Box<EnqueueArgs>),
 }
 
 #[derive(Args)]
@@ -129,8 +133,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run { generator } => {
             if let Some(kind) = generator {
-                settings.generator.kind =
-                    if kind == "placeholder" { GeneratorKind::Placeholder } else { GeneratorKind::OpenAi };
+                settings.generator.kind = if kind == "placeholder" {
+                    GeneratorKind::Placeholder
+                } else {
+                    GeneratorKind::OpenAi
+                };
             }
             let app = App::build(settings).await?;
             let shutdown = CancellationToken::new();
@@ -147,7 +154,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let wait = args.wait.then(|| Duration::from_secs(args.timeout_secs));
             match client::enqueue(&settings.amqp, &job, wait).await? {
                 Some(result) => println!("{}", serde_json::to_string_pretty(&result)?),
-                None => println!("published job {}", job["job_id"].as_str().unwrap_or_default()),
+                None => println!(
+                    "published job {}",
+                    job["job_id"].as_str().unwrap_or_default()
+                ),
             }
             Ok(())
         }
@@ -174,4 +184,3 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     tracing::info!("shutdown requested; finishing in-flight jobs");
     shutdown.cancel();
 }
-

@@ -6,7 +6,9 @@
 
 mod topology;
 
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
 use secrecy::ExposeSecret;
@@ -47,7 +49,9 @@ pub struct Broker {
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Broker").field("connected", &self.is_connected()).finish_non_exhaustive()
+        f.debug_struct("Broker")
+            .field("connected", &self.is_connected())
+            .finish_non_exhaustive()
     }
 }
 
@@ -57,8 +61,14 @@ impl Broker {
         let properties = ConnectionProperties::default().with_connection_name(name.into());
         let connection = Connection::connect(settings.url.expose_secret(), properties).await?;
         let publisher = connection.create_channel().await?;
-        publisher.confirm_select(ConfirmSelectOptions::default()).await?;
-        Ok(Broker { connection, publisher, settings: settings.clone() })
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Broker {
+            connection,
+            publisher,
+            settings: settings.clone(),
+        })
     }
 
     pub fn settings(&self) -> &AmqpSettings {
@@ -80,9 +90,15 @@ impl Broker {
     }
 
     /// A channel consuming the job queue with `prefetch` unacknowledged deliveries at most.
-    pub async fn consume_jobs(&self, consumer_tag: &str, prefetch: u16) -> Result<(Channel, Consumer), BrokerError> {
+    pub async fn consume_jobs(
+        &self,
+        consumer_tag: &str,
+        prefetch: u16,
+    ) -> Result<(Channel, Consumer), BrokerError> {
         let channel = self.connection.create_channel().await?;
-        channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
         let consumer = channel
             .basic_consume(
                 self.settings.job_queue.as_str().into(),
@@ -107,10 +123,19 @@ impl Broker {
         let properties = properties
             .with_content_type("application/json".into())
             .with_delivery_mode(2);
-        let options = BasicPublishOptions { mandatory, ..BasicPublishOptions::default() };
+        let options = BasicPublishOptions {
+            mandatory,
+            ..BasicPublishOptions::default()
+        };
         let confirm = self
             .publisher
-            .basic_publish(exchange.into(), routing_key.into(), options, body, properties)
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                options,
+                body,
+                properties,
+            )
             .await?
             .await?;
         let target = || format!("{exchange:?}/{routing_key:?}");
@@ -122,18 +147,31 @@ impl Broker {
     }
 
     /// Publishes a job's result to the result exchange and, when asked, to its reply queue.
-    pub async fn publish_result(&self, result: &JobResult, reply_to: Option<&ReplyTo>) -> Result<(), BrokerError> {
+    pub async fn publish_result(
+        &self,
+        result: &JobResult,
+        reply_to: Option<&ReplyTo>,
+    ) -> Result<(), BrokerError> {
         let body = serde_json::to_vec(result)?;
         let message_id: ShortString = result.job_id.to_string().into();
         let properties = BasicProperties::default()
             .with_message_id(message_id.clone())
             .with_timestamp(result.completed_at.timestamp().max(0) as u64);
-        self.publish(&self.settings.result_exchange, result.routing_key(), &body, properties.clone(), true)
-            .await?;
+        self.publish(
+            &self.settings.result_exchange,
+            result.routing_key(),
+            &body,
+            properties.clone(),
+            true,
+        )
+        .await?;
         if let Some(reply) = reply_to {
             let properties = properties.with_correlation_id(reply.correlation_id.clone());
             // The requester may be gone; the result is on the result queue regardless.
-            match self.publish("", reply.queue.as_str(), &body, properties, true).await {
+            match self
+                .publish("", reply.queue.as_str(), &body, properties, true)
+                .await
+            {
                 Err(BrokerError::Unroutable(queue)) => {
                     tracing::warn!(%queue, "reply queue does not exist; result kept on the result queue only");
                 }
@@ -144,7 +182,12 @@ impl Broker {
     }
 
     /// Sends a copy of an unprocessable message to the dead-letter exchange with the reason.
-    pub async fn dead_letter(&self, body: &[u8], properties: &BasicProperties, reason: &str) -> Result<(), BrokerError> {
+    pub async fn dead_letter(
+        &self,
+        body: &[u8],
+        properties: &BasicProperties,
+        reason: &str,
+    ) -> Result<(), BrokerError> {
         let mut headers = properties.headers().clone().unwrap_or_default();
         headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
         let properties = properties.clone().with_headers(headers);
@@ -159,7 +202,10 @@ impl Broker {
             .basic_publish(
                 exchange.as_str().into(),
                 self.settings.job_queue.as_str().into(),
-                BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
                 body,
                 properties.with_delivery_mode(2),
             )

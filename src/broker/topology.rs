@@ -12,11 +12,17 @@ use super::BrokerError;
 use crate::config::AmqpSettings;
 
 fn durable_exchange() -> ExchangeDeclareOptions {
-    ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() }
+    ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    }
 }
 
 fn durable_queue() -> QueueDeclareOptions {
-    QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() }
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
 }
 
 fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
@@ -32,10 +38,19 @@ pub async fn declare(channel: &Channel, names: &AmqpSettings) -> Result<(), Brok
 
     // Dead letters: a fanout exchange into one durable queue.
     channel
-        .exchange_declare(names.dead_letter_exchange.as_str().into(), ExchangeKind::Fanout, durable_exchange(), FieldTable::default())
+        .exchange_declare(
+            names.dead_letter_exchange.as_str().into(),
+            ExchangeKind::Fanout,
+            durable_exchange(),
+            FieldTable::default(),
+        )
         .await?;
     channel
-        .queue_declare(names.dead_letter_queue.as_str().into(), durable_queue(), FieldTable::default())
+        .queue_declare(
+            names.dead_letter_queue.as_str().into(),
+            durable_queue(),
+            FieldTable::default(),
+        )
         .await?;
     channel
         .queue_bind(
@@ -51,16 +66,34 @@ pub async fn declare(channel: &Channel, names: &AmqpSettings) -> Result<(), Brok
     let job_arguments = table(&[
         ("x-queue-type", text("quorum")),
         ("x-dead-letter-exchange", text(&names.dead_letter_exchange)),
-        ("x-delivery-limit", AMQPValue::LongLongInt(i64::from(names.delivery_limit))),
+        (
+            "x-delivery-limit",
+            AMQPValue::LongLongInt(i64::from(names.delivery_limit)),
+        ),
     ]);
-    channel.queue_declare(names.job_queue.as_str().into(), durable_queue(), job_arguments).await?;
+    channel
+        .queue_declare(
+            names.job_queue.as_str().into(),
+            durable_queue(),
+            job_arguments,
+        )
+        .await?;
 
     // Results: a topic exchange and a durable queue holding every result until someone reads it.
     channel
-        .exchange_declare(names.result_exchange.as_str().into(), ExchangeKind::Topic, durable_exchange(), FieldTable::default())
+        .exchange_declare(
+            names.result_exchange.as_str().into(),
+            ExchangeKind::Topic,
+            durable_exchange(),
+            FieldTable::default(),
+        )
         .await?;
     channel
-        .queue_declare(names.result_queue.as_str().into(), durable_queue(), FieldTable::default())
+        .queue_declare(
+            names.result_queue.as_str().into(),
+            durable_queue(),
+            FieldTable::default(),
+        )
         .await?;
     channel
         .queue_bind(
@@ -74,14 +107,26 @@ pub async fn declare(channel: &Channel, names: &AmqpSettings) -> Result<(), Brok
 
     // Metrics: a topic exchange and a bounded queue that drops its oldest messages first.
     channel
-        .exchange_declare(names.metrics_exchange.as_str().into(), ExchangeKind::Topic, durable_exchange(), FieldTable::default())
+        .exchange_declare(
+            names.metrics_exchange.as_str().into(),
+            ExchangeKind::Topic,
+            durable_exchange(),
+            FieldTable::default(),
+        )
         .await?;
     let metrics_arguments = table(&[
-        ("x-max-length", AMQPValue::LongLongInt(i64::from(names.metrics_queue_max_length))),
+        (
+            "x-max-length",
+            AMQPValue::LongLongInt(i64::from(names.metrics_queue_max_length)),
+        ),
         ("x-overflow", text("drop-head")),
     ]);
     channel
-        .queue_declare(names.metrics_queue.as_str().into(), durable_queue(), metrics_arguments)
+        .queue_declare(
+            names.metrics_queue.as_str().into(),
+            durable_queue(),
+            metrics_arguments,
+        )
         .await?;
     channel
         .queue_bind(

@@ -26,6 +26,15 @@ pub struct Hit {
     pub credits_used: Option<i64>,
 }
 
+#[derive(sqlx::FromRow)]
+struct HitRow {
+    image_url: String,
+    storage_path: Option<String>,
+    cost: f64,
+    updated_at: DateTime<Utc>,
+    used: Option<i32>,
+}
+
 /// Serves a hit: counts the use and returns the entry, or `None` on a miss. One statement, which
 /// also reads the user's credit use for `credits_remaining`.
 pub async fn hit(
@@ -34,7 +43,7 @@ pub async fn hit(
     user_id: &str,
     period: NaiveDate,
 ) -> Result<Option<Hit>, DbError> {
-    let row: Option<(String, Option<String>, f64, DateTime<Utc>, Option<i32>)> = sqlx::query_as(
+    let row: Option<HitRow> = sqlx::query_as(
         "WITH hit AS (
              UPDATE memoji_cache
                 SET usage_count = COALESCE(usage_count, 0) + 1, last_used_at = now()
@@ -51,9 +60,14 @@ pub async fn hit(
     .bind(period)
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|(image_url, storage_path, generation_cost, updated_at, used)| Hit {
-        entry: Entry { image_url, storage_path, generation_cost, updated_at },
-        credits_used: used.map(i64::from),
+    Ok(row.map(|row| Hit {
+        entry: Entry {
+            image_url: row.image_url,
+            storage_path: row.storage_path,
+            generation_cost: row.cost,
+            updated_at: row.updated_at,
+        },
+        credits_used: row.used.map(i64::from),
     }))
 }
 

@@ -92,7 +92,9 @@ pub async fn charge(pool: &PgPool, account: Account<'_>) -> Result<Charge, DbErr
     match used {
         Some((used,)) => {
             tx.commit().await?;
-            Ok(Charge::Charged { remaining: remaining(account.allowance, i64::from(used)) })
+            Ok(Charge::Charged {
+                remaining: remaining(account.allowance, i64::from(used)),
+            })
         }
         None => {
             tx.rollback().await?;
@@ -121,11 +123,12 @@ pub async fn refund(executor: impl sqlx::PgExecutor<'_>, job: JobId) -> Result<b
 
 /// Credits a user has used this period (0 without a balance row).
 pub async fn used(pool: &PgPool, user_id: &str, period: NaiveDate) -> Result<i64, DbError> {
-    let used: Option<(i32,)> =
-        sqlx::query_as("SELECT used FROM memoji_credit_balances WHERE user_id = $1 AND period = $2")
-            .bind(user_id)
-            .bind(period)
-            .fetch_optional(pool)
-            .await?;
+    let used: Option<(i32,)> = sqlx::query_as(
+        "SELECT used FROM memoji_credit_balances WHERE user_id = $1 AND period = $2",
+    )
+    .bind(user_id)
+    .bind(period)
+    .fetch_optional(pool)
+    .await?;
     Ok(used.map_or(0, |(used,)| i64::from(used)))
 }

@@ -19,7 +19,12 @@ pub enum Seen {
 }
 
 /// Registers a delivery of a job, telling whether it was seen before.
-pub async fn arrive(pool: &PgPool, id: JobId, user_id: &str, prompt_hash: &str) -> Result<Seen, DbError> {
+pub async fn arrive(
+    pool: &PgPool,
+    id: JobId,
+    user_id: &str,
+    prompt_hash: &str,
+) -> Result<Seen, DbError> {
     let (owner, status, result, deliveries): (String, String, Option<serde_json::Value>, i32) =
         sqlx::query_as(
             "INSERT INTO memoji_jobs (job_id, user_id, prompt_hash, status)
@@ -40,20 +45,27 @@ pub async fn arrive(pool: &PgPool, id: JobId, user_id: &str, prompt_hash: &str) 
         ("processing", _) | (_, None) if deliveries == 1 => Seen::New,
         ("processing", _) | (_, None) => Seen::Unfinished { deliveries },
         (_, Some(result)) => Seen::Finished(Box::new(
-            serde_json::from_value(result).map_err(|e| DbError::Corrupt(format!("job {id}: {e}")))?,
+            serde_json::from_value(result)
+                .map_err(|e| DbError::Corrupt(format!("job {id}: {e}")))?,
         )),
     })
 }
 
 /// Stores a job's result; from then on the job is finished.
 pub async fn finish(executor: impl PgExecutor<'_>, result: &JobResult) -> Result<(), DbError> {
-    let status = if result.succeeded() { "succeeded" } else { "failed" };
+    let status = if result.succeeded() {
+        "succeeded"
+    } else {
+        "failed"
+    };
     let json = serde_json::to_value(result).map_err(|e| DbError::Corrupt(e.to_string()))?;
-    sqlx::query("UPDATE memoji_jobs SET status = $2, result = $3, updated_at = now() WHERE job_id = $1")
-        .bind(result.job_id.0)
-        .bind(status)
-        .bind(json)
-        .execute(executor)
-        .await?;
+    sqlx::query(
+        "UPDATE memoji_jobs SET status = $2, result = $3, updated_at = now() WHERE job_id = $1",
+    )
+    .bind(result.job_id.0)
+    .bind(status)
+    .bind(json)
+    .execute(executor)
+    .await?;
     Ok(())
 }

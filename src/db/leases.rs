@@ -12,7 +12,12 @@ use super::DbError;
 use crate::job::{CacheKey, JobId};
 
 /// Takes the key's lease for `holder` if it is free, expired, or already the holder's.
-pub async fn claim(pool: &PgPool, key: &CacheKey, holder: JobId, ttl: Duration) -> Result<bool, DbError> {
+pub async fn claim(
+    pool: &PgPool,
+    key: &CacheKey,
+    holder: JobId,
+    ttl: Duration,
+) -> Result<bool, DbError> {
     let claimed: Option<(uuid::Uuid,)> = sqlx::query_as(
         "INSERT INTO memoji_generation_leases (prompt_hash, holder, expires_at)
          VALUES ($1, $2, now() + $3 * interval '1 millisecond')
@@ -31,7 +36,12 @@ pub async fn claim(pool: &PgPool, key: &CacheKey, holder: JobId, ttl: Duration) 
 }
 
 /// Extends a held lease; `false` if it was lost (expired and taken by another job).
-pub async fn renew(pool: &PgPool, key: &CacheKey, holder: JobId, ttl: Duration) -> Result<bool, DbError> {
+pub async fn renew(
+    pool: &PgPool,
+    key: &CacheKey,
+    holder: JobId,
+    ttl: Duration,
+) -> Result<bool, DbError> {
     let renewed = sqlx::query(
         "UPDATE memoji_generation_leases SET expires_at = now() + $3 * interval '1 millisecond'
           WHERE prompt_hash = $1 AND holder = $2",
@@ -45,7 +55,11 @@ pub async fn renew(pool: &PgPool, key: &CacheKey, holder: JobId, ttl: Duration) 
 }
 
 /// Gives a lease up; part of the transaction that records the outcome.
-pub async fn release(executor: impl PgExecutor<'_>, key: &CacheKey, holder: JobId) -> Result<(), DbError> {
+pub async fn release(
+    executor: impl PgExecutor<'_>,
+    key: &CacheKey,
+    holder: JobId,
+) -> Result<(), DbError> {
     sqlx::query("DELETE FROM memoji_generation_leases WHERE prompt_hash = $1 AND holder = $2")
         .bind(key.as_str())
         .bind(holder.0)

@@ -17,7 +17,7 @@ use bytes::Bytes;
 
 pub use openai::OpenAiGenerator;
 pub use pacing::Paced;
-pub use placeholder::PlaceholderGenerator;
+pub use placeholder::{PlaceholderGenerator, draw as draw_placeholder};
 pub use prompt::prompt_for;
 
 use crate::job::{AvatarConfig, ErrorCode, GeneratorKind};
@@ -66,7 +66,11 @@ pub enum GenerateError {
     /// Anything else; `retryable` says whether the same job may succeed later (rate limits and
     /// outages) or not (a rejected request, a bad key, no quota).
     #[error("generation failed: {message}")]
-    Failed { message: String, retryable: bool, attempts: u32 },
+    Failed {
+        message: String,
+        retryable: bool,
+        attempts: u32,
+    },
 }
 
 impl GenerateError {
@@ -87,7 +91,13 @@ impl GenerateError {
     }
 
     pub fn retryable(&self) -> bool {
-        matches!(self, GenerateError::Failed { retryable: true, .. })
+        matches!(
+            self,
+            GenerateError::Failed {
+                retryable: true,
+                ..
+            }
+        )
     }
 }
 
@@ -97,5 +107,6 @@ pub trait ImageGenerator: Send + Sync + fmt::Debug {
     /// Which kind of entries it makes; part of the cache key.
     fn kind(&self) -> GeneratorKind;
     /// Generates one image. `user` is an opaque id passed on for abuse monitoring.
-    async fn generate(&self, config: &AvatarConfig, user: &str) -> Result<Generated, GenerateError>;
+    async fn generate(&self, config: &AvatarConfig, user: &str)
+    -> Result<Generated, GenerateError>;
 }

@@ -38,13 +38,18 @@ pub struct OpenAiGenerator {
 
 impl std::fmt::Debug for OpenAiGenerator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenAiGenerator").field("endpoint", &self.endpoint).finish_non_exhaustive()
+        f.debug_struct("OpenAiGenerator")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
     }
 }
 
 /// One attempt's failure, before the retry decision.
 enum AttemptError {
-    Retry { message: String, retry_after: Option<Duration> },
+    Retry {
+        message: String,
+        retry_after: Option<Duration>,
+    },
     Final(FinalError),
 }
 
@@ -83,14 +88,20 @@ struct ApiError {
 }
 
 impl OpenAiGenerator {
-    pub fn new(settings: &OpenAiSettings, api_key: SecretString) -> Result<OpenAiGenerator, reqwest::Error> {
+    pub fn new(
+        settings: &OpenAiSettings,
+        api_key: SecretString,
+    ) -> Result<OpenAiGenerator, reqwest::Error> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("memoji-worker/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
             .build()?;
         Ok(OpenAiGenerator {
             http,
-            endpoint: format!("{}/images/generations", settings.base_url.trim_end_matches('/')),
+            endpoint: format!(
+                "{}/images/generations",
+                settings.base_url.trim_end_matches('/')
+            ),
             api_key,
             settings: settings.clone(),
         })
@@ -112,13 +123,21 @@ impl OpenAiGenerator {
         } else {
             body["response_format"] = json!("b64_json");
         }
-        if let Some(quality) = config.quality.as_deref().filter(|q| *q != "auto" || config.model.is_gpt_image()) {
+        if let Some(quality) = config
+            .quality
+            .as_deref()
+            .filter(|q| *q != "auto" || config.model.is_gpt_image())
+        {
             body["quality"] = json!(quality);
         }
         body
     }
 
-    async fn attempt(&self, body: &Value, timeout: Duration) -> Result<(Bytes, Option<Usage>), AttemptError> {
+    async fn attempt(
+        &self,
+        body: &Value,
+        timeout: Duration,
+    ) -> Result<(Bytes, Option<Usage>), AttemptError> {
         let response = self
             .http
             .post(&self.endpoint)
@@ -134,8 +153,15 @@ impl OpenAiGenerator {
         if status.is_success() {
             return decode(&text).map_err(AttemptError::Final);
         }
-        let error = serde_json::from_slice::<ErrorBody>(&text).unwrap_or_default().error;
-        Err(classify(status, error, retry_after, self.api_key.expose_secret()))
+        let error = serde_json::from_slice::<ErrorBody>(&text)
+            .unwrap_or_default()
+            .error;
+        Err(classify(
+            status,
+            error,
+            retry_after,
+            self.api_key.expose_secret(),
+        ))
     }
 }
 
@@ -145,7 +171,11 @@ impl ImageGenerator for OpenAiGenerator {
         GeneratorKind::OpenAi
     }
 
-    async fn generate(&self, config: &AvatarConfig, user: &str) -> Result<Generated, GenerateError> {
+    async fn generate(
+        &self,
+        config: &AvatarConfig,
+        user: &str,
+    ) -> Result<Generated, GenerateError> {
         let body = Self::body(config, user);
         let deadline = Instant::now() + self.settings.total_timeout();
         let mut backoff = ExponentialBuilder::default()
@@ -162,12 +192,23 @@ impl ImageGenerator for OpenAiGenerator {
             let (message, retry_after) = match self.attempt(&body, timeout).await {
                 Ok((png, usage)) => {
                     let cost_usd = pricing::cost(config, usage.as_ref());
-                    return Ok(Generated { png, attempts, cost_usd, usage });
+                    return Ok(Generated {
+                        png,
+                        attempts,
+                        cost_usd,
+                        usage,
+                    });
                 }
                 Err(AttemptError::Final(error)) => return Err(error.into_generate_error(attempts)),
-                Err(AttemptError::Retry { message, retry_after }) => (message, retry_after),
+                Err(AttemptError::Retry {
+                    message,
+                    retry_after,
+                }) => (message, retry_after),
             };
-            let delay = backoff.next().unwrap_or_default().max(retry_after.unwrap_or_default());
+            let delay = backoff
+                .next()
+                .unwrap_or_default()
+                .max(retry_after.unwrap_or_default());
             let out_of_budget = Instant::now() + delay >= deadline;
             if attempts >= self.settings.max_attempts || out_of_budget {
                 return Err(GenerateError::Failed {
@@ -185,9 +226,15 @@ impl ImageGenerator for OpenAiGenerator {
 impl FinalError {
     fn into_generate_error(self, attempts: u32) -> GenerateError {
         match self {
-            FinalError::ContentPolicy(message) => GenerateError::ContentPolicy { message, attempts },
+            FinalError::ContentPolicy(message) => {
+                GenerateError::ContentPolicy { message, attempts }
+            }
             FinalError::BadImage(message) => GenerateError::BadImage { message, attempts },
-            FinalError::Failed { message, retryable } => GenerateError::Failed { message, retryable, attempts },
+            FinalError::Failed { message, retryable } => GenerateError::Failed {
+                message,
+                retryable,
+                attempts,
+            },
         }
     }
 }
@@ -201,7 +248,10 @@ fn transport(error: reqwest::Error) -> AttemptError {
         "transport error"
     };
     // Without the URL: it is not secret, but it is noise in a result message.
-    AttemptError::Retry { message: format!("OpenAI {what}: {}", error.without_url()), retry_after: None }
+    AttemptError::Retry {
+        message: format!("OpenAI {what}: {}", error.without_url()),
+        retry_after: None,
+    }
 }
 
 fn decode(body: &[u8]) -> Result<(Bytes, Option<Usage>), FinalError> {
@@ -218,30 +268,56 @@ fn decode(body: &[u8]) -> Result<(Bytes, Option<Usage>), FinalError> {
     Ok((Bytes::from(png), response.usage))
 }
 
-fn classify(status: StatusCode, error: ApiError, retry_after: Option<Duration>, api_key: &str) -> AttemptError {
+fn classify(
+    status: StatusCode,
+    error: ApiError,
+    retry_after: Option<Duration>,
+    api_key: &str,
+) -> AttemptError {
     let code = error.code.as_deref().unwrap_or_default();
     let message = if status == StatusCode::UNAUTHORIZED {
         "OpenAI rejected the API key (401)".to_owned()
     } else {
-        let text = if error.message.is_empty() { "no message" } else { error.message.as_str() };
-        let text = if api_key.is_empty() { text.to_owned() } else { text.replace(api_key, "***") };
+        let text = if error.message.is_empty() {
+            "no message"
+        } else {
+            error.message.as_str()
+        };
+        let text = if api_key.is_empty() {
+            text.to_owned()
+        } else {
+            text.replace(api_key, "***")
+        };
         format!("OpenAI answered {}: {text}", status.as_u16())
     };
     let content_policy = CONTENT_POLICY_CODES.contains(&code)
-        || (error.kind.as_deref() == Some("image_generation_user_error") && error.message.contains("safety"));
+        || (error.kind.as_deref() == Some("image_generation_user_error")
+            && error.message.contains("safety"));
     match status.as_u16() {
         400 if content_policy => AttemptError::Final(FinalError::ContentPolicy(message)),
-        429 if QUOTA_CODES.contains(&code) => {
-            AttemptError::Final(FinalError::Failed { message, retryable: false })
-        }
-        408 | 409 | 429 | 500..=599 => AttemptError::Retry { message, retry_after },
-        _ => AttemptError::Final(FinalError::Failed { message, retryable: false }),
+        429 if QUOTA_CODES.contains(&code) => AttemptError::Final(FinalError::Failed {
+            message,
+            retryable: false,
+        }),
+        408 | 409 | 429 | 500..=599 => AttemptError::Retry {
+            message,
+            retry_after,
+        },
+        _ => AttemptError::Final(FinalError::Failed {
+            message,
+            retryable: false,
+        }),
     }
 }
 
 /// `retry-after-ms` (OpenAI's), else `Retry-After` in seconds or as an HTTP date.
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
     if let Some(ms) = text("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
         return Duration::try_from_secs_f64(ms / 1000.0).ok();
     }
@@ -250,7 +326,9 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         return Duration::try_from_secs_f64(seconds).ok();
     }
     let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    (at.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().ok()
+    (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
+        .to_std()
+        .ok()
 }
 
 #[cfg(test)]
@@ -269,7 +347,8 @@ mod tests {
 
     fn png_b64() -> String {
         let config = AvatarConfig::parse(&json!({})).unwrap();
-        base64::engine::general_purpose::STANDARD.encode(super::super::placeholder::draw(&config).unwrap())
+        base64::engine::general_purpose::STANDARD
+            .encode(super::super::placeholder::draw(&config).unwrap())
     }
 
     fn ok_body() -> Value {
@@ -281,7 +360,10 @@ mod tests {
         json!({"error": {"message": message, "type": "invalid_request_error", "code": code, "param": null}})
     }
 
-    async fn generator(server: &MockServer, tweak: impl FnOnce(&mut OpenAiSettings)) -> OpenAiGenerator {
+    async fn generator(
+        server: &MockServer,
+        tweak: impl FnOnce(&mut OpenAiSettings),
+    ) -> OpenAiGenerator {
         let mut settings = Settings::defaults().unwrap().openai;
         settings.base_url = format!("{}/v1", server.uri());
         settings.backoff_min_ms = 10;
@@ -311,7 +393,10 @@ mod tests {
         let calls = Arc::new(AtomicU32::new(0));
         Mock::given(method("POST"))
             .and(path("/v1/images/generations"))
-            .respond_with(Sequence { replies, calls: calls.clone() })
+            .respond_with(Sequence {
+                replies,
+                calls: calls.clone(),
+            })
             .mount(server)
             .await;
         calls
@@ -323,13 +408,19 @@ mod tests {
         Mock::given(method("POST"))
             .and(path("/v1/images/generations"))
             .and(header("authorization", format!("Bearer {KEY}").as_str()))
-            .and(body_partial_json(json!({"model": "gpt-image-1", "size": "1024x1024", "n": 1,
-                                          "quality": "high", "background": "auto"})))
+            .and(body_partial_json(
+                json!({"model": "gpt-image-1", "size": "1024x1024", "n": 1,
+                                          "quality": "high", "background": "auto"}),
+            ))
             .respond_with(ResponseTemplate::new(200).set_body_json(ok_body()))
             .expect(1)
             .mount(&server)
             .await;
-        let generated = generator(&server, |_| {}).await.generate(&config(), "user-1").await.unwrap();
+        let generated = generator(&server, |_| {})
+            .await
+            .generate(&config(), "user-1")
+            .await
+            .unwrap();
         assert!(crate::storage::check_png(&generated.png).is_ok());
         assert_eq!(generated.attempts, 1);
         assert_eq!(generated.usage.map(|u| u.output_tokens), Some(1056));
@@ -339,10 +430,21 @@ mod tests {
     #[tokio::test]
     async fn dall_e_asks_for_base64_and_sends_no_background() {
         let server = MockServer::start().await;
-        let calls = sequence(&server, vec![ResponseTemplate::new(200).set_body_json(ok_body())]).await;
-        let config = AvatarConfig::parse(&json!({"model": "dall-e-3", "size": "1792x1024"})).unwrap();
-        generator(&server, |_| {}).await.generate(&config, "u").await.unwrap();
-        let request: Value = server.received_requests().await.unwrap()[0].body_json().unwrap();
+        let calls = sequence(
+            &server,
+            vec![ResponseTemplate::new(200).set_body_json(ok_body())],
+        )
+        .await;
+        let config =
+            AvatarConfig::parse(&json!({"model": "dall-e-3", "size": "1792x1024"})).unwrap();
+        generator(&server, |_| {})
+            .await
+            .generate(&config, "u")
+            .await
+            .unwrap();
+        let request: Value = server.received_requests().await.unwrap()[0]
+            .body_json()
+            .unwrap();
         assert_eq!(request["response_format"], "b64_json");
         assert_eq!(request.get("background"), None);
         assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -354,14 +456,21 @@ mod tests {
         let calls = sequence(
             &server,
             vec![
-                ResponseTemplate::new(429).set_body_json(error_body("Rate limit reached", Some("rate_limit_exceeded"))),
+                ResponseTemplate::new(429).set_body_json(error_body(
+                    "Rate limit reached",
+                    Some("rate_limit_exceeded"),
+                )),
                 ResponseTemplate::new(503),
                 ResponseTemplate::new(500).set_body_json(error_body("server error", None)),
                 ResponseTemplate::new(200).set_body_json(ok_body()),
             ],
         )
         .await;
-        let generated = generator(&server, |_| {}).await.generate(&config(), "u").await.unwrap();
+        let generated = generator(&server, |_| {})
+            .await
+            .generate(&config(), "u")
+            .await
+            .unwrap();
         assert_eq!(generated.attempts, 4);
         assert_eq!(calls.load(Ordering::SeqCst), 4);
     }
@@ -370,7 +479,11 @@ mod tests {
     async fn gives_up_after_max_attempts_as_retryable_generation_failed() {
         let server = MockServer::start().await;
         let calls = sequence(&server, vec![ResponseTemplate::new(502)]).await;
-        let error = generator(&server, |s| s.max_attempts = 3).await.generate(&config(), "u").await.unwrap_err();
+        let error = generator(&server, |s| s.max_attempts = 3)
+            .await
+            .generate(&config(), "u")
+            .await
+            .unwrap_err();
         assert_eq!(error.code(), crate::job::ErrorCode::GenerationFailed);
         assert!(error.retryable());
         assert_eq!(error.attempts(), 3);
@@ -389,15 +502,31 @@ mod tests {
         )
         .await;
         let started = std::time::Instant::now();
-        generator(&server, |_| {}).await.generate(&config(), "u").await.unwrap();
-        assert!(started.elapsed() >= Duration::from_secs(1), "waited {:?}", started.elapsed());
+        generator(&server, |_| {})
+            .await
+            .generate(&config(), "u")
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "waited {:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test]
     async fn a_retry_after_beyond_the_budget_ends_the_generation() {
         let server = MockServer::start().await;
-        let calls = sequence(&server, vec![ResponseTemplate::new(429).insert_header("retry-after", "3600")]).await;
-        let error = generator(&server, |s| s.total_timeout_secs = 5).await.generate(&config(), "u").await.unwrap_err();
+        let calls = sequence(
+            &server,
+            vec![ResponseTemplate::new(429).insert_header("retry-after", "3600")],
+        )
+        .await;
+        let error = generator(&server, |s| s.total_timeout_secs = 5)
+            .await
+            .generate(&config(), "u")
+            .await
+            .unwrap_err();
         assert!(error.retryable());
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
@@ -408,12 +537,18 @@ mod tests {
         let calls = sequence(
             &server,
             vec![
-                ResponseTemplate::new(200).set_body_json(ok_body()).set_delay(Duration::from_secs(3)),
+                ResponseTemplate::new(200)
+                    .set_body_json(ok_body())
+                    .set_delay(Duration::from_secs(3)),
                 ResponseTemplate::new(200).set_body_json(ok_body()),
             ],
         )
         .await;
-        let generated = generator(&server, |s| s.request_timeout_secs = 1).await.generate(&config(), "u").await.unwrap();
+        let generated = generator(&server, |s| s.request_timeout_secs = 1)
+            .await
+            .generate(&config(), "u")
+            .await
+            .unwrap();
         assert_eq!(generated.attempts, 2);
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
@@ -442,10 +577,17 @@ mod tests {
             let server = MockServer::start().await;
             let calls = sequence(
                 &server,
-                vec![ResponseTemplate::new(400).set_body_json(error_body("Your request was rejected by the safety system.", Some(code)))],
+                vec![ResponseTemplate::new(400).set_body_json(error_body(
+                    "Your request was rejected by the safety system.",
+                    Some(code),
+                ))],
             )
             .await;
-            let error = generator(&server, |_| {}).await.generate(&config(), "u").await.unwrap_err();
+            let error = generator(&server, |_| {})
+                .await
+                .generate(&config(), "u")
+                .await
+                .unwrap_err();
             assert_eq!(error.code(), crate::job::ErrorCode::ContentPolicy, "{code}");
             assert!(!error.retryable());
             assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -454,12 +596,27 @@ mod tests {
 
     #[tokio::test]
     async fn other_client_errors_and_exhausted_quota_are_not_retried() {
-        for (status, code) in [(400, Some("invalid_size")), (404, None), (429, Some("insufficient_quota"))] {
+        for (status, code) in [
+            (400, Some("invalid_size")),
+            (404, None),
+            (429, Some("insufficient_quota")),
+        ] {
             let server = MockServer::start().await;
-            let calls =
-                sequence(&server, vec![ResponseTemplate::new(status).set_body_json(error_body("nope", code))]).await;
-            let error = generator(&server, |_| {}).await.generate(&config(), "u").await.unwrap_err();
-            assert_eq!(error.code(), crate::job::ErrorCode::GenerationFailed, "{status}");
+            let calls = sequence(
+                &server,
+                vec![ResponseTemplate::new(status).set_body_json(error_body("nope", code))],
+            )
+            .await;
+            let error = generator(&server, |_| {})
+                .await
+                .generate(&config(), "u")
+                .await
+                .unwrap_err();
+            assert_eq!(
+                error.code(),
+                crate::job::ErrorCode::GenerationFailed,
+                "{status}"
+            );
             assert!(!error.retryable(), "{status}");
             assert_eq!(calls.load(Ordering::SeqCst), 1, "{status}");
         }
@@ -470,10 +627,17 @@ mod tests {
         let server = MockServer::start().await;
         sequence(
             &server,
-            vec![ResponseTemplate::new(401).set_body_json(error_body(&format!("Incorrect API key provided: {KEY}"), Some("invalid_api_key")))],
+            vec![ResponseTemplate::new(401).set_body_json(error_body(
+                &format!("Incorrect API key provided: {KEY}"),
+                Some("invalid_api_key"),
+            ))],
         )
         .await;
-        let error = generator(&server, |_| {}).await.generate(&config(), "u").await.unwrap_err();
+        let error = generator(&server, |_| {})
+            .await
+            .generate(&config(), "u")
+            .await
+            .unwrap_err();
         assert!(!error.to_string().contains("sk-test"), "{error}");
         assert!(!format!("{error:?}").contains("sk-test"));
         let generator = generator(&server, |_| {}).await;
@@ -482,10 +646,21 @@ mod tests {
 
     #[tokio::test]
     async fn garbage_instead_of_an_image_is_image_invalid() {
-        for body in [json!({"data": []}), json!({"data": [{"b64_json": "@@not base64@@"}]})] {
+        for body in [
+            json!({"data": []}),
+            json!({"data": [{"b64_json": "@@not base64@@"}]}),
+        ] {
             let server = MockServer::start().await;
-            sequence(&server, vec![ResponseTemplate::new(200).set_body_json(body)]).await;
-            let error = generator(&server, |_| {}).await.generate(&config(), "u").await.unwrap_err();
+            sequence(
+                &server,
+                vec![ResponseTemplate::new(200).set_body_json(body)],
+            )
+            .await;
+            let error = generator(&server, |_| {})
+                .await
+                .generate(&config(), "u")
+                .await
+                .unwrap_err();
             assert_eq!(error.code(), crate::job::ErrorCode::ImageInvalid);
         }
     }
@@ -501,6 +676,9 @@ mod tests {
         let at = chrono::Utc::now() + chrono::Duration::seconds(30);
         dated.insert("retry-after", at.to_rfc2822().parse().unwrap());
         let wait = retry_after(&dated).unwrap();
-        assert!(wait > Duration::from_secs(25) && wait <= Duration::from_secs(30), "{wait:?}");
+        assert!(
+            wait > Duration::from_secs(25) && wait <= Duration::from_secs(30),
+            "{wait:?}"
+        );
     }
 }

@@ -33,7 +33,12 @@ impl fmt::Debug for Paced {
 impl Paced {
     pub fn new(inner: Arc<dyn ImageGenerator>, max_concurrency: usize, per_minute: u32) -> Paced {
         let spacing = (per_minute > 0).then(|| Duration::from_secs(60) / per_minute);
-        Paced { inner, slots: Semaphore::new(max_concurrency), spacing, next_start: Mutex::new(Instant::now()) }
+        Paced {
+            inner,
+            slots: Semaphore::new(max_concurrency),
+            spacing,
+            next_start: Mutex::new(Instant::now()),
+        }
     }
 
     /// Waits for this start's turn under the per-minute limit.
@@ -55,12 +60,20 @@ impl ImageGenerator for Paced {
         self.inner.kind()
     }
 
-    async fn generate(&self, config: &AvatarConfig, user: &str) -> Result<Generated, GenerateError> {
-        let _slot = self.slots.acquire().await.map_err(|_| GenerateError::Failed {
-            message: "the generator is shutting down".to_owned(),
-            retryable: true,
-            attempts: 0,
-        })?;
+    async fn generate(
+        &self,
+        config: &AvatarConfig,
+        user: &str,
+    ) -> Result<Generated, GenerateError> {
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| GenerateError::Failed {
+                message: "the generator is shutting down".to_owned(),
+                retryable: true,
+                attempts: 0,
+            })?;
         self.wait_turn().await;
         self.inner.generate(config, user).await
     }
@@ -91,7 +104,12 @@ mod tests {
             self.peak.fetch_max(now, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_secs(1)).await;
             self.running.fetch_sub(1, Ordering::SeqCst);
-            Ok(Generated { png: Bytes::new(), attempts: 1, cost_usd: 0.0, usage: None })
+            Ok(Generated {
+                png: Bytes::new(),
+                attempts: 1,
+                cost_usd: 0.0,
+                usage: None,
+            })
         }
     }
 

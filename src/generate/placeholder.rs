@@ -49,14 +49,24 @@ fn theme(name: &str) -> Rgb {
 pub fn draw(config: &AvatarConfig) -> Result<Vec<u8>, png::EncodingError> {
     let (w, h) = config.dimensions();
     let (width, height) = ((w / SCALE).max(16), (h / SCALE).max(16));
-    let (background, face, hair) = (theme(&config.color_theme), skin(&config.skin_tone), hashed(&config.hair));
+    let (background, face, hair) = (
+        theme(&config.color_theme),
+        skin(&config.skin_tone),
+        hashed(&config.hair),
+    );
     let (cx, cy) = (width as f32 / 2.0, height as f32 * 0.55);
     let radius = width.min(height) as f32 * 0.3;
     let dots: Vec<(f32, f32, Rgb)> = config
         .accessories
         .iter()
         .enumerate()
-        .map(|(i, name)| (width as f32 * (0.1 + 0.08 * i as f32), height as f32 * 0.9, hashed(name)))
+        .map(|(i, name)| {
+            (
+                width as f32 * (0.1 + 0.08 * i as f32),
+                height as f32 * 0.9,
+                hashed(name),
+            )
+        })
         .collect();
 
     let mut pixels = Vec::with_capacity((width * height * 3) as usize);
@@ -64,7 +74,9 @@ pub fn draw(config: &AvatarConfig) -> Result<Vec<u8>, png::EncodingError> {
         for x in 0..width {
             let (px, py) = (x as f32 + 0.5, y as f32 + 0.5);
             let dist = ((px - cx).powi(2) + (py - cy).powi(2)).sqrt();
-            let in_dot = dots.iter().find(|(dx, dy, _)| (px - dx).powi(2) + (py - dy).powi(2) < (radius * 0.12).powi(2));
+            let in_dot = dots.iter().find(|(dx, dy, _)| {
+                (px - dx).powi(2) + (py - dy).powi(2) < (radius * 0.12).powi(2)
+            });
             let colour = match in_dot {
                 Some((_, _, colour)) => *colour,
                 None if dist < radius && py < cy - radius * 0.45 => hair,
@@ -90,13 +102,29 @@ impl ImageGenerator for PlaceholderGenerator {
         GeneratorKind::Placeholder
     }
 
-    async fn generate(&self, config: &AvatarConfig, _user: &str) -> Result<Generated, GenerateError> {
+    async fn generate(
+        &self,
+        config: &AvatarConfig,
+        _user: &str,
+    ) -> Result<Generated, GenerateError> {
         let config = config.clone();
         let png = tokio::task::spawn_blocking(move || draw(&config))
             .await
-            .map_err(|e| GenerateError::Failed { message: e.to_string(), retryable: true, attempts: 1 })?
-            .map_err(|e| GenerateError::BadImage { message: e.to_string(), attempts: 1 })?;
-        Ok(Generated { png: Bytes::from(png), attempts: 1, cost_usd: 0.0, usage: None })
+            .map_err(|e| GenerateError::Failed {
+                message: e.to_string(),
+                retryable: true,
+                attempts: 1,
+            })?
+            .map_err(|e| GenerateError::BadImage {
+                message: e.to_string(),
+                attempts: 1,
+            })?;
+        Ok(Generated {
+            png: Bytes::from(png),
+            attempts: 1,
+            cost_usd: 0.0,
+            usage: None,
+        })
     }
 }
 
@@ -109,7 +137,8 @@ mod tests {
 
     #[test]
     fn draws_a_valid_deterministic_png_of_the_right_shape() {
-        let config = AvatarConfig::parse(&json!({"size": "1536x1024", "accessories": ["hat"]})).unwrap();
+        let config =
+            AvatarConfig::parse(&json!({"size": "1536x1024", "accessories": ["hat"]})).unwrap();
         let first = draw(&config).unwrap();
         assert_eq!(check_png(&first).unwrap(), (384, 256));
         assert_eq!(first, draw(&config).unwrap());

@@ -75,17 +75,36 @@ mod tests {
     #[test]
     fn list_prices_follow_model_quality_and_size() {
         assert_eq!(list_price(&config(json!({}))), 0.042);
-        assert_eq!(list_price(&config(json!({"quality": "high", "size": "1536x1024"}))), 0.25);
-        assert_eq!(list_price(&config(json!({"model": "dall-e-3", "quality": "hd"}))), 0.08);
-        assert_eq!(list_price(&config(json!({"model": "dall-e-2", "size": "256x256"}))), 0.016);
+        assert_eq!(
+            list_price(&config(json!({"quality": "high", "size": "1536x1024"}))),
+            0.25
+        );
+        assert_eq!(
+            list_price(&config(json!({"model": "dall-e-3", "quality": "hd"}))),
+            0.08
+        );
+        assert_eq!(
+            list_price(&config(json!({"model": "dall-e-2", "size": "256x256"}))),
+            0.016
+        );
     }
 
     #[test]
     fn usage_wins_for_token_billed_models() {
-        let usage = Usage { input_tokens: 50, output_tokens: 1056, total_tokens: 1106 };
+        let usage = Usage {
+            input_tokens: 50,
+            output_tokens: 1056,
+            total_tokens: 1106,
+        };
         let cost = cost(&config(json!({})), Some(&usage));
-        assert!((cost - (50.0 * 5.0e-6 + 1056.0 * 40.0e-6)).abs() < 1e-12, "{cost}");
+        assert!(
+            (cost - (50.0 * 5.0e-6 + 1056.0 * 40.0e-6)).abs() < 1e-12,
+            "{cost}"
+        );
         // DALL·E bills per image whatever usage says.
-        assert_eq!(super::cost(&config(json!({"model": "dall-e-3"})), Some(&usage)), 0.04);
+        assert_eq!(
+            super::cost(&config(json!({"model": "dall-e-3"})), Some(&usage)),
+            0.04
+        );
     }
 }

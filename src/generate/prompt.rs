@@ -40,7 +40,15 @@ mod tests {
         }))
         .unwrap();
         let prompt = prompt_for(&config);
-        for word in ["grandma", "curly hair", "dark skin", "heart gesture", "glasses, hat", "mint", "holding a cat"] {
+        for word in [
+            "grandma",
+            "curly hair",
+            "dark skin",
+            "heart gesture",
+            "glasses, hat",
+            "mint",
+            "holding a cat",
+        ] {
             assert!(prompt.contains(word), "{word:?} missing from {prompt:?}");
         }
     }

@@ -10,7 +10,9 @@ use serde_json::{Value, json};
 use super::ApiState;
 
 pub fn router() -> Router<ApiState> {
-    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz))
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
 }
 
 async fn healthz() -> Json<Value> {
@@ -20,6 +22,13 @@ async fn healthz() -> Json<Value> {
 async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Value>) {
     let broker = state.broker.is_up();
     let database = crate::db::ping(&state.db).await;
-    let status = if broker && database { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({"ready": broker && database, "broker": broker, "database": database})))
+    let status = if broker && database {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({"ready": broker && database, "broker": broker, "database": database})),
+    )
 }

@@ -20,7 +20,12 @@ pub enum Model {
 }
 
 impl Model {
-    pub const ALL: [Model; 4] = [Model::GptImage1, Model::GptImage1Mini, Model::DallE2, Model::DallE3];
+    pub const ALL: [Model; 4] = [
+        Model::GptImage1,
+        Model::GptImage1Mini,
+        Model::DallE2,
+        Model::DallE3,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -43,14 +48,20 @@ impl Model {
 
     pub fn sizes(self) -> &'static [&'static str] {
         match self {
-            Model::GptImage1 | Model::GptImage1Mini => &["1024x1024", "1536x1024", "1024x1536", "auto"],
+            Model::GptImage1 | Model::GptImage1Mini => {
+                &["1024x1024", "1536x1024", "1024x1536", "auto"]
+            }
             Model::DallE2 => &["256x256", "512x512", "1024x1024"],
             Model::DallE3 => &["1024x1024", "1792x1024", "1024x1792"],
         }
     }
 
     pub fn backgrounds(self) -> &'static [&'static str] {
-        if self.is_gpt_image() { &["transparent", "opaque", "auto"] } else { &["auto"] }
+        if self.is_gpt_image() {
+            &["transparent", "opaque", "auto"]
+        } else {
+            &["auto"]
+        }
     }
 
     pub fn qualities(self) -> &'static [&'static str] {
@@ -71,10 +82,17 @@ pub enum ConfigError {
     NotAString { field: &'static str },
     #[error("config.accessories must be an array of strings")]
     BadAccessories,
-    #[error("config.model {0:?} is not supported (gpt-image-1, gpt-image-1-mini, dall-e-2, dall-e-3)")]
+    #[error(
+        "config.model {0:?} is not supported (gpt-image-1, gpt-image-1-mini, dall-e-2, dall-e-3)"
+    )]
     UnknownModel(String),
     #[error("config.{field} {value:?} is not allowed for {model}; allowed: {allowed}")]
-    NotAllowed { field: &'static str, value: String, model: &'static str, allowed: String },
+    NotAllowed {
+        field: &'static str,
+        value: String,
+        model: &'static str,
+        allowed: String,
+    },
     #[error("config.{field} is too long (at most {max} characters)")]
     TooLong { field: &'static str, max: usize },
     #[error("config.{field} contains control characters")]
@@ -132,7 +150,11 @@ impl AvatarConfig {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(items)) => items
                 .iter()
-                .map(|item| item.as_str().map(str::to_owned).ok_or(ConfigError::BadAccessories))
+                .map(|item| {
+                    item.as_str()
+                        .map(str::to_owned)
+                        .ok_or(ConfigError::BadAccessories)
+                })
                 .collect::<Result<Vec<_>, _>>()?,
             Some(_) => return Err(ConfigError::BadAccessories),
         };
@@ -170,7 +192,9 @@ impl AvatarConfig {
             plain_text(field, value, MAX_FIELD_CHARS, false)?;
         }
         if self.accessories.len() > MAX_ACCESSORIES {
-            return Err(ConfigError::TooManyAccessories { max: MAX_ACCESSORIES });
+            return Err(ConfigError::TooManyAccessories {
+                max: MAX_ACCESSORIES,
+            });
         }
         for accessory in &self.accessories {
             plain_text("accessories", accessory, MAX_FIELD_CHARS, false)?;
@@ -208,7 +232,12 @@ fn utf16_order(a: &str, b: &str) -> Ordering {
     a.encode_utf16().cmp(b.encode_utf16())
 }
 
-fn one_of(field: &'static str, value: &str, model: Model, allowed: &[&str]) -> Result<(), ConfigError> {
+fn one_of(
+    field: &'static str,
+    value: &str,
+    model: Model,
+    allowed: &[&str],
+) -> Result<(), ConfigError> {
     if allowed.contains(&value) {
         return Ok(());
     }
@@ -220,7 +249,12 @@ fn one_of(field: &'static str, value: &str, model: Model, allowed: &[&str]) -> R
     })
 }
 
-fn plain_text(field: &'static str, value: &str, max: usize, multiline: bool) -> Result<(), ConfigError> {
+fn plain_text(
+    field: &'static str,
+    value: &str,
+    max: usize,
+    multiline: bool,
+) -> Result<(), ConfigError> {
     if value.chars().count() > max {
         return Err(ConfigError::TooLong { field, max });
     }
@@ -242,7 +276,10 @@ mod tests {
         let config = AvatarConfig::parse(&json!({})).unwrap();
         assert_eq!(config.model, Model::GptImage1);
         assert_eq!(config.size, "1024x1024");
-        assert_eq!((config.hair.as_str(), config.skin_tone.as_str()), ("short", "medium"));
+        assert_eq!(
+            (config.hair.as_str(), config.skin_tone.as_str()),
+            ("short", "medium")
+        );
         assert_eq!(config.dimensions(), (1024, 1024));
     }
 
@@ -250,16 +287,25 @@ mod tests {
     fn sizes_follow_the_model() {
         assert!(AvatarConfig::parse(&json!({"size": "1536x1024"})).is_ok());
         assert!(AvatarConfig::parse(&json!({"model": "dall-e-3", "size": "1792x1024"})).is_ok());
-        let err = AvatarConfig::parse(&json!({"model": "dall-e-2", "size": "1536x1024"})).unwrap_err();
-        assert!(matches!(err, ConfigError::NotAllowed { field: "size", .. }), "{err}");
+        let err =
+            AvatarConfig::parse(&json!({"model": "dall-e-2", "size": "1536x1024"})).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::NotAllowed { field: "size", .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("256x256"), "{err}");
         assert!(AvatarConfig::parse(&json!({"size": "4096x4096"})).is_err());
     }
 
     #[test]
     fn backgrounds_and_qualities_follow_the_model() {
-        assert!(AvatarConfig::parse(&json!({"background": "transparent", "quality": "high"})).is_ok());
-        assert!(AvatarConfig::parse(&json!({"model": "dall-e-2", "background": "transparent"})).is_err());
+        assert!(
+            AvatarConfig::parse(&json!({"background": "transparent", "quality": "high"})).is_ok()
+        );
+        assert!(
+            AvatarConfig::parse(&json!({"model": "dall-e-2", "background": "transparent"}))
+                .is_err()
+        );
         assert!(AvatarConfig::parse(&json!({"model": "dall-e-3", "quality": "hd"})).is_ok());
         assert!(AvatarConfig::parse(&json!({"model": "dall-e-3", "quality": "high"})).is_err());
         assert!(AvatarConfig::parse(&json!({"quality": "ultra"})).is_err());
@@ -267,7 +313,10 @@ mod tests {
 
     #[test]
     fn wrong_types_and_unknown_models_are_refused() {
-        assert_eq!(AvatarConfig::parse(&json!([])), Err(ConfigError::NotAnObject));
+        assert_eq!(
+            AvatarConfig::parse(&json!([])),
+            Err(ConfigError::NotAnObject)
+        );
         assert_eq!(
             AvatarConfig::parse(&json!({"hair": 3})),
             Err(ConfigError::NotAString { field: "hair" })
@@ -291,7 +340,10 @@ mod tests {
         let long_prompt = "a".repeat(1001);
         assert_eq!(
             AvatarConfig::parse(&json!({"prompt": long_prompt})),
-            Err(ConfigError::TooLong { field: "prompt", max: 1000 })
+            Err(ConfigError::TooLong {
+                field: "prompt",
+                max: 1000
+            })
         );
         assert!(AvatarConfig::parse(&json!({"prompt": "é".repeat(1000)})).is_ok());
         assert!(AvatarConfig::parse(&json!({"prompt": "smiling\nwarmly"})).is_ok());

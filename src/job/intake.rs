@@ -41,8 +41,13 @@ pub enum Tier {
 }
 
 impl Tier {
-    pub const ALL: [Tier; 5] =
-        [Tier::Free, Tier::MonthlyBasic, Tier::MonthlyStandard, Tier::MonthlyPro, Tier::Lifetime];
+    pub const ALL: [Tier; 5] = [
+        Tier::Free,
+        Tier::MonthlyBasic,
+        Tier::MonthlyStandard,
+        Tier::MonthlyPro,
+        Tier::Lifetime,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -72,9 +77,13 @@ pub struct Job {
 /// What a readable message turned out to be.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Intake {
-    Job(Job),
+    Job(Box<Job>),
     /// A job that breaks a rule: answered with an `invalid_job` result, never retried or charged.
-    Invalid { job_id: JobId, user_id: String, message: String },
+    Invalid {
+        job_id: JobId,
+        user_id: String,
+        message: String,
+    },
 }
 
 /// A message that is not a job: it goes to the dead-letter queue with `reason`, and, where a job id
@@ -87,7 +96,10 @@ pub struct Rejection {
 
 /// Reads a message body. `message_id` is the AMQP property, used as the job id when the body has none.
 pub fn intake(body: &[u8], message_id: Option<&str>) -> Result<Intake, Rejection> {
-    let reject = |reason: String| Rejection { reason, answer: None };
+    let reject = |reason: String| Rejection {
+        reason,
+        answer: None,
+    };
     if body.len() > MAX_MESSAGE_BYTES {
         return Err(reject(format!(
             "message is {} bytes; a job is at most {MAX_MESSAGE_BYTES}",
@@ -103,18 +115,26 @@ pub fn intake(body: &[u8], message_id: Option<&str>) -> Result<Intake, Rejection
     let (job_id, job_id_problem) = job_id(&fields, message_id, body);
     let user_id = match fields.get("user_id") {
         Some(Value::String(user)) if !user.is_empty() => user.clone(),
-        _ => return Err(reject("user_id is missing or not a non-empty string".to_owned())),
+        _ => {
+            return Err(reject(
+                "user_id is missing or not a non-empty string".to_owned(),
+            ));
+        }
     };
     if user_id.chars().count() > MAX_USER_ID_CHARS || user_id.chars().any(char::is_control) {
         return Err(Rejection {
-            reason: format!(
-                "user_id must be 1-{MAX_USER_ID_CHARS} printable characters"
-            ),
+            reason: format!("user_id must be 1-{MAX_USER_ID_CHARS} printable characters"),
             answer: Some((job_id, user_id)),
         });
     }
 
-    let invalid = |message: String| Ok(Intake::Invalid { job_id, user_id: user_id.clone(), message });
+    let invalid = |message: String| {
+        Ok(Intake::Invalid {
+            job_id,
+            user_id: user_id.clone(),
+            message,
+        })
+    };
     if let Some(problem) = job_id_problem {
         return invalid(problem);
     }
@@ -135,7 +155,13 @@ pub fn intake(body: &[u8], message_id: Option<&str>) -> Result<Intake, Rejection
         Ok(config) => config,
         Err(error) => return invalid(error.to_string()),
     };
-    Ok(Intake::Job(Job { id: job_id, user_id, tier, config, force_refresh }))
+    Ok(Intake::Job(Box::new(Job {
+        id: job_id,
+        user_id,
+        tier,
+        config,
+        force_refresh,
+    })))
 }
 
 /// The job id: the body's `job_id`, else a UUID `message_id`, else one derived from the body (so a
@@ -176,7 +202,9 @@ mod tests {
                 "gesture": "wave", "hair": "short", "skinTone": "medium", "accessories": ["glasses"],
                 "colorTheme": "pastel-blue", "background": "auto"}
         });
-        let Ok(Intake::Job(job)) = read(body) else { panic!("example is a valid job") };
+        let Ok(Intake::Job(job)) = read(body) else {
+            panic!("example is a valid job")
+        };
         assert_eq!(job.id.to_string(), "0b6f6f0e-3f5e-4c55-9d36-0f2b8e4a7f10");
         assert_eq!(job.tier, Tier::MonthlyBasic);
         assert_eq!(job.config.accessories, vec!["glasses".to_owned()]);
@@ -186,7 +214,9 @@ mod tests {
     fn job_id_falls_back_to_message_id_then_to_the_body() {
         let body = json!({"user_id": "u"}).to_string();
         let message_id = "1e0c9c4a-6a5f-4c6e-9d8e-2b7c1f0a9e11";
-        let Ok(Intake::Job(job)) = intake(body.as_bytes(), Some(message_id)) else { panic!() };
+        let Ok(Intake::Job(job)) = intake(body.as_bytes(), Some(message_id)) else {
+            panic!()
+        };
         assert_eq!(job.id.to_string(), message_id);
         assert_eq!(job.tier, Tier::Free);
 
@@ -197,8 +227,18 @@ mod tests {
 
     #[test]
     fn non_jobs_are_rejected_with_a_reason() {
-        assert!(intake(b"hello", None).unwrap_err().reason.contains("not JSON"));
-        assert!(intake(b"[1,2]", None).unwrap_err().reason.contains("not a JSON object"));
+        assert!(
+            intake(b"hello", None)
+                .unwrap_err()
+                .reason
+                .contains("not JSON")
+        );
+        assert!(
+            intake(b"[1,2]", None)
+                .unwrap_err()
+                .reason
+                .contains("not a JSON object")
+        );
         let no_user = read(json!({"job_id": "0b6f6f0e-3f5e-4c55-9d36-0f2b8e4a7f10"})).unwrap_err();
         assert!(no_user.reason.contains("user_id"));
         assert_eq!(no_user.answer, None);
@@ -210,7 +250,10 @@ mod tests {
     fn an_unreadable_user_id_still_gets_an_answer_when_it_can_be_read() {
         let long_user = "u".repeat(129);
         let rejection = read(json!({"user_id": long_user})).unwrap_err();
-        assert_eq!(rejection.answer.map(|(_, user)| user), Some("u".repeat(129)));
+        assert_eq!(
+            rejection.answer.map(|(_, user)| user),
+            Some("u".repeat(129))
+        );
     }
 
     #[test]
@@ -222,7 +265,10 @@ mod tests {
             json!({"user_id": "u", "config": {"size": "3x3"}}),
         ] {
             let outcome = read(body.clone()).unwrap();
-            assert!(matches!(outcome, Intake::Invalid { .. }), "{body} → {outcome:?}");
+            assert!(
+                matches!(outcome, Intake::Invalid { .. }),
+                "{body} → {outcome:?}"
+            );
         }
     }
 }

@@ -130,7 +130,11 @@ mod tests {
         assert!(vectors.len() >= 20, "expected the full vector set");
         for vector in vectors {
             let (canonical, hash) = key_of(vector["config"].clone());
-            assert_eq!(canonical, vector["canonical"].as_str().unwrap(), "canonical of {vector}");
+            assert_eq!(
+                canonical,
+                vector["canonical"].as_str().unwrap(),
+                "canonical of {vector}"
+            );
             assert_eq!(hash, vector["hash"].as_str().unwrap(), "hash of {vector}");
         }
     }
@@ -138,9 +142,13 @@ mod tests {
     #[test]
     fn empty_strings_and_nulls_count_as_absent() {
         let (_, default) = key_of(json!({}));
-        let (_, empty) = key_of(json!({"model": "", "size": null, "hair": "", "accessories": null}));
+        let (_, empty) =
+            key_of(json!({"model": "", "size": null, "hair": "", "accessories": null}));
         assert_eq!(default, empty);
-        assert_eq!(default, "57031741670c8d0259dfd2b0809f9923eb2a04bcfc4ac10ce9d998eb376f16fe");
+        assert_eq!(
+            default,
+            "57031741670c8d0259dfd2b0809f9923eb2a04bcfc4ac10ce9d998eb376f16fe"
+        );
     }
 
     #[test]
@@ -149,7 +157,10 @@ mod tests {
         // 0xD83D 0xDE00. By code points the emoji sorts last; by UTF-16 units, as JavaScript
         // sorts, it comes first.
         let (canonical, _) = key_of(json!({"accessories": ["～", "😀", "Z", "a", "É"]}));
-        assert!(canonical.contains(r#""accessories":["Z","a","É","😀","～"]"#), "{canonical}");
+        assert!(
+            canonical.contains(r#""accessories":["Z","a","É","😀","～"]"#),
+            "{canonical}"
+        );
     }
 
     #[test]
@@ -165,13 +176,15 @@ mod tests {
 
     #[test]
     fn escapes_like_json_stringify() {
-        let (canonical, _) =
-            key_of(json!({"gesture": "a\"b\\c\n\t\u{1}\u{7f}/\u{2028}é"}));
+        let (canonical, _) = key_of(json!({"gesture": "a\"b\\c\n\t\u{1}\u{7f}/\u{2028}é"}));
         assert!(
             canonical.contains(r#""gesture":"a\"b\\c\n\t\u0001"#),
             "control characters: {canonical}"
         );
-        assert!(canonical.contains("\u{7f}/\u{2028}é\""), "verbatim characters: {canonical}");
+        assert!(
+            canonical.contains("\u{7f}/\u{2028}é\""),
+            "verbatim characters: {canonical}"
+        );
     }
 
     #[test]

@@ -86,7 +86,12 @@ fn millis_utc<S: Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok,
 
 impl JobResult {
     /// A failed result; image fields empty, nothing charged.
-    pub fn failure(job_id: JobId, user_id: &str, key: Option<&CacheKey>, error: JobError) -> JobResult {
+    pub fn failure(
+        job_id: JobId,
+        user_id: &str,
+        key: Option<&CacheKey>,
+        error: JobError,
+    ) -> JobResult {
         JobResult {
             job_id,
             user_id: user_id.to_owned(),
@@ -108,7 +113,11 @@ impl JobResult {
 
     /// The `invalid_job` answer to a job that broke a rule.
     pub fn invalid(job_id: JobId, user_id: &str, message: impl Into<String>) -> JobResult {
-        let error = JobError { code: ErrorCode::InvalidJob, message: message.into(), retryable: false };
+        let error = JobError {
+            code: ErrorCode::InvalidJob,
+            message: message.into(),
+            retryable: false,
+        };
         JobResult::failure(job_id, user_id, None, error)
     }
 
@@ -140,7 +149,9 @@ mod tests {
     fn failure_serializes_with_every_contract_field() {
         let id = JobId(Uuid::nil());
         let mut result = JobResult::invalid(id, "user-42", "config.size \"3x3\" is not allowed");
-        result.completed_at = DateTime::parse_from_rfc3339("2026-11-24T14:03:07.512345Z").unwrap().into();
+        result.completed_at = DateTime::parse_from_rfc3339("2026-11-24T14:03:07.512345Z")
+            .unwrap()
+            .into();
         let value = serde_json::to_value(&result).unwrap();
         assert_eq!(
             value,

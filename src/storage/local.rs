@@ -18,7 +18,10 @@ pub struct LocalStore {
 
 impl LocalStore {
     pub fn new(root: PathBuf, public_base_url: String) -> LocalStore {
-        LocalStore { root, public_base_url }
+        LocalStore {
+            root,
+            public_base_url,
+        }
     }
 
     fn file(&self, path: &StoragePath) -> PathBuf {
@@ -34,9 +37,17 @@ fn backend(what: &str, error: std::io::Error) -> StorageError {
 impl ImageStore for LocalStore {
     async fn put(&self, path: &StoragePath, png: Bytes) -> Result<Stored, StorageError> {
         let file = self.file(path);
-        let dir = file.parent().ok_or_else(|| StorageError::Backend("path has no directory".into()))?;
-        tokio::fs::create_dir_all(dir).await.map_err(|e| backend("creating the directory", e))?;
-        let temp = dir.join(format!(".{}.{}.tmp", path.as_str().replace('/', "-"), uuid::Uuid::new_v4()));
+        let dir = file
+            .parent()
+            .ok_or_else(|| StorageError::Backend("path has no directory".into()))?;
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| backend("creating the directory", e))?;
+        let temp = dir.join(format!(
+            ".{}.{}.tmp",
+            path.as_str().replace('/', "-"),
+            uuid::Uuid::new_v4()
+        ));
         let written = async {
             let mut out = tokio::fs::File::create(&temp).await?;
             out.write_all(&png).await?;
@@ -48,7 +59,11 @@ impl ImageStore for LocalStore {
             let _ = tokio::fs::remove_file(&temp).await;
             return Err(backend("writing the image", error));
         }
-        Ok(Stored { path: path.clone(), url: self.url(path), bytes: png.len() as u64 })
+        Ok(Stored {
+            path: path.clone(),
+            url: self.url(path),
+            bytes: png.len() as u64,
+        })
     }
 
     async fn get(&self, path: &StoragePath) -> Result<Option<Bytes>, StorageError> {
@@ -91,12 +106,20 @@ mod tests {
         let store = LocalStore::new(dir.path().to_owned(), "http://host/images/".to_owned());
         let key = CacheKey::parse(&"ab".repeat(32)).unwrap();
         let path = StoragePath::for_key(&key, Utc::now());
-        let stored = store.put(&path, Bytes::from_static(b"png bytes")).await.unwrap();
+        let stored = store
+            .put(&path, Bytes::from_static(b"png bytes"))
+            .await
+            .unwrap();
         assert_eq!(stored.url, format!("http://host/images/{path}"));
         assert_eq!(stored.bytes, 9);
-        assert_eq!(store.get(&path).await.unwrap().as_deref(), Some(&b"png bytes"[..]));
+        assert_eq!(
+            store.get(&path).await.unwrap().as_deref(),
+            Some(&b"png bytes"[..])
+        );
         // No temporary files are left beside the image.
-        let siblings = std::fs::read_dir(dir.path().join(path.as_str()).parent().unwrap()).unwrap().count();
+        let siblings = std::fs::read_dir(dir.path().join(path.as_str()).parent().unwrap())
+            .unwrap()
+            .count();
         assert_eq!(siblings, 1);
         assert_eq!(store.delete(&path).await.unwrap(), 9);
         assert_eq!(store.get(&path).await.unwrap(), None);

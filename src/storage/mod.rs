@@ -108,7 +108,9 @@ pub fn check_png(bytes: &[u8]) -> Result<(u32, u32), StorageError> {
         )));
     }
     if !bytes.starts_with(&PNG_SIGNATURE) {
-        return Err(StorageError::Invalid("not a PNG (bad signature)".to_owned()));
+        return Err(StorageError::Invalid(
+            "not a PNG (bad signature)".to_owned(),
+        ));
     }
     let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
     let reader = decoder
@@ -132,7 +134,9 @@ mod tests {
     #[test]
     fn paths_are_year_month_hash() {
         let key = CacheKey::parse(KEY).unwrap();
-        let at = DateTime::parse_from_rfc3339("2026-03-31T23:59:59Z").unwrap().with_timezone(&Utc);
+        let at = DateTime::parse_from_rfc3339("2026-03-31T23:59:59Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let path = StoragePath::for_key(&key, at);
         assert_eq!(path.as_str(), format!("2026/03/{KEY}.png"));
         assert_eq!(StoragePath::parse(path.as_str()), Some(path));
@@ -154,10 +158,16 @@ mod tests {
 
     #[test]
     fn png_check_rejects_what_is_not_a_png() {
-        assert!(matches!(check_png(b"GIF89a....."), Err(StorageError::Invalid(_))));
+        assert!(matches!(
+            check_png(b"GIF89a....."),
+            Err(StorageError::Invalid(_))
+        ));
         let mut truncated = PNG_SIGNATURE.to_vec();
         truncated.extend_from_slice(b"\0\0\0\rIHDR");
-        assert!(matches!(check_png(&truncated), Err(StorageError::Invalid(_))));
+        assert!(matches!(
+            check_png(&truncated),
+            Err(StorageError::Invalid(_))
+        ));
         let mut huge = PNG_SIGNATURE.to_vec();
         huge.resize(MAX_IMAGE_BYTES + 1, 0);
         let err = check_png(&huge).unwrap_err().to_string();

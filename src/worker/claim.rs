@@ -54,14 +54,18 @@ pub async fn lead_or_wait(
             if waited {
                 tracing::info!("took over the generation of this key");
             }
-            return Ok(Claim::Leader(LeaseGuard { _renewal: renew_in_background(ctx.db.clone(), key.clone(), job, ttl) }));
+            return Ok(Claim::Leader(LeaseGuard {
+                _renewal: renew_in_background(ctx.db.clone(), key.clone(), job, ttl),
+            }));
         }
         if !waited {
             tracing::info!("another job is generating this key; waiting for it");
             waited = true;
         }
         if Instant::now() >= give_up {
-            return Err(StepError::Retry("waited too long for another worker's generation".to_owned()));
+            return Err(StepError::Retry(
+                "waited too long for another worker's generation".to_owned(),
+            ));
         }
         tokio::time::sleep(poll).await;
         poll = (poll * 2).min(MAX_POLL);
@@ -74,7 +78,12 @@ pub async fn lead_or_wait(
     }
 }
 
-fn renew_in_background(pool: PgPool, key: CacheKey, job: &Job, ttl: Duration) -> AbortOnDropHandle<()> {
+fn renew_in_background(
+    pool: PgPool,
+    key: CacheKey,
+    job: &Job,
+    ttl: Duration,
+) -> AbortOnDropHandle<()> {
     let holder = job.id;
     let key = Arc::new(key);
     AbortOnDropHandle::new(tokio::spawn(async move {
@@ -84,7 +93,9 @@ fn renew_in_background(pool: PgPool, key: CacheKey, job: &Job, ttl: Duration) ->
             every.tick().await;
             match db::leases::renew(&pool, &key, holder, ttl).await {
                 Ok(true) => {}
-                Ok(false) => tracing::warn!("lost the generation lease; another worker may generate this key too"),
+                Ok(false) => tracing::warn!(
+                    "lost the generation lease; another worker may generate this key too"
+                ),
                 Err(error) => tracing::warn!(%error, "could not renew the generation lease"),
             }
         }

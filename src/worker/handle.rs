@@ -21,7 +21,9 @@ use crate::db::credits::{self, Account, Charge};
 use crate::db::jobs::{self, Seen};
 use crate::db::{DbError, cache, leases};
 use crate::generate::{GenerateError, Generated, ImageGenerator};
-use crate::job::{CacheKey, ErrorCode, Intake, Job, JobError, JobResult, Rejection, Status, intake};
+use crate::job::{
+    CacheKey, ErrorCode, Intake, Job, JobError, JobResult, Rejection, Status, intake,
+};
 use crate::storage::{self, ImageStore, StorageError, StoragePath, Stored};
 
 /// Everything a job's journey needs; shared by all in-flight jobs.
@@ -58,7 +60,11 @@ pub async fn handle(ctx: &Context, body: &[u8], message_id: Option<&str>) -> Out
             let answer = answer.map(|(id, user)| JobResult::invalid(id, &user, reason.clone()));
             Outcome::Reject { reason, answer }
         }
-        Ok(Intake::Invalid { job_id, user_id, message }) => {
+        Ok(Intake::Invalid {
+            job_id,
+            user_id,
+            message,
+        }) => {
             span.record("job_id", tracing::field::display(job_id));
             tracing::info!(%message, "invalid job");
             Outcome::Answer(JobResult::invalid(job_id, &user_id, message))
@@ -81,11 +87,18 @@ async fn serve(ctx: &Context, job: &Job, started: Instant) -> Result<JobResult, 
             return Ok(*result);
         }
         Seen::Conflict => {
-            return Ok(JobResult::invalid(job.id, &job.user_id, "job_id already belongs to another user's job"));
+            return Ok(JobResult::invalid(
+                job.id,
+                &job.user_id,
+                "job_id already belongs to another user's job",
+            ));
         }
         Seen::New => false,
         Seen::Unfinished { deliveries } => {
-            tracing::info!(deliveries, "resuming a job an earlier delivery did not finish");
+            tracing::info!(
+                deliveries,
+                "resuming a job an earlier delivery did not finish"
+            );
             true
         }
     };
@@ -103,13 +116,20 @@ async fn serve(ctx: &Context, job: &Job, started: Instant) -> Result<JobResult, 
 
 impl Context {
     /// Counts a use of the key's entry and returns it; `None` on a miss.
-    pub(super) async fn serve_hit(&self, job: &Job, key: &CacheKey) -> Result<Option<cache::Hit>, DbError> {
+    pub(super) async fn serve_hit(
+        &self,
+        job: &Job,
+        key: &CacheKey,
+    ) -> Result<Option<cache::Hit>, DbError> {
         cache::hit(&self.db, key, &job.user_id, credits::current_period()).await
     }
 
     fn remaining_after(&self, job: &Job, used: i64) -> Option<i64> {
         let credits = &self.settings.credits;
-        credits.enabled.then(|| credits::remaining(credits.allowance(job.tier), used)).flatten()
+        credits
+            .enabled
+            .then(|| credits::remaining(credits.allowance(job.tier), used))
+            .flatten()
     }
 
     /// Answers from the cache. A resumed job may have been charged by its earlier delivery as a
@@ -128,7 +148,10 @@ impl Context {
             used -= 1;
         }
         let entry = hit.entry;
-        let storage_path = entry.storage_path.clone().or_else(|| path_in_url(&entry.image_url));
+        let storage_path = entry
+            .storage_path
+            .clone()
+            .or_else(|| path_in_url(&entry.image_url));
         let result = JobResult {
             job_id: job.id,
             user_id: job.user_id.clone(),
@@ -152,7 +175,12 @@ impl Context {
     }
 
     /// The leader's path: charge, generate, store, record — or refund and fail.
-    async fn generate(&self, job: &Job, key: &CacheKey, started: Instant) -> Result<JobResult, StepError> {
+    async fn generate(
+        &self,
+        job: &Job,
+        key: &CacheKey,
+        started: Instant,
+    ) -> Result<JobResult, StepError> {
         let credits = &self.settings.credits;
         let remaining = if credits.enabled {
             let account = Account {
@@ -165,8 +193,15 @@ impl Context {
             match credits::charge(&self.db, account).await? {
                 Charge::Charged { remaining } => remaining,
                 Charge::OutOfCredits => {
-                    let message = format!("no credits left this month on the {} tier", job.tier.as_str());
-                    let error = JobError { code: ErrorCode::OutOfCredits, message, retryable: false };
+                    let message = format!(
+                        "no credits left this month on the {} tier",
+                        job.tier.as_str()
+                    );
+                    let error = JobError {
+                        code: ErrorCode::OutOfCredits,
+                        message,
+                        retryable: false,
+                    };
                     let mut result = JobResult::failure(job.id, &job.user_id, Some(key), error);
                     result.credits_remaining = Some(0);
                     result.duration_ms = elapsed_ms(started);
@@ -198,8 +233,11 @@ impl Context {
                     completed_at: Utc::now(),
                     error: None,
                 };
-                let prompt_config = serde_json::from_str(&CacheKey::canonical_json(&job.config, self.generator.kind()))
-                    .unwrap_or(serde_json::Value::Null);
+                let prompt_config = serde_json::from_str(&CacheKey::canonical_json(
+                    &job.config,
+                    self.generator.kind(),
+                ))
+                .unwrap_or(serde_json::Value::Null);
                 let entry = cache::NewEntry {
                     key,
                     image_url: &stored.url,
@@ -214,7 +252,12 @@ impl Context {
                 leases::release(&mut *tx, key, job.id).await?;
                 jobs::finish(&mut *tx, &result).await?;
                 tx.commit().await.map_err(DbError::from)?;
-                tracing::info!(attempts = generated.attempts, cost_usd = generated.cost_usd, bytes = stored.bytes, "generated and stored");
+                tracing::info!(
+                    attempts = generated.attempts,
+                    cost_usd = generated.cost_usd,
+                    bytes = stored.bytes,
+                    "generated and stored"
+                );
                 Ok(result)
             }
             Err((error, attempts)) => {
@@ -230,7 +273,12 @@ impl Context {
     }
 
     /// Writes a failed result, refunding any charge and freeing the key for the next job.
-    async fn record_failure(&self, job: &Job, key: &CacheKey, result: &JobResult) -> Result<(), StepError> {
+    async fn record_failure(
+        &self,
+        job: &Job,
+        key: &CacheKey,
+        result: &JobResult,
+    ) -> Result<(), StepError> {
         let mut tx = self.db.begin().await.map_err(DbError::from)?;
         credits::refund(&mut *tx, job.id).await?;
         leases::release(&mut *tx, key, job.id).await?;
@@ -246,19 +294,30 @@ impl Context {
         key: &CacheKey,
         at: chrono::DateTime<Utc>,
     ) -> Result<(Generated, Stored), (JobError, u32)> {
-        let generated = self.generator.generate(&job.config, &job.user_id).await.map_err(|e| {
-            let attempts = e.attempts();
-            (generation_error(e), attempts)
-        })?;
+        let generated = self
+            .generator
+            .generate(&job.config, &job.user_id)
+            .await
+            .map_err(|e| {
+                let attempts = e.attempts();
+                (generation_error(e), attempts)
+            })?;
         let attempts = generated.attempts;
         storage::check_png(&generated.png).map_err(|e| (storage_error(e), attempts))?;
         let path = StoragePath::for_key(key, at);
-        let stored = self.put_with_retries(&path, generated.png.clone()).await.map_err(|e| (storage_error(e), attempts))?;
+        let stored = self
+            .put_with_retries(&path, generated.png.clone())
+            .await
+            .map_err(|e| (storage_error(e), attempts))?;
         Ok((generated, stored))
     }
 
     /// Storage outages are often brief: three tries with backoff before giving up.
-    async fn put_with_retries(&self, path: &StoragePath, png: Bytes) -> Result<Stored, StorageError> {
+    async fn put_with_retries(
+        &self,
+        path: &StoragePath,
+        png: Bytes,
+    ) -> Result<Stored, StorageError> {
         let mut pauses = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(200))
             .with_max_delay(Duration::from_secs(2))
@@ -281,13 +340,25 @@ impl Context {
 }
 
 fn generation_error(error: GenerateError) -> JobError {
-    JobError { code: error.code(), retryable: error.retryable(), message: error.to_string() }
+    JobError {
+        code: error.code(),
+        retryable: error.retryable(),
+        message: error.to_string(),
+    }
 }
 
 fn storage_error(error: StorageError) -> JobError {
     match error {
-        StorageError::Invalid(message) => JobError { code: ErrorCode::ImageInvalid, message, retryable: true },
-        StorageError::Backend(message) => JobError { code: ErrorCode::StorageFailed, message, retryable: true },
+        StorageError::Invalid(message) => JobError {
+            code: ErrorCode::ImageInvalid,
+            message,
+            retryable: true,
+        },
+        StorageError::Backend(message) => JobError {
+            code: ErrorCode::StorageFailed,
+            message,
+            retryable: true,
+        },
     }
 }
 
@@ -309,7 +380,9 @@ mod tests {
     #[test]
     fn finds_the_storage_path_in_an_imported_url() {
         let hash = "57031741670c8d0259dfd2b0809f9923eb2a04bcfc4ac10ce9d998eb376f16fe";
-        let url = format!("https://x.supabase.co/storage/v1/object/public/memoji-images/2025/07/{hash}.png");
+        let url = format!(
+            "https://x.supabase.co/storage/v1/object/public/memoji-images/2025/07/{hash}.png"
+        );
         assert_eq!(path_in_url(&url), Some(format!("2025/07/{hash}.png")));
         assert_eq!(path_in_url("https://cdn.example.com/avatar.png"), None);
     }

@@ -66,8 +66,13 @@ pub async fn run(ctx: Arc<Context>, health: Arc<BrokerHealth>, shutdown: Cancell
         }
         let pause = pauses.next().unwrap_or(Duration::from_secs(1));
         match ended {
-            Ok(()) => tracing::warn!(pause_ms = pause.as_millis() as u64, "consumer cancelled by the broker; reconnecting"),
-            Err(error) => tracing::warn!(%error, pause_ms = pause.as_millis() as u64, "broker connection lost; reconnecting"),
+            Ok(()) => tracing::warn!(
+                pause_ms = pause.as_millis() as u64,
+                "consumer cancelled by the broker; reconnecting"
+            ),
+            Err(error) => {
+                tracing::warn!(%error, pause_ms = pause.as_millis() as u64, "broker connection lost; reconnecting")
+            }
         }
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
@@ -86,7 +91,9 @@ async fn session(
     let tag = format!("memoji-worker-{}", uuid::Uuid::new_v4());
     let broker = Arc::new(Broker::connect(&ctx.settings.amqp, &tag).await?);
     broker.declare().await?;
-    let (channel, mut consumer) = broker.consume_jobs(&tag, ctx.settings.amqp.prefetch).await?;
+    let (channel, mut consumer) = broker
+        .consume_jobs(&tag, ctx.settings.amqp.prefetch)
+        .await?;
     *connected = true;
     health.set(true);
     tracing::info!(queue = %ctx.settings.amqp.job_queue, prefetch = ctx.settings.amqp.prefetch, "consuming jobs");
@@ -105,7 +112,9 @@ async fn session(
         }
     };
     // Stop taking new deliveries; let the ones in hand finish (their acks need this connection).
-    let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+    let _ = channel
+        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+        .await;
     in_flight.close();
     let grace = Duration::from_secs(ctx.settings.worker.shutdown_grace_secs);
     if tokio::time::timeout(grace, in_flight.wait()).await.is_err() {
@@ -121,14 +130,25 @@ async fn session(
 /// One delivery, from bytes to settlement, in a span carrying its job id. A panic in the pipeline
 /// is caught here and treated as a transient failure, so the delivery is handed back (and, if it
 /// keeps panicking, dead-lettered by the delivery limit) instead of being stranded unacked.
-async fn process(ctx: Arc<Context>, broker: Arc<Broker>, delivery: Delivery, shutdown: CancellationToken) {
+async fn process(
+    ctx: Arc<Context>,
+    broker: Arc<Broker>,
+    delivery: Delivery,
+    shutdown: CancellationToken,
+) {
     let span = tracing::info_span!("job", job_id = tracing::field::Empty);
     async move {
-        let message_id = delivery.properties.message_id().as_ref().map(|id| id.as_str().to_owned());
+        let message_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.as_str().to_owned());
         let outcome = AssertUnwindSafe(handle::handle(&ctx, &delivery.data, message_id.as_deref()))
             .catch_unwind()
             .await
-            .unwrap_or_else(|_| Outcome::Retry { reason: "the pipeline panicked".to_owned() });
+            .unwrap_or_else(|_| Outcome::Retry {
+                reason: "the pipeline panicked".to_owned(),
+            });
         settle::settle(&broker, &delivery, outcome, &shutdown).await;
     }
     .instrument(span)

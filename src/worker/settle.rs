@@ -21,7 +21,10 @@ pub enum Outcome {
     /// Publish this result, then ack.
     Answer(JobResult),
     /// Not a job: dead-letter a copy with the reason, answer where possible, then ack.
-    Reject { reason: String, answer: Option<JobResult> },
+    Reject {
+        reason: String,
+        answer: Option<JobResult>,
+    },
     /// A transient failure (database or broker out of reach): hand the delivery back to the
     /// queue after a pause. The queue's delivery limit dead-letters a message that keeps failing.
     Retry { reason: String },
@@ -30,12 +33,23 @@ pub enum Outcome {
 /// Longest pause before handing a failing delivery back.
 const MAX_RETRY_PAUSE: Duration = Duration::from_secs(30);
 
-pub async fn settle(broker: &Broker, delivery: &Delivery, outcome: Outcome, shutdown: &CancellationToken) {
+pub async fn settle(
+    broker: &Broker,
+    delivery: &Delivery,
+    outcome: Outcome,
+    shutdown: &CancellationToken,
+) {
     let settled = match outcome {
         Outcome::Answer(result) => answer(broker, delivery, &result).await,
-        Outcome::Reject { reason, answer: reply } => {
+        Outcome::Reject {
+            reason,
+            answer: reply,
+        } => {
             tracing::warn!(%reason, "not a job; dead-lettering it");
-            match broker.dead_letter(&delivery.data, &delivery.properties, &reason).await {
+            match broker
+                .dead_letter(&delivery.data, &delivery.properties, &reason)
+                .await
+            {
                 Ok(()) => match reply {
                     Some(result) => answer(broker, delivery, &result).await,
                     None => Ok(()),
@@ -61,7 +75,10 @@ pub async fn settle(broker: &Broker, delivery: &Delivery, outcome: Outcome, shut
             }
         }
         Err(reason) => {
-            let requeue = BasicNackOptions { requeue: true, ..BasicNackOptions::default() };
+            let requeue = BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            };
             if let Err(error) = delivery.nack(requeue).await {
                 tracing::warn!(%error, %reason, "could not hand the job back; the broker will redeliver it");
             }
@@ -70,15 +87,23 @@ pub async fn settle(broker: &Broker, delivery: &Delivery, outcome: Outcome, shut
 }
 
 async fn answer(broker: &Broker, delivery: &Delivery, result: &JobResult) -> Result<(), String> {
-    let reply_to = delivery.properties.reply_to().as_ref().filter(|q| !q.as_str().is_empty()).map(|queue| ReplyTo {
-        queue: queue.clone(),
-        correlation_id: delivery
-            .properties
-            .correlation_id()
-            .clone()
-            .unwrap_or_else(|| result.job_id.to_string().into()),
-    });
-    broker.publish_result(result, reply_to.as_ref()).await.map_err(|e| e.to_string())?;
+    let reply_to = delivery
+        .properties
+        .reply_to()
+        .as_ref()
+        .filter(|q| !q.as_str().is_empty())
+        .map(|queue| ReplyTo {
+            queue: queue.clone(),
+            correlation_id: delivery
+                .properties
+                .correlation_id()
+                .clone()
+                .unwrap_or_else(|| result.job_id.to_string().into()),
+        });
+    broker
+        .publish_result(result, reply_to.as_ref())
+        .await
+        .map_err(|e| e.to_string())?;
     tracing::info!(
         status = ?result.status,
         cached = result.cached,
@@ -91,7 +116,11 @@ async fn answer(broker: &Broker, delivery: &Delivery, result: &JobResult) -> Res
 
 /// How often the quorum queue has delivered this message before (its `x-delivery-count`).
 pub fn delivery_count(delivery: &Delivery) -> u32 {
-    let header = delivery.properties.headers().as_ref().and_then(|h| h.inner().get("x-delivery-count").cloned());
+    let header = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-delivery-count").cloned());
     match header {
         Some(AMQPValue::LongLongInt(n)) => u32::try_from(n).unwrap_or(0),
         Some(AMQPValue::LongInt(n)) => u32::try_from(n).unwrap_or(0),

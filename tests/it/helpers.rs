@@ -1,0 +1,383 @@
+//! TestEnv: a whole worker (App) against the real RabbitMQ and Postgres, isolated by a database and
+//! queue/exchange names of its own, with a local HTTP server answering like OpenAI.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, ExchangeDeleteOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Consumer};
+use memoji_worker::app::App;
+use memoji_worker::broker::Broker;
+use memoji_worker::config::Settings;
+use memoji_worker::job::GeneratorKind;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+pub const RESULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "memoji_worker=debug,warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A PNG as OpenAI would return it (base64), drawn by the placeholder generator.
+pub fn png_b64() -> String {
+    use base64::Engine;
+    let config = memoji_worker::job::AvatarConfig::parse(&json!({})).unwrap();
+    let png = memoji_worker::generate::draw_placeholder(&config).unwrap();
+    base64::engine::general_purpose::STANDARD.encode(png)
+}
+
+pub fn openai_ok() -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(json!({
+        "created": 1_700_000_000,
+        "data": [{"b64_json": png_b64()}],
+        "usage": {"input_tokens": 50, "output_tokens": 1056, "total_tokens": 1106}
+    }))
+}
+
+pub fn openai_error(status: u16, message: &str, code: Option<&str>) -> ResponseTemplate {
+    ResponseTemplate::new(status).set_body_json(json!({
+        "error": {"message": message, "type": "invalid_request_error", "code": code, "param": null}
+    }))
+}
+
+/// Answers each request with the next template (repeating the last), counting calls.
+pub struct OpenAiStub {
+    pub server: MockServer,
+    pub calls: Arc<AtomicU32>,
+}
+
+struct Sequence {
+    replies: Vec<ResponseTemplate>,
+    calls: Arc<AtomicU32>,
+}
+
+impl Respond for Sequence {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) as usize;
+        self.replies[n.min(self.replies.len() - 1)].clone()
+    }
+}
+
+impl OpenAiStub {
+    pub async fn answering(replies: Vec<ResponseTemplate>) -> OpenAiStub {
+        let server = MockServer::start().await;
+        let calls = Arc::new(AtomicU32::new(0));
+        Mock::given(method("POST"))
+            .and(path("/v1/images/generations"))
+            .respond_with(Sequence {
+                replies,
+                calls: calls.clone(),
+            })
+            .mount(&server)
+            .await;
+        OpenAiStub { server, calls }
+    }
+
+    pub fn calls(&self) -> u32 {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Settings for an isolated test: its own database, names and ports.
+pub fn isolated_settings(id: &str, openai_base: &str) -> Settings {
+    let mut settings = Settings::defaults().unwrap();
+    let amqp = &mut settings.amqp;
+    if let Ok(url) = std::env::var("AMQP_URL") {
+        amqp.url = SecretString::from(url);
+    }
+    for name in [
+        &mut amqp.job_queue,
+        &mut amqp.result_exchange,
+        &mut amqp.result_queue,
+        &mut amqp.metrics_exchange,
+        &mut amqp.metrics_queue,
+        &mut amqp.dead_letter_exchange,
+        &mut amqp.dead_letter_queue,
+    ] {
+        *name = format!("{id}.{name}");
+    }
+    amqp.reconnect_min_ms = 50;
+    amqp.reconnect_max_ms = 500;
+    let server = std::env::var("DATABASE_SERVER")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    settings.database.url = SecretString::from(format!("{server}/memoji_it_{id}"));
+    settings.database.max_connections = 8;
+    settings.openai.base_url = format!("{openai_base}/v1");
+    settings.openai.backoff_min_ms = 10;
+    settings.openai.backoff_max_ms = 50;
+    settings.openai.max_attempts = 3;
+    settings.secrets.openai_api_key = Some(SecretString::from("sk-test-key"));
+    settings.generator.kind = GeneratorKind::OpenAi;
+    let port = free_port();
+    settings.http.bind = format!("127.0.0.1:{port}").parse().unwrap();
+    settings.storage.public_base_url = format!("http://127.0.0.1:{port}/images");
+    settings.worker.shutdown_grace_secs = 5;
+    settings
+}
+
+pub struct TestEnv {
+    pub id: String,
+    pub settings: Settings,
+    pub openai: OpenAiStub,
+    pub db: PgPool,
+    pub broker: Broker,
+    pub http: reqwest::Client,
+    _storage: tempfile::TempDir,
+    results: Consumer,
+    _results_channel: Channel,
+    seen: HashMap<String, Value>,
+    shutdown: CancellationToken,
+    app: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestEnv {
+    /// A running worker whose OpenAI answers `replies` in turn.
+    pub async fn start(replies: Vec<ResponseTemplate>) -> TestEnv {
+        Self::start_with(replies, |_| {}).await
+    }
+
+    pub async fn start_with(
+        replies: Vec<ResponseTemplate>,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> TestEnv {
+        init_logs();
+        let id = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let openai = OpenAiStub::answering(replies).await;
+        let storage = tempfile::tempdir().unwrap();
+        let mut settings = isolated_settings(&id, &openai.server.uri());
+        settings.storage.local_dir = storage.path().to_owned();
+        tweak(&mut settings);
+
+        let app = App::build(settings.clone()).await.expect("the app builds");
+        let db = memoji_worker::app::connect_database(&settings)
+            .await
+            .unwrap();
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+
+        let broker = Broker::connect(&settings.amqp, "test").await.unwrap();
+        broker.declare().await.unwrap();
+        let results_channel = broker.channel().await.unwrap();
+        let results = results_channel
+            .basic_consume(
+                settings.amqp.result_queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let env = TestEnv {
+            id,
+            settings,
+            openai,
+            db,
+            broker,
+            http: reqwest::Client::new(),
+            _storage: storage,
+            results,
+            _results_channel: results_channel,
+            seen: HashMap::new(),
+            shutdown,
+            app: Some(handle),
+        };
+        env.wait_ready().await;
+        env
+    }
+
+    pub fn http_base(&self) -> String {
+        format!("http://{}", self.settings.http.bind)
+    }
+
+    async fn wait_ready(&self) {
+        for _ in 0..200 {
+            if let Ok(response) = self
+                .http
+                .get(format!("{}/readyz", self.http_base()))
+                .send()
+                .await
+                && response.status().is_success()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the worker never became ready");
+    }
+
+    /// A job body with a fresh id.
+    pub fn job(&self, user: &str, config: Value) -> Value {
+        json!({"job_id": uuid::Uuid::new_v4().to_string(), "user_id": user, "tier": "monthly_basic", "config": config})
+    }
+
+    pub async fn publish(&self, job: &Value) {
+        self.publish_raw(
+            &serde_json::to_vec(job).unwrap(),
+            BasicProperties::default(),
+        )
+        .await;
+    }
+
+    pub async fn publish_raw(&self, body: &[u8], properties: BasicProperties) {
+        self.broker
+            .publish("", &self.settings.amqp.job_queue, body, properties, true)
+            .await
+            .unwrap();
+    }
+
+    /// The next result off the result queue, with its delivery (for properties).
+    pub async fn next_delivery(&mut self) -> Delivery {
+        let delivery = tokio::time::timeout(RESULT_TIMEOUT, self.results.next())
+            .await
+            .expect("a result within the timeout")
+            .expect("the result consumer is open")
+            .expect("a delivery");
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
+        delivery
+    }
+
+    /// The result of `job_id`, waiting for it (results of other jobs are kept for later).
+    pub async fn result_of(&mut self, job_id: &str) -> Value {
+        loop {
+            if let Some(result) = self.seen.remove(job_id) {
+                return result;
+            }
+            let delivery = self.next_delivery().await;
+            let result: Value = serde_json::from_slice(&delivery.data).unwrap();
+            let id = result["job_id"].as_str().unwrap().to_owned();
+            self.seen.insert(id, result);
+        }
+    }
+
+    /// Publishes a job and waits for its result.
+    pub async fn run(&mut self, job: &Value) -> Value {
+        self.publish(job).await;
+        self.result_of(job["job_id"].as_str().unwrap()).await
+    }
+
+    /// Waits until the result queue has nothing more for `quiet`; returns what arrived.
+    pub async fn drain(&mut self, quiet: Duration) -> Vec<Value> {
+        let mut arrived: Vec<Value> = self.seen.drain().map(|(_, v)| v).collect();
+        while let Ok(Some(Ok(delivery))) = tokio::time::timeout(quiet, self.results.next()).await {
+            delivery.ack(BasicAckOptions::default()).await.unwrap();
+            arrived.push(serde_json::from_slice(&delivery.data).unwrap());
+        }
+        arrived
+    }
+
+    /// Takes one message from a queue of this test, waiting up to the timeout.
+    pub async fn take_from(&self, queue: &str) -> Option<Delivery> {
+        let channel = self.broker.channel().await.unwrap();
+        let mut consumer = channel
+            .basic_consume(
+                queue.into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let delivery = tokio::time::timeout(RESULT_TIMEOUT, consumer.next())
+            .await
+            .ok()??
+            .ok()?;
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
+        Some(delivery)
+    }
+
+    /// A private queue for reply_to tests; it goes with the test's connection.
+    pub async fn reply_queue(&self) -> (Channel, String) {
+        let channel = self.broker.channel().await.unwrap();
+        let name = format!("{}.replies", self.id);
+        channel
+            .queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        (channel, name)
+    }
+
+    /// Stops the worker and removes everything the test created.
+    pub async fn cleanup(mut self) {
+        self.shutdown.cancel();
+        if let Some(app) = self.app.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(15), app).await;
+        }
+        let channel = self.broker.channel().await.unwrap();
+        let amqp = &self.settings.amqp;
+        for queue in [
+            &amqp.job_queue,
+            &amqp.result_queue,
+            &amqp.metrics_queue,
+            &amqp.dead_letter_queue,
+        ] {
+            let _ = channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        for exchange in [
+            &amqp.result_exchange,
+            &amqp.metrics_exchange,
+            &amqp.dead_letter_exchange,
+        ] {
+            let _ = channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
+        self.broker.close().await;
+        self.db.close().await;
+        drop_database(&self.settings).await;
+    }
+}
+
+pub async fn drop_database(settings: &Settings) {
+    let url = settings.database.url.expose_secret().to_owned();
+    let (server, name) = url.rsplit_once('/').unwrap();
+    if let Ok(admin) = PgPool::connect(&format!("{server}/postgres")).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .execute(&admin)
+            .await;
+        admin.close().await;
+    }
+}
+
+/// Rows in a table of the test's database.
+pub async fn count(db: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>(sql)
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
