@@ -1,12 +1,16 @@
 -- Every job the worker has seen, keyed by its idempotency key, with the result it ended in.
--- A redelivered or republished job finds its row here and is answered from it.
+-- A redelivered or republished job finds its row here and is answered from it. While a job is
+-- processing, one delivery owns it (owner, renewed while it works): a duplicate delivery waits for
+-- the owner's result, or takes over once the owner has stopped renewing (it died).
 CREATE TABLE memoji_jobs (
-    job_id      uuid PRIMARY KEY,
-    user_id     text NOT NULL,
-    prompt_hash text,
-    status      text NOT NULL CHECK (status IN ('processing', 'succeeded', 'failed')),
-    result      jsonb,
-    deliveries  integer NOT NULL DEFAULT 1,
+    job_id           uuid PRIMARY KEY,
+    user_id          text NOT NULL,
+    prompt_hash      text,
+    status           text NOT NULL CHECK (status IN ('processing', 'succeeded', 'failed')),
+    result           jsonb,
+    deliveries       integer NOT NULL DEFAULT 1,
+    owner            uuid,
+    owner_expires_at timestamptz,
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now()
 );

@@ -9,6 +9,7 @@ use std::time::Duration;
 use sqlx::{PgExecutor, PgPool};
 
 use super::DbError;
+use super::jobs::millis;
 use crate::job::{CacheKey, JobId};
 
 /// Takes the key's lease for `holder` if it is free, expired, or already the holder's.
@@ -66,8 +67,4 @@ pub async fn release(
         .execute(executor)
         .await?;
     Ok(())
-}
-
-fn millis(ttl: Duration) -> f64 {
-    ttl.as_secs_f64() * 1000.0
 }

@@ -13,8 +13,9 @@ use bytes::Bytes;
 use chrono::Utc;
 use sqlx::PgPool;
 use tokio::time::Instant;
+use uuid::Uuid;
 
-use super::claim::{self, Claim};
+use super::claim::{self, Claim, Heartbeat};
 use super::settle::Outcome;
 use crate::config::Settings;
 use crate::db::credits::{self, Account, Charge};
@@ -81,7 +82,9 @@ pub async fn handle(ctx: &Context, body: &[u8], message_id: Option<&str>) -> Out
 
 async fn serve(ctx: &Context, job: &Job, started: Instant) -> Result<JobResult, StepError> {
     let key = CacheKey::of(&job.config, ctx.generator.kind());
-    let resumed = match jobs::arrive(&ctx.db, job.id, &job.user_id, key.as_str()).await? {
+    // This delivery's identity while it owns the job.
+    let owner = Uuid::new_v4();
+    let resumed = match claim::own_job(ctx, job, &key, owner).await? {
         Seen::Finished(result) => {
             tracing::info!("job seen before; answering with its recorded result");
             return Ok(*result);
@@ -101,7 +104,9 @@ async fn serve(ctx: &Context, job: &Job, started: Instant) -> Result<JobResult, 
             );
             true
         }
+        Seen::Busy => return Err(StepError::Retry("the job is busy elsewhere".to_owned())),
     };
+    let _heartbeat = Heartbeat::start(ctx.db.clone(), job, &key, owner, ctx.lease_ttl());
     let received = Utc::now();
     if !job.force_refresh
         && let Some(hit) = ctx.serve_hit(job, &key).await?
@@ -110,11 +115,16 @@ async fn serve(ctx: &Context, job: &Job, started: Instant) -> Result<JobResult, 
     }
     match claim::lead_or_wait(ctx, job, &key, job.force_refresh.then_some(received)).await? {
         Claim::Served(hit) => ctx.finish_hit(job, &key, hit, resumed, started).await,
-        Claim::Leader(_lease) => ctx.generate(job, &key, started).await,
+        Claim::Leader => ctx.generate(job, &key, started).await,
     }
 }
 
 impl Context {
+    /// How long a claim on a job or key lasts without renewal.
+    pub(super) fn lease_ttl(&self) -> Duration {
+        Duration::from_secs(self.settings.worker.lease_secs)
+    }
+
     /// Counts a use of the key's entry and returns it; `None` on a miss.
     pub(super) async fn serve_hit(
         &self,
