@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Settings, redacted_url};
-use crate::generate::{ImageGenerator, OpenAiGenerator, Paced, PlaceholderGenerator};
+use crate::generate::{ImageGenerator, OpenAiGenerator, Pacer, PlaceholderGenerator};
 use crate::http::{self, ApiState};
 use crate::job::GeneratorKind;
 use crate::worker::{self, BrokerHealth, Context};
@@ -42,11 +42,18 @@ impl App {
             admin_api = %settings.http.bind,
             "memoji-worker ready"
         );
+        let pacer = Arc::new(Pacer::new(
+            settings.openai.max_concurrency,
+            settings.openai.images_per_minute,
+        ));
+        let stopping = CancellationToken::new();
         let ctx = Arc::new(Context {
             db,
             store,
             generator,
+            pacer,
             settings,
+            stopping,
         });
         Ok(App {
             ctx,
@@ -71,10 +78,16 @@ impl App {
         };
         let api_stop = CancellationToken::new();
         let server = tokio::spawn(http::serve(self.listener, api, api_stop.clone()));
+        // Jobs waiting for a turn or for another worker see the shutdown through the context.
+        let stopping = self.ctx.stopping.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            stopping.cancel();
+        });
         tasks.spawn(worker::run(
             self.ctx.clone(),
             self.health.clone(),
-            shutdown.clone(),
+            self.ctx.stopping.clone(),
         ));
         tasks.close();
         tasks.wait().await;
@@ -98,9 +111,9 @@ pub async fn connect_database(settings: &Settings) -> anyhow::Result<PgPool> {
     Ok(pool)
 }
 
-/// The configured generator, paced.
+/// The configured generator.
 fn generator(settings: &Settings) -> anyhow::Result<Arc<dyn ImageGenerator>> {
-    let inner: Arc<dyn ImageGenerator> = match settings.generator.kind {
+    Ok(match settings.generator.kind {
         GeneratorKind::Placeholder => Arc::new(PlaceholderGenerator),
         GeneratorKind::OpenAi => {
             let Some(key) = settings.secrets.openai_api_key.clone() else {
@@ -114,11 +127,5 @@ fn generator(settings: &Settings) -> anyhow::Result<Arc<dyn ImageGenerator>> {
                     .context("building the OpenAI client")?,
             )
         }
-    };
-    let openai = &settings.openai;
-    Ok(Arc::new(Paced::new(
-        inner,
-        openai.max_concurrency,
-        openai.images_per_minute,
-    )))
+    })
 }

@@ -126,6 +126,19 @@ pub async fn renew(pool: &PgPool, id: JobId, owner: Uuid, ttl: Duration) -> Resu
     Ok(renewed.rows_affected() == 1)
 }
 
+/// Gives up this delivery's ownership of an unfinished job, so its next delivery starts at once.
+pub async fn disown(pool: &PgPool, id: JobId, owner: Uuid) -> Result<(), DbError> {
+    sqlx::query(
+        "UPDATE memoji_jobs SET owner_expires_at = now()
+          WHERE job_id = $1 AND owner = $2 AND status = 'processing'",
+    )
+    .bind(id.0)
+    .bind(owner)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// Stores a job's result; from then on the job is finished.
 pub async fn finish(executor: impl PgExecutor<'_>, result: &JobResult) -> Result<(), DbError> {
     let status = if result.succeeded() {

@@ -1,6 +1,6 @@
 //! Image generators: OpenAI, and an offline placeholder.
 //!
-//! Both sit behind [`ImageGenerator`]. Whatever the generator, [`Paced`] bounds how many
+//! Both sit behind [`ImageGenerator`]. Whatever the generator, [`Pacer`] bounds how many
 //! generations run at once and how many start per minute, so a burst of misses waits its turn
 //! instead of drawing 429s. [`pricing`] says what an image cost.
 
@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use openai::OpenAiGenerator;
-pub use pacing::Paced;
+pub use pacing::{Pacer, Turn};
 pub use placeholder::{PlaceholderGenerator, draw as draw_placeholder};
 pub use prompt::prompt_for;
 

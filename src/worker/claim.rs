@@ -27,6 +27,7 @@ const MAX_POLL: Duration = Duration::from_secs(1);
 struct Patience {
     poll: Duration,
     give_up: Instant,
+    stopping: tokio_util::sync::CancellationToken,
 }
 
 impl Patience {
@@ -36,6 +37,7 @@ impl Patience {
         Patience {
             poll: Duration::from_millis(ctx.settings.worker.wait_poll_ms),
             give_up: Instant::now() + limit,
+            stopping: ctx.stopping.clone(),
         }
     }
 
@@ -43,7 +45,12 @@ impl Patience {
         if Instant::now() >= self.give_up {
             return Err(StepError::Retry(format!("waited too long for {what}")));
         }
-        tokio::time::sleep(self.poll).await;
+        tokio::select! {
+            () = tokio::time::sleep(self.poll) => {}
+            () = self.stopping.cancelled() => {
+                return Err(StepError::Retry(format!("shutting down while waiting for {what}")));
+            }
+        }
         self.poll = (self.poll * 2).min(MAX_POLL);
         Ok(())
     }

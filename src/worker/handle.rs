@@ -13,6 +13,7 @@ use bytes::Bytes;
 use chrono::Utc;
 use sqlx::PgPool;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::claim::{self, Claim, Heartbeat};
@@ -21,7 +22,7 @@ use crate::config::Settings;
 use crate::db::credits::{self, Account, Charge};
 use crate::db::jobs::{self, Seen};
 use crate::db::{DbError, cache, leases};
-use crate::generate::{GenerateError, Generated, ImageGenerator};
+use crate::generate::{GenerateError, Generated, ImageGenerator, Pacer};
 use crate::job::{
     CacheKey, ErrorCode, Intake, Job, JobError, JobResult, Rejection, Status, intake,
 };
@@ -33,7 +34,11 @@ pub struct Context {
     pub db: PgPool,
     pub store: Arc<dyn ImageStore>,
     pub generator: Arc<dyn ImageGenerator>,
+    /// Turns for generations: concurrency and per-minute limits.
+    pub pacer: Arc<Pacer>,
     pub settings: Arc<Settings>,
+    /// Cancelled on shutdown: jobs still waiting (for a turn, for another worker) are handed back.
+    pub stopping: CancellationToken,
 }
 
 /// A step that cannot finish now but may later: the delivery goes back to the queue.
@@ -106,16 +111,36 @@ async fn serve(ctx: &Context, job: &Job, started: Instant) -> Result<JobResult, 
         }
         Seen::Busy => return Err(StepError::Retry("the job is busy elsewhere".to_owned())),
     };
-    let _heartbeat = Heartbeat::start(ctx.db.clone(), job, &key, owner, ctx.lease_ttl());
+    let heartbeat = Heartbeat::start(ctx.db.clone(), job, &key, owner, ctx.lease_ttl());
+    let outcome = work(ctx, job, &key, resumed, started).await;
+    drop(heartbeat);
+    if outcome.is_err() {
+        // Handing the job back: let its next delivery take over at once rather than wait for
+        // this claim to expire. If the database is what failed, the claim simply expires.
+        if let Err(error) = jobs::disown(&ctx.db, job.id, owner).await {
+            tracing::debug!(%error, "could not release the job; its claim will expire");
+        }
+    }
+    outcome
+}
+
+/// The owned part of a job's journey: cache, then single flight and generation.
+async fn work(
+    ctx: &Context,
+    job: &Job,
+    key: &CacheKey,
+    resumed: bool,
+    started: Instant,
+) -> Result<JobResult, StepError> {
     let received = Utc::now();
     if !job.force_refresh
-        && let Some(hit) = ctx.serve_hit(job, &key).await?
+        && let Some(hit) = ctx.serve_hit(job, key).await?
     {
-        return ctx.finish_hit(job, &key, hit, resumed, started).await;
+        return ctx.finish_hit(job, key, hit, resumed, started).await;
     }
-    match claim::lead_or_wait(ctx, job, &key, job.force_refresh.then_some(received)).await? {
-        Claim::Served(hit) => ctx.finish_hit(job, &key, hit, resumed, started).await,
-        Claim::Leader => ctx.generate(job, &key, started).await,
+    match claim::lead_or_wait(ctx, job, key, job.force_refresh.then_some(received)).await? {
+        Claim::Served(hit) => ctx.finish_hit(job, key, hit, resumed, started).await,
+        Claim::Leader => ctx.generate(job, key, started).await,
     }
 }
 
@@ -184,13 +209,22 @@ impl Context {
         Ok(result)
     }
 
-    /// The leader's path: charge, generate, store, record — or refund and fail.
+    /// The leader's path: wait for a turn, charge, generate, store, record — or refund and fail.
     async fn generate(
         &self,
         job: &Job,
         key: &CacheKey,
         started: Instant,
     ) -> Result<JobResult, StepError> {
+        // Waiting for a turn comes before the charge, and a shutdown ends the wait: the job goes
+        // back to the queue uncharged, with the key free for whoever takes it next.
+        let _turn = tokio::select! {
+            turn = self.pacer.turn() => turn,
+            () = self.stopping.cancelled() => {
+                leases::release(&self.db, key, job.id).await?;
+                return Err(StepError::Retry("shutting down before the generation started".to_owned()));
+            }
+        };
         let credits = &self.settings.credits;
         let remaining = if credits.enabled {
             let account = Account {

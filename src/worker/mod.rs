@@ -89,7 +89,9 @@ async fn session(
     connected: &mut bool,
 ) -> Result<(), BrokerError> {
     let tag = format!("memoji-worker-{}", uuid::Uuid::new_v4());
-    let broker = Arc::new(Broker::connect(&ctx.settings.amqp, &tag).await?);
+    // The queue in the connection name tells operators (and fault tests) whose connection it is.
+    let name = format!("{tag} on {}", ctx.settings.amqp.job_queue);
+    let broker = Arc::new(Broker::connect(&ctx.settings.amqp, &name).await?);
     broker.declare().await?;
     let (channel, mut consumer) = broker
         .consume_jobs(&tag, ctx.settings.amqp.prefetch)

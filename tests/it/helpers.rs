@@ -152,7 +152,8 @@ pub struct TestEnv {
     _storage: tempfile::TempDir,
     results: Consumer,
     _results_channel: Channel,
-    seen: HashMap<String, Value>,
+    /// Results consumed but not yet asked for, by job id (duplicates kept).
+    seen: HashMap<String, Vec<Value>>,
     shutdown: CancellationToken,
     app: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -167,6 +168,22 @@ impl TestEnv {
         replies: Vec<ResponseTemplate>,
         tweak: impl FnOnce(&mut Settings),
     ) -> TestEnv {
+        Self::set_up(replies, tweak, true).await
+    }
+
+    /// Everything but the worker: for tests that run worker processes ([`TestEnv::spawn_worker`]).
+    pub async fn without_worker(
+        replies: Vec<ResponseTemplate>,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> TestEnv {
+        Self::set_up(replies, tweak, false).await
+    }
+
+    async fn set_up(
+        replies: Vec<ResponseTemplate>,
+        tweak: impl FnOnce(&mut Settings),
+        in_process: bool,
+    ) -> TestEnv {
         init_logs();
         let id = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let openai = OpenAiStub::answering(replies).await;
@@ -175,12 +192,16 @@ impl TestEnv {
         settings.storage.local_dir = storage.path().to_owned();
         tweak(&mut settings);
 
-        let app = App::build(settings.clone()).await.expect("the app builds");
         let db = memoji_worker::app::connect_database(&settings)
             .await
             .unwrap();
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        let handle = if in_process {
+            let app = App::build(settings.clone()).await.expect("the app builds");
+            Some(tokio::spawn(app.run_until_stopped(shutdown.clone())))
+        } else {
+            None
+        };
 
         let broker = Broker::connect(&settings.amqp, "test").await.unwrap();
         broker.declare().await.unwrap();
@@ -206,9 +227,11 @@ impl TestEnv {
             _results_channel: results_channel,
             seen: HashMap::new(),
             shutdown,
-            app: Some(handle),
+            app: handle,
         };
-        env.wait_ready().await;
+        if in_process {
+            env.wait_ready().await;
+        }
         env
     }
 
@@ -217,19 +240,82 @@ impl TestEnv {
     }
 
     async fn wait_ready(&self) {
-        for _ in 0..200 {
-            if let Ok(response) = self
-                .http
-                .get(format!("{}/readyz", self.http_base()))
-                .send()
-                .await
-                && response.status().is_success()
-            {
-                return;
+        wait_ready(&self.http, &self.http_base()).await;
+    }
+
+    /// Starts a `memoji-worker run` process configured like this environment (own admin port).
+    pub async fn spawn_worker(&self) -> WorkerProcess {
+        let port = free_port();
+        let log_path = self._storage.path().join(format!("worker-{port}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_memoji-worker"));
+        command
+            .arg("run")
+            .env_clear()
+            .envs(worker_environment(&self.settings))
+            .env("MEMOJI__HTTP__BIND", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "memoji_worker=debug,info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true);
+        let child = command.spawn().expect("the worker binary starts");
+        let worker = WorkerProcess {
+            child,
+            http: format!("http://127.0.0.1:{port}"),
+            log_path,
+        };
+        wait_ready(&self.http, &worker.http).await;
+        worker
+    }
+
+    /// Closes this environment's worker connections at the broker, as a broker restart would.
+    pub async fn close_worker_connections(&self) -> usize {
+        let listing = tokio::process::Command::new("rabbitmqctl")
+            .args([
+                "list_connections",
+                "pid",
+                "client_properties",
+                "-q",
+                "--no-table-headers",
+            ])
+            .output()
+            .await
+            .expect("rabbitmqctl runs");
+        let marker = format!("on {}\"", self.settings.amqp.job_queue);
+        let mut closed = 0;
+        for line in String::from_utf8_lossy(&listing.stdout).lines() {
+            let Some((pid, properties)) = line.split_once('\t') else {
+                continue;
+            };
+            if properties.contains(&marker) {
+                let status = tokio::process::Command::new("rabbitmqctl")
+                    .args(["close_connection", pid, "fault test"])
+                    .status()
+                    .await
+                    .unwrap();
+                assert!(status.success());
+                closed += 1;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("the worker never became ready");
+        closed
+    }
+
+    /// Terminates every Postgres session on this environment's database, as a failover would.
+    pub async fn terminate_database_sessions(&self) -> i64 {
+        let url = self.settings.database.url.expose_secret().to_owned();
+        let (server, name) = url.rsplit_once('/').unwrap();
+        let admin = PgPool::connect(&format!("{server}/postgres"))
+            .await
+            .unwrap();
+        let terminated: i64 = sqlx::query_scalar(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1",
+        )
+        .bind(name)
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+        admin.close().await;
+        terminated
     }
 
     /// A job body with a fresh id.
@@ -266,13 +352,27 @@ impl TestEnv {
     /// The result of `job_id`, waiting for it (results of other jobs are kept for later).
     pub async fn result_of(&mut self, job_id: &str) -> Value {
         loop {
-            if let Some(result) = self.seen.remove(job_id) {
+            if let Some(copies) = self.seen.get_mut(job_id)
+                && let Some(result) = copies.pop()
+            {
                 return result;
             }
-            let delivery = self.next_delivery().await;
-            let result: Value = serde_json::from_slice(&delivery.data).unwrap();
-            let id = result["job_id"].as_str().unwrap().to_owned();
-            self.seen.insert(id, result);
+            self.receive_one().await;
+        }
+    }
+
+    /// Takes the next result off the queue and keeps it for later questions.
+    async fn receive_one(&mut self) {
+        let delivery = self.next_delivery().await;
+        let result: Value = serde_json::from_slice(&delivery.data).unwrap();
+        let id = result["job_id"].as_str().unwrap().to_owned();
+        self.seen.entry(id).or_default().push(result);
+    }
+
+    /// Waits until `n` more results have arrived (kept for later questions).
+    pub async fn await_results(&mut self, n: usize) {
+        for _ in 0..n {
+            self.receive_one().await;
         }
     }
 
@@ -282,9 +382,37 @@ impl TestEnv {
         self.result_of(job["job_id"].as_str().unwrap()).await
     }
 
+    /// Every result (duplicates included) until each of `job_ids` has one, within `limit`.
+    pub async fn results_for_all(
+        &mut self,
+        job_ids: &std::collections::HashSet<String>,
+        limit: Duration,
+    ) -> HashMap<String, Vec<Value>> {
+        let mut all: HashMap<String, Vec<Value>> = HashMap::new();
+        for (id, copies) in self.seen.drain() {
+            all.entry(id).or_default().extend(copies);
+        }
+        let deadline = tokio::time::Instant::now() + limit;
+        while !job_ids.iter().all(|id| all.contains_key(id)) {
+            let missing = job_ids.iter().filter(|id| !all.contains_key(*id)).count();
+            let next = tokio::time::timeout_at(deadline, self.results.next())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("{missing} job(s) still without a result after {limit:?}")
+                })
+                .expect("the result consumer is open")
+                .expect("a delivery");
+            next.ack(BasicAckOptions::default()).await.unwrap();
+            let result: Value = serde_json::from_slice(&next.data).unwrap();
+            let id = result["job_id"].as_str().unwrap().to_owned();
+            all.entry(id).or_default().push(result);
+        }
+        all
+    }
+
     /// Waits until the result queue has nothing more for `quiet`; returns what arrived.
     pub async fn drain(&mut self, quiet: Duration) -> Vec<Value> {
-        let mut arrived: Vec<Value> = self.seen.drain().map(|(_, v)| v).collect();
+        let mut arrived: Vec<Value> = self.seen.drain().flat_map(|(_, v)| v).collect();
         while let Ok(Some(Ok(delivery))) = tokio::time::timeout(quiet, self.results.next()).await {
             delivery.ack(BasicAckOptions::default()).await.unwrap();
             arrived.push(serde_json::from_slice(&delivery.data).unwrap());
@@ -360,6 +488,161 @@ impl TestEnv {
         self.broker.close().await;
         self.db.close().await;
         drop_database(&self.settings).await;
+    }
+}
+
+async fn wait_ready(http: &reqwest::Client, base: &str) {
+    for _ in 0..300 {
+        if let Ok(response) = http.get(format!("{base}/readyz")).send().await
+            && response.status().is_success()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the worker at {base} never became ready");
+}
+
+/// The environment variables that configure a worker process like `settings`.
+pub fn worker_environment(settings: &Settings) -> Vec<(String, String)> {
+    let amqp = &settings.amqp;
+    let openai = &settings.openai;
+    let mut vars = vec![
+        ("PATH", std::env::var("PATH").unwrap_or_default()),
+        ("MEMOJI__AMQP__URL", amqp.url.expose_secret().to_owned()),
+        ("MEMOJI__AMQP__PREFETCH", amqp.prefetch.to_string()),
+        ("MEMOJI__AMQP__JOB_QUEUE", amqp.job_queue.clone()),
+        (
+            "MEMOJI__AMQP__RESULT_EXCHANGE",
+            amqp.result_exchange.clone(),
+        ),
+        ("MEMOJI__AMQP__RESULT_QUEUE", amqp.result_queue.clone()),
+        (
+            "MEMOJI__AMQP__METRICS_EXCHANGE",
+            amqp.metrics_exchange.clone(),
+        ),
+        ("MEMOJI__AMQP__METRICS_QUEUE", amqp.metrics_queue.clone()),
+        (
+            "MEMOJI__AMQP__DEAD_LETTER_EXCHANGE",
+            amqp.dead_letter_exchange.clone(),
+        ),
+        (
+            "MEMOJI__AMQP__DEAD_LETTER_QUEUE",
+            amqp.dead_letter_queue.clone(),
+        ),
+        (
+            "MEMOJI__AMQP__RECONNECT_MIN_MS",
+            amqp.reconnect_min_ms.to_string(),
+        ),
+        (
+            "MEMOJI__AMQP__RECONNECT_MAX_MS",
+            amqp.reconnect_max_ms.to_string(),
+        ),
+        (
+            "MEMOJI__DATABASE__URL",
+            settings.database.url.expose_secret().to_owned(),
+        ),
+        (
+            "MEMOJI__DATABASE__MAX_CONNECTIONS",
+            settings.database.max_connections.to_string(),
+        ),
+        ("MEMOJI__OPENAI__BASE_URL", openai.base_url.clone()),
+        (
+            "MEMOJI__OPENAI__MAX_CONCURRENCY",
+            openai.max_concurrency.to_string(),
+        ),
+        (
+            "MEMOJI__OPENAI__MAX_ATTEMPTS",
+            openai.max_attempts.to_string(),
+        ),
+        (
+            "MEMOJI__OPENAI__BACKOFF_MIN_MS",
+            openai.backoff_min_ms.to_string(),
+        ),
+        (
+            "MEMOJI__OPENAI__BACKOFF_MAX_MS",
+            openai.backoff_max_ms.to_string(),
+        ),
+        (
+            "MEMOJI__OPENAI__REQUEST_TIMEOUT_SECS",
+            openai.request_timeout_secs.to_string(),
+        ),
+        (
+            "MEMOJI__GENERATOR__KIND",
+            settings.generator.kind.as_str().to_owned(),
+        ),
+        (
+            "MEMOJI__STORAGE__LOCAL_DIR",
+            settings.storage.local_dir.display().to_string(),
+        ),
+        (
+            "MEMOJI__STORAGE__PUBLIC_BASE_URL",
+            settings.storage.public_base_url.clone(),
+        ),
+        (
+            "MEMOJI__CREDITS__ENABLED",
+            settings.credits.enabled.to_string(),
+        ),
+        (
+            "MEMOJI__WORKER__LEASE_SECS",
+            settings.worker.lease_secs.to_string(),
+        ),
+        (
+            "MEMOJI__WORKER__WAIT_POLL_MS",
+            settings.worker.wait_poll_ms.to_string(),
+        ),
+        (
+            "MEMOJI__WORKER__SHUTDOWN_GRACE_SECS",
+            settings.worker.shutdown_grace_secs.to_string(),
+        ),
+    ];
+    if let Some(key) = &settings.secrets.openai_api_key {
+        vars.push(("OPENAI_API_KEY", key.expose_secret().to_owned()));
+    }
+    vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
+/// A `memoji-worker run` child process; killed if dropped.
+pub struct WorkerProcess {
+    child: tokio::process::Child,
+    pub http: String,
+    pub log_path: std::path::PathBuf,
+}
+
+impl WorkerProcess {
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("the worker is running").to_string();
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub async fn kill(mut self) {
+        self.signal("-KILL");
+        let _ = self.child.wait().await;
+    }
+
+    /// SIGTERM, then waits for the exit; returns the exit status and how long it took.
+    pub async fn terminate(mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
+        let started = std::time::Instant::now();
+        self.signal("-TERM");
+        let status = tokio::time::timeout(limit, self.child.wait())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the worker did not exit within {limit:?}; log: {}",
+                    self.log()
+                )
+            })
+            .unwrap();
+        (status, started.elapsed())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 }
 

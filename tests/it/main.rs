@@ -5,5 +5,6 @@
 mod helpers;
 
 mod failures;
+mod guarantees;
 mod pipeline;
 mod poison;
