@@ -1,0 +1,178 @@
+//! `memoji-worker storage check`: proves the configured backend works end to end before a real
+//! job finds out it does not — credentials, bucket, permissions to write, read and delete.
+//!
+//! It writes a tiny PNG at [`StoragePath::check_object`] (a path no cache key can ever take, so a
+//! check can never overwrite or delete a real image), reads it back, compares, deletes it and
+//! confirms it is gone. Each step is reported, so a failure says which permission is missing.
+
+use std::fmt;
+
+use bytes::Bytes;
+
+use super::{ImageStore, StorageError, StoragePath, check_png};
+
+/// What a successful check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckReport {
+    pub path: StoragePath,
+    /// The URL the object had while it existed.
+    pub url: String,
+    pub bytes: u64,
+    /// Bytes the backend said it freed on delete (0 when it cannot tell).
+    pub freed: u64,
+}
+
+impl fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "wrote   {} ({} bytes)", self.path, self.bytes)?;
+        writeln!(f, "url     {}", self.url)?;
+        writeln!(f, "read    the same {} bytes back", self.bytes)?;
+        write!(f, "deleted it ({} bytes freed), and it is gone", self.freed)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("writing {path} failed: {source}")]
+    Write {
+        path: StoragePath,
+        source: StorageError,
+    },
+    #[error("reading {path} back failed: {source}")]
+    Read {
+        path: StoragePath,
+        source: StorageError,
+    },
+    #[error("{path} was written but reading it back found nothing")]
+    Missing { path: StoragePath },
+    #[error("{path} read back {got} bytes that differ from the {sent} written")]
+    Differs {
+        path: StoragePath,
+        sent: usize,
+        got: usize,
+    },
+    #[error("deleting {path} failed: {source}")]
+    Delete {
+        path: StoragePath,
+        source: StorageError,
+    },
+    #[error("{path} is still there after it was deleted")]
+    Undeleted { path: StoragePath },
+}
+
+/// A 1×1 PNG, unique per check so a stale read can't pass for a fresh one.
+fn probe_png() -> Result<Bytes, StorageError> {
+    let mut out = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut out, 1, 1);
+        encoder.set_color(png::ColorType::Rgba);
+        encoder.set_depth(png::BitDepth::Eight);
+        let stamp = uuid::Uuid::new_v4().to_string();
+        encoder
+            .add_text_chunk("memoji-check".to_owned(), stamp)
+            .map_err(|e| StorageError::Invalid(e.to_string()))?;
+        let mut writer = encoder
+            .write_header()
+            .map_err(|e| StorageError::Invalid(e.to_string()))?;
+        writer
+            .write_image_data(&[0x5b, 0x9b, 0xd5, 0xff])
+            .map_err(|e| StorageError::Invalid(e.to_string()))?;
+    }
+    check_png(&out)?;
+    Ok(Bytes::from(out))
+}
+
+/// Writes, reads back, compares and deletes one object. Cleans up after itself on failure where it can.
+pub async fn run(store: &dyn ImageStore) -> Result<CheckReport, CheckError> {
+    let path = StoragePath::check_object();
+    let png = probe_png().map_err(|source| CheckError::Write {
+        path: path.clone(),
+        source,
+    })?;
+    let stored = store
+        .put(&path, png.clone())
+        .await
+        .map_err(|source| CheckError::Write {
+            path: path.clone(),
+            source,
+        })?;
+    let verified = async {
+        match store.get(&path).await {
+            Err(source) => Err(CheckError::Read {
+                path: path.clone(),
+                source,
+            }),
+            Ok(None) => Err(CheckError::Missing { path: path.clone() }),
+            Ok(Some(back)) if back != png => Err(CheckError::Differs {
+                path: path.clone(),
+                sent: png.len(),
+                got: back.len(),
+            }),
+            Ok(Some(_)) => Ok(()),
+        }
+    }
+    .await;
+    if let Err(error) = verified {
+        let _ = store.delete(&path).await;
+        return Err(error);
+    }
+    let freed = store
+        .delete(&path)
+        .await
+        .map_err(|source| CheckError::Delete {
+            path: path.clone(),
+            source,
+        })?;
+    match store.get(&path).await {
+        Ok(None) => {}
+        Ok(Some(_)) => return Err(CheckError::Undeleted { path }),
+        Err(source) => return Err(CheckError::Read { path, source }),
+    }
+    Ok(CheckReport {
+        url: stored.url,
+        bytes: stored.bytes,
+        path,
+        freed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::LocalStore;
+
+    #[tokio::test]
+    async fn passes_on_a_working_store_and_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().to_owned(), "http://host/images".to_owned());
+        let report = run(&store).await.unwrap();
+        assert!(report.path.as_str().starts_with("_memoji-check/"));
+        assert_eq!(report.freed, report.bytes);
+        assert!(report.url.starts_with("http://host/images/_memoji-check/"));
+        let left: Vec<_> = walk(dir.path());
+        assert!(left.is_empty(), "{left:?}");
+        assert!(report.to_string().contains("it is gone"));
+    }
+
+    #[tokio::test]
+    async fn says_which_step_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file where the directory should be: the write fails.
+        std::fs::write(dir.path().join("_memoji-check"), b"in the way").unwrap();
+        let store = LocalStore::new(dir.path().to_owned(), "http://host/images".to_owned());
+        let error = run(&store).await.unwrap_err().to_string();
+        assert!(error.starts_with("writing _memoji-check/"), "{error}");
+    }
+
+    fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            if entry.path().is_dir() {
+                files.extend(walk(&entry.path()));
+            } else {
+                files.push(entry.path());
+            }
+        }
+        files
+    }
+}
