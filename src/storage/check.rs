@@ -33,15 +33,15 @@ impl fmt::Display for CheckReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
-    #[error("writing {path} failed: {source}")]
+    #[error("writing {path} failed: {error}")]
     Write {
         path: StoragePath,
-        source: StorageError,
+        error: StorageError,
     },
-    #[error("reading {path} back failed: {source}")]
+    #[error("reading {path} back failed: {error}")]
     Read {
         path: StoragePath,
-        source: StorageError,
+        error: StorageError,
     },
     #[error("{path} was written but reading it back found nothing")]
     Missing { path: StoragePath },
@@ -51,10 +51,10 @@ pub enum CheckError {
         sent: usize,
         got: usize,
     },
-    #[error("deleting {path} failed: {source}")]
+    #[error("deleting {path} failed: {error}")]
     Delete {
         path: StoragePath,
-        source: StorageError,
+        error: StorageError,
     },
     #[error("{path} is still there after it was deleted")]
     Undeleted { path: StoragePath },
@@ -85,22 +85,22 @@ fn probe_png() -> Result<Bytes, StorageError> {
 /// Writes, reads back, compares and deletes one object. Cleans up after itself on failure where it can.
 pub async fn run(store: &dyn ImageStore) -> Result<CheckReport, CheckError> {
     let path = StoragePath::check_object();
-    let png = probe_png().map_err(|source| CheckError::Write {
+    let png = probe_png().map_err(|error| CheckError::Write {
         path: path.clone(),
-        source,
+        error,
     })?;
     let stored = store
         .put(&path, png.clone())
         .await
-        .map_err(|source| CheckError::Write {
+        .map_err(|error| CheckError::Write {
             path: path.clone(),
-            source,
+            error,
         })?;
     let verified = async {
         match store.get(&path).await {
-            Err(source) => Err(CheckError::Read {
+            Err(error) => Err(CheckError::Read {
                 path: path.clone(),
-                source,
+                error,
             }),
             Ok(None) => Err(CheckError::Missing { path: path.clone() }),
             Ok(Some(back)) if back != png => Err(CheckError::Differs {
@@ -119,14 +119,14 @@ pub async fn run(store: &dyn ImageStore) -> Result<CheckReport, CheckError> {
     let freed = store
         .delete(&path)
         .await
-        .map_err(|source| CheckError::Delete {
+        .map_err(|error| CheckError::Delete {
             path: path.clone(),
-            source,
+            error,
         })?;
     match store.get(&path).await {
         Ok(None) => {}
         Ok(Some(_)) => return Err(CheckError::Undeleted { path }),
-        Err(source) => return Err(CheckError::Read { path, source }),
+        Err(error) => return Err(CheckError::Read { path, error }),
     }
     Ok(CheckReport {
         url: stored.url,

@@ -75,7 +75,7 @@ impl S3Store {
             .with_region(&s3.region)
             .with_access_key_id(key_id.expose_secret())
             .with_secret_access_key(secret.expose_secret())
-            .with_allow_http(bucket_url.starts_with("http://"))
+            // Client options first: they carry allow_http, which they would reset.
             .with_client_options(
                 ClientOptions::new()
                     .with_timeout(timeout)
@@ -89,7 +89,8 @@ impl S3Store {
                 },
                 max_retries: REQUEST_RETRIES,
                 retry_timeout: timeout,
-            });
+            })
+            .with_allow_http(bucket_url.starts_with("http://"));
         // object_store takes a bucket-less endpoint for path style, and the bucket's own URL
         // for virtual-hosted style.
         builder = if s3.path_style {

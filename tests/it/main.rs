@@ -7,3 +7,5 @@ mod helpers;
 mod failures;
 mod pipeline;
 mod poison;
+mod storage_s3;
+mod storage_supabase;
