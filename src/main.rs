@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use memoji_worker::app::{self, App};
-use memoji_worker::config::Settings;
+use memoji_worker::config::{Settings, StorageKind};
 use memoji_worker::job::GeneratorKind;
 use memoji_worker::{client, storage, telemetry};
 use serde_json::{Map, Value, json};
@@ -175,9 +175,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Storage(StorageCommand::Check) => {
             let kind = format!("{:?}", settings.storage.kind).to_lowercase();
             let store = storage::from_settings(&settings.storage, &settings.secrets.storage)
-                .with_context(|| format!("storage check failed: the {kind} backend"))?;
+                .context("storage check failed")?;
             println!("checking the {kind} storage backend: {store:?}");
-            let report = storage::check::run(store.as_ref())
+            // The local backend's URLs are the admin API's, which serves only real image paths.
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?;
+            let probe = (settings.storage.kind != StorageKind::Local).then_some(&http);
+            let report = storage::check::run(store.as_ref(), probe)
                 .await
                 .with_context(|| format!("storage check failed on the {kind} backend"))?;
             println!("{report}");

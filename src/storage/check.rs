@@ -4,6 +4,10 @@
 //! It writes a tiny PNG at [`StoragePath::check_object`] (a path no cache key can ever take, so a
 //! check can never overwrite or delete a real image), reads it back, compares, deletes it and
 //! confirms it is gone. Each step is reported, so a failure says which permission is missing.
+//!
+//! For remote backends it also fetches the object's public URL while it exists: a bucket that is
+//! not public stores fine but hands users URLs that do not open, which only a look from outside
+//! shows. That finding is a warning, not a failure — a CDN in front may answer differently.
 
 use std::fmt;
 
@@ -20,6 +24,19 @@ pub struct CheckReport {
     pub bytes: u64,
     /// Bytes the backend said it freed on delete (0 when it cannot tell).
     pub freed: u64,
+    /// What fetching `url` anonymously gave, when it was tried.
+    pub public: Option<PublicUrl>,
+}
+
+/// The answer to an anonymous GET of the probe object's URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublicUrl {
+    /// It served the very bytes written.
+    Serves,
+    /// It answered, but not with the image: the status (or "different bytes").
+    Refuses(String),
+    /// It did not answer at all.
+    Unreachable(String),
 }
 
 impl fmt::Display for CheckReport {
@@ -27,6 +44,15 @@ impl fmt::Display for CheckReport {
         writeln!(f, "wrote   {} ({} bytes)", self.path, self.bytes)?;
         writeln!(f, "url     {}", self.url)?;
         writeln!(f, "read    the same {} bytes back", self.bytes)?;
+        match &self.public {
+            None => {}
+            Some(PublicUrl::Serves) => writeln!(f, "public  the url serves the image")?,
+            Some(PublicUrl::Refuses(why) | PublicUrl::Unreachable(why)) => writeln!(
+                f,
+                "WARNING the url does not serve the image ({why}): image_url will not open for \
+                 users; make the bucket publicly readable or set storage.public_base_url"
+            )?,
+        }
         write!(f, "deleted it ({} bytes freed), and it is gone", self.freed)
     }
 }
@@ -82,8 +108,29 @@ fn probe_png() -> Result<Bytes, StorageError> {
     Ok(Bytes::from(out))
 }
 
-/// Writes, reads back, compares and deletes one object. Cleans up after itself on failure where it can.
-pub async fn run(store: &dyn ImageStore) -> Result<CheckReport, CheckError> {
+/// Fetches `url` without credentials and says whether it serves `png`.
+async fn fetch_public(http: &reqwest::Client, url: &str, png: &[u8]) -> PublicUrl {
+    let response = match http.get(url).send().await {
+        Ok(response) => response,
+        Err(error) => return PublicUrl::Unreachable(error.to_string()),
+    };
+    let status = response.status();
+    if !status.is_success() {
+        return PublicUrl::Refuses(format!("HTTP {status}"));
+    }
+    match response.bytes().await {
+        Ok(body) if body.as_ref() == png => PublicUrl::Serves,
+        Ok(_) => PublicUrl::Refuses(format!("HTTP {status} with different bytes")),
+        Err(error) => PublicUrl::Unreachable(error.to_string()),
+    }
+}
+
+/// Writes, reads back, compares and deletes one object, and with `public_url` also fetches the
+/// object's URL anonymously. Cleans up after itself on failure where it can.
+pub async fn run(
+    store: &dyn ImageStore,
+    public_url: Option<&reqwest::Client>,
+) -> Result<CheckReport, CheckError> {
     let path = StoragePath::check_object();
     let png = probe_png().map_err(|error| CheckError::Write {
         path: path.clone(),
@@ -116,6 +163,10 @@ pub async fn run(store: &dyn ImageStore) -> Result<CheckReport, CheckError> {
         let _ = store.delete(&path).await;
         return Err(error);
     }
+    let public = match public_url {
+        Some(http) => Some(fetch_public(http, &stored.url, &png).await),
+        None => None,
+    };
     let freed = store
         .delete(&path)
         .await
@@ -133,6 +184,7 @@ pub async fn run(store: &dyn ImageStore) -> Result<CheckReport, CheckError> {
         bytes: stored.bytes,
         path,
         freed,
+        public,
     })
 }
 
@@ -145,7 +197,7 @@ mod tests {
     async fn passes_on_a_working_store_and_leaves_nothing_behind() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::new(dir.path().to_owned(), "http://host/images".to_owned());
-        let report = run(&store).await.unwrap();
+        let report = run(&store, None).await.unwrap();
         assert!(report.path.as_str().starts_with("_memoji-check/"));
         assert_eq!(report.freed, report.bytes);
         assert!(report.url.starts_with("http://host/images/_memoji-check/"));
@@ -160,7 +212,7 @@ mod tests {
         // A file where the directory should be: the write fails.
         std::fs::write(dir.path().join("_memoji-check"), b"in the way").unwrap();
         let store = LocalStore::new(dir.path().to_owned(), "http://host/images".to_owned());
-        let error = run(&store).await.unwrap_err().to_string();
+        let error = run(&store, None).await.unwrap_err().to_string();
         assert!(error.starts_with("writing _memoji-check/"), "{error}");
     }
 

@@ -81,14 +81,7 @@ impl S3Server {
 
     /// A new bucket whose objects anyone may read.
     pub async fn bucket(&self, id: &str) -> String {
-        let bucket = format!("memoji-{id}");
-        let created = self
-            .signed("PUT", &format!("{}/{bucket}", self.endpoint), b"")
-            .await;
-        assert!(
-            created.status().is_success(),
-            "creating {bucket}: {created:?}"
-        );
+        let bucket = self.private_bucket(id).await;
         let policy = json!({
             "Version": "2012-10-17",
             "Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject",
@@ -104,6 +97,19 @@ impl S3Server {
         assert!(
             policy.status().is_success(),
             "public-read policy: {policy:?}"
+        );
+        bucket
+    }
+
+    /// A new bucket only its owner may read.
+    pub async fn private_bucket(&self, id: &str) -> String {
+        let bucket = format!("memoji-{id}");
+        let created = self
+            .signed("PUT", &format!("{}/{bucket}", self.endpoint), b"")
+            .await;
+        assert!(
+            created.status().is_success(),
+            "creating {bucket}: {created:?}"
         );
         bucket
     }
@@ -286,6 +292,10 @@ async fn storage_check_command_passes_against_s3_and_fails_clearly_when_it_is_do
         "{stdout}"
     );
     assert!(stdout.contains("wrote   _memoji-check/"), "{stdout}");
+    assert!(
+        stdout.contains("public  the url serves the image"),
+        "{stdout}"
+    );
     assert!(stdout.contains("storage check passed"), "{stdout}");
     assert!(
         s3.keys(&bucket).await.is_empty(),
@@ -303,6 +313,20 @@ async fn storage_check_command_passes_against_s3_and_fails_clearly_when_it_is_do
         stderr.contains("storage check failed on the s3 backend: writing _memoji-check/"),
         "{stderr}"
     );
+
+    // A bucket nobody else may read works, but its URLs would not open: a warning says so.
+    let private = s3.private_bucket(&format!("{id}p")).await;
+    let output = worker_command(&s3.cli_vars(&private, &s3.endpoint))
+        .args(["storage", "check"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("WARNING the url does not serve the image (HTTP 403 Forbidden)"),
+        "{stdout}"
+    );
+    s3.remove(&private).await;
 
     // Without credentials it says which variables to set.
     let mut vars = s3.cli_vars(&bucket, &s3.endpoint);

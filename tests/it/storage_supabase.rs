@@ -57,24 +57,24 @@ impl FakeSupabase {
         supabase_error(400, "403", "Unauthorized", &why)
     }
 
-    /// Both headers Supabase's gateway and storage server check.
-    fn authorized(&self, request: &Request) -> Result<(), ResponseTemplate> {
+    /// Both headers Supabase's gateway and storage server check; the refusal when one is wrong.
+    fn unauthorized(&self, request: &Request) -> Option<ResponseTemplate> {
         let bearer = format!("Bearer {SERVICE_KEY}");
         if header(request, "authorization") != Some(bearer.as_str()) {
-            return Err(self.refuse(format!(
+            return Some(self.refuse(format!(
                 "{} {}: bad Authorization",
                 request.method,
                 request.url.path()
             )));
         }
         if header(request, "apikey") != Some(SERVICE_KEY) {
-            return Err(self.refuse(format!(
+            return Some(self.refuse(format!(
                 "{} {}: bad apikey",
                 request.method,
                 request.url.path()
             )));
         }
-        Ok(())
+        None
     }
 
     fn download(&self, key: &str) -> ResponseTemplate {
@@ -90,7 +90,7 @@ impl FakeSupabase {
 
     fn upload(&self, request: &Request, key: String) -> ResponseTemplate {
         self.0.uploads.fetch_add(1, Ordering::SeqCst);
-        if let Err(refused) = self.authorized(request) {
+        if let Some(refused) = self.unauthorized(request) {
             return refused;
         }
         let content_type = header(request, "content-type")
@@ -123,7 +123,7 @@ impl FakeSupabase {
     }
 
     fn remove(&self, request: &Request, bucket: &str) -> ResponseTemplate {
-        if let Err(refused) = self.authorized(request) {
+        if let Some(refused) = self.unauthorized(request) {
             return refused;
         }
         let Ok(body) = serde_json::from_slice::<Value>(&request.body) else {
@@ -160,10 +160,9 @@ impl Respond for FakeSupabase {
         };
         match (request.method.as_str(), rest.split_once('/')) {
             ("GET", Some(("public", key))) => self.download(key),
-            ("GET", Some(("authenticated", key))) => match self.authorized(request) {
-                Ok(()) => self.download(key),
-                Err(refused) => refused,
-            },
+            ("GET", Some(("authenticated", key))) => self
+                .unauthorized(request)
+                .unwrap_or_else(|| self.download(key)),
             ("POST", Some((_, _))) => self.upload(request, rest.to_owned()),
             ("DELETE", None) => self.remove(request, rest),
             _ => supabase_error(400, "400", "Invalid request", "unknown route"),
@@ -330,6 +329,10 @@ async fn storage_check_command_passes_against_supabase() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("public  the url serves the image"),
+        "{stdout}"
+    );
     assert!(stdout.contains("storage check passed"), "{stdout}");
     assert!(!stdout.contains(SERVICE_KEY) && !stderr.contains(SERVICE_KEY));
     assert!(supabase.keys().is_empty(), "the check leaves nothing");
