@@ -393,15 +393,46 @@ mod tests {
     }
 
     #[test]
+    fn storage_defaults_are_as_documented() {
+        let storage = Settings::defaults().unwrap().storage;
+        assert_eq!(storage.kind, StorageKind::Local);
+        assert_eq!(storage.public_base_url, "", "each backend's own URL");
+        assert_eq!(storage.cache_control, "public, max-age=31536000, immutable");
+        assert_eq!(storage.request_timeout(), Duration::from_secs(30));
+        assert_eq!(storage.s3.endpoint, "");
+        assert_eq!(storage.s3.region, "us-east-1");
+        assert_eq!(storage.s3.bucket, "memoji-images");
+        assert!(!storage.s3.path_style);
+        assert_eq!(storage.supabase.url, "");
+        assert_eq!(storage.supabase.bucket, "memoji-images");
+        for kind in ["local", "s3", "supabase"] {
+            let parsed: StorageKind = serde_json::from_value(serde_json::json!(kind)).unwrap();
+            assert_eq!(format!("{parsed:?}").to_lowercase(), kind);
+        }
+    }
+
+    #[test]
     fn secrets_stay_out_of_debug_output() {
         let mut settings = Settings::defaults().unwrap();
         settings.amqp.url = SecretString::from("amqp://user:hunter2@broker:5672/%2f");
         settings.secrets.openai_api_key = Some(SecretString::from("sk-live-123"));
+        settings.secrets.storage = StorageSecrets {
+            s3_access_key_id: Some(SecretString::from("AKIA-id-123")),
+            s3_secret_access_key: Some(SecretString::from("s3-secret-123")),
+            s3_session_token: Some(SecretString::from("s3-token-123")),
+            supabase_service_key: Some(SecretString::from("sb-service-123")),
+        };
         let printed = format!("{settings:?}");
-        assert!(
-            !printed.contains("hunter2") && !printed.contains("sk-live-123"),
-            "{printed}"
-        );
+        for secret in [
+            "hunter2",
+            "sk-live-123",
+            "AKIA-id-123",
+            "s3-secret-123",
+            "s3-token-123",
+            "sb-service-123",
+        ] {
+            assert!(!printed.contains(secret), "{printed}");
+        }
         assert_eq!(
             redacted_url(&settings.amqp.url),
             "amqp://user:***@broker:5672/%2f"
