@@ -177,12 +177,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let store = storage::from_settings(&settings.storage, &settings.secrets.storage)
                 .context("storage check failed")?;
             println!("checking the {kind} storage backend: {store:?}");
-            // The local backend's URLs are the admin API's, which serves only real image paths.
-            let http = reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()?;
-            let probe = (settings.storage.kind != StorageKind::Local).then_some(&http);
-            let report = storage::check::run(store.as_ref(), probe)
+            let fetch_url = settings.storage.kind != StorageKind::Local;
+            let report = storage::check::run(store.as_ref(), fetch_url)
                 .await
                 .with_context(|| format!("storage check failed on the {kind} backend"))?;
             println!("{report}");

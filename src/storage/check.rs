@@ -109,7 +109,14 @@ fn probe_png() -> Result<Bytes, StorageError> {
 }
 
 /// Fetches `url` without credentials and says whether it serves `png`.
-async fn fetch_public(http: &reqwest::Client, url: &str, png: &[u8]) -> PublicUrl {
+async fn fetch_public(url: &str, png: &[u8]) -> PublicUrl {
+    let http = match reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+    {
+        Ok(http) => http,
+        Err(error) => return PublicUrl::Unreachable(error.to_string()),
+    };
     let response = match http.get(url).send().await {
         Ok(response) => response,
         Err(error) => return PublicUrl::Unreachable(error.to_string()),
@@ -125,12 +132,10 @@ async fn fetch_public(http: &reqwest::Client, url: &str, png: &[u8]) -> PublicUr
     }
 }
 
-/// Writes, reads back, compares and deletes one object, and with `public_url` also fetches the
-/// object's URL anonymously. Cleans up after itself on failure where it can.
-pub async fn run(
-    store: &dyn ImageStore,
-    public_url: Option<&reqwest::Client>,
-) -> Result<CheckReport, CheckError> {
+/// Writes, reads back, compares and deletes one object, and with `fetch_url` also fetches the
+/// object's URL anonymously (not for `local`: the admin API serves only real image paths, and may
+/// not be running). Cleans up after itself on failure where it can.
+pub async fn run(store: &dyn ImageStore, fetch_url: bool) -> Result<CheckReport, CheckError> {
     let path = StoragePath::check_object();
     let png = probe_png().map_err(|error| CheckError::Write {
         path: path.clone(),
@@ -163,9 +168,10 @@ pub async fn run(
         let _ = store.delete(&path).await;
         return Err(error);
     }
-    let public = match public_url {
-        Some(http) => Some(fetch_public(http, &stored.url, &png).await),
-        None => None,
+    let public = if fetch_url {
+        Some(fetch_public(&stored.url, &png).await)
+    } else {
+        None
     };
     let freed = store
         .delete(&path)
@@ -197,7 +203,7 @@ mod tests {
     async fn passes_on_a_working_store_and_leaves_nothing_behind() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::new(dir.path().to_owned(), "http://host/images".to_owned());
-        let report = run(&store, None).await.unwrap();
+        let report = run(&store, false).await.unwrap();
         assert!(report.path.as_str().starts_with("_memoji-check/"));
         assert_eq!(report.freed, report.bytes);
         assert!(report.url.starts_with("http://host/images/_memoji-check/"));
@@ -212,7 +218,7 @@ mod tests {
         // A file where the directory should be: the write fails.
         std::fs::write(dir.path().join("_memoji-check"), b"in the way").unwrap();
         let store = LocalStore::new(dir.path().to_owned(), "http://host/images".to_owned());
-        let error = run(&store, None).await.unwrap_err().to_string();
+        let error = run(&store, false).await.unwrap_err().to_string();
         assert!(error.starts_with("writing _memoji-check/"), "{error}");
     }
 
