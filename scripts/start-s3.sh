@@ -22,8 +22,9 @@ url="http://127.0.0.1:$port"
 moto_spec="${S3_TEST_MOTO:-moto[server]>=5,<6}"
 
 answers() {
-  # moto answers ListBuckets at / with 200 and XML.
-  curl -fsS -o /dev/null --max-time 2 "$url/" 2>/dev/null
+  # moto answers ListBuckets at / with 200 and XML. (python3 rather than curl: it is on every machine.)
+  python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' "$url/" \
+    >/dev/null 2>&1
 }
 
 if answers; then
@@ -38,19 +39,36 @@ if [ ! -x "$venv/bin/moto_server" ]; then
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$moto_spec"
 fi
 
-if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-  echo "start-s3: moto (pid $(cat "$pidfile")) is running but not answering yet; waiting"
-else
+# The moto this script started earlier, if it is still alive (a zombie is not).
+alive() {
+  local pid
+  pid="$(cat "$pidfile" 2>/dev/null)" || return 1
+  [ -n "$pid" ] && [ -r "/proc/$pid/stat" ] && [ "$(awk '{print $3}' "/proc/$pid/stat")" != Z ]
+}
+
+start() {
   echo "start-s3: starting moto on $url (log: $log)"
   # setsid: the server outlives this script and the shell that ran it.
   setsid "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$log" 2>&1 < /dev/null &
   echo $! > "$pidfile"
+}
+
+if alive; then
+  echo "start-s3: moto (pid $(cat "$pidfile")) is running but not answering yet; waiting"
+else
+  start
 fi
 
+restarted=no
 for _ in $(seq 1 100); do
   if answers; then
     echo "start-s3: ready at $url"
     exit 0
+  fi
+  if ! alive && [ "$restarted" = no ]; then
+    # It was shutting down, or it died at start (e.g. the port was busy a moment ago).
+    restarted=yes
+    start
   fi
   sleep 0.2
 done
