@@ -37,6 +37,8 @@ struct State {
     refused: Mutex<Vec<String>>,
     uploads: AtomicU32,
     down: AtomicBool,
+    /// Uploads still to answer with 503 before working again: a brief outage.
+    failing_uploads: AtomicU32,
 }
 
 /// Supabase Storage, as far as the worker uses it.
@@ -152,6 +154,16 @@ impl Respond for FakeSupabase {
             if request.method.as_str() == "POST" {
                 self.0.uploads.fetch_add(1, Ordering::SeqCst);
             }
+            return ResponseTemplate::new(503).set_body_string("upstream connect error");
+        }
+        if request.method.as_str() == "POST"
+            && self
+                .0
+                .failing_uploads
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            self.0.uploads.fetch_add(1, Ordering::SeqCst);
             return ResponseTemplate::new(503).set_body_string("upstream connect error");
         }
         let path = request.url.path().to_owned();
@@ -309,6 +321,31 @@ async fn supabase_outage_fails_the_job_as_storage_failed_after_three_uploads_and
         supabase.state.uploads.load(Ordering::SeqCst),
         3,
         "three tries in all"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn supabase_brief_outage_is_retried_and_the_job_succeeds() {
+    let supabase = Supabase::start().await;
+    supabase.state.failing_uploads.store(2, Ordering::SeqCst);
+    let mut env =
+        TestEnv::start_with(vec![openai_ok()], |settings| supabase.configure(settings)).await;
+    let result = env.run(&env.job("u", json!({}))).await;
+    assert_eq!(result["status"], "succeeded", "{result}");
+    assert_eq!(result["credits_charged"], 1);
+    assert_eq!(supabase.state.uploads.load(Ordering::SeqCst), 3);
+    assert_eq!(env.openai.calls(), 1, "the image is generated once");
+    let served = env
+        .http
+        .get(result["image_url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200);
+    assert_eq!(
+        served.bytes().await.unwrap().as_ref(),
+        png_bytes().as_slice()
     );
     env.cleanup().await;
 }
