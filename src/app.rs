@@ -30,7 +30,8 @@ impl App {
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
         let settings = Arc::new(settings);
         let db = connect_database(&settings).await?;
-        let store = storage::from_settings(&settings.storage).context("storage")?;
+        let store = storage::from_settings(&settings.storage, &settings.secrets.storage)
+            .context("storage")?;
         let generator = generator(&settings)?;
         let listener = TcpListener::bind(settings.http.bind)
             .await
@@ -39,6 +40,7 @@ impl App {
             broker = %redacted_url(&settings.amqp.url),
             database = %redacted_url(&settings.database.url),
             generator = generator.kind().as_str(),
+            storage = ?store,
             admin_api = %settings.http.bind,
             "memoji-worker ready"
         );

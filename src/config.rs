@@ -17,10 +17,11 @@ use crate::job::{GeneratorKind, Tier};
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
 /// Unprefixed variables the usual tools set, and the key each stands for.
-const ALIASES: [(&str, &str); 3] = [
+const ALIASES: [(&str, &str); 4] = [
     ("AMQP_URL", "amqp.url"),
     ("DATABASE_URL", "database.url"),
     ("OPENAI_BASE_URL", "openai.base_url"),
+    ("SUPABASE_URL", "storage.supabase.url"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +54,44 @@ pub struct Settings {
 pub struct Secrets {
     pub openai_api_key: Option<SecretString>,
     pub admin_token: Option<SecretString>,
+    pub storage: StorageSecrets,
+}
+
+/// Credentials of the remote storage backends, each read from the first variable set of its list
+/// (the MEMOJI_-prefixed name first, so a deployment can keep the worker's keys apart from the
+/// machine's usual AWS or Supabase variables).
+#[derive(Debug, Clone, Default)]
+pub struct StorageSecrets {
+    /// `MEMOJI_S3_ACCESS_KEY_ID`, else `AWS_ACCESS_KEY_ID`.
+    pub s3_access_key_id: Option<SecretString>,
+    /// `MEMOJI_S3_SECRET_ACCESS_KEY`, else `AWS_SECRET_ACCESS_KEY`.
+    pub s3_secret_access_key: Option<SecretString>,
+    /// `MEMOJI_S3_SESSION_TOKEN`, else `AWS_SESSION_TOKEN` (temporary credentials only).
+    pub s3_session_token: Option<SecretString>,
+    /// `MEMOJI_SUPABASE_SERVICE_ROLE_KEY`, else `SUPABASE_SERVICE_ROLE_KEY`.
+    pub supabase_service_key: Option<SecretString>,
+}
+
+impl StorageSecrets {
+    /// The variables each secret is read from, in order of preference.
+    pub const S3_ACCESS_KEY_ID: [&str; 2] = ["MEMOJI_S3_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"];
+    pub const S3_SECRET_ACCESS_KEY: [&str; 2] =
+        ["MEMOJI_S3_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY"];
+    pub const S3_SESSION_TOKEN: [&str; 2] = ["MEMOJI_S3_SESSION_TOKEN", "AWS_SESSION_TOKEN"];
+    pub const SUPABASE_SERVICE_KEY: [&str; 2] = [
+        "MEMOJI_SUPABASE_SERVICE_ROLE_KEY",
+        "SUPABASE_SERVICE_ROLE_KEY",
+    ];
+
+    pub fn from_env() -> StorageSecrets {
+        let first = |variables: [&str; 2]| variables.into_iter().find_map(secret_from_env);
+        StorageSecrets {
+            s3_access_key_id: first(Self::S3_ACCESS_KEY_ID),
+            s3_secret_access_key: first(Self::S3_SECRET_ACCESS_KEY),
+            s3_session_token: first(Self::S3_SESSION_TOKEN),
+            supabase_service_key: first(Self::SUPABASE_SERVICE_KEY),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -118,7 +157,39 @@ pub enum StorageKind {
 pub struct StorageSettings {
     pub kind: StorageKind,
     pub local_dir: PathBuf,
+    /// Prefix of `image_url`; empty means the backend's own (see `config/default.toml`).
     pub public_base_url: String,
+    /// `Cache-Control` stored with every upload by the remote backends.
+    pub cache_control: String,
+    /// One request to a remote backend, connecting included.
+    pub request_timeout_secs: u64,
+    pub s3: S3Settings,
+    pub supabase: SupabaseSettings,
+}
+
+impl StorageSettings {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+}
+
+/// An S3-compatible store (AWS S3, MinIO, R2, Supabase's S3 endpoint). Credentials are secrets.
+#[derive(Debug, Clone, Deserialize)]
+pub struct S3Settings {
+    /// Empty for AWS itself (`https://s3.<region>.amazonaws.com`).
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    /// `<endpoint>/<bucket>/<key>` rather than `<bucket>.<endpoint host>/<key>`.
+    pub path_style: bool,
+}
+
+/// Supabase Storage's REST API. The service role key is a secret.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SupabaseSettings {
+    /// The project URL, e.g. `https://abcd.supabase.co` (also `SUPABASE_URL`).
+    pub url: String,
+    pub bucket: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -226,6 +297,7 @@ impl Settings {
         settings.secrets = Secrets {
             openai_api_key: secret_from_env("OPENAI_API_KEY"),
             admin_token: secret_from_env("ADMIN_TOKEN"),
+            storage: StorageSecrets::from_env(),
         };
         settings.checked()
     }
@@ -258,6 +330,10 @@ impl Settings {
         rule(
             self.amqp.delivery_limit > 0,
             "amqp.delivery_limit must be at least 1",
+        )?;
+        rule(
+            self.storage.request_timeout_secs > 0,
+            "storage.request_timeout_secs must be at least 1",
         )?;
         Ok(self)
     }
@@ -317,15 +393,46 @@ mod tests {
     }
 
     #[test]
+    fn storage_defaults_are_as_documented() {
+        let storage = Settings::defaults().unwrap().storage;
+        assert_eq!(storage.kind, StorageKind::Local);
+        assert_eq!(storage.public_base_url, "", "each backend's own URL");
+        assert_eq!(storage.cache_control, "public, max-age=31536000, immutable");
+        assert_eq!(storage.request_timeout(), Duration::from_secs(30));
+        assert_eq!(storage.s3.endpoint, "");
+        assert_eq!(storage.s3.region, "us-east-1");
+        assert_eq!(storage.s3.bucket, "memoji-images");
+        assert!(!storage.s3.path_style);
+        assert_eq!(storage.supabase.url, "");
+        assert_eq!(storage.supabase.bucket, "memoji-images");
+        for kind in ["local", "s3", "supabase"] {
+            let parsed: StorageKind = serde_json::from_value(serde_json::json!(kind)).unwrap();
+            assert_eq!(format!("{parsed:?}").to_lowercase(), kind);
+        }
+    }
+
+    #[test]
     fn secrets_stay_out_of_debug_output() {
         let mut settings = Settings::defaults().unwrap();
         settings.amqp.url = SecretString::from("amqp://user:hunter2@broker:5672/%2f");
         settings.secrets.openai_api_key = Some(SecretString::from("sk-live-123"));
+        settings.secrets.storage = StorageSecrets {
+            s3_access_key_id: Some(SecretString::from("AKIA-id-123")),
+            s3_secret_access_key: Some(SecretString::from("s3-secret-123")),
+            s3_session_token: Some(SecretString::from("s3-token-123")),
+            supabase_service_key: Some(SecretString::from("sb-service-123")),
+        };
         let printed = format!("{settings:?}");
-        assert!(
-            !printed.contains("hunter2") && !printed.contains("sk-live-123"),
-            "{printed}"
-        );
+        for secret in [
+            "hunter2",
+            "sk-live-123",
+            "AKIA-id-123",
+            "s3-secret-123",
+            "s3-token-123",
+            "sb-service-123",
+        ] {
+            assert!(!printed.contains(secret), "{printed}");
+        }
         assert_eq!(
             redacted_url(&settings.amqp.url),
             "amqp://user:***@broker:5672/%2f"

@@ -4,11 +4,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use memoji_worker::app::{self, App};
-use memoji_worker::config::Settings;
+use memoji_worker::config::{Settings, StorageKind};
 use memoji_worker::job::GeneratorKind;
-use memoji_worker::{client, telemetry};
+use memoji_worker::{client, storage, telemetry};
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -38,6 +39,16 @@ enum Command {
     Migrate,
     /// Publish one job, as the web app would; with --wait, print its result.
     Enqueue(Box<EnqueueArgs>),
+    /// Object storage tools.
+    #[command(subcommand)]
+    Storage(StorageCommand),
+}
+
+#[derive(Subcommand)]
+enum StorageCommand {
+    /// Write, read back, compare and delete a small PNG in the configured backend
+    /// (under `_memoji-check/`, never a real image's path); exits non-zero if any step fails.
+    Check,
 }
 
 #[derive(Args)]
@@ -159,6 +170,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     job["job_id"].as_str().unwrap_or_default()
                 ),
             }
+            Ok(())
+        }
+        Command::Storage(StorageCommand::Check) => {
+            let kind = format!("{:?}", settings.storage.kind).to_lowercase();
+            let store = storage::from_settings(&settings.storage, &settings.secrets.storage)
+                .context("storage check failed")?;
+            println!("checking the {kind} storage backend: {store:?}");
+            let fetch_url = settings.storage.kind != StorageKind::Local;
+            let report = storage::check::run(store.as_ref(), fetch_url)
+                .await
+                .with_context(|| format!("storage check failed on the {kind} backend"))?;
+            println!("{report}");
+            println!("storage check passed");
             Ok(())
         }
     }

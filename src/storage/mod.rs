@@ -2,9 +2,18 @@
 //!
 //! Paths are `YYYY/MM/<hash>.png`, built only from a [`CacheKey`] the worker computed, never from
 //! text in a job. Every image is checked ([`check_png`]) before any backend sees it. Backends sit
-//! behind [`ImageStore`]; `local` writes to a directory that the admin API serves at `/images/…`.
+//! behind [`ImageStore`], chosen by `storage.kind`:
+//! - `local` writes to a directory that the admin API serves at `/images/…`;
+//! - `s3` speaks the S3 protocol (AWS S3, MinIO, R2, Supabase's S3 endpoint);
+//! - `supabase` uses Supabase Storage's REST API, as the JavaScript system did.
+//!
+//! Whatever the backend, an upload has returned before the cache row naming it is written
+//! (`worker::handle`), and [`check::run`] proves a configuration end to end.
 
+pub mod check;
 mod local;
+mod s3;
+mod supabase;
 
 use std::fmt;
 use std::sync::Arc;
@@ -14,13 +23,19 @@ use bytes::Bytes;
 use chrono::{DateTime, Datelike, Utc};
 
 pub use local::LocalStore;
+pub use s3::S3Store;
+pub use supabase::SupabaseStore;
 
-use crate::config::{StorageKind, StorageSettings};
+use crate::config::{StorageKind, StorageSecrets, StorageSettings};
 use crate::job::CacheKey;
 
 /// Largest image stored.
 pub const MAX_IMAGE_BYTES: usize = 5 * 1024 * 1024;
 const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
+/// `image_url`'s prefix for the local backend when `storage.public_base_url` is empty.
+pub const LOCAL_PUBLIC_BASE_URL: &str = "http://127.0.0.1:8080/images";
+/// The first segment of every check object; no cache path starts with anything but a year.
+const CHECK_PREFIX: &str = "_memoji-check";
 
 /// Where an image lives inside a store: `YYYY/MM/<hash>.png`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -41,6 +56,16 @@ impl StoragePath {
         let key = CacheKey::parse(file.strip_suffix(".png")?)?;
         (parts.next().is_none() && digits(year, 4) && month_ok)
             .then(|| StoragePath(format!("{year}/{month}/{key}.png")))
+    }
+
+    /// A fresh path for `storage check`'s probe object: `_memoji-check/<uuid>.png`. Its first
+    /// segment is not a year, so it can never equal a cache path, and [`StoragePath::parse`]
+    /// refuses it, so it is never served or cleaned up as an image.
+    pub fn check_object() -> StoragePath {
+        StoragePath(format!(
+            "{CHECK_PREFIX}/{}.png",
+            uuid::Uuid::new_v4().simple()
+        ))
     }
 
     pub fn as_str(&self) -> &str {
@@ -85,18 +110,36 @@ pub trait ImageStore: Send + Sync + fmt::Debug {
     fn url(&self, path: &StoragePath) -> String;
 }
 
-/// Builds the configured backend.
-pub fn from_settings(settings: &StorageSettings) -> Result<Arc<dyn ImageStore>, StorageError> {
-    match settings.kind {
-        StorageKind::Local => Ok(Arc::new(LocalStore::new(
-            settings.local_dir.clone(),
-            settings.public_base_url.clone(),
-        ))),
-        StorageKind::S3 | StorageKind::Supabase => Err(StorageError::Backend(format!(
-            "storage kind {:?} is not available in this build; use \"local\"",
-            settings.kind
-        ))),
+/// A configuration that cannot make a backend: a missing credential, a malformed URL.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SetupError(String);
+
+impl SetupError {
+    pub(crate) fn new(message: impl Into<String>) -> SetupError {
+        SetupError(message.into())
     }
+}
+
+/// Builds the configured backend. Touches no network: a store that is down at start delays
+/// uploads (which fail their jobs with `storage_failed`), it does not stop the worker; use
+/// `memoji-worker storage check` to try one.
+pub fn from_settings(
+    settings: &StorageSettings,
+    secrets: &StorageSecrets,
+) -> Result<Arc<dyn ImageStore>, SetupError> {
+    Ok(match settings.kind {
+        StorageKind::Local => {
+            let base = if settings.public_base_url.is_empty() {
+                LOCAL_PUBLIC_BASE_URL.to_owned()
+            } else {
+                settings.public_base_url.clone()
+            };
+            Arc::new(LocalStore::new(settings.local_dir.clone(), base))
+        }
+        StorageKind::S3 => Arc::new(S3Store::new(settings, secrets)?),
+        StorageKind::Supabase => Arc::new(SupabaseStore::new(settings, secrets)?),
+    })
 }
 
 /// Refuses anything that is not a PNG of at most [`MAX_IMAGE_BYTES`] with a readable header.
@@ -154,6 +197,35 @@ mod tests {
         ] {
             assert_eq!(StoragePath::parse(&bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn check_objects_never_look_like_cache_paths() {
+        let a = StoragePath::check_object();
+        let b = StoragePath::check_object();
+        assert_ne!(a, b);
+        assert!(a.as_str().starts_with("_memoji-check/") && a.as_str().ends_with(".png"));
+        assert_eq!(StoragePath::parse(a.as_str()), None);
+    }
+
+    #[test]
+    fn the_configured_kind_is_built() {
+        let mut settings = crate::config::Settings::defaults().unwrap().storage;
+        let secrets = StorageSecrets::default();
+        let key = CacheKey::parse(KEY).unwrap();
+        let path = StoragePath::for_key(&key, Utc::now());
+        let local = from_settings(&settings, &secrets).unwrap();
+        assert_eq!(
+            local.url(&path),
+            format!("http://127.0.0.1:8080/images/{path}")
+        );
+        settings.kind = StorageKind::S3;
+        let error = from_settings(&settings, &secrets).unwrap_err();
+        assert!(error.to_string().contains("AWS_ACCESS_KEY_ID"), "{error}");
+        settings.kind = StorageKind::Supabase;
+        settings.supabase.url = "http://127.0.0.1:1".to_owned();
+        let error = from_settings(&settings, &secrets).unwrap_err();
+        assert!(error.to_string().contains("SERVICE_ROLE_KEY"), "{error}");
     }
 
     #[test]

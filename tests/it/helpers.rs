@@ -664,3 +664,66 @@ pub async fn count(db: &PgPool, sql: &str) -> i64 {
         .await
         .unwrap()
 }
+
+/// The PNG the OpenAI stand-in returns, as bytes: what a stored image must equal.
+pub fn png_bytes() -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(png_b64())
+        .unwrap()
+}
+
+/// Runs one job while the storage backend is down and asserts the contract for it: the job fails
+/// with a retryable `storage_failed`, its credit comes back, OpenAI was asked once (a storage retry
+/// never regenerates), and no cache row points at an image that is not there.
+pub async fn assert_storage_outage_fails_cleanly(env: &mut TestEnv) -> Value {
+    let job = env.job("u", json!({"hair": "curly"}));
+    let result = env.run(&job).await;
+    assert_eq!(result["status"], "failed", "{result}");
+    assert_eq!(result["error"]["code"], "storage_failed", "{result}");
+    assert_eq!(result["error"]["retryable"], true, "{result}");
+    assert_eq!(result["image_url"], Value::Null);
+    assert_eq!(result["storage_path"], Value::Null);
+    assert_eq!(result["credits_charged"], 0);
+    assert_eq!(result["credits_remaining"], 100, "the credit is refunded");
+    assert_eq!(env.openai.calls(), 1, "storage retries never regenerate");
+    assert_eq!(
+        count(
+            &env.db,
+            "SELECT used::bigint FROM memoji_credit_balances WHERE user_id = 'u'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            &env.db,
+            "SELECT count(*) FROM memoji_credit_ledger WHERE refunded_at IS NOT NULL"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(&env.db, "SELECT count(*) FROM memoji_cache").await,
+        0,
+        "no row may point at an image that was never stored"
+    );
+    assert_eq!(
+        count(&env.db, "SELECT count(*) FROM memoji_generation_leases").await,
+        0,
+        "the key is free again"
+    );
+    result
+}
+
+/// The `memoji-worker` binary with a clean configuration environment plus `vars`.
+pub fn worker_command(vars: &[(&str, String)]) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_memoji-worker"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("MEMOJI") || name.starts_with("AWS_") || name.starts_with("SUPABASE_") {
+            command.env_remove(name);
+        }
+    }
+    command.envs(vars.iter().map(|(k, v)| (k, v)));
+    command
+}

@@ -8,3 +8,5 @@ mod failures;
 mod guarantees;
 mod pipeline;
 mod poison;
+mod storage_s3;
+mod storage_supabase;

@@ -1,0 +1,236 @@
+//! `memoji-worker storage check`: proves the configured backend works end to end before a real
+//! job finds out it does not — credentials, bucket, permissions to write, read and delete.
+//!
+//! It writes a tiny PNG at [`StoragePath::check_object`] (a path no cache key can ever take, so a
+//! check can never overwrite or delete a real image), reads it back, compares, deletes it and
+//! confirms it is gone. Each step is reported, so a failure says which permission is missing.
+//!
+//! For remote backends it also fetches the object's public URL while it exists: a bucket that is
+//! not public stores fine but hands users URLs that do not open, which only a look from outside
+//! shows. That finding is a warning, not a failure — a CDN in front may answer differently.
+
+use std::fmt;
+
+use bytes::Bytes;
+
+use super::{ImageStore, StorageError, StoragePath, check_png};
+
+/// What a successful check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckReport {
+    pub path: StoragePath,
+    /// The URL the object had while it existed.
+    pub url: String,
+    pub bytes: u64,
+    /// Bytes the backend said it freed on delete (0 when it cannot tell).
+    pub freed: u64,
+    /// What fetching `url` anonymously gave, when it was tried.
+    pub public: Option<PublicUrl>,
+}
+
+/// The answer to an anonymous GET of the probe object's URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublicUrl {
+    /// It served the very bytes written.
+    Serves,
+    /// It answered, but not with the image: the status (or "different bytes").
+    Refuses(String),
+    /// It did not answer at all.
+    Unreachable(String),
+}
+
+impl fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "wrote   {} ({} bytes)", self.path, self.bytes)?;
+        writeln!(f, "url     {}", self.url)?;
+        writeln!(f, "read    the same {} bytes back", self.bytes)?;
+        match &self.public {
+            None => {}
+            Some(PublicUrl::Serves) => writeln!(f, "public  the url serves the image")?,
+            Some(PublicUrl::Refuses(why) | PublicUrl::Unreachable(why)) => writeln!(
+                f,
+                "WARNING the url does not serve the image ({why}): image_url will not open for \
+                 users; make the bucket publicly readable or set storage.public_base_url"
+            )?,
+        }
+        write!(f, "deleted it ({} bytes freed), and it is gone", self.freed)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("writing {path} failed: {error}")]
+    Write {
+        path: StoragePath,
+        error: StorageError,
+    },
+    #[error("reading {path} back failed: {error}")]
+    Read {
+        path: StoragePath,
+        error: StorageError,
+    },
+    #[error("{path} was written but reading it back found nothing")]
+    Missing { path: StoragePath },
+    #[error("{path} read back {got} bytes that differ from the {sent} written")]
+    Differs {
+        path: StoragePath,
+        sent: usize,
+        got: usize,
+    },
+    #[error("deleting {path} failed: {error}")]
+    Delete {
+        path: StoragePath,
+        error: StorageError,
+    },
+    #[error("{path} is still there after it was deleted")]
+    Undeleted { path: StoragePath },
+}
+
+/// A 1×1 PNG, unique per check so a stale read can't pass for a fresh one.
+fn probe_png() -> Result<Bytes, StorageError> {
+    let mut out = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut out, 1, 1);
+        encoder.set_color(png::ColorType::Rgba);
+        encoder.set_depth(png::BitDepth::Eight);
+        let stamp = uuid::Uuid::new_v4().to_string();
+        encoder
+            .add_text_chunk("memoji-check".to_owned(), stamp)
+            .map_err(|e| StorageError::Invalid(e.to_string()))?;
+        let mut writer = encoder
+            .write_header()
+            .map_err(|e| StorageError::Invalid(e.to_string()))?;
+        writer
+            .write_image_data(&[0x5b, 0x9b, 0xd5, 0xff])
+            .map_err(|e| StorageError::Invalid(e.to_string()))?;
+    }
+    check_png(&out)?;
+    Ok(Bytes::from(out))
+}
+
+/// Fetches `url` without credentials and says whether it serves `png`.
+async fn fetch_public(url: &str, png: &[u8]) -> PublicUrl {
+    let http = match reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+    {
+        Ok(http) => http,
+        Err(error) => return PublicUrl::Unreachable(error.to_string()),
+    };
+    let response = match http.get(url).send().await {
+        Ok(response) => response,
+        Err(error) => return PublicUrl::Unreachable(error.to_string()),
+    };
+    let status = response.status();
+    if !status.is_success() {
+        return PublicUrl::Refuses(format!("HTTP {status}"));
+    }
+    match response.bytes().await {
+        Ok(body) if body.as_ref() == png => PublicUrl::Serves,
+        Ok(_) => PublicUrl::Refuses(format!("HTTP {status} with different bytes")),
+        Err(error) => PublicUrl::Unreachable(error.to_string()),
+    }
+}
+
+/// Writes, reads back, compares and deletes one object, and with `fetch_url` also fetches the
+/// object's URL anonymously (not for `local`: the admin API serves only real image paths, and may
+/// not be running). Cleans up after itself on failure where it can.
+pub async fn run(store: &dyn ImageStore, fetch_url: bool) -> Result<CheckReport, CheckError> {
+    let path = StoragePath::check_object();
+    let png = probe_png().map_err(|error| CheckError::Write {
+        path: path.clone(),
+        error,
+    })?;
+    let stored = store
+        .put(&path, png.clone())
+        .await
+        .map_err(|error| CheckError::Write {
+            path: path.clone(),
+            error,
+        })?;
+    let verified = async {
+        match store.get(&path).await {
+            Err(error) => Err(CheckError::Read {
+                path: path.clone(),
+                error,
+            }),
+            Ok(None) => Err(CheckError::Missing { path: path.clone() }),
+            Ok(Some(back)) if back != png => Err(CheckError::Differs {
+                path: path.clone(),
+                sent: png.len(),
+                got: back.len(),
+            }),
+            Ok(Some(_)) => Ok(()),
+        }
+    }
+    .await;
+    if let Err(error) = verified {
+        let _ = store.delete(&path).await;
+        return Err(error);
+    }
+    let public = if fetch_url {
+        Some(fetch_public(&stored.url, &png).await)
+    } else {
+        None
+    };
+    let freed = store
+        .delete(&path)
+        .await
+        .map_err(|error| CheckError::Delete {
+            path: path.clone(),
+            error,
+        })?;
+    match store.get(&path).await {
+        Ok(None) => {}
+        Ok(Some(_)) => return Err(CheckError::Undeleted { path }),
+        Err(error) => return Err(CheckError::Read { path, error }),
+    }
+    Ok(CheckReport {
+        url: stored.url,
+        bytes: stored.bytes,
+        path,
+        freed,
+        public,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::LocalStore;
+
+    #[tokio::test]
+    async fn passes_on_a_working_store_and_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().to_owned(), "http://host/images".to_owned());
+        let report = run(&store, false).await.unwrap();
+        assert!(report.path.as_str().starts_with("_memoji-check/"));
+        assert_eq!(report.freed, report.bytes);
+        assert!(report.url.starts_with("http://host/images/_memoji-check/"));
+        let left: Vec<_> = walk(dir.path());
+        assert!(left.is_empty(), "{left:?}");
+        assert!(report.to_string().contains("it is gone"));
+    }
+
+    #[tokio::test]
+    async fn says_which_step_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file where the directory should be: the write fails.
+        std::fs::write(dir.path().join("_memoji-check"), b"in the way").unwrap();
+        let store = LocalStore::new(dir.path().to_owned(), "http://host/images".to_owned());
+        let error = run(&store, false).await.unwrap_err().to_string();
+        assert!(error.starts_with("writing _memoji-check/"), "{error}");
+    }
+
+    fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            if entry.path().is_dir() {
+                files.extend(walk(&entry.path()));
+            } else {
+                files.push(entry.path());
+            }
+        }
+        files
+    }
+}
