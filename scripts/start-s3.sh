@@ -33,6 +33,13 @@ if answers; then
 fi
 
 mkdir -p "$home"
+# Tests running in parallel may all call this script: one installs and starts, the rest wait.
+exec 9>"$home/lock"
+flock 9
+if answers; then
+  echo "start-s3: an S3 server already answers at $url"
+  exit 0
+fi
 if [ ! -x "$venv/bin/moto_server" ]; then
   echo "start-s3: installing $moto_spec into $venv"
   python3 -m venv "$venv"
