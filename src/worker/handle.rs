@@ -22,9 +22,9 @@ use crate::config::Settings;
 use crate::db::credits::{self, Account, Charge};
 use crate::db::jobs::{self, Seen};
 use crate::db::{DbError, cache, leases};
-use crate::generate::{GenerateError, Generated, ImageGenerator, Pacer};
+use crate::generate::{GenerateError, Generated, ImageGenerator, Pacer, pricing};
 use crate::job::{
-    CacheKey, ErrorCode, Intake, Job, JobError, JobResult, Rejection, Status, intake,
+    CacheKey, ErrorCode, GeneratorKind, Intake, Job, JobError, JobResult, Rejection, Status, intake,
 };
 use crate::storage::{self, ImageStore, StorageError, StoragePath, Stored};
 
@@ -338,6 +338,10 @@ impl Context {
         key: &CacheKey,
         at: chrono::DateTime<Utc>,
     ) -> Result<(Generated, Stored), (JobError, u32)> {
+        let path = StoragePath::for_key(key, at);
+        if let Some(earlier) = self.stored_earlier(job, &path).await {
+            return Ok(earlier);
+        }
         let generated = self
             .generator
             .generate(&job.config, &job.user_id)
@@ -348,12 +352,41 @@ impl Context {
             })?;
         let attempts = generated.attempts;
         storage::check_png(&generated.png).map_err(|e| (storage_error(e), attempts))?;
-        let path = StoragePath::for_key(key, at);
         let stored = self
             .put_with_retries(&path, generated.png.clone())
             .await
             .map_err(|e| (storage_error(e), attempts))?;
         Ok((generated, stored))
+    }
+
+    /// The image an earlier attempt at this miss generated and stored but could not record (the
+    /// database failed, the process died): using it saves paying for the same image twice. A
+    /// `force_refresh` always generates anew. Any doubt (a read error, a bad PNG) means generating.
+    async fn stored_earlier(&self, job: &Job, path: &StoragePath) -> Option<(Generated, Stored)> {
+        if job.force_refresh {
+            return None;
+        }
+        let png = self.store.get(path).await.ok()??;
+        storage::check_png(&png).ok()?;
+        tracing::info!(%path, "reusing the image an earlier attempt stored");
+        let cost_usd = match self.generator.kind() {
+            GeneratorKind::OpenAi => pricing::list_price(&job.config),
+            GeneratorKind::Placeholder => 0.0,
+        };
+        let stored = Stored {
+            url: self.store.url(path),
+            path: path.clone(),
+            bytes: png.len() as u64,
+        };
+        Some((
+            Generated {
+                png,
+                attempts: 1,
+                cost_usd,
+                usage: None,
+            },
+            stored,
+        ))
     }
 
     /// Storage outages are often brief: three tries with backoff before giving up.

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
 use crate::helpers::{TestEnv, count, openai_ok};
@@ -321,6 +322,73 @@ async fn sigterm_with_slow_generations_in_flight_finishes_them_and_exits_within_
     assert_eq!(
         count(&env.db, "SELECT count(*) FROM memoji_credit_ledger").await,
         8
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_database_outage_hands_jobs_back_and_they_all_complete_once_it_returns() {
+    const JOBS: usize = 100;
+    const KEYS: usize = 20;
+    let mut env = TestEnv::without_worker(
+        vec![openai_ok().set_delay(Duration::from_millis(50))],
+        |s| {
+            s.worker.lease_secs = 3;
+        },
+    )
+    .await;
+    let proxy = crate::helpers::FaultyProxy::to("127.0.0.1:5432").await;
+    let direct = env.settings.database.url.expose_secret().to_owned();
+    let proxied = direct.replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
+    assert_ne!(direct, proxied);
+    let worker = env
+        .spawn_worker_with(|s| {
+            s.database.url = SecretString::from(proxied);
+            s.database.acquire_timeout_secs = 1;
+        })
+        .await;
+    let jobs = mixed_jobs(JOBS, KEYS);
+    for job in &jobs {
+        env.publish(job).await;
+    }
+    env.await_results(20).await;
+
+    proxy.cut();
+    // Readiness tells the truth while the database is away.
+    let mut unready = false;
+    for _ in 0..50 {
+        let status = env
+            .http
+            .get(format!("{}/readyz", worker.http))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 503 {
+            unready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(unready, "/readyz reports the database outage");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.restore();
+
+    let results = env
+        .results_for_all(&ids(&jobs), Duration::from_secs(90))
+        .await;
+    assert_eq!(results.len(), JOBS, "every job completes after the outage");
+    assert!(
+        results.values().all(|r| r[0]["status"] == "succeeded"),
+        "{results:?}"
+    );
+    let calls = env.openai.calls() as usize;
+    eprintln!("database outage: {calls} OpenAI calls for {KEYS} keys");
+    assert!((KEYS..=KEYS + 8).contains(&calls), "{calls}");
+    assert_consistent(&env, &results).await;
+    assert!(
+        worker.log().contains("transient failure"),
+        "jobs were handed back during the outage"
     );
     env.cleanup().await;
 }

@@ -245,6 +245,13 @@ impl TestEnv {
 
     /// Starts a `memoji-worker run` process configured like this environment (own admin port).
     pub async fn spawn_worker(&self) -> WorkerProcess {
+        self.spawn_worker_with(|_| {}).await
+    }
+
+    /// Like [`TestEnv::spawn_worker`], with settings of its own (e.g. a proxied database URL).
+    pub async fn spawn_worker_with(&self, tweak: impl FnOnce(&mut Settings)) -> WorkerProcess {
+        let mut settings = self.settings.clone();
+        tweak(&mut settings);
         let port = free_port();
         let log_path = self._storage.path().join(format!("worker-{port}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
@@ -252,7 +259,7 @@ impl TestEnv {
         command
             .arg("run")
             .env_clear()
-            .envs(worker_environment(&self.settings))
+            .envs(worker_environment(&settings))
             .env("MEMOJI__HTTP__BIND", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "memoji_worker=debug,info")
             .stdout(std::process::Stdio::null())
@@ -726,4 +733,56 @@ pub fn worker_command(vars: &[(&str, String)]) -> std::process::Command {
     }
     command.envs(vars.iter().map(|(k, v)| (k, v)));
     command
+}
+
+/// A TCP proxy in front of a server, which a test can cut (dropping every connection and refusing
+/// new ones) and restore: a database outage without touching the shared database.
+pub struct FaultyProxy {
+    pub port: u16,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    cut: Arc<tokio::sync::Notify>,
+    _task: tokio_util::task::AbortOnDropHandle<()>,
+}
+
+impl FaultyProxy {
+    pub async fn to(target: &str) -> FaultyProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let cut = Arc::new(tokio::sync::Notify::new());
+        let target = target.to_owned();
+        let (task_up, task_cut) = (up.clone(), cut.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !task_up.load(Ordering::SeqCst) {
+                    continue; // dropped: connection refused, in effect
+                }
+                let (target, cut) = (target.clone(), task_cut.clone());
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        () = cut.notified() => {}
+                    }
+                });
+            }
+        });
+        FaultyProxy {
+            port,
+            up,
+            cut,
+            _task: tokio_util::task::AbortOnDropHandle::new(task),
+        }
+    }
+
+    pub fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.cut.notify_waiters();
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
 }

@@ -51,8 +51,14 @@ impl S3Server {
         if probe_result.is_err() && std::env::var_os("MEMOJI_TEST_S3_ENDPOINT").is_none() {
             // The default server is ours to start: the script is idempotent and serialized.
             let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/start-s3.sh");
-            let status = tokio::process::Command::new("bash").arg(script).status().await;
-            assert!(status.is_ok_and(|s| s.success()), "scripts/start-s3.sh failed");
+            let status = tokio::process::Command::new("bash")
+                .arg(script)
+                .status()
+                .await;
+            assert!(
+                status.is_ok_and(|s| s.success()),
+                "scripts/start-s3.sh failed"
+            );
             probe_result = probe().await;
         }
         if let Err(error) = probe_result {
