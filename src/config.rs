@@ -42,6 +42,7 @@ pub struct Settings {
     pub credits: CreditSettings,
     pub stats: StatsSettings,
     pub cleanup: CleanupSettings,
+    pub prices: PriceSettings,
     pub worker: WorkerSettings,
     pub log: LogSettings,
     /// From the environment only, never from a file.
@@ -159,6 +160,26 @@ pub enum UnlimitedWord {
 #[derive(Debug, Clone, Deserialize)]
 pub struct StatsSettings {
     pub interval_secs: u64,
+    pub flush_ms: u64,
+    pub feed_capacity: usize,
+}
+
+/// What images cost, in US dollars (see `generate::pricing`). Models are keyed with `_` for `-`
+/// (`gpt_image_1`), so that every key also has an environment form.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PriceSettings {
+    /// model → quality → size → dollars per image.
+    pub per_image: BTreeMap<String, BTreeMap<String, BTreeMap<String, f64>>>,
+    /// model → dollars per token, for models that bill tokens and report them.
+    pub per_token: BTreeMap<String, TokenPrices>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+pub struct TokenPrices {
+    /// Per text input token.
+    pub input: f64,
+    /// Per image output token.
+    pub output: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -259,6 +280,22 @@ impl Settings {
             self.amqp.delivery_limit > 0,
             "amqp.delivery_limit must be at least 1",
         )?;
+        rule(
+            self.stats.interval_secs > 0,
+            "stats.interval_secs must be at least 1",
+        )?;
+        rule(self.stats.flush_ms > 0, "stats.flush_ms must be at least 1")?;
+        rule(
+            self.stats.feed_capacity > 0,
+            "stats.feed_capacity must be at least 1",
+        )?;
+        rule(
+            self.cleanup.batch_size > 0,
+            "cleanup.batch_size must be at least 1",
+        )?;
+        crate::maintenance::schedule::parse(&self.cleanup.schedule)
+            .map_err(|e| SettingsError::Rule(format!("cleanup.schedule: {e}")))?;
+        crate::generate::pricing::check(&self.prices).map_err(SettingsError::Rule)?;
         Ok(self)
     }
 }

@@ -33,6 +33,8 @@ pub struct Context {
     pub store: Arc<dyn ImageStore>,
     pub generator: Arc<dyn ImageGenerator>,
     pub settings: Arc<Settings>,
+    /// Statistics, `job.completed` and job metrics; told once per delivery, in `worker::process`.
+    pub observer: Arc<crate::stats::Observer>,
 }
 
 /// A step that cannot finish now but may later: the delivery goes back to the queue.
