@@ -4,6 +4,10 @@
 
 mod helpers;
 
+mod admin_api;
+mod cleanup;
 mod failures;
+mod metrics;
 mod pipeline;
 mod poison;
+mod schemas;
