@@ -12,14 +12,35 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-/// `Ok` if `headers` carry the admin token; otherwise the response to send.
-pub fn authorize(headers: &HeaderMap, token: Option<&SecretString>) -> Result<(), Response> {
+/// Why a write was refused; answers as JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No admin token is configured: writes are off (403).
+    Disabled,
+    /// No bearer token in the request (401).
+    Missing,
+    /// A bearer token that is not the admin token (401).
+    Wrong,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::Disabled => refusal(
+                StatusCode::FORBIDDEN,
+                "admin_disabled",
+                "admin writes are disabled: no ADMIN_TOKEN is configured",
+            ),
+            Refusal::Missing => unauthorized("missing bearer token"),
+            Refusal::Wrong => unauthorized("wrong bearer token"),
+        }
+    }
+}
+
+/// `Ok` if `headers` carry the admin token.
+pub fn authorize(headers: &HeaderMap, token: Option<&SecretString>) -> Result<(), Refusal> {
     let Some(token) = token else {
-        return Err(refusal(
-            StatusCode::FORBIDDEN,
-            "admin_disabled",
-            "admin writes are disabled: no ADMIN_TOKEN is configured",
-        ));
+        return Err(Refusal::Disabled);
     };
     let offered = headers
         .get(header::AUTHORIZATION)
@@ -27,14 +48,14 @@ pub fn authorize(headers: &HeaderMap, token: Option<&SecretString>) -> Result<()
         .and_then(|value| value.strip_prefix("Bearer "))
         .map(str::trim);
     let Some(offered) = offered else {
-        return Err(unauthorized("missing bearer token"));
+        return Err(Refusal::Missing);
     };
     let expected = Sha256::digest(token.expose_secret().as_bytes());
     let offered = Sha256::digest(offered.as_bytes());
     if bool::from(expected.ct_eq(&offered)) {
         Ok(())
     } else {
-        Err(unauthorized("wrong bearer token"))
+        Err(Refusal::Wrong)
     }
 }
 
@@ -67,27 +88,19 @@ mod tests {
     fn checks_the_bearer_token() {
         let token = SecretString::from("s3cret");
         assert!(authorize(&headers(Some("Bearer s3cret")), Some(&token)).is_ok());
-        let status =
-            |h: HeaderMap, t: Option<&SecretString>| authorize(&h, t).unwrap_err().status();
+        let refused = |h: HeaderMap, t: Option<&SecretString>| authorize(&h, t).unwrap_err();
+        let bearer = |t: &str| headers(Some(&format!("Bearer {t}")));
+        assert_eq!(refused(bearer("nope"), Some(&token)), Refusal::Wrong);
+        assert_eq!(refused(bearer("s3cret2"), Some(&token)), Refusal::Wrong);
         assert_eq!(
-            status(headers(Some("Bearer nope")), Some(&token)),
-            StatusCode::UNAUTHORIZED
+            refused(headers(Some("s3cret")), Some(&token)),
+            Refusal::Missing
         );
-        assert_eq!(
-            status(headers(Some("Bearer s3cret2")), Some(&token)),
-            StatusCode::UNAUTHORIZED
-        );
-        assert_eq!(
-            status(headers(Some("s3cret")), Some(&token)),
-            StatusCode::UNAUTHORIZED
-        );
-        assert_eq!(
-            status(headers(None), Some(&token)),
-            StatusCode::UNAUTHORIZED
-        );
-        assert_eq!(
-            status(headers(Some("Bearer s3cret")), None),
-            StatusCode::FORBIDDEN
-        );
+        assert_eq!(refused(headers(None), Some(&token)), Refusal::Missing);
+        assert_eq!(refused(bearer("s3cret"), None), Refusal::Disabled);
+        let status = |r: Refusal| r.into_response().status();
+        assert_eq!(status(Refusal::Disabled), StatusCode::FORBIDDEN);
+        assert_eq!(status(Refusal::Missing), StatusCode::UNAUTHORIZED);
+        assert_eq!(status(Refusal::Wrong), StatusCode::UNAUTHORIZED);
     }
 }

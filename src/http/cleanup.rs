@@ -29,7 +29,7 @@ async fn cleanup(
     Query(params): Query<Params>,
 ) -> Response {
     if let Err(refused) = auth::authorize(&headers, state.settings.secrets.admin_token.as_ref()) {
-        return refused;
+        return refused.into_response();
     }
     match state.cleaner.run(params.dry_run).await {
         Ok(Ran::Completed(report)) => Json(report).into_response(),
