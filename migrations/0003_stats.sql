@@ -29,10 +29,10 @@ CREATE TABLE memoji_stats_lifetime (
 );
 INSERT INTO memoji_stats_lifetime (id) VALUES (1);
 
--- What memoji_cache holds (rows, sum of usage_count, archived rows), kept exact by the triggers
--- below whoever writes the table: the worker, the cleanup, an import from the JavaScript system.
--- Sharded by the writing backend so that concurrent hits do not queue on one row; the figures are
--- the sums over the shards.
+-- What memoji_cache holds (rows, sum of usage_count, archived rows), kept by the triggers below
+-- whoever inserts or deletes: the worker, the cleanup, an import from the JavaScript system.
+-- Hits are the exception (see the update trigger). Sharded by the writing backend so that
+-- concurrent writers do not queue on one row; the figures are the sums over the shards.
 CREATE TABLE memoji_cache_totals (
     shard    smallint PRIMARY KEY,
     entries  bigint NOT NULL DEFAULT 0,
@@ -71,8 +71,8 @@ BEGIN
     END IF;
 END $$;
 
--- Statement-level triggers with transition tables: one call per statement, not per row, so a
--- batch of a thousand deletions or a bulk import costs one update of the totals.
+-- Inserts and deletes: statement-level triggers with transition tables, one call per statement,
+-- not per row, so a batch of a thousand deletions or a bulk import costs one update of the totals.
 CREATE FUNCTION memoji_cache_counted_insert() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM memoji_stats_apply(n, u, a, n, 0, 0)
@@ -91,14 +91,19 @@ BEGIN
     RETURN NULL;
 END $$;
 
+-- Updates are counted row by row, and only those that change what a hit never changes: a
+-- regeneration (cache::record sets updated_at) or archiving. A hit (usage_count + 1,
+-- last_used_at) fails the trigger's WHEN and costs nothing here; the workers count hits in
+-- memory and add them to memoji_stats_lifetime instead (see src/stats), so total_usage =
+-- memoji_cache_totals.usage + memoji_stats_lifetime.hits.
 CREATE FUNCTION memoji_cache_counted_update() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM memoji_stats_apply(0, after.u - before.u, after.a - before.a, 0, 0,
-                               greatest(after.a - before.a, 0))
-       FROM (SELECT COALESCE(sum(COALESCE(usage_count, 0)), 0) AS u,
-                    count(*) FILTER (WHERE archived IS TRUE) AS a FROM updated_new) after,
-            (SELECT COALESCE(sum(COALESCE(usage_count, 0)), 0) AS u,
-                    count(*) FILTER (WHERE archived IS TRUE) AS a FROM updated_old) before;
+    PERFORM memoji_stats_apply(
+        0,
+        COALESCE(NEW.usage_count, 0)::bigint - COALESCE(OLD.usage_count, 0),
+        (NEW.archived IS TRUE)::int - (OLD.archived IS TRUE)::int,
+        0, 0,
+        CASE WHEN NEW.archived IS TRUE AND OLD.archived IS NOT TRUE THEN 1 ELSE 0 END);
     RETURN NULL;
 END $$;
 
@@ -115,8 +120,9 @@ CREATE TRIGGER memoji_cache_counted_delete AFTER DELETE ON memoji_cache
     REFERENCING OLD TABLE AS deleted
     FOR EACH STATEMENT EXECUTE FUNCTION memoji_cache_counted_delete();
 CREATE TRIGGER memoji_cache_counted_update AFTER UPDATE ON memoji_cache
-    REFERENCING OLD TABLE AS updated_old NEW TABLE AS updated_new
-    FOR EACH STATEMENT EXECUTE FUNCTION memoji_cache_counted_update();
+    FOR EACH ROW
+    WHEN (OLD.updated_at IS DISTINCT FROM NEW.updated_at OR OLD.archived IS DISTINCT FROM NEW.archived)
+    EXECUTE FUNCTION memoji_cache_counted_update();
 CREATE TRIGGER memoji_cache_counted_truncate AFTER TRUNCATE ON memoji_cache
     FOR EACH STATEMENT EXECUTE FUNCTION memoji_cache_counted_truncate();
 

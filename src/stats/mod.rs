@@ -93,7 +93,8 @@ impl Tally {
 pub struct Figures {
     /// Lifetime: entries in the cache now. Last 24 h: entries added.
     pub total_cached: i64,
-    /// Lifetime: the sum of `usage_count`. Last 24 h: uses (hits + generations).
+    /// Lifetime: the sum of `usage_count` (except hits served by other systems than this worker).
+    /// Last 24 h: uses (hits + generations).
     pub total_usage: i64,
     /// `total_usage` ÷ entries in the cache now.
     pub avg_usage_per_entry: f64,
@@ -154,10 +155,12 @@ impl Stats {
             };
         let window = &raw.last_24h;
         Stats {
+            // Hits raise usage_count without the totals' triggers (so that they cost the job
+            // path nothing): the workers' hit counts make up the difference.
             lifetime: figures(
                 &raw.lifetime,
                 entries,
-                raw.totals.usage,
+                raw.totals.usage + raw.lifetime.hits,
                 raw.totals.archived,
             ),
             last_24h: figures(
@@ -293,7 +296,9 @@ mod tests {
         };
         let stats = Stats::from_raw(&raw, Utc::now());
         assert_eq!(stats.lifetime.cache_efficiency_pct, 75.0);
-        assert_eq!(stats.lifetime.avg_usage_per_entry, 2.5);
+        // 10 uses in the table's totals plus 3 hits the workers counted, over 4 entries.
+        assert_eq!(stats.lifetime.total_usage, 13);
+        assert_eq!(stats.lifetime.avg_usage_per_entry, 3.25);
         assert_eq!(stats.lifetime.total_cached, 4);
         assert_eq!(stats.last_24h.cache_efficiency_pct, 25.0);
         assert_eq!(stats.last_24h.total_usage, 3);

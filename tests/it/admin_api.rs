@@ -64,13 +64,14 @@ async fn stats_match_a_known_sequence_of_hits_and_misses() {
         openai_ok(),
         openai_ok(),
         openai_error(400, "Invalid prompt", Some("invalid_value")),
+        openai_ok(),
     ])
     .await;
     let cost: f64 = 50.0 * 5e-6 + 1056.0 * 40e-6;
     let a = json!({"hair": "long"});
     let b = json!({"hair": "bob"});
     // A: miss (generated), then two hits. B: miss (generated), one hit. C: miss that fails.
-    // An invalid job is neither a hit nor a miss.
+    // An invalid job is neither a hit nor a miss. A force_refresh of A is a miss (generated).
     let first = env.job("u", a.clone());
     assert_eq!(env.run(&first).await["cached"], false);
     assert_eq!(env.run(&env.job("u", a.clone())).await["cached"], true);
@@ -83,6 +84,9 @@ async fn stats_match_a_known_sequence_of_hits_and_misses() {
         .run(&env.job("u", json!({"model": "dall-e-2", "size": "1536x1024"})))
         .await;
     assert_eq!(invalid["error"]["code"], "invalid_job");
+    let mut refresh = env.job("u", a.clone());
+    refresh["force_refresh"] = json!(true);
+    assert_eq!(env.run(&refresh).await["cached"], false);
     // The same job again is answered from its record: not counted twice.
     assert_eq!(env.run(&first).await["cached"], false);
     // An entry imported from the JavaScript system counts in what the cache holds.
@@ -99,26 +103,27 @@ async fn stats_match_a_known_sequence_of_hits_and_misses() {
     let stats = eventually("the counts to reach Postgres", || async {
         let (status, stats) = env.get_json("/api/cache/stats").await;
         assert_eq!(status, 200);
-        (stats["hits"] == 4 && stats["misses"] == 3).then_some(stats)
+        (stats["hits"] == 4 && stats["misses"] == 4).then_some(stats)
     })
     .await;
     let expected_lifetime = json!({
         "total_cached": 3,
-        "total_usage": 1 + 3 + 1 + 1 + 7,
-        "hits": 4, "misses": 3, "generations": 2, "archived": 1,
+        // A: 1 + 3 hits + 1 refresh; B: 1 + 1 hit; imported: 7.
+        "total_usage": 5 + 2 + 7,
+        "hits": 4, "misses": 4, "generations": 3, "archived": 1,
     });
     for (figure, value) in expected_lifetime.as_object().unwrap() {
         assert_eq!(&stats[figure], value, "lifetime {figure}: {stats}");
     }
     assert!(
-        close(&stats["avg_usage_per_entry"], 4.3333),
-        "13 uses / 3 entries: {stats}"
+        close(&stats["avg_usage_per_entry"], 4.6667),
+        "14 uses / 3 entries: {stats}"
     );
-    assert!(close(&stats["cache_efficiency_pct"], 57.14), "{stats}");
+    assert!(close(&stats["cache_efficiency_pct"], 50.0), "{stats}");
     assert!(
         close(
             &stats["generation_cost_usd"],
-            (2.0 * cost * 1e6).round() / 1e6
+            (3.0 * cost * 1e6).round() / 1e6
         ),
         "{stats}"
     );
@@ -132,13 +137,13 @@ async fn stats_match_a_known_sequence_of_hits_and_misses() {
 
     let window = &stats["last_24h"];
     let expected_window = json!({
-        "total_cached": 3, "total_usage": 4 + 2,
-        "hits": 4, "misses": 3, "generations": 2, "archived": 0,
+        "total_cached": 3, "total_usage": 4 + 3,
+        "hits": 4, "misses": 4, "generations": 3, "archived": 0,
     });
     for (figure, value) in expected_window.as_object().unwrap() {
         assert_eq!(&window[figure], value, "last 24 h {figure}: {stats}");
     }
-    assert!(close(&window["cache_efficiency_pct"], 57.14), "{stats}");
+    assert!(close(&window["cache_efficiency_pct"], 50.0), "{stats}");
 
     // `memoji-worker stats` reads the same figures from the database.
     let from_db = memoji_worker::app::stats(&env.settings).await.unwrap();
@@ -149,6 +154,6 @@ async fn stats_match_a_known_sequence_of_hits_and_misses() {
     assert_eq!(from_db, from_api);
     let table = memoji_worker::stats::table(&serde_json::from_value(stats.clone()).unwrap());
     assert!(table.contains("cache_efficiency_pct"), "{table}");
-    assert!(table.contains("57.14"), "{table}");
+    assert!(table.contains("50.00"), "{table}");
     env.cleanup().await;
 }

@@ -154,6 +154,12 @@ async fn a_dry_run_changes_nothing_and_a_real_run_deletes_unused_entries_with_th
     }
     assert!(archived(&env, &popular.hash).await);
     assert!(!archived(&env, &exactly_at_the_archive_line.hash).await);
+    // The statistics follow: 7 seeded − 2 deleted; archived now: the seeded one and the popular
+    // one; archived within the last 24 h: the popular one.
+    let (_, stats) = env.get_json("/api/cache/stats").await;
+    assert_eq!(stats["total_cached"], 5, "{stats}");
+    assert_eq!(stats["archived"], 2, "{stats}");
+    assert_eq!(stats["last_24h"]["archived"], 1, "{stats}");
 
     // Nothing left to do.
     let (_, again) = env
