@@ -14,7 +14,8 @@ use uuid::Uuid;
 use super::DbError;
 
 /// The advisory lock key of the cleanup: the same on every replica, unique to this purpose
-/// (the first 8 bytes of SHA-256("memoji-worker cleanup")).
+/// (the ASCII bytes of "MEMOJICL"). Advisory locks are per database, so replicas sharing a
+/// database share the lock.
 const LOCK_KEY: i64 = 0x4d45_4d4f_4a49_434c;
 
 /// Holds the cleanup lock on a connection of its own (outside the pool, so the lock cannot leak

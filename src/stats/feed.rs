@@ -175,3 +175,46 @@ async fn publish_all(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::Settings;
+
+    #[tokio::test]
+    async fn a_full_feed_drops_instead_of_waiting() {
+        let (feed, Outbox(mut receiver)) = channel(2);
+        for n in 0..5 {
+            feed.send(JOB_COMPLETED, &json!({"n": n}));
+        }
+        let first = receiver.try_recv().unwrap();
+        assert_eq!(first.routing_key, JOB_COMPLETED);
+        assert_eq!(first.body, br#"{"n":0}"#);
+        assert!(receiver.try_recv().is_ok());
+        assert!(receiver.try_recv().is_err(), "the rest were dropped");
+    }
+
+    #[tokio::test]
+    async fn a_missing_broker_never_holds_up_shutdown_for_long() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut settings = Settings::defaults().unwrap().amqp;
+        settings.url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f").into();
+        settings.reconnect_min_ms = 10;
+        settings.reconnect_max_ms = 20;
+        let (feed, outbox) = channel(8);
+        let stop = CancellationToken::new();
+        let publisher = tokio::spawn(run(settings, outbox, stop.clone()));
+        feed.send(STATS_SNAPSHOT, &json!({}));
+        stop.cancel();
+        tokio::time::timeout(DRAIN_GRACE * 2, publisher)
+            .await
+            .expect("the publisher gives up after its grace period")
+            .unwrap();
+    }
+}
