@@ -86,10 +86,14 @@ impl App {
     }
 
     /// Runs until `shutdown` is cancelled: stops consuming, gives in-flight jobs the grace period,
-    /// stops the admin API, returns.
+    /// stops the cleanup schedule and the admin API, writes the last statistics, lets the metrics
+    /// feed send what is queued (briefly), returns.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let settings = self.ctx.settings.clone();
         let db = self.ctx.db.clone();
+        let schedule = schedule::start(self.cleaner.clone(), &settings.cleanup.schedule)
+            .await
+            .context("starting the cleanup schedule")?;
         // The metrics feed outlives everything that sends to it, so their last messages go out.
         let feed_stop = CancellationToken::new();
         let publisher = tokio::spawn(feed::run(
@@ -113,9 +117,6 @@ impl App {
         ));
         background.spawn(upkeep_metrics(background_stop.clone()));
         background.close();
-        let schedule = schedule::start(self.cleaner.clone(), &settings.cleanup.schedule)
-            .await
-            .context("starting the cleanup schedule")?;
 
         let tasks = TaskTracker::new();
         let api = ApiState {
