@@ -130,10 +130,9 @@ struct RawRow {
     w_archived: i64,
 }
 
-/// Reads the figures in one round trip. The window is the current hour and the 23 before it.
-pub async fn read(pool: &PgPool) -> Result<Raw, DbError> {
-    let row: RawRow = sqlx::query_as(
-        "SELECT t.entries, t.usage, t.archived,
+/// The statistics query: primary-key lookups and a range of at most 24 hourly rows. Public so
+/// that a test can check its plan never touches `memoji_cache`.
+pub const READ: &str = "SELECT t.entries, t.usage, t.archived,
                 l.hits AS l_hits, l.misses AS l_misses, l.generations AS l_generations,
                 l.failures AS l_failures, l.generation_cost_usd AS l_cost, l.saved_usd AS l_saved,
                 w.hits AS w_hits, w.misses AS w_misses, w.generations AS w_generations,
@@ -155,10 +154,11 @@ pub async fn read(pool: &PgPool) -> Result<Raw, DbError> {
                         COALESCE(sum(entries_archived), 0)::bigint AS archived
                    FROM memoji_stats_hourly
                   WHERE hour >= date_trunc('hour', now()) - interval '23 hours') w
-          WHERE l.id = 1",
-    )
-    .fetch_one(pool)
-    .await?;
+          WHERE l.id = 1";
+
+/// Reads the figures in one round trip. The window is the current hour and the 23 before it.
+pub async fn read(pool: &PgPool) -> Result<Raw, DbError> {
+    let row: RawRow = sqlx::query_as(READ).fetch_one(pool).await?;
     Ok(Raw {
         totals: Totals {
             entries: row.entries,

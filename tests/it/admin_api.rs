@@ -157,3 +157,44 @@ async fn stats_match_a_known_sequence_of_hits_and_misses() {
     assert!(table.contains("50.00"), "{table}");
     env.cleanup().await;
 }
+
+/// Every relation a query plan reads.
+fn relations(plan: &Value, found: &mut Vec<String>) {
+    match plan {
+        Value::Object(node) => {
+            if let Some(Value::String(name)) = node.get("Relation Name") {
+                found.push(name.clone());
+            }
+            node.values().for_each(|v| relations(v, found));
+        }
+        Value::Array(items) => items.iter().for_each(|v| relations(v, found)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn the_stats_query_never_reads_the_cache_table() {
+    let env = TestEnv::start(vec![]).await;
+    // However large memoji_cache grows, answering reads only the small counter tables.
+    let plan: Value = sqlx::query_scalar(&format!(
+        "EXPLAIN (FORMAT JSON) {}",
+        memoji_worker::db::stats::READ
+    ))
+    .fetch_one(&env.db)
+    .await
+    .unwrap();
+    let mut read = Vec::new();
+    relations(&plan, &mut read);
+    read.sort();
+    read.dedup();
+    assert_eq!(
+        read,
+        [
+            "memoji_cache_totals",
+            "memoji_stats_hourly",
+            "memoji_stats_lifetime"
+        ],
+        "{plan:#}"
+    );
+    env.cleanup().await;
+}
