@@ -1,6 +1,6 @@
 //! `POST /api/cache/cleanup[?dry_run=true]`: runs the cleanup now and answers with its report;
-//! 409 when another process is running one (the same lock as the scheduler's). Needs the admin
-//! token.
+//! 409 when another process is running one (the same lock as the scheduler's); 503 when the
+//! database is out of reach. Needs the admin token.
 
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -31,7 +31,22 @@ async fn cleanup(
     if let Err(refused) = auth::authorize(&headers, state.settings.secrets.admin_token.as_ref()) {
         return refused.into_response();
     }
-    match state.cleaner.run(params.dry_run).await {
+    // A run of its own: a caller that hangs up does not cut a cleanup short (its report is still
+    // logged and published).
+    let cleaner = state.cleaner.clone();
+    let run = tokio::spawn(async move { cleaner.run(params.dry_run).await });
+    let ran = match run.await {
+        Ok(ran) => ran,
+        Err(error) => {
+            tracing::error!(%error, "the cleanup task failed");
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({"error": "internal", "message": "the cleanup task failed"})),
+            )
+                .into_response();
+        }
+    };
+    match ran {
         Ok(Ran::Completed(report)) => Json(report).into_response(),
         Ok(Ran::Skipped) => (
             StatusCode::CONFLICT,

@@ -10,6 +10,10 @@
 //! the moment it looks and deletes: if a generation holds it, the image is left alone (it is about
 //! to be replaced, or orphaned at worst — never a row pointing at nothing); if the key's row is
 //! back and points at this path, the image is left alone too.
+//!
+//! The advisory lock is about not doing the work twice, not about safety: should two runs ever
+//! overlap (the lock's connection dropped mid-run and another replica started), every batch
+//! still locks only its own rows and re-checks its conditions, so they share the work.
 
 use std::sync::Arc;
 use std::time::Duration;
