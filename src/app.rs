@@ -1,8 +1,10 @@
 //! Wiring: [`App::build`] connects everything from settings; [`App::run_until_stopped`] runs the
-//! worker and the admin API until the shutdown token is cancelled.
+//! worker, the admin API, the cleanup schedule, the statistics and the metrics feed until the
+//! shutdown token is cancelled. [`cleanup`] and [`stats`] are the one-shot commands.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use sqlx::PgPool;
@@ -14,13 +16,23 @@ use crate::config::{Settings, redacted_url};
 use crate::generate::{ImageGenerator, OpenAiGenerator, Pacer, PlaceholderGenerator};
 use crate::http::{self, ApiState};
 use crate::job::GeneratorKind;
+use crate::maintenance::{Cleaner, Ran, schedule};
+use crate::stats::feed::{self, Feed, Outbox};
+use crate::stats::{Observer, Stats, Tally};
 use crate::worker::{self, BrokerHealth, Context};
-use crate::{db, storage};
+use crate::{db, stats, storage, telemetry};
+
+/// How often the Prometheus recorder's histograms are tidied.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
 pub struct App {
     ctx: Arc<Context>,
     health: Arc<BrokerHealth>,
     listener: TcpListener,
+    tally: Arc<Tally>,
+    feed: Feed,
+    outbox: Outbox,
+    cleaner: Arc<Cleaner>,
 }
 
 impl App {
@@ -29,6 +41,7 @@ impl App {
     /// reconnecting; a broker that is down at start delays work, it does not stop the process.
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
         let settings = Arc::new(settings);
+        telemetry::install_prometheus();
         let db = connect_database(&settings).await?;
         let store = storage::from_settings(&settings.storage, &settings.secrets.storage)
             .context("storage")?;
@@ -49,11 +62,20 @@ impl App {
             settings.openai.images_per_minute,
         ));
         let stopping = CancellationToken::new();
+        let (feed, outbox) = feed::channel(settings.stats.feed_capacity);
+        let tally = Arc::new(Tally::default());
+        let cleaner = Arc::new(Cleaner::new(
+            db.clone(),
+            store.clone(),
+            settings.cleanup.clone(),
+            Some(feed.clone()),
+        ));
         let ctx = Arc::new(Context {
             db,
             store,
             generator,
             pacer,
+            observer: Arc::new(Observer::new(tally.clone(), feed.clone())),
             settings,
             stopping,
         });
@@ -61,6 +83,10 @@ impl App {
             ctx,
             health: Arc::new(BrokerHealth::default()),
             listener,
+            tally,
+            feed,
+            outbox,
+            cleaner,
         })
     }
 
@@ -69,14 +95,45 @@ impl App {
     }
 
     /// Runs until `shutdown` is cancelled: stops consuming, gives in-flight jobs the grace period,
-    /// stops the admin API, returns.
+    /// stops the cleanup schedule and the admin API, writes the last statistics, lets the metrics
+    /// feed send what is queued (briefly), returns.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let settings = self.ctx.settings.clone();
+        let db = self.ctx.db.clone();
+        let schedule = schedule::start(self.cleaner.clone(), &settings.cleanup.schedule)
+            .await
+            .context("starting the cleanup schedule")?;
+        // The metrics feed outlives everything that sends to it, so their last messages go out.
+        let feed_stop = CancellationToken::new();
+        let publisher = tokio::spawn(feed::run(
+            settings.amqp.clone(),
+            self.outbox,
+            feed_stop.clone(),
+        ));
+        let background_stop = CancellationToken::new();
+        let background = TaskTracker::new();
+        background.spawn(self.tally.clone().run(
+            db.clone(),
+            Duration::from_millis(settings.stats.flush_ms),
+            background_stop.clone(),
+        ));
+        background.spawn(stats::publish_snapshots(
+            self.tally.clone(),
+            db.clone(),
+            self.feed.clone(),
+            Duration::from_secs(settings.stats.interval_secs),
+            background_stop.clone(),
+        ));
+        background.spawn(upkeep_metrics(background_stop.clone()));
+        background.close();
+
         let tasks = TaskTracker::new();
         let api = ApiState {
-            db: self.ctx.db.clone(),
+            db: db.clone(),
             store: self.ctx.store.clone(),
             broker: self.health.clone(),
-            settings: self.ctx.settings.clone(),
+            settings: settings.clone(),
+            cleaner: self.cleaner.clone(),
         };
         let api_stop = CancellationToken::new();
         let server = tokio::spawn(http::serve(self.listener, api, api_stop.clone()));
@@ -93,13 +150,17 @@ impl App {
         ));
         tasks.close();
         tasks.wait().await;
+        schedule.stop().await;
         // The API answers until the worker has handed everything back.
         api_stop.cancel();
-        server
-            .await
-            .context("admin API task")?
-            .context("admin API")?;
-        self.ctx.db.close().await;
+        let served = server.await;
+        // Last statistics written, then the feed drains what is queued.
+        background_stop.cancel();
+        background.wait().await;
+        feed_stop.cancel();
+        let _ = publisher.await;
+        served.context("admin API task")?.context("admin API")?;
+        db.close().await;
         tracing::info!("stopped");
         Ok(())
     }
@@ -111,6 +172,45 @@ pub async fn connect_database(settings: &Settings) -> anyhow::Result<PgPool> {
         .with_context(|| format!("connecting to {}", redacted_url(&settings.database.url)))?;
     db::migrate(&pool).await?;
     Ok(pool)
+}
+
+/// `memoji-worker cleanup`: one run (or a dry run) under the same lock as the scheduler's, its
+/// report published to the metrics exchange like a scheduled one.
+pub async fn cleanup(settings: &Settings, dry_run: bool) -> anyhow::Result<Ran> {
+    let db = connect_database(settings).await?;
+    let store =
+        storage::from_settings(&settings.storage, &settings.secrets.storage).context("storage")?;
+    let (feed, outbox) = feed::channel(settings.stats.feed_capacity);
+    let stop = CancellationToken::new();
+    let publisher = tokio::spawn(feed::run(settings.amqp.clone(), outbox, stop.clone()));
+    let cleaner = Cleaner::new(db.clone(), store, settings.cleanup.clone(), Some(feed));
+    let ran = cleaner.run(dry_run).await;
+    drop(cleaner);
+    stop.cancel();
+    let _ = publisher.await;
+    db.close().await;
+    Ok(ran?)
+}
+
+/// `memoji-worker stats`: the statistics as stored in the database.
+pub async fn stats(settings: &Settings) -> anyhow::Result<Stats> {
+    let db = connect_database(settings).await?;
+    let stats = stats::read(&db).await;
+    db.close().await;
+    Ok(stats?)
+}
+
+async fn upkeep_metrics(stop: CancellationToken) {
+    let Some(handle) = telemetry::install_prometheus() else {
+        return;
+    };
+    let mut ticks = tokio::time::interval(METRICS_UPKEEP);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => handle.run_upkeep(),
+            () = stop.cancelled() => return,
+        }
+    }
 }
 
 /// The configured generator.
@@ -125,7 +225,7 @@ fn generator(settings: &Settings) -> anyhow::Result<Arc<dyn ImageGenerator>> {
                 );
             };
             Arc::new(
-                OpenAiGenerator::new(&settings.openai, key)
+                OpenAiGenerator::new(&settings.openai, &settings.prices, key)
                     .context("building the OpenAI client")?,
             )
         }

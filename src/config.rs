@@ -43,6 +43,7 @@ pub struct Settings {
     pub credits: CreditSettings,
     pub stats: StatsSettings,
     pub cleanup: CleanupSettings,
+    pub prices: PriceSettings,
     pub worker: WorkerSettings,
     pub log: LogSettings,
     /// From the environment only, never from a file.
@@ -230,6 +231,26 @@ pub enum UnlimitedWord {
 #[derive(Debug, Clone, Deserialize)]
 pub struct StatsSettings {
     pub interval_secs: u64,
+    pub flush_ms: u64,
+    pub feed_capacity: usize,
+}
+
+/// What images cost, in US dollars (see `generate::pricing`). Models are keyed with `_` for `-`
+/// (`gpt_image_1`), so that every key also has an environment form.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PriceSettings {
+    /// model → quality → size → dollars per image.
+    pub per_image: BTreeMap<String, BTreeMap<String, BTreeMap<String, f64>>>,
+    /// model → dollars per token, for models that bill tokens and report them.
+    pub per_token: BTreeMap<String, TokenPrices>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+pub struct TokenPrices {
+    /// Per text input token.
+    pub input: f64,
+    /// Per image output token.
+    pub output: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -279,12 +300,7 @@ impl Settings {
         if let Some(path) = file.map(Path::to_path_buf).or(env_file) {
             builder = builder.add_source(config::File::from(path).required(true));
         }
-        builder = builder.add_source(
-            config::Environment::with_prefix("MEMOJI")
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true),
-        );
+        builder = builder.add_source(environment());
         for (variable, key) in ALIASES {
             let prefixed = format!("MEMOJI__{}", key.replace('.', "__").to_uppercase());
             if std::env::var_os(prefixed).is_none()
@@ -335,8 +351,33 @@ impl Settings {
             self.storage.request_timeout_secs > 0,
             "storage.request_timeout_secs must be at least 1",
         )?;
+        rule(
+            self.stats.interval_secs > 0,
+            "stats.interval_secs must be at least 1",
+        )?;
+        rule(self.stats.flush_ms > 0, "stats.flush_ms must be at least 1")?;
+        rule(
+            self.stats.feed_capacity > 0,
+            "stats.feed_capacity must be at least 1",
+        )?;
+        rule(
+            self.cleanup.batch_size > 0,
+            "cleanup.batch_size must be at least 1",
+        )?;
+        crate::maintenance::schedule::parse(&self.cleanup.schedule)
+            .map_err(|e| SettingsError::Rule(format!("cleanup.schedule: {e}")))?;
+        crate::generate::pricing::check(&self.prices).map_err(SettingsError::Rule)?;
         Ok(self)
     }
+}
+
+/// `MEMOJI__SECTION__KEY` variables. The `config` crate lowercases their keys, which is why every
+/// key in `default.toml` is lowercase (prices included).
+fn environment() -> config::Environment {
+    config::Environment::with_prefix("MEMOJI")
+        .prefix_separator("__")
+        .separator("__")
+        .try_parsing(true)
 }
 
 fn secret_from_env(variable: &str) -> Option<SecretString> {
@@ -389,6 +430,94 @@ mod tests {
         assert_eq!(
             allowance(Tier::Lifetime),
             Allowance::Unlimited(UnlimitedWord::Unlimited)
+        );
+    }
+
+    /// Defaults, then `file`, then `variables` as if they were the environment.
+    fn layered(file: &str, variables: &[(&str, &str)]) -> Settings {
+        let variables = variables
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let settings: Settings = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+            .add_source(config::File::from_str(file, config::FileFormat::Toml))
+            .add_source(environment().source(Some(variables)))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap();
+        settings.checked().unwrap()
+    }
+
+    #[test]
+    fn the_price_table_round_trips_from_toml_and_the_environment() {
+        let defaults = Settings::defaults().unwrap().prices;
+        let image = |p: &PriceSettings, model: &str, quality: &str, size: &str| {
+            p.per_image[model][quality][size]
+        };
+        // The defaults mirror OpenAI's published table.
+        assert_eq!(image(&defaults, "gpt_image_1", "low", "1024x1024"), 0.011);
+        assert_eq!(image(&defaults, "gpt_image_1", "high", "1536x1024"), 0.25);
+        assert_eq!(
+            image(&defaults, "gpt_image_1_mini", "medium", "1024x1536"),
+            0.015
+        );
+        assert_eq!(image(&defaults, "dall_e_3", "hd", "1792x1024"), 0.12);
+        assert_eq!(image(&defaults, "dall_e_2", "standard", "512x512"), 0.018);
+        assert_eq!(
+            defaults.per_token["gpt_image_1"],
+            TokenPrices {
+                input: 5.0e-6,
+                output: 40.0e-6
+            }
+        );
+
+        // A file overrides one entry and keeps the rest.
+        let file = "[prices.per_image.gpt_image_1]\nhigh = { \"1024x1024\" = 0.2 }\n";
+        let from_file = layered(file, &[]).prices;
+        assert_eq!(image(&from_file, "gpt_image_1", "high", "1024x1024"), 0.2);
+        assert_eq!(image(&from_file, "gpt_image_1", "high", "1536x1024"), 0.25);
+
+        // The environment, in upper case as deployments write it, wins over both.
+        let from_env = layered(
+            file,
+            &[
+                (
+                    "MEMOJI__PRICES__PER_IMAGE__GPT_IMAGE_1__HIGH__1024X1024",
+                    "0.19",
+                ),
+                (
+                    "MEMOJI__PRICES__PER_IMAGE__DALL_E_2__STANDARD__256X256",
+                    "0.015",
+                ),
+                (
+                    "MEMOJI__PRICES__PER_TOKEN__GPT_IMAGE_1_MINI__OUTPUT",
+                    "0.00001",
+                ),
+            ],
+        )
+        .prices;
+        assert_eq!(image(&from_env, "gpt_image_1", "high", "1024x1024"), 0.19);
+        assert_eq!(image(&from_env, "dall_e_2", "standard", "256x256"), 0.015);
+        assert_eq!(from_env.per_token["gpt_image_1_mini"].output, 0.00001);
+        assert_eq!(from_env.per_token["gpt_image_1_mini"].input, 2.0e-6);
+        // Nothing else moved.
+        assert_eq!(from_env.per_image.len(), defaults.per_image.len());
+        assert_eq!(image(&from_env, "dall_e_3", "standard", "1024x1024"), 0.04);
+    }
+
+    #[test]
+    fn a_bad_schedule_or_price_table_stops_the_start() {
+        let mut settings = Settings::defaults().unwrap();
+        settings.cleanup.schedule = "0 3 * * *".to_owned();
+        assert!(
+            matches!(settings.checked(), Err(SettingsError::Rule(m)) if m.contains("cleanup.schedule"))
+        );
+        let mut settings = Settings::defaults().unwrap();
+        settings.prices.per_image.remove("dall_e_2");
+        assert!(
+            matches!(settings.checked(), Err(SettingsError::Rule(m)) if m.contains("dall_e_2"))
         );
     }
 

@@ -11,7 +11,8 @@
 //! - [`job`]: pure domain — parsing, validation, the cache key, the result message.
 //! - [`worker`]: the pipeline; the only code that acks, retries or dead-letters a delivery.
 //! - [`broker`], [`db`], [`generate`], [`storage`]: the outside systems.
-//! - [`http`]: the admin API; [`maintenance`]: the scheduled cleanup.
+//! - [`http`]: the admin API; [`maintenance`]: the scheduled cleanup; [`stats`]: statistics and
+//!   the metrics feed, told about each settled job by `worker::process` through one hook.
 //! - [`app`] wires it all together and runs it until shutdown; [`config`] and [`telemetry`] set it up.
 
 pub mod app;
@@ -22,6 +23,8 @@ pub mod db;
 pub mod generate;
 pub mod http;
 pub mod job;
+pub mod maintenance;
+pub mod stats;
 pub mod storage;
 pub mod telemetry;
 pub mod worker;

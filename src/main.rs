@@ -9,7 +9,8 @@ use clap::{Args, Parser, Subcommand};
 use memoji_worker::app::{self, App};
 use memoji_worker::config::{Settings, StorageKind};
 use memoji_worker::job::GeneratorKind;
-use memoji_worker::{client, storage, telemetry};
+use memoji_worker::maintenance::Ran;
+use memoji_worker::{client, stats, storage, telemetry};
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +43,18 @@ enum Command {
     /// Object storage tools.
     #[command(subcommand)]
     Storage(StorageCommand),
+    /// Print the cache statistics (lifetime and last 24 h), read from the database.
+    Stats {
+        /// Print the JSON body of GET /api/cache/stats instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the cache cleanup now (unless another process is running it) and print its report.
+    Cleanup {
+        /// Only count what would be archived and deleted; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -185,6 +198,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("storage check passed");
             Ok(())
         }
+        Command::Stats { json } => {
+            let figures = app::stats(&settings).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&figures)?);
+            } else {
+                print!("{}", stats::table(&figures));
+            }
+            Ok(())
+        }
+        Command::Cleanup { dry_run } => match app::cleanup(&settings, dry_run).await? {
+            Ran::Completed(report) => {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                Ok(())
+            }
+            Ran::Skipped => {
+                anyhow::bail!("cleanup skipped: another process is running one right now")
+            }
+        },
     }
 }
 

@@ -92,6 +92,9 @@ pub async fn charge(pool: &PgPool, account: Account<'_>) -> Result<Charge, DbErr
     match used {
         Some((used,)) => {
             tx.commit().await?;
+            if first.is_some() {
+                crate::telemetry::count_credit_charged();
+            }
             Ok(Charge::Charged {
                 remaining: remaining(account.allowance, i64::from(used)),
             })
@@ -118,6 +121,9 @@ pub async fn refund(executor: impl sqlx::PgExecutor<'_>, job: JobId) -> Result<b
     .bind(job.0)
     .fetch_optional(executor)
     .await?;
+    if refunded.is_some() {
+        crate::telemetry::count_credit_refunded();
+    }
     Ok(refunded.is_some())
 }
 

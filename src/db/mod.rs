@@ -4,11 +4,15 @@
 //! - [`jobs`]: every job's state and result, for idempotency.
 //! - [`credits`]: monthly balances and the per-job ledger.
 //! - [`leases`]: who may generate a key right now (single flight across processes).
+//! - [`stats`]: counters and rollups behind `GET /api/cache/stats`.
+//! - [`cleanup`]: the cleanup's batches and its single-replica lock.
 
 pub mod cache;
+pub mod cleanup;
 pub mod credits;
 pub mod jobs;
 pub mod leases;
+pub mod stats;
 
 use std::time::Duration;
 

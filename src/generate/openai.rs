@@ -21,8 +21,9 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::{GenerateError, Generated, ImageGenerator, Usage, pricing, prompt_for};
-use crate::config::OpenAiSettings;
+use crate::config::{OpenAiSettings, PriceSettings};
 use crate::job::{AvatarConfig, GeneratorKind};
+use crate::telemetry;
 
 /// Error codes OpenAI uses for requests its safety system refuses.
 const CONTENT_POLICY_CODES: [&str; 2] = ["content_policy_violation", "moderation_blocked"];
@@ -34,6 +35,7 @@ pub struct OpenAiGenerator {
     endpoint: String,
     api_key: SecretString,
     settings: OpenAiSettings,
+    prices: PriceSettings,
 }
 
 impl std::fmt::Debug for OpenAiGenerator {
@@ -90,6 +92,7 @@ struct ApiError {
 impl OpenAiGenerator {
     pub fn new(
         settings: &OpenAiSettings,
+        prices: &PriceSettings,
         api_key: SecretString,
     ) -> Result<OpenAiGenerator, reqwest::Error> {
         let http = reqwest::Client::builder()
@@ -104,6 +107,7 @@ impl OpenAiGenerator {
             ),
             api_key,
             settings: settings.clone(),
+            prices: prices.clone(),
         })
     }
 
@@ -189,9 +193,15 @@ impl ImageGenerator for OpenAiGenerator {
             attempts += 1;
             let remaining = deadline.saturating_duration_since(Instant::now());
             let timeout = self.settings.request_timeout().min(remaining);
-            let (message, retry_after) = match self.attempt(&body, timeout).await {
+            let answer = self.attempt(&body, timeout).await;
+            telemetry::count_openai_request(match &answer {
+                Ok(_) => "ok",
+                Err(AttemptError::Final(_)) => "final_error",
+                Err(AttemptError::Retry { .. }) => "retryable_error",
+            });
+            let (message, retry_after) = match answer {
                 Ok((png, usage)) => {
-                    let cost_usd = pricing::cost(config, usage.as_ref());
+                    let cost_usd = pricing::cost(&self.prices, config, usage.as_ref());
                     return Ok(Generated {
                         png,
                         attempts,
@@ -218,6 +228,7 @@ impl ImageGenerator for OpenAiGenerator {
                 });
             }
             tracing::warn!(attempt = attempts, delay_ms = delay.as_millis() as u64, %message, "OpenAI attempt failed; retrying");
+            telemetry::count_openai_retry();
             tokio::time::sleep(delay).await;
         }
     }
@@ -364,12 +375,13 @@ mod tests {
         server: &MockServer,
         tweak: impl FnOnce(&mut OpenAiSettings),
     ) -> OpenAiGenerator {
-        let mut settings = Settings::defaults().unwrap().openai;
+        let defaults = Settings::defaults().unwrap();
+        let mut settings = defaults.openai;
         settings.base_url = format!("{}/v1", server.uri());
         settings.backoff_min_ms = 10;
         settings.backoff_max_ms = 50;
         tweak(&mut settings);
-        OpenAiGenerator::new(&settings, SecretString::from(KEY)).unwrap()
+        OpenAiGenerator::new(&settings, &defaults.prices, SecretString::from(KEY)).unwrap()
     }
 
     fn config() -> AvatarConfig {
@@ -564,7 +576,8 @@ mod tests {
         settings.backoff_min_ms = 1;
         settings.backoff_max_ms = 5;
         settings.max_attempts = 2;
-        let generator = OpenAiGenerator::new(&settings, SecretString::from(KEY)).unwrap();
+        let prices = Settings::defaults().unwrap().prices;
+        let generator = OpenAiGenerator::new(&settings, &prices, SecretString::from(KEY)).unwrap();
         let error = generator.generate(&config(), "u").await.unwrap_err();
         assert_eq!(error.attempts(), 2);
         assert!(error.retryable());

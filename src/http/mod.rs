@@ -1,7 +1,11 @@
 //! The admin HTTP API (CONTRACT.md §8), on axum: one `router()` per file, merged here.
 
+mod auth;
+mod cleanup;
 mod health;
 mod images;
+mod metrics;
+mod stats;
 
 use std::sync::Arc;
 
@@ -11,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::maintenance::Cleaner;
 use crate::storage::ImageStore;
 use crate::worker::BrokerHealth;
 
@@ -21,12 +26,16 @@ pub struct ApiState {
     pub store: Arc<dyn ImageStore>,
     pub broker: Arc<BrokerHealth>,
     pub settings: Arc<Settings>,
+    pub cleaner: Arc<Cleaner>,
 }
 
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .merge(health::router())
         .merge(images::router())
+        .merge(stats::router())
+        .merge(cleanup::router())
+        .merge(metrics::router())
         .with_state(state)
 }
 

@@ -39,6 +39,8 @@ pub struct Context {
     pub settings: Arc<Settings>,
     /// Cancelled on shutdown: jobs still waiting (for a turn, for another worker) are handed back.
     pub stopping: CancellationToken,
+    /// Statistics, `job.completed` and job metrics; told once per delivery, in `worker::process`.
+    pub observer: Arc<crate::stats::Observer>,
 }
 
 /// A step that cannot finish now but may later: the delivery goes back to the queue.
@@ -370,7 +372,7 @@ impl Context {
         storage::check_png(&png).ok()?;
         tracing::info!(%path, "reusing the image an earlier attempt stored");
         let cost_usd = match self.generator.kind() {
-            GeneratorKind::OpenAi => pricing::list_price(&job.config),
+            GeneratorKind::OpenAi => pricing::list_price(&self.settings.prices, &job.config),
             GeneratorKind::Placeholder => 0.0,
         };
         let stored = Stored {

@@ -145,12 +145,16 @@ async fn process(
             .message_id()
             .as_ref()
             .map(|id| id.as_str().to_owned());
+        let (received, started) = (chrono::Utc::now(), tokio::time::Instant::now());
         let outcome = AssertUnwindSafe(handle::handle(&ctx, &delivery.data, message_id.as_deref()))
             .catch_unwind()
             .await
             .unwrap_or_else(|_| Outcome::Retry {
                 reason: "the pipeline panicked".to_owned(),
             });
+        let enqueued_at = *delivery.properties.timestamp();
+        ctx.observer
+            .settled(&outcome, received, started.elapsed(), enqueued_at);
         settle::settle(&broker, &delivery, outcome, &shutdown).await;
     }
     .instrument(span)

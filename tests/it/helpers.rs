@@ -2,6 +2,7 @@
 //! queue/exchange names of its own, with a local HTTP server answering like OpenAI.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -27,6 +28,8 @@ use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 pub const RESULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The admin token every test worker is given (a test that wants none removes it).
+pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()
@@ -139,6 +142,9 @@ pub fn isolated_settings(id: &str, openai_base: &str) -> Settings {
     settings.http.bind = format!("127.0.0.1:{port}").parse().unwrap();
     settings.storage.public_base_url = format!("http://127.0.0.1:{port}/images");
     settings.worker.shutdown_grace_secs = 5;
+    settings.secrets.admin_token = Some(SecretString::from(ADMIN_TOKEN));
+    // Statistics reach Postgres quickly, so tests poll for them briefly.
+    settings.stats.flush_ms = 50;
     settings
 }
 
@@ -237,6 +243,66 @@ impl TestEnv {
 
     pub fn http_base(&self) -> String {
         format!("http://{}", self.settings.http.bind)
+    }
+
+    /// The local storage backend's directory.
+    pub fn storage_dir(&self) -> &Path {
+        self._storage.path()
+    }
+
+    /// `GET {base}{path}` as JSON, with its status.
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.http_base()))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    /// `POST {base}/api/cache/cleanup`, with the bearer token if given.
+    pub async fn post_cleanup(
+        &self,
+        base: &str,
+        dry_run: bool,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        post_cleanup(&self.http, base, dry_run, token).await
+    }
+
+    /// A consumer on this test's metrics queue.
+    pub async fn metrics_tap(&self) -> MetricsTap {
+        let channel = self.broker.channel().await.unwrap();
+        let consumer = channel
+            .basic_consume(
+                self.settings.amqp.metrics_queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        MetricsTap {
+            _channel: channel,
+            consumer,
+        }
+    }
+
+    /// Another worker process (an `App`) on the same database and queues, with its own admin API.
+    pub async fn second_app(&self) -> SecondApp {
+        let mut settings = self.settings.clone();
+        let port = free_port();
+        settings.http.bind = format!("127.0.0.1:{port}").parse().unwrap();
+        let app = App::build(settings).await.expect("the second app builds");
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        SecondApp {
+            base: format!("http://127.0.0.1:{port}"),
+            shutdown,
+            handle,
+        }
     }
 
     async fn wait_ready(&self) {
@@ -650,6 +716,95 @@ impl WorkerProcess {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+pub async fn post_cleanup(
+    http: &reqwest::Client,
+    base: &str,
+    dry_run: bool,
+    token: Option<&str>,
+) -> (u16, Value) {
+    let mut request = http.post(format!("{base}/api/cache/cleanup?dry_run={dry_run}"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+/// A second worker process of a test.
+pub struct SecondApp {
+    pub base: String,
+    shutdown: CancellationToken,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+impl SecondApp {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(15), self.handle).await;
+    }
+}
+
+/// Reads the metrics queue of a test.
+pub struct MetricsTap {
+    _channel: Channel,
+    consumer: Consumer,
+}
+
+impl MetricsTap {
+    /// The next message with `routing_key` whose body satisfies `wanted`; others are consumed
+    /// and passed over.
+    pub async fn next_with(&mut self, routing_key: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+        let found = tokio::time::timeout(RESULT_TIMEOUT, async {
+            loop {
+                let delivery = self
+                    .consumer
+                    .next()
+                    .await
+                    .expect("the metrics consumer is open")
+                    .expect("a delivery");
+                delivery.ack(BasicAckOptions::default()).await.unwrap();
+                if delivery.routing_key.as_str() != routing_key {
+                    continue;
+                }
+                assert_eq!(
+                    delivery
+                        .properties
+                        .content_type()
+                        .as_ref()
+                        .map(|s| s.as_str()),
+                    Some("application/json")
+                );
+                let body: Value = serde_json::from_slice(&delivery.data).unwrap();
+                if wanted(&body) {
+                    return body;
+                }
+            }
+        })
+        .await;
+        found.unwrap_or_else(|_| panic!("no {routing_key} message arrived in time"))
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, for at most [`RESULT_TIMEOUT`].
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + RESULT_TIMEOUT;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -4,9 +4,13 @@
 
 mod helpers;
 
+mod admin_api;
+mod cleanup;
 mod failures;
 mod guarantees;
+mod metrics;
 mod pipeline;
 mod poison;
+mod schemas;
 mod storage_s3;
 mod storage_supabase;

@@ -1,0 +1,216 @@
+//! The cleanup's SQL (CONTRACT.md §7): the single-replica lock, and batches that archive popular
+//! entries and delete old unused ones.
+//!
+//! Every batch is two short statements: read the next `batch` ids in index order (the cursor),
+//! then change only those of them that qualify, skipping rows a hit holds right now
+//! (`FOR UPDATE SKIP LOCKED`). Locks are held for one batch, so hits keep flowing; a skipped row
+//! is looked at again on the next run. Conditions are checked again under the row lock, so an
+//! entry that a hit made popular a moment ago is not deleted.
+
+use chrono::{DateTime, Utc};
+use sqlx::{Connection, PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::DbError;
+
+/// The advisory lock key of the cleanup: the same on every replica, unique to this purpose
+/// (the ASCII bytes of "MEMOJICL"). Advisory locks are per database, so replicas sharing a
+/// database share the lock.
+const LOCK_KEY: i64 = 0x4d45_4d4f_4a49_434c;
+
+/// Holds the cleanup lock on a connection of its own (outside the pool, so the lock cannot leak
+/// into a pooled connection). Dropping it closes the connection, which releases the lock too;
+/// a crashed replica's lock is released by Postgres when its connection goes.
+pub struct CleanupLock(PgConnection);
+
+/// Takes the cleanup lock if no other process holds it; `None` if one does.
+pub async fn try_lock(pool: &PgPool) -> Result<Option<CleanupLock>, DbError> {
+    let options = pool.connect_options();
+    let mut connection = PgConnection::connect_with(&options).await?;
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(LOCK_KEY)
+        .fetch_one(&mut connection)
+        .await?;
+    if locked {
+        Ok(Some(CleanupLock(connection)))
+    } else {
+        let _ = connection.close().await;
+        Ok(None)
+    }
+}
+
+impl CleanupLock {
+    /// Releases the lock and closes its connection.
+    pub async fn release(mut self) {
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(LOCK_KEY)
+            .execute(&mut self.0)
+            .await;
+        let _ = self.0.close().await;
+    }
+}
+
+/// Whether some process holds the cleanup lock right now (for tests and diagnostics).
+pub async fn is_locked(pool: &PgPool) -> Result<bool, DbError> {
+    let held: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks
+                         WHERE locktype = 'advisory' AND granted
+                           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                           AND ((classid::bigint << 32) | objid::bigint) = $1)",
+    )
+    .bind(LOCK_KEY)
+    .fetch_one(pool)
+    .await?;
+    Ok(held)
+}
+
+/// The next `batch` entry ids after `after`, in primary-key order: the archive pass's cursor.
+pub async fn next_ids(
+    pool: &PgPool,
+    after: Option<Uuid>,
+    batch: i64,
+) -> Result<Vec<Uuid>, DbError> {
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM memoji_cache WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2",
+    )
+    .bind(after)
+    .bind(batch)
+    .fetch_all(pool)
+    .await?;
+    Ok(ids)
+}
+
+/// Archives those of `ids` used more than `above` times; with `dry_run`, only counts them.
+pub async fn archive(
+    pool: &PgPool,
+    ids: &[Uuid],
+    above: i64,
+    dry_run: bool,
+) -> Result<u64, DbError> {
+    let sql = if dry_run {
+        "SELECT count(*) FROM memoji_cache
+          WHERE id = ANY($1) AND archived IS NOT TRUE AND COALESCE(usage_count, 0) > $2"
+    } else {
+        "WITH archived AS (
+             UPDATE memoji_cache SET archived = true
+              WHERE id IN (SELECT id FROM memoji_cache
+                            WHERE id = ANY($1) AND archived IS NOT TRUE
+                              AND COALESCE(usage_count, 0) > $2
+                              FOR UPDATE SKIP LOCKED)
+             RETURNING 1)
+         SELECT count(*) FROM archived"
+    };
+    let n: i64 = sqlx::query_scalar(sql)
+        .bind(ids)
+        .bind(above)
+        .fetch_one(pool)
+        .await?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// A position in the deletion pass's (created_at, id) order.
+pub type Cursor = (DateTime<Utc>, Uuid);
+
+/// The next `batch` non-archived entries created before `cutoff`, after `after`, oldest first.
+/// Entries without a creation time (possible in imported rows) are never candidates: their age
+/// is unknown.
+pub async fn next_old(
+    pool: &PgPool,
+    cutoff: DateTime<Utc>,
+    after: Option<Cursor>,
+    batch: i64,
+) -> Result<Vec<Cursor>, DbError> {
+    let rows: Vec<(DateTime<Utc>, Uuid)> = sqlx::query_as(
+        "SELECT created_at, id FROM memoji_cache
+          WHERE archived IS NOT TRUE AND created_at < $1
+            AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3::uuid))
+          ORDER BY created_at, id LIMIT $4",
+    )
+    .bind(cutoff)
+    .bind(after.map(|c| c.0))
+    .bind(after.map(|c| c.1))
+    .bind(batch)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows)
+}
+
+/// The rules an entry must meet to be deleted.
+#[derive(Debug, Clone, Copy)]
+pub struct Unused {
+    pub created_before: DateTime<Utc>,
+    /// Fewer uses than this.
+    pub min_uses: i64,
+    /// Never one that qualifies for archiving, even if archiving skipped it this time.
+    pub archive_above: i64,
+}
+
+/// A deleted entry: what is needed to delete its image.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Deleted {
+    pub prompt_hash: String,
+    pub storage_path: Option<String>,
+    pub image_url: String,
+    pub image_bytes: i64,
+}
+
+const UNUSED: &str = "id = ANY($1) AND archived IS NOT TRUE AND created_at < $2
+                      AND COALESCE(usage_count, 0) < $3 AND COALESCE(usage_count, 0) <= $4";
+
+/// Deletes those of `ids` that meet `rules`, returning them.
+pub async fn delete(pool: &PgPool, ids: &[Uuid], rules: Unused) -> Result<Vec<Deleted>, DbError> {
+    let sql = format!(
+        "DELETE FROM memoji_cache
+          WHERE id IN (SELECT id FROM memoji_cache WHERE {UNUSED} FOR UPDATE SKIP LOCKED)
+         RETURNING prompt_hash, storage_path, image_url, COALESCE(image_bytes, 0) AS image_bytes"
+    );
+    let rows = sqlx::query_as(&sql)
+        .bind(ids)
+        .bind(rules.created_before)
+        .bind(rules.min_uses)
+        .bind(rules.archive_above)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows)
+}
+
+/// What [`delete`] would delete: how many entries, and their recorded image bytes.
+pub async fn count_unused(
+    pool: &PgPool,
+    ids: &[Uuid],
+    rules: Unused,
+) -> Result<(u64, u64), DbError> {
+    let sql = format!(
+        "SELECT count(*), COALESCE(sum(image_bytes), 0)::bigint FROM memoji_cache WHERE {UNUSED}"
+    );
+    let (n, bytes): (i64, i64) = sqlx::query_as(&sql)
+        .bind(ids)
+        .bind(rules.created_before)
+        .bind(rules.min_uses)
+        .bind(rules.archive_above)
+        .fetch_one(pool)
+        .await?;
+    Ok((
+        u64::try_from(n).unwrap_or(0),
+        u64::try_from(bytes).unwrap_or(0),
+    ))
+}
+
+/// Whether the key's entry exists and points at `storage_path` (re-recorded since the cleanup
+/// deleted it), so the image there must stay.
+pub async fn image_in_use(
+    pool: &PgPool,
+    prompt_hash: &str,
+    storage_path: &str,
+) -> Result<bool, DbError> {
+    let used: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM memoji_cache
+                         WHERE prompt_hash = $1
+                           AND (storage_path = $2 OR (storage_path IS NULL AND image_url LIKE '%/' || $2)))",
+    )
+    .bind(prompt_hash)
+    .bind(storage_path)
+    .fetch_one(pool)
+    .await?;
+    Ok(used)
+}

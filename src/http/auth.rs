@@ -1,0 +1,106 @@
+//! The admin token check for writes: `Authorization: Bearer <ADMIN_TOKEN>`.
+//!
+//! Without a configured token every write is refused (403): an admin API must not be open by
+//! default. A missing or wrong token is a 401. Both sides are hashed before a constant-time
+//! comparison, so neither the token's bytes nor its length leak through timing.
+
+use axum::Json;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Why a write was refused; answers as JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No admin token is configured: writes are off (403).
+    Disabled,
+    /// No bearer token in the request (401).
+    Missing,
+    /// A bearer token that is not the admin token (401).
+    Wrong,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::Disabled => refusal(
+                StatusCode::FORBIDDEN,
+                "admin_disabled",
+                "admin writes are disabled: no ADMIN_TOKEN is configured",
+            ),
+            Refusal::Missing => unauthorized("missing bearer token"),
+            Refusal::Wrong => unauthorized("wrong bearer token"),
+        }
+    }
+}
+
+/// `Ok` if `headers` carry the admin token.
+pub fn authorize(headers: &HeaderMap, token: Option<&SecretString>) -> Result<(), Refusal> {
+    let Some(token) = token else {
+        return Err(Refusal::Disabled);
+    };
+    let offered = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(offered) = offered else {
+        return Err(Refusal::Missing);
+    };
+    let expected = Sha256::digest(token.expose_secret().as_bytes());
+    let offered = Sha256::digest(offered.as_bytes());
+    if bool::from(expected.ct_eq(&offered)) {
+        Ok(())
+    } else {
+        Err(Refusal::Wrong)
+    }
+}
+
+fn unauthorized(message: &str) -> Response {
+    let mut response = refusal(StatusCode::UNAUTHORIZED, "unauthorized", message);
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    response
+}
+
+fn refusal(status: StatusCode, error: &str, message: &str) -> Response {
+    (status, Json(json!({"error": error, "message": message}))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(value: Option<&str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(value) = value {
+            headers.insert(header::AUTHORIZATION, value.parse().unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn checks_the_bearer_token() {
+        let token = SecretString::from("s3cret");
+        assert!(authorize(&headers(Some("Bearer s3cret")), Some(&token)).is_ok());
+        let refused = |h: HeaderMap, t: Option<&SecretString>| authorize(&h, t).unwrap_err();
+        let bearer = |t: &str| headers(Some(&format!("Bearer {t}")));
+        assert_eq!(refused(bearer("nope"), Some(&token)), Refusal::Wrong);
+        assert_eq!(refused(bearer("s3cret2"), Some(&token)), Refusal::Wrong);
+        assert_eq!(
+            refused(headers(Some("s3cret")), Some(&token)),
+            Refusal::Missing
+        );
+        assert_eq!(refused(headers(None), Some(&token)), Refusal::Missing);
+        assert_eq!(refused(bearer("s3cret"), None), Refusal::Disabled);
+        let status = |r: Refusal| r.into_response().status();
+        assert_eq!(status(Refusal::Disabled), StatusCode::FORBIDDEN);
+        assert_eq!(status(Refusal::Missing), StatusCode::UNAUTHORIZED);
+        assert_eq!(status(Refusal::Wrong), StatusCode::UNAUTHORIZED);
+    }
+}

@@ -1,0 +1,271 @@
+//! One cleanup run: archive entries used more than `archive_above_uses` times, then delete
+//! non-archived entries older than `max_age_days` with fewer than `min_uses` uses, and their
+//! images. A dry run reads the same batches and changes nothing.
+//!
+//! Images are deleted only after their row is gone (committed), so no row ever points at a missing
+//! image. The one hazard left is the same key being recorded again meanwhile — a job that missed
+//! because the row was just deleted, or a `force_refresh` — writing the same `YYYY/MM/<hash>.png`
+//! (same month) that is about to be deleted. Every generation holds the key's generation lease
+//! from before it stores the image until its row is recorded, so the cleanup takes that lease for
+//! the moment it looks and deletes: if a generation holds it, the image is left alone (it is about
+//! to be replaced, or orphaned at worst — never a row pointing at nothing); if the key's row is
+//! back and points at this path, the image is left alone too.
+//!
+//! The advisory lock is about not doing the work twice, not about safety: should two runs ever
+//! overlap (the lock's connection dropped mid-run and another replica started), every batch
+//! still locks only its own rows and re-checks its conditions, so they share the work.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use tokio::time::Instant;
+
+use crate::config::CleanupSettings;
+use crate::db::cleanup::{self as sql, Deleted, Unused};
+use crate::db::{DbError, leases};
+use crate::job::{CacheKey, JobId};
+use crate::stats::Feed;
+use crate::stats::feed::CLEANUP_COMPLETED;
+use crate::storage::{ImageStore, StoragePath};
+use crate::telemetry;
+
+/// How long the cleanup holds a key's generation lease while it deletes the image.
+const LEASE_TTL: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CleanupError {
+    #[error("cleanup: {0}")]
+    Db(#[from] DbError),
+}
+
+/// What a run did (or, dry, would do): the `cleanup.completed` message and the API's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CleanupReport {
+    pub started_at: String,
+    pub dry_run: bool,
+    /// Entries deleted (dry run: that would be).
+    pub deleted: u64,
+    /// Entries archived (dry run: that would be).
+    pub archived: u64,
+    /// Image bytes the storage backend reported freed (dry run: recorded sizes of the images
+    /// that would be deleted).
+    pub bytes_freed: u64,
+    /// Images of deleted entries left in place: the key was being generated again, its new entry
+    /// uses the same path, or the storage backend failed (the row is gone either way).
+    pub images_kept: u64,
+    pub duration_ms: u64,
+}
+
+/// The outcome of asking for a run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ran {
+    Completed(CleanupReport),
+    /// Another process holds the cleanup lock: it is cleaning right now.
+    Skipped,
+}
+
+/// Runs cleanups; shared by the scheduler, the admin API and the command line.
+#[derive(Debug, Clone)]
+pub struct Cleaner {
+    db: PgPool,
+    store: Arc<dyn ImageStore>,
+    settings: CleanupSettings,
+    feed: Option<Feed>,
+}
+
+impl Cleaner {
+    /// `feed`, where given, gets the report as `cleanup.completed`.
+    pub fn new(
+        db: PgPool,
+        store: Arc<dyn ImageStore>,
+        settings: CleanupSettings,
+        feed: Option<Feed>,
+    ) -> Cleaner {
+        Cleaner {
+            db,
+            store,
+            settings,
+            feed,
+        }
+    }
+
+    /// One run, if no other process is running one. The report is logged, counted, published,
+    /// and returned.
+    pub async fn run(&self, dry_run: bool) -> Result<Ran, CleanupError> {
+        let Some(lock) = sql::try_lock(&self.db).await? else {
+            tracing::info!("cleanup skipped: another process is running one");
+            telemetry::count_cleanup("skipped", 0, 0, 0);
+            return Ok(Ran::Skipped);
+        };
+        let outcome = self.locked_run(dry_run).await;
+        lock.release().await;
+        match outcome {
+            Ok(report) => {
+                tracing::info!(
+                    dry_run,
+                    deleted = report.deleted,
+                    archived = report.archived,
+                    bytes_freed = report.bytes_freed,
+                    images_kept = report.images_kept,
+                    duration_ms = report.duration_ms,
+                    "cleanup completed"
+                );
+                if !dry_run {
+                    telemetry::count_cleanup(
+                        "completed",
+                        report.deleted,
+                        report.archived,
+                        report.bytes_freed,
+                    );
+                }
+                if let Some(feed) = &self.feed {
+                    feed.send(CLEANUP_COMPLETED, &report);
+                }
+                Ok(Ran::Completed(report))
+            }
+            Err(error) => {
+                telemetry::count_cleanup("failed", 0, 0, 0);
+                tracing::warn!(%error, "cleanup failed; the next run picks up where it stopped");
+                Err(error)
+            }
+        }
+    }
+
+    async fn locked_run(&self, dry_run: bool) -> Result<CleanupReport, CleanupError> {
+        let started_at = Utc::now();
+        let started = Instant::now();
+        let batch = i64::from(self.settings.batch_size.max(1));
+        let archive_above = i64::from(self.settings.archive_above_uses);
+        let mut report = CleanupReport {
+            started_at: started_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+            dry_run,
+            deleted: 0,
+            archived: 0,
+            bytes_freed: 0,
+            images_kept: 0,
+            duration_ms: 0,
+        };
+
+        // Archive first: a popular entry is then out of the deletion's reach for good. This pass
+        // walks the whole table by primary key (a batch of ids read, then those of them that
+        // qualify updated): an index on usage_count would make it shorter, but every hit updates
+        // usage_count, and such an index would cost each hit its HOT update. Once a day, a read
+        // through the primary key is the cheaper side.
+        let mut after = None;
+        loop {
+            let ids = sql::next_ids(&self.db, after, batch).await?;
+            let Some(last) = ids.last() else { break };
+            after = Some(*last);
+            report.archived += sql::archive(&self.db, &ids, archive_above, dry_run).await?;
+        }
+
+        let rules = Unused {
+            created_before: started_at
+                - chrono::Duration::days(i64::from(self.settings.max_age_days)),
+            min_uses: i64::from(self.settings.min_uses),
+            archive_above,
+        };
+        let mut after = None;
+        loop {
+            let old = sql::next_old(&self.db, rules.created_before, after, batch).await?;
+            let Some(last) = old.last() else { break };
+            after = Some(*last);
+            let ids: Vec<uuid::Uuid> = old.iter().map(|(_, id)| *id).collect();
+            if dry_run {
+                let (n, bytes) = sql::count_unused(&self.db, &ids, rules).await?;
+                report.deleted += n;
+                report.bytes_freed += bytes;
+                continue;
+            }
+            let deleted = sql::delete(&self.db, &ids, rules).await?;
+            report.deleted += deleted.len() as u64;
+            for entry in &deleted {
+                match self.delete_image(entry).await? {
+                    Some(bytes) => report.bytes_freed += bytes,
+                    None => report.images_kept += 1,
+                }
+            }
+        }
+        report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        Ok(report)
+    }
+
+    /// Deletes a deleted entry's image unless the key is being, or has been, recorded again at
+    /// the same path. `Some(bytes freed)`, or `None` when the image stays.
+    async fn delete_image(&self, entry: &Deleted) -> Result<Option<u64>, CleanupError> {
+        let (Some(key), Some(path)) = (CacheKey::parse(&entry.prompt_hash), image_path(entry))
+        else {
+            // Not a path of ours (an imported row pointing elsewhere): nothing to delete here.
+            return Ok(None);
+        };
+        let holder = JobId(uuid::Uuid::new_v4());
+        if !leases::claim(&self.db, &key, holder, LEASE_TTL).await? {
+            tracing::info!(%path, "key is being generated again; leaving its image");
+            return Ok(None);
+        }
+        let outcome = async {
+            if sql::image_in_use(&self.db, key.as_str(), path.as_str()).await? {
+                return Ok(None);
+            }
+            match self.store.delete(&path).await {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(error) => {
+                    tracing::warn!(%error, %path, "could not delete the image of a deleted entry; it stays as an orphan");
+                    Ok(None)
+                }
+            }
+        }
+        .await;
+        leases::release(&self.db, &key, holder).await?;
+        outcome
+    }
+}
+
+/// Where an entry's image is stored: its `storage_path`, or for rows imported without one the
+/// `YYYY/MM/<hash>.png` tail of its URL. Only paths of the exact shape the worker writes.
+fn image_path(entry: &Deleted) -> Option<StoragePath> {
+    if let Some(path) = entry.storage_path.as_deref() {
+        return StoragePath::parse(path);
+    }
+    let mut parts = entry.image_url.rsplitn(4, '/');
+    let (file, month, year) = (parts.next()?, parts.next()?, parts.next()?);
+    StoragePath::parse(&format!("{year}/{month}/{file}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "57031741670c8d0259dfd2b0809f9923eb2a04bcfc4ac10ce9d998eb376f16fe";
+
+    fn entry(storage_path: Option<&str>, image_url: &str) -> Deleted {
+        Deleted {
+            prompt_hash: KEY.to_owned(),
+            storage_path: storage_path.map(str::to_owned),
+            image_url: image_url.to_owned(),
+            image_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn finds_the_image_of_worker_and_imported_rows() {
+        let path = format!("2025/07/{KEY}.png");
+        assert_eq!(
+            image_path(&entry(Some(&path), "http://x/images/whatever")).map(|p| p.to_string()),
+            Some(path.clone())
+        );
+        let url = format!("https://x.supabase.co/storage/v1/object/public/memoji-images/{path}");
+        assert_eq!(
+            image_path(&entry(None, &url)).map(|p| p.to_string()),
+            Some(path)
+        );
+        assert_eq!(
+            image_path(&entry(None, "https://cdn.example.com/a.png")),
+            None
+        );
+        assert_eq!(image_path(&entry(Some("../../etc/passwd"), "")), None);
+    }
+}

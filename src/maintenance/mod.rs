@@ -1,0 +1,12 @@
+//! Keeping the cache in shape (CONTRACT.md §7).
+//!
+//! - [`cleanup`]: one run — archive popular entries, delete old unused ones and their images — in
+//!   bounded batches, under a Postgres advisory lock so that exactly one process cleans at a time.
+//! - [`schedule`]: the cron trigger inside `memoji-worker run`. Every replica schedules it; the
+//!   lock makes all but one of them skip. On-demand runs (`POST /api/cache/cleanup`,
+//!   `memoji-worker cleanup`) take the same lock.
+
+pub mod cleanup;
+pub mod schedule;
+
+pub use cleanup::{Cleaner, CleanupError, CleanupReport, Ran};

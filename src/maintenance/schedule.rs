@@ -1,0 +1,75 @@
+//! The cleanup's cron trigger (`cleanup.schedule`, six fields with seconds, UTC), on
+//! `tokio-cron-scheduler`. It runs in every `memoji-worker run` process; the cleanup's advisory
+//! lock makes exactly one of them do the work each time, so replicas need no leader election and
+//! a replica going down does not stop the cleanup.
+
+use std::sync::Arc;
+
+use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
+
+use super::Cleaner;
+use super::cleanup::Ran;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("cleanup schedule: {0}")]
+    Scheduler(#[from] JobSchedulerError),
+}
+
+/// Checks a cron expression as the scheduler will read it.
+pub fn parse(expression: &str) -> Result<(), String> {
+    Job::new_async(expression, |_, _| Box::pin(async {}))
+        .map(drop)
+        .map_err(|error| format!("{expression:?} is not a six-field cron expression ({error})"))
+}
+
+/// A running schedule; [`Schedule::stop`] ends it.
+pub struct Schedule(JobScheduler);
+
+/// Starts running `cleaner` (not dry) on `expression`, in UTC.
+pub async fn start(cleaner: Arc<Cleaner>, expression: &str) -> Result<Schedule, ScheduleError> {
+    let scheduler = JobScheduler::new().await?;
+    let job = Job::new_async(expression, move |_, _| {
+        let cleaner = cleaner.clone();
+        Box::pin(async move {
+            match cleaner.run(false).await {
+                Ok(Ran::Completed(_)) => {}
+                Ok(Ran::Skipped) => {
+                    tracing::info!("scheduled cleanup: another replica is running it");
+                }
+                // Logged by the cleaner; the next scheduled run continues from where it stopped.
+                Err(_) => {}
+            }
+        })
+    })?;
+    scheduler.add(job).await?;
+    scheduler.start().await?;
+    tracing::info!(schedule = expression, "cleanup scheduled (UTC)");
+    Ok(Schedule(scheduler))
+}
+
+impl Schedule {
+    /// Stops scheduling. A run in progress is abandoned with the process; its batches committed
+    /// so far stay done, and its lock goes with its connection.
+    pub async fn stop(mut self) {
+        if let Err(error) = self.0.shutdown().await {
+            tracing::warn!(%error, "stopping the cleanup schedule");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn six_field_cron_expressions_are_accepted_others_refused() {
+        assert_eq!(parse("0 0 3 * * *"), Ok(()));
+        assert_eq!(parse("*/5 * * * * *"), Ok(()));
+        assert!(parse("every day").is_err());
+        assert!(
+            parse("0 3 * * *").is_err(),
+            "five fields: seconds are required"
+        );
+    }
+}

@@ -1,0 +1,220 @@
+//! The metrics feed: `stats.snapshot`, `job.completed` and `cleanup.completed` messages to the
+//! metrics exchange (CONTRACT.md §2.4).
+//!
+//! Senders never wait: [`Feed::send`] puts the message into a bounded channel, or drops it and
+//! counts the drop when the channel is full (the broker is down or slow). One [`run`] task per
+//! process drains the channel and publishes with confirms.
+//!
+//! The publisher keeps a broker connection of its own rather than borrowing the worker's
+//! (`worker::session`): the worker's connection comes and goes with its consume loop, is closed at
+//! the end of each session while messages may still be queued here, and does not exist at all in
+//! `memoji-worker cleanup`. A second connection per process is cheap, reconnects on its own
+//! schedule, and keeps metrics from ever sharing a channel (or a failure) with results.
+
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use lapin::BasicProperties;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{Broker, BrokerError};
+use crate::config::AmqpSettings;
+use crate::telemetry;
+
+pub const STATS_SNAPSHOT: &str = "stats.snapshot";
+pub const JOB_COMPLETED: &str = "job.completed";
+pub const CLEANUP_COMPLETED: &str = "cleanup.completed";
+
+/// How long a stopping process keeps trying to publish what is still queued.
+const DRAIN_GRACE: Duration = Duration::from_secs(3);
+
+#[derive(Debug)]
+pub struct Message {
+    routing_key: &'static str,
+    body: Vec<u8>,
+}
+
+/// The sending side; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Feed {
+    sender: mpsc::Sender<Message>,
+}
+
+/// The receiving side, for [`run`].
+#[derive(Debug)]
+pub struct Outbox(mpsc::Receiver<Message>);
+
+/// A feed holding at most `capacity` unpublished messages.
+pub fn channel(capacity: usize) -> (Feed, Outbox) {
+    let (sender, receiver) = mpsc::channel(capacity.max(1));
+    (Feed { sender }, Outbox(receiver))
+}
+
+impl Feed {
+    /// Queues a message for the metrics exchange, or drops it if the queue is full.
+    pub fn send(&self, routing_key: &'static str, body: &impl Serialize) {
+        let body = match serde_json::to_vec(body) {
+            Ok(body) => body,
+            Err(error) => {
+                tracing::warn!(%error, routing_key, "metrics message not serializable; dropped");
+                telemetry::count_feed_dropped(routing_key);
+                return;
+            }
+        };
+        if self.sender.try_send(Message { routing_key, body }).is_err() {
+            telemetry::count_feed_dropped(routing_key);
+        }
+    }
+}
+
+/// Publishes queued messages until `shutdown`, reconnecting with backoff whenever the broker is
+/// out of reach; then publishes what is left for a short grace period, and drops the rest.
+pub async fn run(settings: AmqpSettings, outbox: Outbox, shutdown: CancellationToken) {
+    let Outbox(mut receiver) = outbox;
+    let reconnect = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(settings.reconnect_min_ms))
+        .with_max_delay(Duration::from_millis(settings.reconnect_max_ms))
+        .with_jitter()
+        .without_max_times();
+    let mut pauses = reconnect.build();
+    // A message taken from the channel but not yet confirmed: tried again after reconnecting.
+    let mut unsent: Option<Message> = None;
+    let stopping = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(DRAIN_GRACE).await;
+    };
+    tokio::pin!(stopping);
+    loop {
+        let session = async {
+            let broker = match Broker::connect(&settings, "memoji-worker metrics").await {
+                Ok(broker) => broker,
+                Err(error) => return Some(error),
+            };
+            if let Err(error) = broker.declare().await {
+                broker.close().await;
+                return Some(error);
+            }
+            pauses = reconnect.build();
+            let ended =
+                publish_all(&broker, &settings, &mut receiver, &mut unsent, &shutdown).await;
+            broker.close().await;
+            ended
+        };
+        let ended = tokio::select! {
+            ended = session => ended,
+            () = &mut stopping => None,
+        };
+        match ended {
+            // Shut down and drained, or out of time.
+            None => break,
+            Some(error) => {
+                let pause = pauses.next().unwrap_or(Duration::from_secs(1));
+                tracing::warn!(%error, pause_ms = pause.as_millis() as u64, "metrics feed lost the broker; reconnecting");
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = &mut stopping => break,
+                }
+            }
+        }
+    }
+    let mut dropped = u64::from(unsent.is_some());
+    receiver.close();
+    while receiver.try_recv().is_ok() {
+        dropped += 1;
+    }
+    if dropped > 0 {
+        tracing::warn!(dropped, "metrics messages not published before stopping");
+    }
+}
+
+/// Publishes until the channel is closed and empty (`None`), or the broker fails (`Some`).
+/// After `shutdown`, returns as soon as nothing is queued.
+async fn publish_all(
+    broker: &Broker,
+    settings: &AmqpSettings,
+    receiver: &mut mpsc::Receiver<Message>,
+    unsent: &mut Option<Message>,
+    shutdown: &CancellationToken,
+) -> Option<BrokerError> {
+    loop {
+        let message = match unsent.take() {
+            Some(message) => message,
+            None => {
+                let next = if shutdown.is_cancelled() {
+                    receiver.try_recv().ok()
+                } else {
+                    tokio::select! {
+                        next = receiver.recv() => next,
+                        () = shutdown.cancelled() => receiver.try_recv().ok(),
+                    }
+                };
+                // Nothing left after shutdown, or every sender is gone.
+                next?
+            }
+        };
+        let properties = BasicProperties::default()
+            .with_message_id(uuid::Uuid::new_v4().to_string().into())
+            .with_timestamp(chrono::Utc::now().timestamp().max(0) as u64);
+        match broker
+            .publish(
+                &settings.metrics_exchange,
+                message.routing_key,
+                &message.body,
+                properties,
+                false,
+            )
+            .await
+        {
+            Ok(()) => telemetry::count_feed_published(message.routing_key),
+            Err(error) => {
+                *unsent = Some(message);
+                return Some(error);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::Settings;
+
+    #[tokio::test]
+    async fn a_full_feed_drops_instead_of_waiting() {
+        let (feed, Outbox(mut receiver)) = channel(2);
+        for n in 0..5 {
+            feed.send(JOB_COMPLETED, &json!({"n": n}));
+        }
+        let first = receiver.try_recv().unwrap();
+        assert_eq!(first.routing_key, JOB_COMPLETED);
+        assert_eq!(first.body, br#"{"n":0}"#);
+        assert!(receiver.try_recv().is_ok());
+        assert!(receiver.try_recv().is_err(), "the rest were dropped");
+    }
+
+    #[tokio::test]
+    async fn a_missing_broker_never_holds_up_shutdown_for_long() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut settings = Settings::defaults().unwrap().amqp;
+        settings.url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f").into();
+        settings.reconnect_min_ms = 10;
+        settings.reconnect_max_ms = 20;
+        let (feed, outbox) = channel(8);
+        let stop = CancellationToken::new();
+        let publisher = tokio::spawn(run(settings, outbox, stop.clone()));
+        feed.send(STATS_SNAPSHOT, &json!({}));
+        stop.cancel();
+        tokio::time::timeout(DRAIN_GRACE * 2, publisher)
+            .await
+            .expect("the publisher gives up after its grace period")
+            .unwrap();
+    }
+}

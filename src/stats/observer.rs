@@ -1,0 +1,163 @@
+//! The job path's one hook: [`Observer::settled`], called once per delivery when its outcome is
+//! known, before it is settled. It counts the job in memory for the statistics, queues its
+//! `job.completed` message, and records its Prometheus metrics. It never waits on I/O and cannot
+//! fail, so a job is never slowed or lost because of statistics.
+//!
+//! What counts as what, from the result alone:
+//! - `cached` → a hit, worth its entry's generation cost in savings;
+//! - succeeded, not cached → a miss and a generation, with its cost;
+//! - failed with any code but `invalid_job` → a miss that generated nothing (out of credits,
+//!   refused, failed); `invalid_job` never reached the cache, so it is neither;
+//! - a result answered again from the job table (a redelivery, a publisher's retry) was counted
+//!   when it was first made: its `completed_at` is older than this delivery, so it is skipped.
+//!   (Across hosts this relies on clocks agreeing to within the time between the two deliveries.)
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::Tally;
+use super::feed::{self, Feed};
+use crate::db::stats::Counts;
+use crate::job::{ErrorCode, JobId, JobResult, Status};
+use crate::telemetry;
+use crate::worker::Outcome;
+
+/// The `job.completed` message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobCompleted {
+    pub job_id: JobId,
+    pub status: Status,
+    pub cached: bool,
+    pub error_code: Option<ErrorCode>,
+    pub cost_usd: f64,
+    pub saved_usd: f64,
+    pub duration_ms: u64,
+    pub completed_at: String,
+}
+
+impl JobCompleted {
+    pub fn of(result: &JobResult) -> JobCompleted {
+        JobCompleted {
+            job_id: result.job_id,
+            status: result.status,
+            cached: result.cached,
+            error_code: result.error_code(),
+            cost_usd: result.cost_usd,
+            saved_usd: result.saved_usd,
+            duration_ms: result.duration_ms,
+            completed_at: result
+                .completed_at
+                .to_rfc3339_opts(SecondsFormat::Millis, true),
+        }
+    }
+}
+
+/// Shared by every in-flight job of a process.
+#[derive(Debug)]
+pub struct Observer {
+    tally: Arc<Tally>,
+    feed: Feed,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl Observer {
+    pub fn new(tally: Arc<Tally>, feed: Feed) -> Observer {
+        Observer {
+            tally,
+            feed,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    pub fn feed(&self) -> &Feed {
+        &self.feed
+    }
+
+    /// Records a delivery's outcome. `received` is when the delivery arrived; `took` how long it
+    /// took; `enqueued_at` the AMQP timestamp (seconds) its publisher set, if any.
+    pub fn settled(
+        &self,
+        outcome: &Outcome,
+        received: DateTime<Utc>,
+        took: Duration,
+        enqueued_at: Option<u64>,
+    ) {
+        if let Some(lag) = enqueued_at
+            .and_then(|at| i64::try_from(at).ok())
+            .and_then(|at| (received.timestamp() - at).try_into().ok())
+        {
+            telemetry::record_queue_lag(Duration::from_secs(lag));
+        }
+        match outcome {
+            Outcome::Answer(result) if result.completed_at < received => {
+                telemetry::count_job("replayed", None, result.cached, took);
+            }
+            Outcome::Answer(result) => self.fresh(result, took),
+            Outcome::Reject { answer, .. } => {
+                telemetry::count_job(
+                    "rejected",
+                    Some(ErrorCode::InvalidJob.as_str()),
+                    false,
+                    took,
+                );
+                if let Some(result) = answer {
+                    self.feed
+                        .send(feed::JOB_COMPLETED, &JobCompleted::of(result));
+                }
+            }
+            Outcome::Retry { .. } => telemetry::count_job("retried", None, false, took),
+        }
+    }
+
+    fn fresh(&self, result: &JobResult, took: Duration) {
+        let code = result.error_code();
+        let (label, counts) = match (result.status, result.cached, code) {
+            (Status::Succeeded, true, _) => (
+                "hit",
+                Counts {
+                    hits: 1,
+                    saved_usd: result.saved_usd,
+                    ..Counts::default()
+                },
+            ),
+            (Status::Succeeded, false, _) => (
+                "generated",
+                Counts {
+                    misses: 1,
+                    generations: 1,
+                    generation_cost_usd: result.cost_usd,
+                    ..Counts::default()
+                },
+            ),
+            (Status::Failed, _, Some(ErrorCode::InvalidJob)) => ("invalid", Counts::default()),
+            (Status::Failed, _, _) => (
+                "failed",
+                Counts {
+                    misses: 1,
+                    failures: 1,
+                    ..Counts::default()
+                },
+            ),
+        };
+        telemetry::count_job(label, code.map(ErrorCode::as_str), result.cached, took);
+        if !counts.is_empty() {
+            self.tally.add(result.completed_at, &counts);
+            let hits =
+                self.hits.fetch_add(counts.hits as u64, Ordering::Relaxed) + counts.hits as u64;
+            let misses = self
+                .misses
+                .fetch_add(counts.misses as u64, Ordering::Relaxed)
+                + counts.misses as u64;
+            telemetry::set_hit_ratio(hits as f64 / (hits + misses).max(1) as f64);
+            telemetry::add_costs(counts.generation_cost_usd, counts.saved_usd);
+        }
+        self.feed
+            .send(feed::JOB_COMPLETED, &JobCompleted::of(result));
+    }
+}
