@@ -166,12 +166,40 @@ impl App {
     }
 }
 
+/// Connects (creating the database if allowed) and migrates. A database that is out of reach at
+/// start — a replica starting before Postgres, a failover — is waited for with backoff for up to
+/// `database.connect_retry_secs`; any other failure (bad credentials, a broken migration) stops at
+/// once.
 pub async fn connect_database(settings: &Settings) -> anyhow::Result<PgPool> {
-    let pool = db::connect(&settings.database)
-        .await
-        .with_context(|| format!("connecting to {}", redacted_url(&settings.database.url)))?;
-    db::migrate(&pool).await?;
-    Ok(pool)
+    let give_up =
+        tokio::time::Instant::now() + Duration::from_secs(settings.database.connect_retry_secs);
+    let mut pauses = backon::BackoffBuilder::build(
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(250))
+            .with_max_delay(Duration::from_secs(5))
+            .with_jitter()
+            .without_max_times(),
+    );
+    loop {
+        let attempt = async {
+            let pool = db::connect(&settings.database).await?;
+            db::migrate(&pool).await?;
+            Ok::<_, db::DbError>(pool)
+        };
+        match attempt.await {
+            Ok(pool) => return Ok(pool),
+            Err(error) if error.is_connectivity() && tokio::time::Instant::now() < give_up => {
+                let pause = pauses.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(%error, pause_ms = pause.as_millis() as u64, "database out of reach; retrying");
+                tokio::time::sleep(pause).await;
+            }
+            Err(error) => {
+                return Err(error).with_context(|| {
+                    format!("connecting to {}", redacted_url(&settings.database.url))
+                });
+            }
+        }
+    }
 }
 
 /// `memoji-worker cleanup`: one run (or a dry run) under the same lock as the scheduler's, its

@@ -118,6 +118,7 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     pub acquire_timeout_secs: u64,
     pub create_if_missing: bool,
+    pub connect_retry_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

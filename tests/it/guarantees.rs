@@ -392,3 +392,30 @@ async fn a_database_outage_hands_jobs_back_and_they_all_complete_once_it_returns
     );
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_worker_started_while_the_database_is_away_waits_for_it() {
+    let mut env = TestEnv::without_worker(vec![openai_ok()], |_| {}).await;
+    let proxy = crate::helpers::FaultyProxy::to("127.0.0.1:5432").await;
+    let proxied = env
+        .settings
+        .database
+        .url
+        .expose_secret()
+        .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
+    proxy.cut();
+    let restore = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        proxy.restore();
+    };
+    let start = env.spawn_worker_with(|s| s.database.url = SecretString::from(proxied));
+    let (worker, ()) = tokio::join!(start, restore);
+    assert!(
+        worker.log().contains("database out of reach; retrying"),
+        "{}",
+        worker.log()
+    );
+    let result = env.run(&env.job("u", json!({}))).await;
+    assert_eq!(result["status"], "succeeded");
+    env.cleanup().await;
+}
