@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::helpers::{TestEnv, count, openai_error, openai_ok};
+use crate::helpers::{TestEnv, assert_failed_and_refunded, count, openai_error, openai_ok};
 use wiremock::ResponseTemplate;
 
 #[tokio::test]
@@ -46,44 +46,6 @@ async fn transient_openai_errors_are_retried_until_success() {
     assert_eq!(result["credits_charged"], 1);
     assert_eq!(env.openai.calls(), 3);
     env.cleanup().await;
-}
-
-/// Asserts a failed result with `code`, and that the user's credit came back.
-async fn assert_failed_and_refunded(env: &mut TestEnv, code: &str, retryable: bool, calls: u32) {
-    let job = env.job("u", json!({"hair": "long"}));
-    let result = env.run(&job).await;
-    assert_eq!(result["status"], "failed", "{result}");
-    assert_eq!(result["error"]["code"], code, "{result}");
-    assert_eq!(result["error"]["retryable"], retryable, "{result}");
-    assert_eq!(result["credits_charged"], 0);
-    assert_eq!(result["credits_remaining"], 100, "the credit is refunded");
-    assert_eq!(env.openai.calls(), calls);
-    assert_eq!(
-        count(
-            &env.db,
-            "SELECT used::bigint FROM memoji_credit_balances WHERE user_id = 'u'"
-        )
-        .await,
-        0
-    );
-    assert_eq!(
-        count(
-            &env.db,
-            "SELECT count(*) FROM memoji_credit_ledger WHERE refunded_at IS NOT NULL"
-        )
-        .await,
-        1
-    );
-    assert_eq!(
-        count(&env.db, "SELECT count(*) FROM memoji_cache").await,
-        0,
-        "nothing cached"
-    );
-    assert_eq!(
-        count(&env.db, "SELECT count(*) FROM memoji_generation_leases").await,
-        0,
-        "the key is free again"
-    );
 }
 
 #[tokio::test]

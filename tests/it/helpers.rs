@@ -835,47 +835,42 @@ pub fn png_bytes() -> Vec<u8> {
         .unwrap()
 }
 
-/// Runs one job while the storage backend is down and asserts the contract for it: the job fails
-/// with a retryable `storage_failed`, its credit comes back, OpenAI was asked once (a storage retry
-/// never regenerates), and no cache row points at an image that is not there.
-pub async fn assert_storage_outage_fails_cleanly(env: &mut TestEnv) -> Value {
+/// Runs a job for user `u` (monthly_basic) and asserts it failed with `code`, made `calls` OpenAI
+/// calls, was refunded, cached nothing and left its key free for the next job.
+pub async fn assert_failed_and_refunded(
+    env: &mut TestEnv,
+    code: &str,
+    retryable: bool,
+    calls: u32,
+) -> Value {
     let job = env.job("u", json!({"hair": "curly"}));
     let result = env.run(&job).await;
     assert_eq!(result["status"], "failed", "{result}");
-    assert_eq!(result["error"]["code"], "storage_failed", "{result}");
-    assert_eq!(result["error"]["retryable"], true, "{result}");
+    assert_eq!(result["error"]["code"], code, "{result}");
+    assert_eq!(result["error"]["retryable"], retryable, "{result}");
     assert_eq!(result["image_url"], Value::Null);
     assert_eq!(result["storage_path"], Value::Null);
     assert_eq!(result["credits_charged"], 0);
     assert_eq!(result["credits_remaining"], 100, "the credit is refunded");
-    assert_eq!(env.openai.calls(), 1, "storage retries never regenerate");
+    assert_eq!(env.openai.calls(), calls);
+    let balance = "SELECT used::bigint FROM memoji_credit_balances WHERE user_id = 'u'";
+    assert_eq!(count(&env.db, balance).await, 0);
+    let refunds = "SELECT count(*) FROM memoji_credit_ledger WHERE refunded_at IS NOT NULL";
+    assert_eq!(count(&env.db, refunds).await, 1);
+    let rows = count(&env.db, "SELECT count(*) FROM memoji_cache").await;
     assert_eq!(
-        count(
-            &env.db,
-            "SELECT used::bigint FROM memoji_credit_balances WHERE user_id = 'u'"
-        )
-        .await,
-        0
+        rows, 0,
+        "nothing cached: no row may point at an image that was never stored"
     );
-    assert_eq!(
-        count(
-            &env.db,
-            "SELECT count(*) FROM memoji_credit_ledger WHERE refunded_at IS NOT NULL"
-        )
-        .await,
-        1
-    );
-    assert_eq!(
-        count(&env.db, "SELECT count(*) FROM memoji_cache").await,
-        0,
-        "no row may point at an image that was never stored"
-    );
-    assert_eq!(
-        count(&env.db, "SELECT count(*) FROM memoji_generation_leases").await,
-        0,
-        "the key is free again"
-    );
+    let leases = count(&env.db, "SELECT count(*) FROM memoji_generation_leases").await;
+    assert_eq!(leases, 0, "the key is free again");
     result
+}
+
+/// A store that stays down fails the job as `storage_failed` after its retries (which never
+/// regenerate), refunded, with no cache row pointing at an image that is not there.
+pub async fn assert_storage_outage_fails_cleanly(env: &mut TestEnv) -> Value {
+    assert_failed_and_refunded(env, "storage_failed", true, 1).await
 }
 
 /// The `memoji-worker` binary with a clean configuration environment plus `vars`.
