@@ -419,3 +419,24 @@ async fn a_worker_started_while_the_database_is_away_waits_for_it() {
     assert_eq!(result["status"], "succeeded");
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn with_credits_switched_off_nothing_is_charged_or_limited() {
+    let mut env = TestEnv::start_with(vec![openai_ok()], |s| s.credits.enabled = false).await;
+    for hair in ["a", "b", "c"] {
+        let job = json!({"job_id": uuid::Uuid::new_v4().to_string(), "user_id": "free-user", "config": {"hair": hair}});
+        let result = env.run(&job).await;
+        assert_eq!(
+            result["status"], "succeeded",
+            "a free user is not limited: {result}"
+        );
+        assert_eq!(result["credits_charged"], 0);
+        assert_eq!(result["credits_remaining"], Value::Null);
+    }
+    assert_eq!(env.openai.calls(), 3);
+    assert_eq!(
+        count(&env.db, "SELECT count(*) FROM memoji_credit_ledger").await,
+        0
+    );
+    env.cleanup().await;
+}

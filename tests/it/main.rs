@@ -6,6 +6,7 @@ mod helpers;
 
 mod admin_api;
 mod cleanup;
+mod cli;
 mod failures;
 mod guarantees;
 mod metrics;
