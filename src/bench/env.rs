@@ -98,6 +98,11 @@ impl Proc {
         Ok((field("VmHWM:"), field("VmRSS:")))
     }
 
+    /// CPU time used so far (user + system), in clock ticks.
+    pub fn cpu_ticks(&self) -> u64 {
+        cpu_ticks(self.pid())
+    }
+
     /// SIGTERM (a graceful stop), then SIGKILL if it is still there after `grace`.
     pub async fn stop(mut self, grace: Duration) {
         let _ = Command::new("kill")
@@ -372,6 +377,81 @@ impl Bench {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
         eprintln!("run {}: cleaned up", self.id);
+    }
+}
+
+/// User + system CPU time of a process, in clock ticks (`/proc/<pid>/stat` fields 14 and 15).
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0;
+    };
+    // After the command name: state is field 3, utime field 14, stime field 15.
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    tick(11) + tick(12)
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux).
+pub const TICKS_PER_SEC: f64 = 100.0;
+
+/// What the database and one process spent on a run, read before and after it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Spent {
+    /// CPU ticks of the run database's Postgres backends.
+    pub pg_ticks: u64,
+    /// CPU ticks of the measured process.
+    pub proc_ticks: u64,
+    /// Transactions committed in the run database (`pg_stat_database.xact_commit`).
+    pub commits: i64,
+}
+
+impl Spent {
+    pub fn since(self, before: Spent) -> Spent {
+        Spent {
+            pg_ticks: self.pg_ticks.saturating_sub(before.pg_ticks),
+            proc_ticks: self.proc_ticks.saturating_sub(before.proc_ticks),
+            commits: self.commits - before.commits,
+        }
+    }
+
+    /// `(process CPU µs, Postgres CPU µs, commits)` per job.
+    pub fn per_job(self, jobs: usize) -> (f64, f64, f64) {
+        let us = |ticks: u64| ticks as f64 / TICKS_PER_SEC * 1e6 / jobs as f64;
+        (
+            us(self.proc_ticks),
+            us(self.pg_ticks),
+            self.commits as f64 / jobs as f64,
+        )
+    }
+}
+
+impl Bench {
+    /// A snapshot of what the database and `proc` have spent so far. Postgres flushes its
+    /// statistics about once a second, so call it a little after the load stopped.
+    pub async fn spent(&self, proc: &Proc) -> anyhow::Result<Spent> {
+        let pids: Vec<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()",
+        )
+        .fetch_all(&self.db)
+        .await?;
+        let commits: i64 = sqlx::query_scalar(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+        )
+        .fetch_one(&self.db)
+        .await?;
+        Ok(Spent {
+            pg_ticks: pids.iter().map(|&pid| cpu_ticks(pid as u32)).sum(),
+            proc_ticks: proc.cpu_ticks(),
+            commits,
+        })
     }
 }
 

@@ -12,6 +12,8 @@ use super::stub::{self, Stub};
 
 const STOP_GRACE: Duration = Duration::from_secs(15);
 const MIB: f64 = 1024.0;
+/// Postgres publishes a backend's statistics about once a second.
+const STATS_FLUSH: Duration = Duration::from_millis(1500);
 
 fn hit_spec(keys: usize) -> impl Fn(usize) -> JobSpec {
     move |seq| JobSpec {
@@ -90,8 +92,15 @@ pub async fn hit(bench: &mut Bench, args: &HitArgs) -> anyhow::Result<()> {
             "{target}: {} jobs as fast as the broker takes them",
             args.jobs
         );
+        tokio::time::sleep(STATS_FLUSH).await;
+        let before = bench.spent(&proc).await?;
         let full = load::run(bench, args.jobs, None, hit_spec(args.keys)).await?;
         eprintln!("  {}", full.summary());
+        tokio::time::sleep(STATS_FLUSH).await;
+        let (cpu, pg, commits) = bench.spent(&proc).await?.since(before).per_job(args.jobs);
+        eprintln!(
+            "  per job: {cpu:.0} µs {target} CPU, {pg:.0} µs Postgres CPU, {commits:.2} commits"
+        );
         let rate = full.throughput() * args.rate_fraction;
         let n = ((rate * args.rate_secs) as usize).clamp(100, args.jobs);
         eprintln!("{target}: {n} jobs at {rate:.0}/s");
@@ -106,7 +115,7 @@ pub async fn hit(bench: &mut Bench, args: &HitArgs) -> anyhow::Result<()> {
             peak as f64 / MIB
         ));
         table.push(format!(
-            "| {target} | {:.0}/s ({:.0}%) | {} | {:.1} |",
+            "| {target} | {:.0}/s ({:.0}%) | {} | {:.1} | | | |",
             rate,
             args.rate_fraction * 100.0,
             row(&limited),
