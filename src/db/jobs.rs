@@ -1,6 +1,6 @@
 //! `memoji_jobs`: the state of every job, so a job id seen again is answered, not redone.
 
-use sqlx::{PgExecutor, PgPool};
+use sqlx::PgExecutor;
 
 use super::DbError;
 use crate::job::{JobId, JobResult};
@@ -20,7 +20,7 @@ pub enum Seen {
 
 /// Registers a delivery of a job, telling whether it was seen before.
 pub async fn arrive(
-    pool: &PgPool,
+    executor: impl PgExecutor<'_>,
     id: JobId,
     user_id: &str,
     prompt_hash: &str,
@@ -36,7 +36,7 @@ pub async fn arrive(
         .bind(id.0)
         .bind(user_id)
         .bind(prompt_hash)
-        .fetch_one(pool)
+        .fetch_one(executor)
         .await?;
     if owner != user_id {
         return Ok(Seen::Conflict);

@@ -11,7 +11,7 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::Bytes;
 use chrono::Utc;
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio::time::Instant;
 
 use super::claim::{self, Claim};
@@ -81,7 +81,11 @@ pub async fn handle(ctx: &Context, body: &[u8], message_id: Option<&str>) -> Out
 
 async fn serve(ctx: &Context, job: &Job, started: Instant) -> Result<JobResult, StepError> {
     let key = CacheKey::of(&job.config, ctx.generator.kind());
-    let resumed = match jobs::arrive(&ctx.db, job.id, &job.user_id, key.as_str()).await? {
+    // The hit path's statements share one pooled connection: sqlx pings a connection each time
+    // it is given back, so every acquire costs a round trip. A miss gives it back before waiting
+    // for a generation.
+    let mut conn = ctx.db.acquire().await.map_err(DbError::from)?;
+    let resumed = match jobs::arrive(&mut *conn, job.id, &job.user_id, key.as_str()).await? {
         Seen::Finished(result) => {
             tracing::info!("job seen before; answering with its recorded result");
             return Ok(*result);
@@ -104,12 +108,20 @@ async fn serve(ctx: &Context, job: &Job, started: Instant) -> Result<JobResult, 
     };
     let received = Utc::now();
     if !job.force_refresh
-        && let Some(hit) = ctx.serve_hit(job, &key).await?
+        && let Some(hit) =
+            cache::hit(&mut *conn, &key, &job.user_id, credits::current_period()).await?
     {
-        return ctx.finish_hit(job, &key, hit, resumed, started).await;
+        return ctx
+            .finish_hit(&mut conn, job, &key, hit, resumed, started)
+            .await;
     }
+    drop(conn);
     match claim::lead_or_wait(ctx, job, &key, job.force_refresh.then_some(received)).await? {
-        Claim::Served(hit) => ctx.finish_hit(job, &key, hit, resumed, started).await,
+        Claim::Served(hit) => {
+            let mut conn = ctx.db.acquire().await.map_err(DbError::from)?;
+            ctx.finish_hit(&mut conn, job, &key, hit, resumed, started)
+                .await
+        }
         Claim::Leader(_lease) => ctx.generate(job, &key, started).await,
     }
 }
@@ -136,23 +148,42 @@ impl Context {
     /// leader that never finished; hits are free, so that charge is refunded.
     async fn finish_hit(
         &self,
+        conn: &mut PgConnection,
         job: &Job,
         key: &CacheKey,
         hit: cache::Hit,
         resumed: bool,
         started: Instant,
     ) -> Result<JobResult, StepError> {
-        let mut used = hit.credits_used.unwrap_or(0);
-        let mut tx = self.db.begin().await.map_err(DbError::from)?;
-        if resumed && credits::refund(&mut *tx, job.id).await? {
-            used -= 1;
+        let used = hit.credits_used.unwrap_or(0);
+        if !resumed {
+            // Nothing to refund: one statement, atomic on its own, records the result — no
+            // BEGIN and COMMIT round trips.
+            let result = self.hit_result(job, key, hit.entry, used, started);
+            jobs::finish(&mut *conn, &result).await?;
+            return Ok(result);
         }
-        let entry = hit.entry;
+        let mut tx = conn.begin().await.map_err(DbError::from)?;
+        let refunded = credits::refund(&mut *tx, job.id).await?;
+        let result = self.hit_result(job, key, hit.entry, used - i64::from(refunded), started);
+        jobs::finish(&mut *tx, &result).await?;
+        tx.commit().await.map_err(DbError::from)?;
+        Ok(result)
+    }
+
+    fn hit_result(
+        &self,
+        job: &Job,
+        key: &CacheKey,
+        entry: cache::Entry,
+        used: i64,
+        started: Instant,
+    ) -> JobResult {
         let storage_path = entry
             .storage_path
             .clone()
             .or_else(|| path_in_url(&entry.image_url));
-        let result = JobResult {
+        JobResult {
             job_id: job.id,
             user_id: job.user_id.clone(),
             status: Status::Succeeded,
@@ -168,10 +199,7 @@ impl Context {
             duration_ms: elapsed_ms(started),
             completed_at: Utc::now(),
             error: None,
-        };
-        jobs::finish(&mut *tx, &result).await?;
-        tx.commit().await.map_err(DbError::from)?;
-        Ok(result)
+        }
     }
 
     /// The leader's path: charge, generate, store, record — or refund and fail.

@@ -5,5 +5,6 @@
 mod helpers;
 
 mod failures;
+mod hit_path;
 mod pipeline;
 mod poison;
