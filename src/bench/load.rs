@@ -69,6 +69,10 @@ pub struct Measured {
     pub nacked: usize,
     /// End-to-end latency in microseconds.
     pub latency: Histogram<u64>,
+    /// When the run started; `samples` count from here.
+    pub start: Instant,
+    /// `(sent, latency)` of every result received: nanoseconds since `start`, microseconds.
+    pub samples: Vec<(u64, u64)>,
 }
 
 impl Measured {
@@ -78,6 +82,19 @@ impl Measured {
 
     pub fn publish_rate(&self) -> f64 {
         self.jobs as f64 / self.publish_elapsed.as_secs_f64()
+    }
+
+    /// Latencies (µs) of the jobs sent between `from` and `to`.
+    pub fn sent_between(&self, from: Instant, to: Instant) -> Histogram<u64> {
+        let since = |at: Instant| at.saturating_duration_since(self.start).as_nanos() as u64;
+        let (from, to) = (since(from), since(to));
+        let mut histogram = new_histogram();
+        for &(sent, micros) in &self.samples {
+            if sent >= from && sent < to {
+                histogram.saturating_record(micros.max(1));
+            }
+        }
+        histogram
     }
 
     /// A latency quantile in milliseconds.
@@ -146,9 +163,10 @@ pub async fn run(
     let collector = {
         let sent = sent.clone();
         tokio::spawn(async move {
-            let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("bounds");
+            let mut latency = new_histogram();
             let (mut received, mut failed, mut cached) = (0, 0, 0);
             let mut last = sent.start;
+            let mut samples = Vec::with_capacity(n);
             while received < n {
                 let delivery = match tokio::time::timeout(IDLE_LIMIT, consumer.next()).await {
                     Ok(Some(Ok(delivery))) => delivery,
@@ -178,6 +196,7 @@ pub async fn run(
                 let since_start = now.duration_since(sent.start).as_nanos() as u64;
                 let micros = since_start.saturating_sub(sent_ns) / 1000;
                 latency.saturating_record(micros.max(1));
+                samples.push((sent_ns, micros));
                 received += 1;
                 last = now;
                 let body = &delivery.data[..];
@@ -187,7 +206,7 @@ pub async fn run(
                     cached += 1;
                 }
             }
-            (latency, received, failed, cached, last)
+            (latency, received, failed, cached, last, samples)
         })
     };
 
@@ -249,7 +268,7 @@ pub async fn run(
         }
     }
     let publish_elapsed = start.elapsed();
-    let (latency, received, failed, cached, last) = collector.await?;
+    let (latency, received, failed, cached, last, samples) = collector.await?;
     let _ = channel.close(200, "done".into()).await;
     let _ = results.close(200, "done".into()).await;
     Ok(Measured {
@@ -261,7 +280,14 @@ pub async fn run(
         publish_elapsed,
         nacked,
         latency,
+        start,
+        samples,
     })
+}
+
+/// Microseconds from 1 µs to 10 minutes, three significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
