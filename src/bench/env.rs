@@ -409,7 +409,9 @@ pub struct Spent {
     pub pg_ticks: u64,
     /// CPU ticks of the measured process.
     pub proc_ticks: u64,
-    /// Transactions committed in the run database (`pg_stat_database.xact_commit`).
+    /// CPU ticks of the RabbitMQ node (`beam.smp`), shared with anyone else using the broker.
+    pub broker_ticks: u64,
+    /// Writing transactions started in the cluster (transaction ids taken).
     pub commits: i64,
 }
 
@@ -418,41 +420,59 @@ impl Spent {
         Spent {
             pg_ticks: self.pg_ticks.saturating_sub(before.pg_ticks),
             proc_ticks: self.proc_ticks.saturating_sub(before.proc_ticks),
+            broker_ticks: self.broker_ticks.saturating_sub(before.broker_ticks),
             commits: self.commits - before.commits,
         }
     }
 
-    /// `(process CPU µs, Postgres CPU µs, commits)` per job.
-    pub fn per_job(self, jobs: usize) -> (f64, f64, f64) {
+    /// `(process CPU µs, Postgres CPU µs, RabbitMQ CPU µs, commits)` per job.
+    pub fn per_job(self, jobs: usize) -> (f64, f64, f64, f64) {
         let us = |ticks: u64| ticks as f64 / TICKS_PER_SEC * 1e6 / jobs as f64;
         (
             us(self.proc_ticks),
             us(self.pg_ticks),
+            us(self.broker_ticks),
             self.commits as f64 / jobs as f64,
         )
     }
 }
 
 impl Bench {
-    /// A snapshot of what the database and `proc` have spent so far. Postgres flushes its
-    /// statistics about once a second, so call it a little after the load stopped.
+    /// A snapshot of what the database, the broker and `proc` have spent so far. Call it a
+    /// little after the load stopped, so the last jobs' work is counted.
     pub async fn spent(&self, proc: &Proc) -> anyhow::Result<Spent> {
         let pids: Vec<i32> = sqlx::query_scalar(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database()",
         )
         .fetch_all(&self.db)
         .await?;
-        let commits: i64 = sqlx::query_scalar(
-            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
-        )
-        .fetch_one(&self.db)
-        .await?;
+        // The next transaction id: every writing transaction takes one, so the difference counts
+        // them (cluster-wide, but the run's own writes dominate). pg_stat_database would lag.
+        let commits: i64 =
+            sqlx::query_scalar("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
+                .fetch_one(&self.db)
+                .await?;
         Ok(Spent {
             pg_ticks: pids.iter().map(|&pid| cpu_ticks(pid as u32)).sum(),
             proc_ticks: proc.cpu_ticks(),
+            broker_ticks: broker_pids().into_iter().map(cpu_ticks).sum(),
             commits,
         })
     }
+}
+
+/// The RabbitMQ node's processes on this machine (`beam.smp`).
+fn broker_pids() -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == "beam.smp")
+        })
+        .collect()
 }
 
 fn free_port() -> anyhow::Result<u16> {

@@ -12,7 +12,7 @@ use super::stub::{self, Stub};
 
 const STOP_GRACE: Duration = Duration::from_secs(15);
 const MIB: f64 = 1024.0;
-/// Postgres publishes a backend's statistics about once a second.
+/// Lets the last jobs' work settle before CPU time is read.
 const STATS_FLUSH: Duration = Duration::from_millis(1500);
 
 fn hit_spec(keys: usize) -> impl Fn(usize) -> JobSpec {
@@ -97,9 +97,9 @@ pub async fn hit(bench: &mut Bench, args: &HitArgs) -> anyhow::Result<()> {
         let full = load::run(bench, args.jobs, None, hit_spec(args.keys)).await?;
         eprintln!("  {}", full.summary());
         tokio::time::sleep(STATS_FLUSH).await;
-        let (cpu, pg, commits) = bench.spent(&proc).await?.since(before).per_job(args.jobs);
+        let (cpu, pg, broker, commits) = bench.spent(&proc).await?.since(before).per_job(args.jobs);
         eprintln!(
-            "  per job: {cpu:.0} µs {target} CPU, {pg:.0} µs Postgres CPU, {commits:.2} commits"
+            "  per job: {cpu:.0} µs {target} CPU, {pg:.0} µs Postgres CPU, {broker:.0} µs RabbitMQ CPU, {commits:.2} write transactions"
         );
         let rate = full.throughput() * args.rate_fraction;
         let n = ((rate * args.rate_secs) as usize).clamp(100, args.jobs);
@@ -110,12 +110,12 @@ pub async fn hit(bench: &mut Bench, args: &HitArgs) -> anyhow::Result<()> {
         proc.stop(STOP_GRACE).await;
         bench.purge().await?;
         table.push(format!(
-            "| {target} | full speed | {} | {:.1} |",
+            "| {target} | full speed | {} | {:.1} | {cpu:.0} | {pg:.0} | {broker:.0} | {commits:.2} |",
             row(&full),
             peak as f64 / MIB
         ));
         table.push(format!(
-            "| {target} | {:.0}/s ({:.0}%) | {} | {:.1} | | | |",
+            "| {target} | {:.0}/s ({:.0}%) | {} | {:.1} | | | | |",
             rate,
             args.rate_fraction * 100.0,
             row(&limited),
@@ -132,9 +132,10 @@ pub async fn hit(bench: &mut Bench, args: &HitArgs) -> anyhow::Result<()> {
         args.keys, args.jobs, args.prefetch
     );
     println!(
-        "| consumer | publish rate | jobs/s | p50 ms | p99 ms | p99.9 ms | results | peak RSS MiB |"
+        "| consumer | publish rate | jobs/s | p50 ms | p99 ms | p99.9 ms | results | peak RSS MiB \
+         | consumer CPU µs/job | Postgres CPU µs/job | RabbitMQ CPU µs/job | write transactions/job |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for line in table {
         println!("{line}");
     }
