@@ -201,6 +201,7 @@ pub struct MemoryArgs {
     pub in_flight: usize,
     pub image_mib: usize,
     pub latency_ms: u64,
+    pub trickle_ms: u64,
 }
 
 /// Samples a process's VmRSS every 10 ms until stopped; returns the highest sample (KiB).
@@ -230,7 +231,12 @@ pub async fn memory(bench: &mut Bench, args: &MemoryArgs) -> anyhow::Result<()> 
     seed::prewarm(&bench.db, args.keys).await?;
     let png = stub::big_png(args.image_mib * 1024 * 1024);
     let png_len = png.len();
-    let openai = Stub::start(Duration::from_millis(args.latency_ms), png).await?;
+    let openai = Stub::start_trickling(
+        Duration::from_millis(args.latency_ms),
+        Duration::from_millis(args.trickle_ms),
+        png,
+    )
+    .await?;
     let knobs = WorkerKnobs {
         prefetch: u16::try_from(args.in_flight.max(64)).unwrap_or(u16::MAX),
         max_concurrency: args.in_flight,
@@ -279,10 +285,12 @@ pub async fn memory(bench: &mut Bench, args: &MemoryArgs) -> anyhow::Result<()> 
         mib(hit_peak)
     );
     println!(
-        "| {} generations of {:.1} MiB PNGs in flight ({:.0} MiB of images) | {:.1} (idle {:.1}; highest 10 ms sample {:.1}) | {:.1} | < 3 × {:.0} = {:.0} MiB |",
+        "| {} generations of {:.1} MiB PNGs in flight ({:.0} MiB of images; stand-in waits {} ms, then sends each body over {} ms) | {:.1} (idle {:.1}; highest 10 ms sample {:.1}) | {:.1} | < 3 × {:.0} = {:.0} MiB |",
         args.in_flight,
         png_len as f64 / (1024.0 * 1024.0),
         in_flight_bytes,
+        args.latency_ms,
+        args.trickle_ms,
         mib(miss_after),
         mib(miss_idle),
         mib(sampled.load(Ordering::Relaxed)),

@@ -14,6 +14,9 @@ use bytes::Bytes;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+/// Pieces a trickled body is sent in.
+pub const TRICKLE_CHUNKS: usize = 64;
+
 pub struct Stub {
     pub root: String,
     calls: Arc<AtomicU64>,
@@ -23,6 +26,16 @@ pub struct Stub {
 impl Stub {
     /// Serves `png` after `latency` to every request.
     pub async fn start(latency: Duration, png: Vec<u8>) -> anyhow::Result<Stub> {
+        Self::start_trickling(latency, Duration::ZERO, png).await
+    }
+
+    /// Like [`Stub::start`], then sends the body in [`TRICKLE_CHUNKS`] pieces spread over
+    /// `trickle`, as a slow network would: every response's buffer grows at the same time.
+    pub async fn start_trickling(
+        latency: Duration,
+        trickle: Duration,
+        png: Vec<u8>,
+    ) -> anyhow::Result<Stub> {
         let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
         let body = Bytes::from(serde_json::to_vec(&json!({
             "created": 1_700_000_000,
@@ -39,7 +52,25 @@ impl Stub {
                 async move {
                     calls.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(latency).await;
-                    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+                    if trickle.is_zero() {
+                        return ([(header::CONTENT_TYPE, "application/json")], body)
+                            .into_response();
+                    }
+                    let piece = body.len().div_ceil(TRICKLE_CHUNKS);
+                    let pause = trickle / TRICKLE_CHUNKS as u32;
+                    let chunks = futures_util::stream::unfold(body, move |mut rest| async move {
+                        if rest.is_empty() {
+                            return None;
+                        }
+                        tokio::time::sleep(pause).await;
+                        let chunk = rest.split_to(piece.min(rest.len()));
+                        Some((Ok::<_, std::convert::Infallible>(chunk), rest))
+                    });
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        axum::body::Body::from_stream(chunks),
+                    )
+                        .into_response()
                 }
             }),
         );

@@ -79,8 +79,12 @@ enum Command {
         in_flight: usize,
         #[arg(long, default_value_t = 4)]
         image_mib: usize,
-        #[arg(long, default_value_t = 3_000)]
+        /// The stand-in waits this long before answering…
+        #[arg(long, default_value_t = 1_000)]
         latency_ms: u64,
+        /// …then sends each response body over this long.
+        #[arg(long, default_value_t = 2_000)]
+        trickle_ms: u64,
     },
     /// §4 scale: stats and cleanup over many cache rows, hit latency during the cleanup.
     Scale {
@@ -168,6 +172,7 @@ async fn main() -> anyhow::Result<()> {
             in_flight,
             image_mib,
             latency_ms,
+            trickle_ms,
         } => {
             let args = MemoryArgs {
                 hit_jobs,
@@ -175,6 +180,7 @@ async fn main() -> anyhow::Result<()> {
                 in_flight,
                 image_mib,
                 latency_ms,
+                trickle_ms,
             };
             scenarios::memory(&mut run, &args).await
         }
