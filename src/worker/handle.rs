@@ -85,7 +85,18 @@ async fn serve(ctx: &Context, job: &Job, started: Instant) -> Result<JobResult, 
     // it is given back, so every acquire costs a round trip. A miss gives it back before waiting
     // for a generation.
     let mut conn = ctx.db.acquire().await.map_err(DbError::from)?;
-    let resumed = match jobs::arrive(&mut *conn, job.id, &job.user_id, key.as_str()).await? {
+    // Registering the delivery and looking the key up are one statement (a hit is counted only
+    // for a job that is new or unfinished and this user's).
+    let (seen, hit) = jobs::arrive_and_hit(
+        &mut *conn,
+        job.id,
+        &job.user_id,
+        &key,
+        credits::current_period(),
+        !job.force_refresh,
+    )
+    .await?;
+    let resumed = match seen {
         Seen::Finished(result) => {
             tracing::info!("job seen before; answering with its recorded result");
             return Ok(*result);
@@ -107,10 +118,7 @@ async fn serve(ctx: &Context, job: &Job, started: Instant) -> Result<JobResult, 
         }
     };
     let received = Utc::now();
-    if !job.force_refresh
-        && let Some(hit) =
-            cache::hit(&mut *conn, &key, &job.user_id, credits::current_period()).await?
-    {
+    if let Some(hit) = hit {
         return ctx
             .finish_hit(&mut conn, job, &key, hit, resumed, started)
             .await;
