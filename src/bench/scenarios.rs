@@ -72,6 +72,7 @@ pub async fn hit(bench: &mut Bench, args: &HitArgs) -> anyhow::Result<()> {
         openai_root: openai.root.clone(),
     };
     let mut table = Vec::new();
+    let mut full_speed = Vec::new();
     let targets: &[&str] = if args.skip_echo {
         &["worker"]
     } else {
@@ -106,6 +107,7 @@ pub async fn hit(bench: &mut Bench, args: &HitArgs) -> anyhow::Result<()> {
         eprintln!("{target}: {n} jobs at {rate:.0}/s");
         let limited = load::run(bench, n, Some(rate), hit_spec(args.keys)).await?;
         eprintln!("  {}", limited.summary());
+        full_speed.push((full.throughput(), limited.ms(0.99)));
         let (peak, _) = proc.memory_kib()?;
         proc.stop(STOP_GRACE).await;
         bench.purge().await?;
@@ -138,6 +140,14 @@ pub async fn hit(bench: &mut Bench, args: &HitArgs) -> anyhow::Result<()> {
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for line in table {
         println!("{line}");
+    }
+    if let [(echo, _), (worker, worker_p99)] = full_speed[..] {
+        println!(
+            "\nworker ÷ echo throughput: {:.0}% (target ≥ 60%); worker p99 at {:.0}% of its \
+             throughput: {worker_p99:.2} ms (target < 10 ms)",
+            100.0 * worker / echo,
+            args.rate_fraction * 100.0
+        );
     }
     Ok(())
 }
