@@ -77,7 +77,11 @@ async fn a_hit_counts_one_use_however_often_its_job_is_delivered() {
     assert_eq!(uses(&env, &hash).await, 2);
     let again = env.run(&job).await;
     assert_eq!(again, hit, "answered from the job's record");
-    assert_eq!(uses(&env, &hash).await, 2, "a finished job counts no second use");
+    assert_eq!(
+        uses(&env, &hash).await,
+        2,
+        "a finished job counts no second use"
+    );
     env.cleanup().await;
 }
 
@@ -114,6 +118,10 @@ async fn force_refresh_regenerates_a_cached_key_and_charges_it() {
     assert_eq!(fresh["credits_charged"], 1);
     assert_eq!(fresh["credits_remaining"], 98);
     assert_eq!(env.openai.calls(), 2);
-    assert_eq!(uses(&env, &hash).await, 2, "the refresh counts as a use, not as a hit");
+    assert_eq!(
+        uses(&env, &hash).await,
+        2,
+        "the refresh counts as a use, not as a hit"
+    );
     env.cleanup().await;
 }
