@@ -38,7 +38,7 @@ struct HitRow {
 /// Serves a hit: counts the use and returns the entry, or `None` on a miss. One statement, which
 /// also reads the user's credit use for `credits_remaining`.
 pub async fn hit(
-    pool: &PgPool,
+    executor: impl PgExecutor<'_>,
     key: &CacheKey,
     user_id: &str,
     period: NaiveDate,
@@ -58,7 +58,7 @@ pub async fn hit(
     .bind(key.as_str())
     .bind(user_id)
     .bind(period)
-    .fetch_optional(pool)
+    .fetch_optional(executor)
     .await?;
     Ok(row.map(|row| Hit {
         entry: Entry {

@@ -19,7 +19,7 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres};
+use sqlx::{Connection, PgPool, Postgres};
 
 use crate::config::DatabaseSettings;
 
@@ -57,6 +57,9 @@ impl DbError {
     }
 }
 
+/// A pooled connection idle at least this long is pinged before it is handed out.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
 /// Connects a pool, creating the database first where it is missing and allowed.
 pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
     let url = settings.url.expose_secret();
@@ -72,6 +75,20 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
     let pool = PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
+        // sqlx pings every connection it hands out *and* every one it takes back: two extra round
+        // trips per query on the hit path. The ping on release already proved a connection alive,
+        // so only one that sat idle a while (long enough for a server restart to have cut it) is
+        // pinged again before use. A connection that dies in between fails one query, and that
+        // job is retried like any database error.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IF_IDLE_FOR {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_with(options.application_name("memoji-worker"))
         .await?;
     Ok(pool)

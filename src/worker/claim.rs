@@ -10,14 +10,16 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Postgres};
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 use uuid::Uuid;
 
 use super::handle::{Context, StepError};
-use crate::db::jobs::{self, Seen};
+use crate::db::jobs::{self, Arrival, Lookup, Seen};
 use crate::db::{self, cache};
+use crate::db::{DbError, credits};
 use crate::job::{CacheKey, Job};
 
 /// Longest pause between two looks while waiting.
@@ -56,25 +58,40 @@ impl Patience {
     }
 }
 
+/// A pooled connection, held across the hit path's statements (each acquire costs a round trip).
+pub type Conn = PoolConnection<Postgres>;
+
 /// Registers this delivery of `job` and makes it the job's owner, waiting while another delivery
-/// of the same job is at work. Never returns [`Seen::Busy`].
+/// of the same job is at work; never returns [`Seen::Busy`]. The arrival also looks the key up
+/// (unless `force_refresh`). The connection it used comes back for the hit path, unless it had to
+/// wait, which it never does holding a connection.
 pub async fn own_job(
     ctx: &Context,
     job: &Job,
     key: &CacheKey,
     owner: Uuid,
-) -> Result<Seen, StepError> {
+) -> Result<(Seen, Lookup, Option<Conn>), StepError> {
     let ttl = ctx.lease_ttl();
-    let seen = jobs::arrive(&ctx.db, job.id, &job.user_id, key.as_str(), owner, ttl).await?;
+    let arrival = Arrival {
+        id: job.id,
+        user_id: &job.user_id,
+        key,
+        owner,
+        ttl,
+        look_up: (!job.force_refresh).then(credits::current_period),
+    };
+    let mut conn = ctx.db.acquire().await.map_err(DbError::from)?;
+    let (seen, lookup) = jobs::arrive(&mut *conn, arrival).await?;
     if seen != Seen::Busy {
-        return Ok(seen);
+        return Ok((seen, lookup, Some(conn)));
     }
+    drop(conn);
     tracing::info!("another delivery of this job is at work; waiting for its result");
     let mut patience = Patience::new(ctx);
     loop {
         patience.pause("another delivery of this job").await?;
         if let Some(seen) = jobs::wait_turn(&ctx.db, job.id, owner, ttl).await? {
-            return Ok(seen);
+            return Ok((seen, Lookup::Skipped, None));
         }
     }
 }

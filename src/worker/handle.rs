@@ -11,16 +11,16 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::Bytes;
 use chrono::Utc;
-use sqlx::PgPool;
+use sqlx::{Acquire, PgPool};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::claim::{self, Claim, Heartbeat};
+use super::claim::{self, Claim, Conn, Heartbeat};
 use super::settle::Outcome;
 use crate::config::Settings;
 use crate::db::credits::{self, Account, Charge};
-use crate::db::jobs::{self, Seen};
+use crate::db::jobs::{self, Lookup, Seen};
 use crate::db::{DbError, cache, leases};
 use crate::generate::{GenerateError, Generated, ImageGenerator, Pacer, pricing};
 use crate::job::{
@@ -91,7 +91,8 @@ async fn serve(ctx: &Context, job: &Job, started: Instant) -> Result<JobResult, 
     let key = CacheKey::of(&job.config, ctx.generator.kind());
     // This delivery's identity while it owns the job.
     let owner = Uuid::new_v4();
-    let resumed = match claim::own_job(ctx, job, &key, owner).await? {
+    let (seen, lookup, conn) = claim::own_job(ctx, job, &key, owner).await?;
+    let resumed = match seen {
         Seen::Finished(result) => {
             tracing::info!("job seen before; answering with its recorded result");
             return Ok(*result);
@@ -114,7 +115,7 @@ async fn serve(ctx: &Context, job: &Job, started: Instant) -> Result<JobResult, 
         Seen::Busy => return Err(StepError::Retry("the job is busy elsewhere".to_owned())),
     };
     let heartbeat = Heartbeat::start(ctx.db.clone(), job, &key, owner, ctx.lease_ttl());
-    let outcome = work(ctx, job, &key, resumed, started).await;
+    let outcome = work(ctx, job, &key, lookup, conn, resumed, started).await;
     drop(heartbeat);
     if outcome.is_err() {
         // Handing the job back: let its next delivery take over at once rather than wait for
@@ -126,22 +127,31 @@ async fn serve(ctx: &Context, job: &Job, started: Instant) -> Result<JobResult, 
     outcome
 }
 
-/// The owned part of a job's journey: cache, then single flight and generation.
+/// The owned part of a job's journey: the cache, then single flight and generation.
 async fn work(
     ctx: &Context,
     job: &Job,
     key: &CacheKey,
+    lookup: Lookup,
+    conn: Option<Conn>,
     resumed: bool,
     started: Instant,
 ) -> Result<JobResult, StepError> {
     let received = Utc::now();
-    if !job.force_refresh
-        && let Some(hit) = ctx.serve_hit(job, key).await?
-    {
-        return ctx.finish_hit(job, key, hit, resumed, started).await;
+    let hit = match lookup {
+        Lookup::Hit(hit) => Some(hit),
+        Lookup::Miss => None,
+        // Ownership came after a wait: look now.
+        Lookup::Skipped if !job.force_refresh => ctx.serve_hit(job, key).await?,
+        Lookup::Skipped => None,
+    };
+    if let Some(hit) = hit {
+        return ctx.finish_hit(conn, job, key, hit, resumed, started).await;
     }
+    // A miss waits (for a turn, for another worker) without holding a connection.
+    drop(conn);
     match claim::lead_or_wait(ctx, job, key, job.force_refresh.then_some(received)).await? {
-        Claim::Served(hit) => ctx.finish_hit(job, key, hit, resumed, started).await,
+        Claim::Served(hit) => ctx.finish_hit(None, job, key, hit, resumed, started).await,
         Claim::Leader => ctx.generate(job, key, started).await,
     }
 }
@@ -169,27 +179,50 @@ impl Context {
             .flatten()
     }
 
-    /// Answers from the cache. A resumed job may have been charged by its earlier delivery as a
-    /// leader that never finished; hits are free, so that charge is refunded.
+    /// Answers from the cache, on `conn` if the hit path already holds one. A resumed job may have
+    /// been charged by its earlier delivery as a leader that never finished; hits are free, so that
+    /// charge is refunded, in the same transaction as the result. Otherwise recording the result
+    /// is one statement, atomic on its own: no BEGIN and COMMIT round trips.
     async fn finish_hit(
         &self,
+        conn: Option<Conn>,
         job: &Job,
         key: &CacheKey,
         hit: cache::Hit,
         resumed: bool,
         started: Instant,
     ) -> Result<JobResult, StepError> {
-        let mut used = hit.credits_used.unwrap_or(0);
-        let mut tx = self.db.begin().await.map_err(DbError::from)?;
-        if resumed && credits::refund(&mut *tx, job.id).await? {
-            used -= 1;
+        let mut conn = match conn {
+            Some(conn) => conn,
+            None => self.db.acquire().await.map_err(DbError::from)?,
+        };
+        let used = hit.credits_used.unwrap_or(0);
+        if !resumed {
+            let result = self.hit_result(job, key, hit.entry, used, started);
+            jobs::finish(&mut *conn, &result).await?;
+            return Ok(result);
         }
-        let entry = hit.entry;
+        let mut tx = conn.begin().await.map_err(DbError::from)?;
+        let refunded = credits::refund(&mut *tx, job.id).await?;
+        let result = self.hit_result(job, key, hit.entry, used - i64::from(refunded), started);
+        jobs::finish(&mut *tx, &result).await?;
+        tx.commit().await.map_err(DbError::from)?;
+        Ok(result)
+    }
+
+    fn hit_result(
+        &self,
+        job: &Job,
+        key: &CacheKey,
+        entry: cache::Entry,
+        used: i64,
+        started: Instant,
+    ) -> JobResult {
         let storage_path = entry
             .storage_path
             .clone()
             .or_else(|| path_in_url(&entry.image_url));
-        let result = JobResult {
+        JobResult {
             job_id: job.id,
             user_id: job.user_id.clone(),
             status: Status::Succeeded,
@@ -205,10 +238,7 @@ impl Context {
             duration_ms: elapsed_ms(started),
             completed_at: Utc::now(),
             error: None,
-        };
-        jobs::finish(&mut *tx, &result).await?;
-        tx.commit().await.map_err(DbError::from)?;
-        Ok(result)
+        }
     }
 
     /// The leader's path: wait for a turn, charge, generate, store, record — or refund and fail.

@@ -9,6 +9,7 @@ mod cleanup;
 mod cli;
 mod failures;
 mod guarantees;
+mod hit_path;
 mod metrics;
 mod pipeline;
 mod poison;

@@ -1,0 +1,225 @@
+//! `memoji-bench`: the benchmarks of BENCHMARKS.md against the real RabbitMQ and Postgres.
+//!
+//! Each subcommand sets up an isolated run (its own database and queue names), starts
+//! `memoji-worker run` processes from the release build beside it, drives them, prints a Markdown
+//! table, and removes everything it created. Not part of the test suite.
+
+#[path = "../bench/mod.rs"]
+mod bench;
+
+use std::path::PathBuf;
+
+use bench::env::{Bench, Bins, Services};
+use bench::scenarios::{self, HitArgs, MemoryArgs, MissArgs, ScaleArgs, ScaleOutArgs};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "memoji-bench",
+    about = "Benchmarks for memoji-worker (see BENCHMARKS.md)"
+)]
+struct Cli {
+    #[arg(
+        long,
+        global = true,
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    amqp_url: String,
+    /// Postgres server, without a database name.
+    #[arg(
+        long,
+        global = true,
+        default_value = "postgres://postgres@127.0.0.1:5432"
+    )]
+    pg_server: String,
+    /// The memoji-worker binary to measure (default: the one beside this binary).
+    #[arg(long, global = true)]
+    worker_bin: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// §1 hit path: echo baseline, then the worker; full speed, then at a fraction of it.
+    Hit {
+        #[arg(long, default_value_t = 50_000)]
+        jobs: usize,
+        #[arg(long, default_value_t = 1_000)]
+        keys: usize,
+        #[arg(long, default_value_t = 2_000)]
+        warmup: usize,
+        #[arg(long, default_value_t = 0.5)]
+        rate_fraction: f64,
+        #[arg(long, default_value_t = 20.0)]
+        rate_secs: f64,
+        #[arg(long, default_value_t = 64)]
+        prefetch: u16,
+        #[arg(long)]
+        skip_echo: bool,
+    },
+    /// §2 miss path: distinct keys against an OpenAI stand-in with a fixed latency.
+    Miss {
+        #[arg(long, default_value_t = 2_000)]
+        keys: usize,
+        #[arg(long, default_value_t = 1_000)]
+        latency_ms: u64,
+        #[arg(long, default_value_t = 8)]
+        max_concurrency: usize,
+        #[arg(long, default_value_t = 64)]
+        prefetch: u16,
+    },
+    /// §3 memory: idle, under hit load, and with large generations in flight.
+    Memory {
+        #[arg(long, default_value_t = 20_000)]
+        hit_jobs: usize,
+        #[arg(long, default_value_t = 1_000)]
+        keys: usize,
+        #[arg(long, default_value_t = 64)]
+        in_flight: usize,
+        #[arg(long, default_value_t = 4)]
+        image_mib: usize,
+        /// The stand-in waits this long before answering…
+        #[arg(long, default_value_t = 1_000)]
+        latency_ms: u64,
+        /// …then sends each response body over this long.
+        #[arg(long, default_value_t = 2_000)]
+        trickle_ms: u64,
+    },
+    /// §4 scale: stats and cleanup over many cache rows, hit latency during the cleanup.
+    Scale {
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: i64,
+        #[arg(long, default_value_t = 1_000)]
+        keys: usize,
+        /// Hit jobs per second during the measurement.
+        #[arg(long, default_value_t = 300.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 30.0)]
+        secs: f64,
+        #[arg(long, default_value_t = 5)]
+        stats_runs: usize,
+    },
+    /// §5 scale-out: 1, 2, 3 worker processes on one queue.
+    ScaleOut {
+        #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+        workers: Vec<usize>,
+        #[arg(long, default_value_t = 20_000)]
+        hit_jobs: usize,
+        #[arg(long, default_value_t = 1_000)]
+        keys: usize,
+        #[arg(long, default_value_t = 80)]
+        miss_keys_per_worker: usize,
+        #[arg(long, default_value_t = 1_000)]
+        latency_ms: u64,
+        #[arg(long, default_value_t = 8)]
+        max_concurrency: usize,
+    },
+    /// The echo consumer (started by `hit` as a child process; configured like the worker).
+    Echo,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Command::Echo = cli.command {
+        return bench::echo::run().await;
+    }
+    let services = Services {
+        amqp_url: cli.amqp_url.clone(),
+        pg_server: cli.pg_server.clone(),
+    };
+    let bins = Bins::locate(cli.worker_bin.clone())?;
+    let mut run = Bench::setup(&services, &bins).await?;
+    let outcome = match cli.command {
+        Command::Hit {
+            jobs,
+            keys,
+            warmup,
+            rate_fraction,
+            rate_secs,
+            prefetch,
+            skip_echo,
+        } => {
+            let args = HitArgs {
+                jobs,
+                keys,
+                warmup,
+                rate_fraction,
+                rate_secs,
+                prefetch,
+                skip_echo,
+            };
+            scenarios::hit(&mut run, &args).await
+        }
+        Command::Miss {
+            keys,
+            latency_ms,
+            max_concurrency,
+            prefetch,
+        } => {
+            let args = MissArgs {
+                keys,
+                latency_ms,
+                max_concurrency,
+                prefetch,
+            };
+            scenarios::miss(&mut run, &args).await
+        }
+        Command::Memory {
+            hit_jobs,
+            keys,
+            in_flight,
+            image_mib,
+            latency_ms,
+            trickle_ms,
+        } => {
+            let args = MemoryArgs {
+                hit_jobs,
+                keys,
+                in_flight,
+                image_mib,
+                latency_ms,
+                trickle_ms,
+            };
+            scenarios::memory(&mut run, &args).await
+        }
+        Command::Scale {
+            rows,
+            keys,
+            rate,
+            secs,
+            stats_runs,
+        } => {
+            let args = ScaleArgs {
+                rows,
+                keys,
+                rate,
+                secs,
+                stats_runs,
+            };
+            scenarios::scale(&mut run, &args).await
+        }
+        Command::ScaleOut {
+            workers,
+            hit_jobs,
+            keys,
+            miss_keys_per_worker,
+            latency_ms,
+            max_concurrency,
+        } => {
+            let args = ScaleOutArgs {
+                workers,
+                hit_jobs,
+                keys,
+                miss_keys_per_worker,
+                latency_ms,
+                max_concurrency,
+            };
+            scenarios::scale_out(&mut run, &args).await
+        }
+        Command::Echo => unreachable!("handled above"),
+    };
+    run.cleanup().await;
+    outcome
+}
