@@ -2,7 +2,8 @@
 //! whenever the broker connection drops.
 //!
 //! - [`handle`]: a job's journey, from bytes to an [`Outcome`].
-//! - [`claim`]: single flight across processes.
+//! - [`claim`]: who may work on a job, and who may generate a key (single flight).
+//! - `lead`: the leader's path — turn, charge, generate, store, record.
 //! - [`settle`]: the only place that acks, requeues or dead-letters.
 //!
 //! Correctness does not rest on shutting down cleanly: a delivery is acked only after its result is
@@ -11,6 +12,7 @@
 
 mod claim;
 pub mod handle;
+mod lead;
 pub mod settle;
 
 use std::panic::AssertUnwindSafe;

@@ -1,0 +1,248 @@
+//! The leader's path, for the one job that generates a missing key: wait for a turn, charge a
+//! credit, generate, check, store, record — or refund and fail. Each ending is written in one
+//! transaction with the job's result, the key's lease released in it.
+
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use bytes::Bytes;
+use chrono::Utc;
+use tokio::time::Instant;
+
+use super::handle::{Context, StepError, elapsed_ms};
+use crate::db::credits::{self, Account, Charge};
+use crate::db::{DbError, cache, jobs, leases};
+use crate::generate::{GenerateError, Generated, pricing};
+use crate::job::{CacheKey, ErrorCode, GeneratorKind, Job, JobError, JobResult, Status};
+use crate::storage::{self, StorageError, StoragePath, Stored};
+
+impl Context {
+    /// The leader's path: wait for a turn, charge, generate, store, record — or refund and fail.
+    pub(super) async fn generate(
+        &self,
+        job: &Job,
+        key: &CacheKey,
+        started: Instant,
+    ) -> Result<JobResult, StepError> {
+        // Waiting for a turn comes before the charge, and a shutdown ends the wait: the job goes
+        // back to the queue uncharged, with the key free for whoever takes it next.
+        let _turn = tokio::select! {
+            turn = self.pacer.turn() => turn,
+            () = self.stopping.cancelled() => {
+                leases::release(&self.db, key, job.id).await?;
+                return Err(StepError::Retry("shutting down before the generation started".to_owned()));
+            }
+        };
+        let credits = &self.settings.credits;
+        let remaining = if credits.enabled {
+            let account = Account {
+                job: job.id,
+                user_id: &job.user_id,
+                tier: job.tier,
+                allowance: credits.allowance(job.tier),
+                period: credits::current_period(),
+            };
+            match credits::charge(&self.db, account).await? {
+                Charge::Charged { remaining } => remaining,
+                Charge::OutOfCredits => {
+                    let message = format!(
+                        "no credits left this month on the {} tier",
+                        job.tier.as_str()
+                    );
+                    let error = JobError {
+                        code: ErrorCode::OutOfCredits,
+                        message,
+                        retryable: false,
+                    };
+                    let mut result = JobResult::failure(job.id, &job.user_id, Some(key), error);
+                    result.credits_remaining = Some(0);
+                    result.duration_ms = elapsed_ms(started);
+                    self.record_failure(job, key, &result).await?;
+                    return Ok(result);
+                }
+            }
+        } else {
+            None
+        };
+
+        let generated_at = Utc::now();
+        match self.make_image(job, key, generated_at).await {
+            Ok((generated, stored)) => {
+                let result = JobResult {
+                    job_id: job.id,
+                    user_id: job.user_id.clone(),
+                    status: Status::Succeeded,
+                    cached: false,
+                    prompt_hash: Some(key.to_string()),
+                    image_url: Some(stored.url.clone()),
+                    storage_path: Some(stored.path.to_string()),
+                    credits_charged: u32::from(credits.enabled),
+                    credits_remaining: remaining,
+                    cost_usd: generated.cost_usd,
+                    saved_usd: 0.0,
+                    attempts: generated.attempts,
+                    duration_ms: elapsed_ms(started),
+                    completed_at: Utc::now(),
+                    error: None,
+                };
+                let prompt_config = serde_json::from_str(&CacheKey::canonical_json(
+                    &job.config,
+                    self.generator.kind(),
+                ))
+                .unwrap_or(serde_json::Value::Null);
+                let entry = cache::NewEntry {
+                    key,
+                    image_url: &stored.url,
+                    storage_path: stored.path.as_str(),
+                    prompt_config,
+                    generation_cost: generated.cost_usd,
+                    image_bytes: i64::try_from(stored.bytes).unwrap_or(i64::MAX),
+                    generator: self.generator.kind(),
+                };
+                let mut tx = self.db.begin().await.map_err(DbError::from)?;
+                cache::record(&mut *tx, &entry).await?;
+                leases::release(&mut *tx, key, job.id).await?;
+                jobs::finish(&mut *tx, &result).await?;
+                tx.commit().await.map_err(DbError::from)?;
+                tracing::info!(
+                    attempts = generated.attempts,
+                    cost_usd = generated.cost_usd,
+                    bytes = stored.bytes,
+                    "generated and stored"
+                );
+                Ok(result)
+            }
+            Err((error, attempts)) => {
+                tracing::warn!(code = error.code.as_str(), message = %error.message, attempts, "generation failed; refunding");
+                let mut result = JobResult::failure(job.id, &job.user_id, Some(key), error);
+                result.attempts = attempts;
+                result.credits_remaining = remaining.map(|r| r + 1);
+                result.duration_ms = elapsed_ms(started);
+                self.record_failure(job, key, &result).await?;
+                Ok(result)
+            }
+        }
+    }
+
+    /// Writes a failed result, refunding any charge and freeing the key for the next job.
+    async fn record_failure(
+        &self,
+        job: &Job,
+        key: &CacheKey,
+        result: &JobResult,
+    ) -> Result<(), StepError> {
+        let mut tx = self.db.begin().await.map_err(DbError::from)?;
+        credits::refund(&mut *tx, job.id).await?;
+        leases::release(&mut *tx, key, job.id).await?;
+        jobs::finish(&mut *tx, result).await?;
+        tx.commit().await.map_err(DbError::from)?;
+        Ok(())
+    }
+
+    /// Generates, checks and stores the image. Errors carry the attempts the generator made.
+    async fn make_image(
+        &self,
+        job: &Job,
+        key: &CacheKey,
+        at: chrono::DateTime<Utc>,
+    ) -> Result<(Generated, Stored), (JobError, u32)> {
+        let path = StoragePath::for_key(key, at);
+        if let Some(earlier) = self.stored_earlier(job, &path).await {
+            return Ok(earlier);
+        }
+        let generated = self
+            .generator
+            .generate(&job.config, &job.user_id)
+            .await
+            .map_err(|e| {
+                let attempts = e.attempts();
+                (generation_error(e), attempts)
+            })?;
+        let attempts = generated.attempts;
+        storage::check_png(&generated.png).map_err(|e| (storage_error(e), attempts))?;
+        let stored = self
+            .put_with_retries(&path, generated.png.clone())
+            .await
+            .map_err(|e| (storage_error(e), attempts))?;
+        Ok((generated, stored))
+    }
+
+    /// The image an earlier attempt at this miss generated and stored but could not record (the
+    /// database failed, the process died): using it saves paying for the same image twice. A
+    /// `force_refresh` always generates anew. Any doubt (a read error, a bad PNG) means generating.
+    async fn stored_earlier(&self, job: &Job, path: &StoragePath) -> Option<(Generated, Stored)> {
+        if job.force_refresh {
+            return None;
+        }
+        let png = self.store.get(path).await.ok()??;
+        storage::check_png(&png).ok()?;
+        tracing::info!(%path, "reusing the image an earlier attempt stored");
+        let cost_usd = match self.generator.kind() {
+            GeneratorKind::OpenAi => pricing::list_price(&self.settings.prices, &job.config),
+            GeneratorKind::Placeholder => 0.0,
+        };
+        let stored = Stored {
+            url: self.store.url(path),
+            path: path.clone(),
+            bytes: png.len() as u64,
+        };
+        Some((
+            Generated {
+                png,
+                attempts: 1,
+                cost_usd,
+                usage: None,
+            },
+            stored,
+        ))
+    }
+
+    /// Storage outages are often brief: three tries with backoff before giving up.
+    async fn put_with_retries(
+        &self,
+        path: &StoragePath,
+        png: Bytes,
+    ) -> Result<Stored, StorageError> {
+        let mut pauses = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(2))
+            .with_jitter()
+            .with_max_times(2)
+            .build();
+        loop {
+            match self.store.put(path, png.clone()).await {
+                Err(StorageError::Backend(message)) => match pauses.next() {
+                    Some(pause) => {
+                        tracing::warn!(%message, "storing the image failed; retrying");
+                        tokio::time::sleep(pause).await;
+                    }
+                    None => return Err(StorageError::Backend(message)),
+                },
+                other => return other,
+            }
+        }
+    }
+}
+
+fn generation_error(error: GenerateError) -> JobError {
+    JobError {
+        code: error.code(),
+        retryable: error.retryable(),
+        message: error.to_string(),
+    }
+}
+
+fn storage_error(error: StorageError) -> JobError {
+    match error {
+        StorageError::Invalid(message) => JobError {
+            code: ErrorCode::ImageInvalid,
+            message,
+            retryable: true,
+        },
+        StorageError::Backend(message) => JobError {
+            code: ErrorCode::StorageFailed,
+            message,
+            retryable: true,
+        },
+    }
+}
