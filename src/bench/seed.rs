@@ -3,15 +3,17 @@
 //! Rows are made by Postgres itself (`INSERT … SELECT … FROM generate_series`), a million per
 //! statement, so ten million rows take minutes, not hours.
 //!
-//! HOOKS: the stats endpoint and the cleanup are being written on another branch. Until they are
-//! merged, [`stats`] and [`cleanup`] run reference SQL written after CONTRACT.md §7–8 (marked
-//! `HOOK(stats)` / `HOOK(cleanup)`); after the merge, replace the body of each with a call to the
-//! real function so BENCHMARKS.md measures the shipped code.
+//! [`stats`] and [`cleanup`] time the shipped code: the statistics read behind
+//! `GET /api/cache/stats`, and the worker's `Cleaner`.
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use memoji_worker::config::CleanupSettings;
 use memoji_worker::job::{AvatarConfig, CacheKey, GeneratorKind};
+use memoji_worker::maintenance::{Cleaner, Ran};
+use memoji_worker::storage::LocalStore;
 use sqlx::PgPool;
 
 use super::load::hot_config;
@@ -98,83 +100,49 @@ pub async fn table_size(db: &PgPool) -> anyhow::Result<(i64, f64)> {
     Ok((rows, bytes as f64 / (1024.0 * 1024.0)))
 }
 
-/// Times one statistics computation over the whole cache.
-///
-/// HOOK(stats): replace the query with the real one after merging the stats branch, e.g.
-/// `memoji_worker::db::stats::snapshot(db).await?` (whatever `GET /api/cache/stats` calls).
+/// Times one read of the statistics, exactly as `GET /api/cache/stats` does it.
 pub async fn stats(db: &PgPool) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    let _: (i64, i64, f64, f64, i64, i64) = sqlx::query_as(
-        "SELECT count(*),
-                COALESCE(sum(usage_count), 0)::bigint,
-                COALESCE(avg(usage_count), 0)::float8,
-                COALESCE(sum(generation_cost * GREATEST(usage_count - 1, 0)), 0)::float8,
-                count(*) FILTER (WHERE archived),
-                count(*) FILTER (WHERE created_at > now() - interval '24 hours')
-           FROM memoji_cache",
-    )
-    .fetch_one(db)
-    .await?;
+    memoji_worker::stats::read(db).await?;
     Ok(started.elapsed())
 }
 
 /// What a cleanup did.
 #[derive(Debug, Default)]
 pub struct Cleaned {
-    pub deleted: i64,
-    pub archived: i64,
-    pub bytes_freed: i64,
-    pub batches: u64,
+    pub deleted: u64,
+    pub archived: u64,
     pub elapsed: Duration,
 }
 
-/// One full cleanup (CONTRACT.md §7) in bounded batches.
-///
-/// HOOK(cleanup): replace the body with the real cleanup after merging the cleanup branch, e.g.
-/// `memoji_worker::maintenance::cleanup::run(db, store, settings, false).await?`, keeping the
-/// timing. Until then: keyset batches over the primary key, deleting old rarely used rows and
-/// archiving popular ones, `batch_size` rows per statement (images are not deleted: seed rows
-/// have none).
+/// One full cleanup (CONTRACT.md §7) with the worker's own `Cleaner`, in its bounded batches.
+/// Seeded rows have no image files: the local store it deletes through finds nothing to free.
 pub async fn cleanup(db: &PgPool, settings: &CleanupSettings) -> anyhow::Result<Cleaned> {
+    let images = tempfile_dir()?;
+    let store = Arc::new(LocalStore::new(
+        images.clone(),
+        "http://127.0.0.1/images".to_owned(),
+    ));
+    let cleaner = Cleaner::new(db.clone(), store, settings.clone(), None);
     let started = Instant::now();
-    let mut cleaned = Cleaned::default();
-    let mut after = uuid::Uuid::nil();
-    loop {
-        let (last, deleted, bytes, archived): (Option<uuid::Uuid>, i64, i64, i64) = sqlx::query_as(
-            "WITH batch AS (
-                 SELECT id, created_at, usage_count, archived FROM memoji_cache
-                  WHERE id > $1 ORDER BY id LIMIT $2),
-             deleted AS (
-                 DELETE FROM memoji_cache c USING batch b
-                  WHERE c.id = b.id AND b.created_at < now() - make_interval(days => $3)
-                    AND COALESCE(b.usage_count, 0) < $4 AND b.archived IS NOT TRUE
-                 RETURNING COALESCE(c.image_bytes, 0) AS bytes),
-             archived AS (
-                 UPDATE memoji_cache c SET archived = true FROM batch b
-                  WHERE c.id = b.id AND COALESCE(b.usage_count, 0) > $5
-                    AND b.archived IS NOT TRUE
-                 RETURNING 1)
-             SELECT (SELECT id FROM batch ORDER BY id DESC LIMIT 1),
-                    (SELECT count(*) FROM deleted),
-                    (SELECT COALESCE(sum(bytes), 0)::bigint FROM deleted),
-                    (SELECT count(*) FROM archived)",
-        )
-        .bind(after)
-        .bind(i64::from(settings.batch_size))
-        .bind(i32::try_from(settings.max_age_days).unwrap_or(i32::MAX))
-        .bind(i32::try_from(settings.min_uses).unwrap_or(i32::MAX))
-        .bind(i32::try_from(settings.archive_above_uses).unwrap_or(i32::MAX))
-        .fetch_one(db)
-        .await?;
-        cleaned.batches += 1;
-        cleaned.deleted += deleted;
-        cleaned.bytes_freed += bytes;
-        cleaned.archived += archived;
-        match last {
-            Some(last) => after = last,
-            None => break,
-        }
+    let ran = cleaner.run(false).await;
+    let elapsed = started.elapsed();
+    let _ = std::fs::remove_dir_all(&images);
+    match ran? {
+        Ran::Completed(report) => Ok(Cleaned {
+            deleted: report.deleted,
+            archived: report.archived,
+            elapsed,
+        }),
+        Ran::Skipped => anyhow::bail!("another cleanup holds the lock"),
     }
-    cleaned.elapsed = started.elapsed();
-    Ok(cleaned)
+}
+
+fn tempfile_dir() -> std::io::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "memoji-bench-images-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
