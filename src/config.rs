@@ -119,6 +119,7 @@ pub struct DatabaseSettings {
     pub acquire_timeout_secs: u64,
     pub create_if_missing: bool,
     pub connect_retry_secs: u64,
+    pub synchronous_commit: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -347,6 +348,11 @@ impl Settings {
         rule(
             self.amqp.delivery_limit > 0,
             "amqp.delivery_limit must be at least 1",
+        )?;
+        rule(
+            ["on", "off", "local", "remote_write", "remote_apply"]
+                .contains(&self.database.synchronous_commit.as_str()),
+            "database.synchronous_commit must be on, off, local, remote_write or remote_apply",
         )?;
         rule(
             self.storage.request_timeout_secs > 0,

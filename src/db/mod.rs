@@ -89,7 +89,11 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
                 Ok(true)
             })
         })
-        .connect_with(options.application_name("memoji-worker"))
+        .connect_with(
+            options
+                .application_name("memoji-worker")
+                .options([("synchronous_commit", settings.synchronous_commit.as_str())]),
+        )
         .await?;
     Ok(pool)
 }

@@ -215,3 +215,19 @@ async fn the_same_job_id_twice_generates_and_charges_once_with_identical_results
     );
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn synchronous_commit_is_set_on_the_worker_sessions() {
+    let mut env = TestEnv::start_with(vec![openai_ok()], |s| {
+        s.database.synchronous_commit = "off".to_owned()
+    })
+    .await;
+    let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(&env.db)
+        .await
+        .unwrap();
+    assert_eq!(setting, "off");
+    let result = env.run(&env.job("u", json!({}))).await;
+    assert_eq!(result["status"], "succeeded");
+    env.cleanup().await;
+}
