@@ -11,9 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use lapin::options::{
-    ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
-};
+use lapin::options::{QueueDeclareOptions, QueuePurgeOptions};
 use lapin::types::FieldTable;
 use memoji_worker::broker::Broker;
 use memoji_worker::config::Settings;
@@ -342,28 +340,7 @@ impl Bench {
 
     /// Removes the queues, exchanges, database and directory of the run.
     pub async fn cleanup(self) {
-        if let Ok(channel) = self.broker.channel().await {
-            let amqp = &self.settings.amqp;
-            for queue in [
-                &amqp.job_queue,
-                &amqp.result_queue,
-                &amqp.metrics_queue,
-                &amqp.dead_letter_queue,
-            ] {
-                let _ = channel
-                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                    .await;
-            }
-            for exchange in [
-                &amqp.result_exchange,
-                &amqp.metrics_exchange,
-                &amqp.dead_letter_exchange,
-            ] {
-                let _ = channel
-                    .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                    .await;
-            }
-        }
+        let _ = self.broker.remove_topology().await;
         self.broker.close().await;
         self.db.close().await;
         if let Ok(admin) = PgPool::connect(&format!("{}/postgres", self.services.pg_server)).await {

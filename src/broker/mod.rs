@@ -218,6 +218,14 @@ impl Broker {
         }
     }
 
+    /// Deletes the topology's queues and exchanges (tools and tests with names of their own).
+    pub async fn remove_topology(&self) -> Result<(), BrokerError> {
+        let channel = self.connection.create_channel().await?;
+        topology::remove(&channel, &self.settings).await;
+        let _ = channel.close(200, "done".into()).await;
+        Ok(())
+    }
+
     /// Closes the connection politely.
     pub async fn close(&self) {
         let _ = self.connection.close(200, "shutting down".into()).await;

@@ -4,7 +4,10 @@
 //! arguments (say, a classic `memoji.jobs` from an earlier setup) fails loudly with the broker's
 //! PRECONDITION_FAILED rather than silently working with the wrong guarantees.
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
 
@@ -138,4 +141,28 @@ pub async fn declare(channel: &Channel, names: &AmqpSettings) -> Result<(), Brok
         )
         .await?;
     Ok(())
+}
+
+/// Deletes every queue and exchange of the topology, messages included: for tools and tests that
+/// set up a topology of their own under prefixed names. Best effort: what is already gone is fine.
+pub async fn remove(channel: &Channel, names: &AmqpSettings) {
+    for queue in [
+        &names.job_queue,
+        &names.result_queue,
+        &names.metrics_queue,
+        &names.dead_letter_queue,
+    ] {
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for exchange in [
+        &names.result_exchange,
+        &names.metrics_exchange,
+        &names.dead_letter_exchange,
+    ] {
+        let _ = channel
+            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+    }
 }

@@ -9,10 +9,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, ExchangeDeleteOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Consumer};
 use memoji_worker::app::App;
@@ -537,27 +534,7 @@ impl TestEnv {
         if let Some(app) = self.app.take() {
             let _ = tokio::time::timeout(Duration::from_secs(15), app).await;
         }
-        let channel = self.broker.channel().await.unwrap();
-        let amqp = &self.settings.amqp;
-        for queue in [
-            &amqp.job_queue,
-            &amqp.result_queue,
-            &amqp.metrics_queue,
-            &amqp.dead_letter_queue,
-        ] {
-            let _ = channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        for exchange in [
-            &amqp.result_exchange,
-            &amqp.metrics_exchange,
-            &amqp.dead_letter_exchange,
-        ] {
-            let _ = channel
-                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
-        }
+        let _ = self.broker.remove_topology().await;
         self.broker.close().await;
         self.db.close().await;
         drop_database(&self.settings).await;
