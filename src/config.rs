@@ -134,6 +134,24 @@ pub struct OpenAiSettings {
     pub backoff_max_ms: u64,
 }
 
+impl AmqpSettings {
+    /// Renames every queue and exchange `<prefix>.<name>`: an isolated topology on a shared broker,
+    /// for tests and benchmarks.
+    pub fn prefix_names(&mut self, prefix: &str) {
+        for name in [
+            &mut self.job_queue,
+            &mut self.result_exchange,
+            &mut self.result_queue,
+            &mut self.metrics_exchange,
+            &mut self.metrics_queue,
+            &mut self.dead_letter_exchange,
+            &mut self.dead_letter_queue,
+        ] {
+            *name = format!("{prefix}.{name}");
+        }
+    }
+}
+
 impl OpenAiSettings {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)

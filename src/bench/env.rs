@@ -151,17 +151,7 @@ impl Bench {
         let mut settings = Settings::defaults()?;
         let amqp = &mut settings.amqp;
         amqp.url = SecretString::from(services.amqp_url.clone());
-        for name in [
-            &mut amqp.job_queue,
-            &mut amqp.result_exchange,
-            &mut amqp.result_queue,
-            &mut amqp.metrics_exchange,
-            &mut amqp.metrics_queue,
-            &mut amqp.dead_letter_exchange,
-            &mut amqp.dead_letter_queue,
-        ] {
-            *name = format!("bench-{id}.{name}");
-        }
+        amqp.prefix_names(&format!("bench-{id}"));
         settings.database.url =
             SecretString::from(format!("{}/memoji_bench_{id}", services.pg_server));
         settings.storage.local_dir = dir.join("images");

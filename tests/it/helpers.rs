@@ -112,17 +112,7 @@ pub fn isolated_settings(id: &str, openai_base: &str) -> Settings {
     if let Ok(url) = std::env::var("AMQP_URL") {
         amqp.url = SecretString::from(url);
     }
-    for name in [
-        &mut amqp.job_queue,
-        &mut amqp.result_exchange,
-        &mut amqp.result_queue,
-        &mut amqp.metrics_exchange,
-        &mut amqp.metrics_queue,
-        &mut amqp.dead_letter_exchange,
-        &mut amqp.dead_letter_queue,
-    ] {
-        *name = format!("{id}.{name}");
-    }
+    amqp.prefix_names(id);
     amqp.reconnect_min_ms = 50;
     amqp.reconnect_max_ms = 500;
     let server = std::env::var("DATABASE_SERVER")
