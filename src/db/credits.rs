@@ -126,15 +126,3 @@ pub async fn refund(executor: impl sqlx::PgExecutor<'_>, job: JobId) -> Result<b
     }
     Ok(refunded.is_some())
 }
-
-/// Credits a user has used this period (0 without a balance row).
-pub async fn used(pool: &PgPool, user_id: &str, period: NaiveDate) -> Result<i64, DbError> {
-    let used: Option<(i32,)> = sqlx::query_as(
-        "SELECT used FROM memoji_credit_balances WHERE user_id = $1 AND period = $2",
-    )
-    .bind(user_id)
-    .bind(period)
-    .fetch_optional(pool)
-    .await?;
-    Ok(used.map_or(0, |(used,)| i64::from(used)))
-}

@@ -47,11 +47,6 @@ impl Pacer {
         }
         slot
     }
-
-    /// Generations in flight right now.
-    pub fn in_flight(&self, max_concurrency: usize) -> usize {
-        max_concurrency - self.slots.available_permits()
-    }
 }
 
 #[cfg(test)]
