@@ -110,9 +110,8 @@ async fn serve(ctx: &Context, job: &Job, started: Instant) -> Result<JobResult, 
         }
         Seen::Busy => return Err(StepError::Retry("the job is busy elsewhere".to_owned())),
     };
-    let heartbeat = Heartbeat::start(ctx.db.clone(), job, &key, owner, ctx.lease_ttl());
-    let outcome = work(ctx, job, &key, lookup, conn, resumed, started).await;
-    drop(heartbeat);
+    let owned = Owned { owner, resumed };
+    let outcome = work(ctx, job, &key, owned, lookup, conn, started).await;
     if outcome.is_err() {
         // Handing the job back: let its next delivery take over at once rather than wait for
         // this claim to expire. If the database is what failed, the claim simply expires.
@@ -123,16 +122,25 @@ async fn serve(ctx: &Context, job: &Job, started: Instant) -> Result<JobResult, 
     outcome
 }
 
+/// This delivery's ownership of its job.
+#[derive(Debug, Clone, Copy)]
+struct Owned {
+    owner: Uuid,
+    /// An earlier delivery worked on the job and did not finish it.
+    resumed: bool,
+}
+
 /// The owned part of a job's journey: the cache, then single flight and generation.
 async fn work(
     ctx: &Context,
     job: &Job,
     key: &CacheKey,
+    owned: Owned,
     lookup: Lookup,
     conn: Option<Conn>,
-    resumed: bool,
     started: Instant,
 ) -> Result<JobResult, StepError> {
+    let Owned { owner, resumed } = owned;
     let received = Utc::now();
     let hit = match lookup {
         Lookup::Hit(hit) => Some(hit),
@@ -144,8 +152,11 @@ async fn work(
     if let Some(hit) = hit {
         return ctx.finish_hit(conn, job, key, hit, resumed, started).await;
     }
-    // A miss waits (for a turn, for another worker) without holding a connection.
+    // A miss waits (for a turn, for another worker) without holding a connection, and may take
+    // long: from here on the job's claims are renewed. A hit ends well within a claim's life, so
+    // the hit path spawns no renewal task.
     drop(conn);
+    let _heartbeat = Heartbeat::start(ctx.db.clone(), job, key, owner, ctx.lease_ttl());
     match claim::lead_or_wait(ctx, job, key, job.force_refresh.then_some(received)).await? {
         Claim::Served(hit) => ctx.finish_hit(None, job, key, hit, resumed, started).await,
         Claim::Leader => ctx.generate(job, key, started).await,
