@@ -199,11 +199,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Stats { json } => {
-            let figures = app::stats(&settings).await?;
+            let (figures, model_warnings) = app::stats(&settings).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&figures)?);
+                let mut body = serde_json::to_value(&figures)?;
+                body["model_warnings"] = serde_json::json!(model_warnings);
+                println!("{}", serde_json::to_string_pretty(&body)?);
             } else {
                 print!("{}", stats::table(&figures));
+                for warning in &model_warnings {
+                    println!("model warning: {warning}");
+                }
             }
             Ok(())
         }
