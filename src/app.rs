@@ -149,7 +149,7 @@ impl App {
                     .map(|m| m.name().to_owned())
                     .collect(),
                 every: Duration::from_secs(settings.openai.lifecycle_check_hours * 3600),
-                retry_after: Duration::from_secs(settings.openai.lifecycle_retry_minutes * 60),
+                retry_after: Duration::from_secs(settings.openai.lifecycle_retry_secs),
             };
             background.spawn(maintenance::lifecycle::run(
                 checker,

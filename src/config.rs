@@ -144,8 +144,8 @@ pub struct OpenAiSettings {
     pub shutdown_warning_days: u32,
     /// Hours between checks of the models' lifecycle (`GET /models/{id}`); the first is at start.
     pub lifecycle_check_hours: u64,
-    /// Minutes before a lifecycle check that could not reach OpenAI is tried again.
-    pub lifecycle_retry_minutes: u64,
+    /// Seconds before a lifecycle check that could not reach OpenAI is tried again.
+    pub lifecycle_retry_secs: u64,
     /// Largest response body read from OpenAI (bytes).
     pub max_response_bytes: usize,
 }
@@ -413,8 +413,8 @@ impl Settings {
             "openai.moderation must be auto or low",
         )?;
         rule(
-            self.openai.lifecycle_check_hours > 0 && self.openai.lifecycle_retry_minutes > 0,
-            "openai.lifecycle_check_hours and openai.lifecycle_retry_minutes must be at least 1",
+            self.openai.lifecycle_check_hours > 0 && self.openai.lifecycle_retry_secs > 0,
+            "openai.lifecycle_check_hours and openai.lifecycle_retry_secs must be at least 1",
         )?;
         rule(
             self.openai.max_response_bytes >= crate::storage::MAX_IMAGE_BYTES,

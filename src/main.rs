@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use memoji_worker::app::{self, App};
 use memoji_worker::config::{Settings, StorageKind};
 use memoji_worker::job::GeneratorKind;
+use memoji_worker::job::models::help;
 use memoji_worker::maintenance::Ran;
 use memoji_worker::{client, stats, storage, telemetry};
 use serde_json::{Map, Value, json};
@@ -73,9 +74,9 @@ struct EnqueueArgs {
     /// Job id (a UUID); a new one by default.
     #[arg(long)]
     job_id: Option<uuid::Uuid>,
-    #[arg(long)]
+    #[arg(long, long_help = help::model(), help = "Model to ask for (any of --help's list)")]
     model: Option<String>,
-    #[arg(long)]
+    #[arg(long, help = help::size())]
     size: Option<String>,
     #[arg(long)]
     family_type: Option<String>,
@@ -90,10 +91,12 @@ struct EnqueueArgs {
     accessories: Option<Vec<String>>,
     #[arg(long)]
     color_theme: Option<String>,
-    #[arg(long)]
+    #[arg(long, help = help::background())]
     background: Option<String>,
-    #[arg(long)]
+    #[arg(long, help = help::quality())]
     quality: Option<String>,
+    #[arg(long, help = help::complexity())]
+    complexity: Option<String>,
     #[arg(long)]
     prompt: Option<String>,
     #[arg(long)]
@@ -119,6 +122,7 @@ impl EnqueueArgs {
             ("colorTheme", &self.color_theme),
             ("background", &self.background),
             ("quality", &self.quality),
+            ("complexity", &self.complexity),
             ("prompt", &self.prompt),
         ];
         for (name, value) in text_fields {

@@ -358,10 +358,11 @@ async fn fit(png: Bytes, output: Option<(u32, u32)>) -> Result<Bytes, FinalError
     let Some((width, height)) = output else {
         return Ok(png);
     };
-    let bad = |e: String| FinalError::BadImage(format!("OpenAI's image cannot be read: {e}"));
-    let (w, h) = crate::storage::check_png(&png).map_err(|e| bad(e.to_string()))?;
-    if (w, h) == (width, height) {
-        return Ok(png);
+    let bad = |e: String| FinalError::BadImage(format!("OpenAI's image cannot be scaled: {e}"));
+    // What is not a PNG is left to the storage check, which refuses it as every other bad image.
+    match crate::storage::check_png(&png) {
+        Ok(size) if size != (width, height) => {}
+        _ => return Ok(png),
     }
     tokio::task::spawn_blocking(move || super::resize::png_to(&png, width, height))
         .await

@@ -209,6 +209,67 @@ impl fmt::Display for Model {
     }
 }
 
+/// Help texts for the command line, from the catalogue so they never drift from it.
+pub mod help {
+    use super::{COMPLEXITIES, MAX_EDGE, MAX_PIXELS, MIN_PIXELS, Model, SEED_DEFAULT_MODEL};
+
+    fn union(pick: impl Fn(Model) -> &'static [&'static str]) -> Vec<&'static str> {
+        let mut all: Vec<&'static str> = Vec::new();
+        for value in Model::all().flat_map(pick) {
+            if !all.contains(value) {
+                all.push(value);
+            }
+        }
+        all
+    }
+
+    pub fn model() -> String {
+        let mut text = format!(
+            "The model to ask for (default {SEED_DEFAULT_MODEL}, which is retired: its successor makes the image). Known models:"
+        );
+        for model in Model::all() {
+            text.push_str("\n  ");
+            text.push_str(&model.describe());
+        }
+        text
+    }
+
+    pub fn size() -> String {
+        format!(
+            "auto or WxH. Active models: both edges multiples of 16, longest at most {MAX_EDGE}, aspect 1:3 to 3:1, {MIN_PIXELS} to {MAX_PIXELS} pixels; a retired model takes only its own sizes (see --model)"
+        )
+    }
+
+    pub fn quality() -> String {
+        let mut text = format!("One of {}.", union(|m| m.spec().qualities).join(", "));
+        let only: Vec<&str> = Model::active()
+            .filter(|m| m.spec().qualities.contains(&"max"))
+            .map(Model::name)
+            .collect();
+        text.push_str(&format!(
+            " xhigh and max: {} only; standard and hd: DALL·E jobs (sent as medium and high)",
+            only.join(", ")
+        ));
+        text
+    }
+
+    pub fn background() -> String {
+        format!("One of {}", union(|m| m.spec().backgrounds).join(", "))
+    }
+
+    pub fn complexity() -> String {
+        let takers: Vec<&str> = Model::active()
+            .filter(|m| m.spec().complexity)
+            .map(Model::name)
+            .collect();
+        format!(
+            "One of {}; {} only (and retired models whose successor is one of them)",
+            COMPLEXITIES.join(", "),
+            takers.join(", ")
+        )
+    }
+}
+
 /// A model name as a configuration key (`-` and `.` become `_`), so that every per-model setting
 /// can also be set from the environment.
 pub fn config_key(name: &str) -> String {
@@ -683,6 +744,19 @@ mod tests {
             Successors::from_config(&unknown),
             Err(SuccessorError::UnknownRetired { .. })
         ));
+    }
+
+    #[test]
+    fn the_command_line_help_comes_from_the_catalogue() {
+        let text = help::model();
+        for model in Model::all() {
+            assert!(text.contains(model.name()), "{model} missing from {text}");
+        }
+        assert!(
+            help::quality().contains("xhigh") && help::quality().contains("gpt-image-2.5-flare")
+        );
+        assert!(help::complexity().contains("gpt-image-2.6-sunburst"));
+        assert!(!help::complexity().contains("gpt-image-2.5"));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! `openai.shutdown_warning_days` is a WARN log line; a model OpenAI does not know is an ERROR
 //! line (a job routed to it would fail). Both go to `/readyz`'s body, `memoji-worker stats` and the
 //! `memoji_openai_model_*` gauges. An OpenAI that cannot be reached is asked again after
-//! `openai.lifecycle_retry_minutes`; it never stops the worker.
+//! `openai.lifecycle_retry_secs`; it never stops the worker.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,7 +58,7 @@ pub async fn run(
         }
         let pause = match failure {
             Some(error) => {
-                tracing::warn!(%error, retry_in_minutes = plan.retry_after.as_secs() / 60, "model lifecycle check incomplete; trying again later");
+                tracing::warn!(%error, retry_in_secs = plan.retry_after.as_secs(), "model lifecycle check incomplete; trying again later");
                 plan.retry_after
             }
             None => plan.every,

@@ -3,6 +3,7 @@
 //! parallel and in any order.
 
 mod helpers;
+mod openai;
 
 mod admin_api;
 mod cleanup;
@@ -11,6 +12,7 @@ mod failures;
 mod guarantees;
 mod hit_path;
 mod metrics;
+mod models;
 mod pipeline;
 mod poison;
 mod schemas;
