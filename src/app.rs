@@ -78,6 +78,7 @@ impl App {
             observer: Arc::new(Observer::new(tally.clone(), feed.clone())),
             settings,
             stopping,
+            outage: Arc::default(),
         });
         Ok(App {
             ctx,

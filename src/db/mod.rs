@@ -23,8 +23,9 @@ use sqlx::{Connection, PgPool, Postgres};
 
 use crate::config::DatabaseSettings;
 
-/// A database failure. Every one of them is worth retrying later: the job goes back to the queue
-/// and the broker's delivery limit bounds how often.
+/// A database failure. [`DbError::retryable`] tells whether trying again can help: a retryable one
+/// sends the job back to the queue (the broker's delivery limit bounds how often; an outage
+/// pauses consuming instead), any other is answered at once as `internal`.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("database: {0}")]
@@ -52,6 +53,31 @@ impl DbError {
                 }),
                 _ => false,
             },
+            _ => false,
+        }
+    }
+}
+
+impl DbError {
+    /// Whether trying the same thing again later can succeed: the database out of reach, a
+    /// serialization failure or deadlock, a lock or statement timeout, a server short of
+    /// resources, a read-only server mid-failover. A row that cannot be read, a statement the
+    /// database refuses or a failed migration stay the same however often they are retried.
+    pub fn retryable(&self) -> bool {
+        if self.is_connectivity() {
+            return true;
+        }
+        match self {
+            DbError::Sqlx(sqlx::Error::Database(db)) => db.code().is_some_and(|code| {
+                // 40: transaction rollback (serialization, deadlock); 53: insufficient
+                // resources; 55P03: lock_not_available; 57014: query_canceled (timeouts);
+                // 25006: read_only_sql_transaction (a failover in progress).
+                code.starts_with("40")
+                    || code.starts_with("53")
+                    || code == "55P03"
+                    || code == "57014"
+                    || code == "25006"
+            }),
             _ => false,
         }
     }

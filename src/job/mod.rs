@@ -7,6 +7,7 @@
 mod avatar;
 mod intake;
 mod key;
+mod lenient;
 mod result;
 
 pub use avatar::{AvatarConfig, ConfigError, Model};
