@@ -16,7 +16,7 @@ use crate::config::{Settings, redacted_url};
 use crate::generate::{ImageGenerator, OpenAiGenerator, Pacer, PlaceholderGenerator};
 use crate::http::{self, ApiState};
 use crate::job::GeneratorKind;
-use crate::maintenance::{Cleaner, Ran, schedule};
+use crate::maintenance::{Cleaner, Ran, Refunder, schedule};
 use crate::stats::feed::{self, Feed, Outbox};
 use crate::stats::{Observer, Stats, Tally};
 use crate::worker::{self, BrokerHealth, Context};
@@ -104,6 +104,11 @@ impl App {
         let schedule = schedule::start(self.cleaner.clone(), &settings.cleanup.schedule)
             .await
             .context("starting the cleanup schedule")?;
+        let refunder = Refunder::new(db.clone(), settings.refunds.clone());
+        schedule
+            .add_refunds(Arc::new(refunder))
+            .await
+            .context("scheduling the refund sweep")?;
         // The metrics feed outlives everything that sends to it, so their last messages go out.
         let feed_stop = CancellationToken::new();
         let publisher = tokio::spawn(feed::run(

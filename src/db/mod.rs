@@ -2,16 +2,20 @@
 //!
 //! - [`cache`]: `memoji_cache`, the table shared with the JavaScript system.
 //! - [`jobs`]: every job's state and result, for idempotency.
+//! - [`derived`]: which job a body without a job id stands for now.
 //! - [`credits`]: monthly balances and the per-job ledger.
 //! - [`leases`]: who may generate a key right now (single flight across processes).
 //! - [`stats`]: counters and rollups behind `GET /api/cache/stats`.
 //! - [`cleanup`]: the cleanup's batches and its single-replica lock.
+//! - [`refunds`]: the refund sweep's batches: charges whose job will never finish.
 
 pub mod cache;
 pub mod cleanup;
 pub mod credits;
+pub mod derived;
 pub mod jobs;
 pub mod leases;
+pub mod refunds;
 pub mod stats;
 
 use std::time::Duration;

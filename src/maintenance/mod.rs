@@ -5,8 +5,12 @@
 //! - [`schedule`]: the cron trigger inside `memoji-worker run`. Every replica schedules it; the
 //!   lock makes all but one of them skip. On-demand runs (`POST /api/cache/cleanup`,
 //!   `memoji-worker cleanup`) take the same lock.
+//! - [`refund`]: the refund sweep, every `refunds.every_secs` on the same schedule and one replica
+//!   at a time: credits of charged jobs that will never finish are given back.
 
 pub mod cleanup;
+pub mod refund;
 pub mod schedule;
 
 pub use cleanup::{Cleaner, CleanupError, CleanupReport, Ran};
+pub use refund::{RefundReport, Refunder, Swept};

@@ -19,7 +19,7 @@ use super::settle::Outcome;
 use crate::config::Settings;
 use crate::db::credits;
 use crate::db::jobs::{self, Lookup, Seen};
-use crate::db::{DbError, cache};
+use crate::db::{DbError, cache, derived};
 use crate::generate::{ImageGenerator, Pacer};
 use crate::job::{
     CacheKey, ErrorCode, Intake, Job, JobError, JobResult, Rejection, Status, intake,
@@ -101,25 +101,17 @@ pub async fn handle(ctx: &Context, body: &[u8], message_id: Option<&str>) -> Out
             tracing::info!(%message, "invalid job");
             Outcome::Answer(JobResult::invalid(job_id, &user_id, message))
         }
-        Ok(Intake::Job(job)) => {
+        Ok(Intake::Job(mut job)) => {
+            if job.derived_id
+                && let Err(error) = ctx.current_derived_job(&mut job).await
+            {
+                return ctx.failed_step(&job, error);
+            }
             span.record("job_id", tracing::field::display(job.id));
             match serve(ctx, &job, started).await {
                 Ok(Served::Fresh(result)) => Outcome::Answer(result),
                 Ok(Served::Replay(result)) => Outcome::Replay(result),
-                Err(StepError::Retry(reason)) => Outcome::Retry { reason },
-                Err(StepError::Unreachable(reason)) => {
-                    ctx.outage.report();
-                    Outcome::Retry { reason }
-                }
-                Err(StepError::Permanent(reason)) => {
-                    tracing::error!(%reason, "the job cannot be served; answering internal");
-                    let error = JobError {
-                        code: ErrorCode::Internal,
-                        message: reason,
-                        retryable: false,
-                    };
-                    Outcome::Answer(JobResult::failure(job.id, &job.user_id, None, error))
-                }
+                Err(error) => ctx.failed_step(&job, error),
             }
         }
     }
@@ -209,6 +201,34 @@ async fn work(
 }
 
 impl Context {
+    /// A job whose id was derived from its body stands for the job that body stands for now: the
+    /// same one for a redelivery, a new one once the last is over (`db::derived`).
+    async fn current_derived_job(&self, job: &mut Job) -> Result<(), StepError> {
+        let ttl = Duration::from_secs(self.settings.worker.derived_id_ttl_secs);
+        job.id = derived::current_job(&self.db, job.id, ttl).await?;
+        Ok(())
+    }
+
+    /// The outcome of a job whose journey stopped short.
+    fn failed_step(&self, job: &Job, error: StepError) -> Outcome {
+        match error {
+            StepError::Retry(reason) => Outcome::Retry { reason },
+            StepError::Unreachable(reason) => {
+                self.outage.report();
+                Outcome::Retry { reason }
+            }
+            StepError::Permanent(reason) => {
+                tracing::error!(%reason, "the job cannot be served; answering internal");
+                let error = JobError {
+                    code: ErrorCode::Internal,
+                    message: reason,
+                    retryable: false,
+                };
+                Outcome::Answer(JobResult::failure(job.id, &job.user_id, None, error))
+            }
+        }
+    }
+
     /// How long a claim on a job or key lasts without renewal.
     pub(super) fn lease_ttl(&self) -> Duration {
         Duration::from_secs(self.settings.worker.lease_secs)
