@@ -45,8 +45,7 @@ impl Current {
             None => self.assigned_at < before(ttl.max(MISSING_JOB_GRACE)),
             Some("processing") => false,
             Some(_) => {
-                self.retryable == Some(true)
-                    || self.completed_at.is_none_or(|at| at <= before(ttl))
+                self.retryable == Some(true) || self.completed_at.is_none_or(|at| at <= before(ttl))
             }
         }
     }

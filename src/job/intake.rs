@@ -302,7 +302,10 @@ mod tests {
         };
         assert!(derived(&body, None));
         assert!(derived(&body, Some("not-a-uuid")));
-        assert!(!derived(&body, Some("1e0c9c4a-6a5f-4c6e-9d8e-2b7c1f0a9e11")));
+        assert!(!derived(
+            &body,
+            Some("1e0c9c4a-6a5f-4c6e-9d8e-2b7c1f0a9e11")
+        ));
         let with_id = json!({"user_id": "u", "job_id": "0b6f6f0e-3f5e-4c55-9d36-0f2b8e4a7f10"});
         assert!(!derived(&with_id.to_string(), None));
     }
@@ -312,7 +315,8 @@ mod tests {
         let job_id = "0b6f6f0e-3f5e-4c55-9d36-0f2b8e4a7f10";
         let prompt = "p".repeat(2 * MAX_MESSAGE_BYTES);
         // The ids come first, the oversized prompt after.
-        let body = format!(r#"{{"job_id":"{job_id}","user_id":"u","config":{{"prompt":"{prompt}"}}}}"#);
+        let body =
+            format!(r#"{{"job_id":"{job_id}","user_id":"u","config":{{"prompt":"{prompt}"}}}}"#);
         let rejection = intake(body.as_bytes(), None).unwrap_err();
         assert!(rejection.reason.contains("at most"), "{}", rejection.reason);
         let (id, user) = rejection.answer.expect("answered");
@@ -333,7 +337,11 @@ mod tests {
         let job_id = "0b6f6f0e-3f5e-4c55-9d36-0f2b8e4a7f10";
         let body = format!(r#"{{"job_id":"{job_id}","user_id":"u\ud83d","config":{{}}}}"#);
         let rejection = intake(body.as_bytes(), None).unwrap_err();
-        assert!(rejection.reason.contains("not JSON"), "{}", rejection.reason);
+        assert!(
+            rejection.reason.contains("not JSON"),
+            "{}",
+            rejection.reason
+        );
         let (id, user) = rejection.answer.expect("answered");
         assert_eq!(id.to_string(), job_id);
         assert_eq!(user, "u\u{fffd}");

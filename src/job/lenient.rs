@@ -266,7 +266,8 @@ impl Scanner<'_> {
             if let Some(unit) = unit {
                 match (pending_high.take(), unit) {
                     (Some(high), 0xdc00..=0xdfff) => {
-                        let code = 0x10000 + ((u32::from(high) - 0xd800) << 10)
+                        let code = 0x10000
+                            + ((u32::from(high) - 0xd800) << 10)
                             + (u32::from(unit) - 0xdc00);
                         push_char(&mut bytes, char::from_u32(code), keep);
                     }
@@ -292,9 +293,7 @@ impl Scanner<'_> {
     fn hex4(&mut self) -> Result<u16, Stop> {
         let mut unit = 0_u16;
         for _ in 0..4 {
-            let digit = char::from(self.next()?)
-                .to_digit(16)
-                .ok_or(Stop::Syntax)?;
+            let digit = char::from(self.next()?).to_digit(16).ok_or(Stop::Syntax)?;
             unit = unit * 16 + digit as u16;
         }
         Ok(unit)
@@ -381,7 +380,10 @@ mod tests {
         assert_eq!(scan(text, true), ids(Some("j"), Some("u")));
         assert_eq!(scan(text, false), None, "a whole body must be complete");
         // Cut inside the user id: not read.
-        assert_eq!(scan(br#"{"job_id":"j","user_id":"u"#, true), ids(Some("j"), None));
+        assert_eq!(
+            scan(br#"{"job_id":"j","user_id":"u"#, true),
+            ids(Some("j"), None)
+        );
         // A syntax error before the cut is still refused.
         assert_eq!(scan(br#"{"job_id":"j" "user_id":"u","#, true), None);
     }

@@ -59,7 +59,9 @@ impl Schedule {
             Box::pin(async move {
                 match refunder.run().await {
                     Ok(Swept::Completed(_)) => {}
-                    Ok(Swept::Skipped) => tracing::debug!("refund sweep: another replica is running it"),
+                    Ok(Swept::Skipped) => {
+                        tracing::debug!("refund sweep: another replica is running it")
+                    }
                     Err(error) => {
                         tracing::warn!(%error, "refund sweep failed; the next one tries again");
                     }

@@ -36,7 +36,8 @@ impl Default for Outage {
 impl Outage {
     /// A job found the database out of reach.
     pub fn report(&self) {
-        self.0.send_if_modified(|down| !std::mem::replace(down, true));
+        self.0
+            .send_if_modified(|down| !std::mem::replace(down, true));
     }
 
     pub fn is_down(&self) -> bool {

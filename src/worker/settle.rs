@@ -43,7 +43,9 @@ pub async fn settle(
     shutdown: &CancellationToken,
 ) {
     let settled = match outcome {
-        Outcome::Answer(result) | Outcome::Replay(result) => answer(broker, delivery, &result).await,
+        Outcome::Answer(result) | Outcome::Replay(result) => {
+            answer(broker, delivery, &result).await
+        }
         Outcome::Reject {
             reason,
             answer: reply,

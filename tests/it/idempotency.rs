@@ -31,12 +31,18 @@ async fn a_duplicate_delivery_is_answered_again_but_counted_once() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (_, later) = env.get_json("/api/cache/stats").await;
     for figure in ["misses", "generations", "generation_cost_usd", "hits"] {
-        assert_eq!(stats[figure], later[figure], "nothing more is counted later");
+        assert_eq!(
+            stats[figure], later[figure],
+            "nothing more is counted later"
+        );
     }
     assert_eq!(stats["generations"], 1, "{stats}");
     assert_eq!(stats["misses"], 1, "{stats}");
     let cost = stats["generation_cost_usd"].as_f64().unwrap();
-    assert!((cost - first["cost_usd"].as_f64().unwrap()).abs() < 1e-9, "{stats}");
+    assert!(
+        (cost - first["cost_usd"].as_f64().unwrap()).abs() < 1e-9,
+        "{stats}"
+    );
     env.cleanup().await;
 }
 
@@ -73,18 +79,30 @@ async fn another_users_job_id_is_answered_without_touching_that_users_job() {
             .unwrap()
         }
     };
-    let before = (row(finished_id.clone()).await, row(stranded_id.clone()).await);
+    let before = (
+        row(finished_id.clone()).await,
+        row(stranded_id.clone()).await,
+    );
 
     for id in [&finished_id, &stranded_id] {
         let mut reuse = env.job("mallory", json!({}));
         reuse["job_id"] = json!(id);
         env.publish(&reuse).await;
         let answer = env.result_of(id).await;
-        assert_eq!(answer["user_id"], "mallory", "answered under the sender's user id");
+        assert_eq!(
+            answer["user_id"], "mallory",
+            "answered under the sender's user id"
+        );
         assert_eq!(answer["error"]["code"], "invalid_job", "{answer}");
     }
-    let after = (row(finished_id.clone()).await, row(stranded_id.clone()).await);
-    assert_eq!(before, after, "the victim's jobs are untouched: no delivery counted, no takeover");
+    let after = (
+        row(finished_id.clone()).await,
+        row(stranded_id.clone()).await,
+    );
+    assert_eq!(
+        before, after,
+        "the victim's jobs are untouched: no delivery counted, no takeover"
+    );
     assert_eq!(env.openai.calls(), 1);
 
     // The victim's stranded job, redelivered, is taken over at once and completes.
@@ -114,7 +132,10 @@ async fn a_body_without_ids_is_a_new_job_after_a_retryable_failure_or_its_ttl() 
         |s| s.worker.derived_id_ttl_secs = 2,
     )
     .await;
-    let body = serde_json::to_vec(&json!({"user_id": "u", "tier": "monthly_basic", "config": {"hair": "derived"}})).unwrap();
+    let body = serde_json::to_vec(
+        &json!({"user_id": "u", "tier": "monthly_basic", "config": {"hair": "derived"}}),
+    )
+    .unwrap();
 
     env.publish_raw(&body, BasicProperties::default()).await;
     let failed = next_result(&mut env).await;
@@ -126,7 +147,10 @@ async fn a_body_without_ids_is_a_new_job_after_a_retryable_failure_or_its_ttl() 
     env.publish_raw(&body, BasicProperties::default()).await;
     let retried = next_result(&mut env).await;
     assert_eq!(retried["status"], "succeeded", "{retried}");
-    assert_ne!(retried["job_id"], failed["job_id"], "a new job has an id of its own");
+    assert_ne!(
+        retried["job_id"], failed["job_id"],
+        "a new job has an id of its own"
+    );
     assert_eq!(env.openai.calls(), 4);
 
     // Within the TTL, the same body is the same job: answered from its record.
@@ -143,6 +167,10 @@ async fn a_body_without_ids_is_a_new_job_after_a_retryable_failure_or_its_ttl() 
     assert_ne!(fresh["job_id"], retried["job_id"]);
     assert_eq!(env.openai.calls(), 4);
     let charged = "SELECT count(*) FROM memoji_credit_ledger WHERE refunded_at IS NULL";
-    assert_eq!(count(&env.db, charged).await, 1, "only the generation is charged");
+    assert_eq!(
+        count(&env.db, charged).await,
+        1,
+        "only the generation is charged"
+    );
     env.cleanup().await;
 }

@@ -44,7 +44,8 @@ async fn a_job_with_a_lone_surrogate_escape_is_dead_lettered_and_answered() {
     let mut env = TestEnv::start(vec![openai_ok()]).await;
     let job_id = uuid::Uuid::new_v4().to_string();
     // What JSON.stringify makes of a string a browser cut in the middle of an emoji.
-    let body = format!(r#"{{"job_id":"{job_id}","user_id":"u","config":{{"prompt":"hi \ud83d"}}}}"#);
+    let body =
+        format!(r#"{{"job_id":"{job_id}","user_id":"u","config":{{"prompt":"hi \ud83d"}}}}"#);
     env.publish_raw(body.as_bytes(), BasicProperties::default())
         .await;
     let letter = env

@@ -36,7 +36,12 @@ async fn a_database_outage_longer_than_the_delivery_budget_loses_no_job_and_no_c
         })
         .await;
     let jobs: Vec<Value> = (0..JOBS)
-        .map(|n| env.job(&format!("user-{}", n % 5), json!({"hair": format!("h{}", n % 10)})))
+        .map(|n| {
+            env.job(
+                &format!("user-{}", n % 5),
+                json!({"hair": format!("h{}", n % 10)}),
+            )
+        })
         .collect();
     for job in &jobs {
         env.publish(job).await;
