@@ -138,3 +138,19 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
 pub async fn ping(pool: &PgPool) -> bool {
     sqlx::query("SELECT 1").execute(pool).await.is_ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_failures_that_can_pass_are_retryable() {
+        assert!(DbError::Sqlx(sqlx::Error::PoolTimedOut).retryable());
+        assert!(DbError::Sqlx(sqlx::Error::PoolTimedOut).is_connectivity());
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(DbError::Sqlx(sqlx::Error::Io(reset)).retryable());
+        assert!(!DbError::Corrupt("job 1: missing field".to_owned()).retryable());
+        assert!(!DbError::Sqlx(sqlx::Error::RowNotFound).retryable());
+        assert!(!DbError::Sqlx(sqlx::Error::ColumnNotFound("x".to_owned())).retryable());
+    }
+}

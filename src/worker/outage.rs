@@ -6,7 +6,9 @@
 //! loop then cancels its consumer, hands back (nack, requeue) what the broker had already sent,
 //! and probes the database with backoff; once a probe succeeds it consumes again. A job in hand
 //! when the outage began costs one delivery attempt (its own failed try), whatever the outage's
-//! length. Other replicas pause the same way when their own jobs fail.
+//! length. Other replicas pause the same way when their own jobs fail. A pool exhausted for
+//! longer than `database.acquire_timeout_secs` counts as out of reach too: the pause then lasts
+//! until a connection is free again, which is the backpressure wanted.
 
 use std::time::Duration;
 
@@ -140,5 +142,23 @@ mod tests {
         tokio::time::timeout(Duration::from_millis(100), outage.reported())
             .await
             .expect("a reported outage resolves at once");
+    }
+
+    #[tokio::test]
+    async fn the_outage_lasts_until_the_database_answers() {
+        let outage = Outage::default();
+        outage.report();
+        let unreachable = sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(Duration::from_millis(100))
+            .connect_lazy("postgres://postgres@127.0.0.1:1/nothing")
+            .unwrap();
+        let stop = CancellationToken::new();
+        let stopper = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            stopper.cancel();
+        });
+        assert!(!outage.wait_for_database(&unreachable, &stop).await);
+        assert!(outage.is_down(), "still down: no probe succeeded");
     }
 }
