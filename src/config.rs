@@ -45,6 +45,7 @@ pub struct Settings {
     pub cleanup: CleanupSettings,
     pub prices: PriceSettings,
     pub worker: WorkerSettings,
+    pub refunds: RefundSettings,
     pub log: LogSettings,
     /// From the environment only, never from a file.
     #[serde(skip)]
@@ -304,6 +305,17 @@ pub struct WorkerSettings {
     pub lease_secs: u64,
     pub wait_poll_ms: u64,
     pub shutdown_grace_secs: u64,
+    /// How long a job id derived from a message body is remembered after its job finished.
+    pub derived_id_ttl_secs: u64,
+}
+
+/// The refund sweep (`maintenance::refund`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct RefundSettings {
+    /// Seconds between sweeps.
+    pub every_secs: u64,
+    /// A charged job left processing this long after its claim expired is given up and refunded.
+    pub abandoned_after_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -401,6 +413,10 @@ impl Settings {
         rule(
             self.stats.feed_capacity > 0,
             "stats.feed_capacity must be at least 1",
+        )?;
+        rule(
+            self.refunds.every_secs > 0,
+            "refunds.every_secs must be at least 1",
         )?;
         rule(
             self.cleanup.batch_size > 0,

@@ -26,7 +26,7 @@ pub enum Seen {
     Finished(Box<JobResult>),
     /// Another delivery of the same job is working on it right now.
     Busy,
-    /// The id belongs to another user's job.
+    /// The id belongs to another user's job, which this delivery did not touch.
     Conflict,
 }
 
@@ -74,7 +74,7 @@ pub async fn arrive(
     executor: impl PgExecutor<'_>,
     arrival: Arrival<'_>,
 ) -> Result<(Seen, Lookup), DbError> {
-    let row: ArrivalRow = sqlx::query_as(
+    let row: Option<ArrivalRow> = sqlx::query_as(
         "WITH arrived AS (
              INSERT INTO memoji_jobs (job_id, user_id, prompt_hash, status, owner, owner_expires_at)
              VALUES ($1, $2, $3, 'processing', $4, now() + $5 * interval '1 millisecond')
@@ -87,6 +87,8 @@ pub async fn arrive(
                  owner_expires_at = CASE WHEN memoji_jobs.status = 'processing'
                                AND COALESCE(memoji_jobs.owner_expires_at < now(), true)
                               THEN EXCLUDED.owner_expires_at ELSE memoji_jobs.owner_expires_at END
+              -- Another user's job id is never touched: no row comes back, and that is a conflict.
+              WHERE memoji_jobs.user_id = EXCLUDED.user_id
              RETURNING user_id, result, deliveries, owner IS NOT DISTINCT FROM $4 AS owned),
          hit AS (
              UPDATE memoji_cache
@@ -109,11 +111,13 @@ pub async fn arrive(
     .bind(arrival.owner)
     .bind(millis(arrival.ttl))
     .bind(arrival.look_up)
-    .fetch_one(executor)
+    .fetch_optional(executor)
     .await?;
-    if row.user_id != arrival.user_id {
+    // The id belongs to another user's job: that job is left exactly as it was (no delivery
+    // counted, no takeover of its claim), and this delivery is answered on its own.
+    let Some(row) = row.filter(|row| row.user_id == arrival.user_id) else {
         return Ok((Seen::Conflict, Lookup::Skipped));
-    }
+    };
     if let Some(result) = row.result {
         return Ok((
             Seen::Finished(Box::new(parse(arrival.id, result)?)),

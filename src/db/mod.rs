@@ -2,17 +2,21 @@
 //!
 //! - [`cache`]: `memoji_cache`, the table shared with the JavaScript system.
 //! - [`jobs`]: every job's state and result, for idempotency.
+//! - [`derived`]: which job a body without a job id stands for now.
 //! - [`credits`]: monthly balances and the per-job ledger.
 //! - [`leases`]: who may generate a key right now (single flight across processes).
 //! - [`stats`]: counters and rollups behind `GET /api/cache/stats`.
 //! - [`cleanup`]: the cleanup's batches and its single-replica lock.
+//! - [`refunds`]: the refund sweep's batches: charges whose job will never finish.
 
 pub mod cache;
 pub mod cleanup;
 pub mod credits;
+pub mod derived;
 pub mod jobs;
 pub mod leases;
 pub mod models;
+pub mod refunds;
 pub mod stats;
 
 use std::time::Duration;
@@ -24,8 +28,9 @@ use sqlx::{Connection, PgPool, Postgres};
 
 use crate::config::DatabaseSettings;
 
-/// A database failure. Every one of them is worth retrying later: the job goes back to the queue
-/// and the broker's delivery limit bounds how often.
+/// A database failure. [`DbError::retryable`] tells whether trying again can help: a retryable one
+/// sends the job back to the queue (the broker's delivery limit bounds how often; an outage
+/// pauses consuming instead), any other is answered at once as `internal`.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("database: {0}")]
@@ -53,6 +58,31 @@ impl DbError {
                 }),
                 _ => false,
             },
+            _ => false,
+        }
+    }
+}
+
+impl DbError {
+    /// Whether trying the same thing again later can succeed: the database out of reach, a
+    /// serialization failure or deadlock, a lock or statement timeout, a server short of
+    /// resources, a read-only server mid-failover. A row that cannot be read, a statement the
+    /// database refuses or a failed migration stay the same however often they are retried.
+    pub fn retryable(&self) -> bool {
+        if self.is_connectivity() {
+            return true;
+        }
+        match self {
+            DbError::Sqlx(sqlx::Error::Database(db)) => db.code().is_some_and(|code| {
+                // 40: transaction rollback (serialization, deadlock); 53: insufficient
+                // resources; 55P03: lock_not_available; 57014: query_canceled (timeouts);
+                // 25006: read_only_sql_transaction (a failover in progress).
+                code.starts_with("40")
+                    || code.starts_with("53")
+                    || code == "55P03"
+                    || code == "57014"
+                    || code == "25006"
+            }),
             _ => false,
         }
     }
@@ -108,4 +138,20 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
 /// Is the database answering?
 pub async fn ping(pool: &PgPool) -> bool {
     sqlx::query("SELECT 1").execute(pool).await.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_failures_that_can_pass_are_retryable() {
+        assert!(DbError::Sqlx(sqlx::Error::PoolTimedOut).retryable());
+        assert!(DbError::Sqlx(sqlx::Error::PoolTimedOut).is_connectivity());
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(DbError::Sqlx(sqlx::Error::Io(reset)).retryable());
+        assert!(!DbError::Corrupt("job 1: missing field".to_owned()).retryable());
+        assert!(!DbError::Sqlx(sqlx::Error::RowNotFound).retryable());
+        assert!(!DbError::Sqlx(sqlx::Error::ColumnNotFound("x".to_owned())).retryable());
+    }
 }

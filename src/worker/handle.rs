@@ -19,9 +19,11 @@ use super::settle::Outcome;
 use crate::config::Settings;
 use crate::db::credits;
 use crate::db::jobs::{self, Lookup, Seen};
-use crate::db::{DbError, cache};
+use crate::db::{DbError, cache, derived};
 use crate::generate::{ImageGenerator, Pacer};
-use crate::job::{CacheKey, Intake, Job, JobResult, ModelRules, Rejection, Status, intake};
+use crate::job::{
+    CacheKey, ErrorCode, Intake, Job, JobError, JobResult, ModelRules, Rejection, Status, intake,
+};
 use crate::storage::{ImageStore, StoragePath};
 
 /// Everything a job's journey needs; shared by all in-flight jobs.
@@ -39,19 +41,45 @@ pub struct Context {
     pub stopping: CancellationToken,
     /// Statistics, `job.completed` and job metrics; told once per delivery, in `worker::process`.
     pub observer: Arc<crate::stats::Observer>,
+    /// Set when the database is found out of reach: the consume loop pauses until it answers.
+    pub outage: Arc<super::outage::Outage>,
 }
 
-/// A step that cannot finish now but may later: the delivery goes back to the queue.
+/// Why a step did not produce a result, and whether trying again can help.
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
+    /// May succeed later: the delivery goes back to the queue.
     #[error("{0}")]
     Retry(String),
+    /// The database is out of reach: the delivery goes back to the queue, and the worker stops
+    /// consuming until the database answers again ([`super::outage`]), so a long outage does not
+    /// spend the job's delivery budget.
+    #[error("{0}")]
+    Unreachable(String),
+    /// Cannot succeed however often it is tried (a stored row that cannot be read, a statement
+    /// the database refuses): answered at once with a non-retryable `internal` failure.
+    #[error("{0}")]
+    Permanent(String),
 }
 
 impl From<DbError> for StepError {
     fn from(error: DbError) -> StepError {
-        StepError::Retry(error.to_string())
+        if error.is_connectivity() {
+            StepError::Unreachable(error.to_string())
+        } else if error.retryable() {
+            StepError::Retry(error.to_string())
+        } else {
+            StepError::Permanent(error.to_string())
+        }
     }
+}
+
+/// What serving a job came to: a result made now, or one recorded earlier and answered again.
+enum Served {
+    Fresh(JobResult),
+    /// From the job table (a redelivery, a publisher's retry, a duplicate that waited for its
+    /// twin): counted when it was made, never again.
+    Replay(JobResult),
 }
 
 /// Turns a delivery's body into its outcome. Records the job id on the current span.
@@ -75,17 +103,23 @@ pub async fn handle(ctx: &Context, body: &[u8], message_id: Option<&str>) -> Out
             tracing::info!(%message, "invalid job");
             Outcome::Answer(JobResult::invalid(job_id, &user_id, message))
         }
-        Ok(Intake::Job(job)) => {
+        Ok(Intake::Job(mut job)) => {
+            if job.derived_id
+                && let Err(error) = ctx.current_derived_job(&mut job).await
+            {
+                return ctx.failed_step(&job, error);
+            }
             span.record("job_id", tracing::field::display(job.id));
             match serve(ctx, &job, started).await {
-                Ok(result) => Outcome::Answer(result),
-                Err(StepError::Retry(reason)) => Outcome::Retry { reason },
+                Ok(Served::Fresh(result)) => Outcome::Answer(result),
+                Ok(Served::Replay(result)) => Outcome::Replay(result),
+                Err(error) => ctx.failed_step(&job, error),
             }
         }
     }
 }
 
-async fn serve(ctx: &Context, job: &Job, started: Instant) -> Result<JobResult, StepError> {
+async fn serve(ctx: &Context, job: &Job, started: Instant) -> Result<Served, StepError> {
     let key = CacheKey::of(&job.config, ctx.generator.kind());
     // This delivery's identity while it owns the job.
     let owner = Uuid::new_v4();
@@ -93,14 +127,17 @@ async fn serve(ctx: &Context, job: &Job, started: Instant) -> Result<JobResult, 
     let resumed = match seen {
         Seen::Finished(result) => {
             tracing::info!("job seen before; answering with its recorded result");
-            return Ok(*result);
+            return Ok(Served::Replay(*result));
         }
         Seen::Conflict => {
-            return Ok(JobResult::invalid(
+            // Answered under this user's id only; the other user's job is left untouched.
+            // Subscribers match results on user_id and job_id together (README).
+            tracing::warn!("job_id already belongs to another user's job; answering invalid_job");
+            return Ok(Served::Fresh(JobResult::invalid(
                 job.id,
                 &job.user_id,
                 "job_id already belongs to another user's job",
-            ));
+            )));
         }
         Seen::New => false,
         Seen::Unfinished { deliveries } => {
@@ -121,7 +158,7 @@ async fn serve(ctx: &Context, job: &Job, started: Instant) -> Result<JobResult, 
             tracing::debug!(%error, "could not release the job; its claim will expire");
         }
     }
-    outcome
+    outcome.map(Served::Fresh)
 }
 
 /// This delivery's ownership of its job.
@@ -166,6 +203,34 @@ async fn work(
 }
 
 impl Context {
+    /// A job whose id was derived from its body stands for the job that body stands for now: the
+    /// same one for a redelivery, a new one once the last is over (`db::derived`).
+    async fn current_derived_job(&self, job: &mut Job) -> Result<(), StepError> {
+        let ttl = Duration::from_secs(self.settings.worker.derived_id_ttl_secs);
+        job.id = derived::current_job(&self.db, job.id, ttl).await?;
+        Ok(())
+    }
+
+    /// The outcome of a job whose journey stopped short.
+    fn failed_step(&self, job: &Job, error: StepError) -> Outcome {
+        match error {
+            StepError::Retry(reason) => Outcome::Retry { reason },
+            StepError::Unreachable(reason) => {
+                self.outage.report();
+                Outcome::Retry { reason }
+            }
+            StepError::Permanent(reason) => {
+                tracing::error!(%reason, "the job cannot be served; answering internal");
+                let error = JobError {
+                    code: ErrorCode::Internal,
+                    message: reason,
+                    retryable: false,
+                };
+                Outcome::Answer(JobResult::failure(job.id, &job.user_id, None, error))
+            }
+        }
+    }
+
     /// How long a claim on a job or key lasts without renewal.
     pub(super) fn lease_ttl(&self) -> Duration {
         Duration::from_secs(self.settings.worker.lease_secs)

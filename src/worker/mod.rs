@@ -13,6 +13,7 @@
 mod claim;
 pub mod handle;
 mod lead;
+pub mod outage;
 pub mod settle;
 
 use std::panic::AssertUnwindSafe;
@@ -106,6 +107,20 @@ async fn session(
     let ended = loop {
         tokio::select! {
             () = shutdown.cancelled() => break Ok(()),
+            () = ctx.outage.reported() => {
+                // The database is out of reach: take no deliveries until it answers again.
+                if let Err(error) = outage::stop_consuming(&channel, &mut consumer, &tag).await {
+                    break Err(BrokerError::from(error));
+                }
+                if !ctx.outage.wait_for_database(&ctx.db, shutdown).await {
+                    break Ok(());
+                }
+                let queue = ctx.settings.amqp.job_queue.as_str();
+                match outage::resume_consuming(&channel, queue, &tag).await {
+                    Ok(resumed) => consumer = resumed,
+                    Err(error) => break Err(BrokerError::from(error)),
+                }
+            }
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
                     in_flight.spawn(process(ctx.clone(), broker.clone(), delivery, shutdown.clone()));

@@ -20,6 +20,9 @@ use crate::job::JobResult;
 pub enum Outcome {
     /// Publish this result, then ack.
     Answer(JobResult),
+    /// Publish this result recorded earlier (the job was seen before), then ack. Settled like
+    /// [`Outcome::Answer`]; the statistics do not count it again.
+    Replay(JobResult),
     /// Not a job: dead-letter a copy with the reason, answer where possible, then ack.
     Reject {
         reason: String,
@@ -40,7 +43,9 @@ pub async fn settle(
     shutdown: &CancellationToken,
 ) {
     let settled = match outcome {
-        Outcome::Answer(result) => answer(broker, delivery, &result).await,
+        Outcome::Answer(result) | Outcome::Replay(result) => {
+            answer(broker, delivery, &result).await
+        }
         Outcome::Reject {
             reason,
             answer: reply,
