@@ -120,6 +120,8 @@ pub struct DatabaseSettings {
     pub create_if_missing: bool,
     pub connect_retry_secs: u64,
     pub synchronous_commit: String,
+    pub statement_timeout_ms: u64,
+    pub lock_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -285,6 +287,7 @@ pub struct CleanupSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct WorkerSettings {
     pub lease_secs: u64,
+    pub hit_claim_secs: u64,
     pub wait_poll_ms: u64,
     pub shutdown_grace_secs: u64,
 }

@@ -199,23 +199,33 @@ pub async fn disown(pool: &PgPool, id: JobId, owner: Uuid) -> Result<(), DbError
     Ok(())
 }
 
-/// Stores a job's result; from then on the job is finished.
-pub async fn finish(executor: impl PgExecutor<'_>, result: &JobResult) -> Result<(), DbError> {
+/// Stores a job's result; from then on the job is finished. Only the delivery that owns the job
+/// may: one whose claim expired and was taken over (or whose job another delivery finished) gets
+/// [`DbError::LostClaim`], and its transaction must not commit, so that the job keeps one result.
+pub async fn finish(
+    executor: impl PgExecutor<'_>,
+    result: &JobResult,
+    owner: Uuid,
+) -> Result<(), DbError> {
     let status = if result.succeeded() {
         "succeeded"
     } else {
         "failed"
     };
     let json = serde_json::to_value(result).map_err(|e| DbError::Corrupt(e.to_string()))?;
-    sqlx::query(
+    let finished = sqlx::query(
         "UPDATE memoji_jobs SET status = $2, result = $3, updated_at = now(), owner_expires_at = NULL
-          WHERE job_id = $1",
+          WHERE job_id = $1 AND owner = $4 AND status = 'processing'",
     )
     .bind(result.job_id.0)
     .bind(status)
     .bind(json)
+    .bind(owner)
     .execute(executor)
     .await?;
+    if finished.rows_affected() == 0 {
+        return Err(DbError::LostClaim(result.job_id));
+    }
     Ok(())
 }
 

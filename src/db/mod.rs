@@ -23,8 +23,9 @@ use sqlx::{Connection, PgPool, Postgres};
 
 use crate::config::DatabaseSettings;
 
-/// A database failure. Every one of them is worth retrying later: the job goes back to the queue
-/// and the broker's delivery limit bounds how often.
+/// A database failure, knowing whether a retry can help ([`DbError::retry_can_help`]): a job
+/// whose step failed for one that can goes back to the queue, and the broker's delivery limit
+/// bounds how often.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("database: {0}")]
@@ -33,9 +34,35 @@ pub enum DbError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database: stored data is unreadable: {0}")]
     Corrupt(String),
+    /// This delivery's claim on the job expired and another delivery took it over (or finished
+    /// it): this one must not record or publish a result of its own.
+    #[error("database: the claim on job {0} was lost to another delivery")]
+    LostClaim(crate::job::JobId),
 }
 
+/// How long a delivery that lost its job's claim waits before it is handed back: by then the new
+/// owner has usually finished, and the redelivery is answered from its record.
+const AFTER_LOST_CLAIM: Duration = Duration::from_millis(500);
+
 impl DbError {
+    /// Whether the same work may succeed later. A row that cannot be read stays unreadable, and a
+    /// migration that failed fails again; everything else (the database out of reach, a lock or
+    /// statement timeout, a lost claim) may pass.
+    pub fn retry_can_help(&self) -> bool {
+        match self {
+            DbError::Sqlx(_) | DbError::LostClaim(_) => true,
+            DbError::Migrate(_) | DbError::Corrupt(_) => false,
+        }
+    }
+
+    /// How long to wait before the retry, where the failure knows better than the default pause.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            DbError::LostClaim(_) => Some(AFTER_LOST_CLAIM),
+            _ => None,
+        }
+    }
+
     /// Whether the failure is the database being out of reach rather than a query at fault.
     pub fn is_connectivity(&self) -> bool {
         match self {
@@ -89,18 +116,33 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
                 Ok(true)
             })
         })
-        .connect_with(
-            options
-                .application_name("memoji-worker")
-                .options([("synchronous_commit", settings.synchronous_commit.as_str())]),
-        )
+        .connect_with(options.application_name("memoji-worker").options([
+            ("synchronous_commit", settings.synchronous_commit.clone()),
+            // A statement stuck behind a lock, or running away, fails (and its job is retried)
+            // instead of stalling the job forever. 0 switches a limit off.
+            (
+                "statement_timeout",
+                settings.statement_timeout_ms.to_string(),
+            ),
+            ("lock_timeout", settings.lock_timeout_ms.to_string()),
+        ]))
         .await?;
     Ok(pool)
 }
 
-/// Runs the migrations in `migrations/`; replicas starting together wait on sqlx's migration lock.
+/// Runs the migrations in `migrations/`; replicas starting together wait on sqlx's migration lock,
+/// on a connection without the job path's statement and lock timeouts (a migration may take long,
+/// and so may the wait for another replica's).
 pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
-    sqlx::migrate!("./migrations").run(pool).await?;
+    let mut conn = pool.acquire().await?;
+    sqlx::raw_sql("SET statement_timeout = 0; SET lock_timeout = 0")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::migrate!("./migrations").run(&mut *conn).await?;
+    // Back to the connection's configured limits before it returns to the pool.
+    sqlx::raw_sql("RESET statement_timeout; RESET lock_timeout")
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 

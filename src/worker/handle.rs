@@ -15,13 +15,15 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::claim::{self, Claim, Conn, Heartbeat};
-use super::settle::Outcome;
+use super::settle::{Outcome, Recipient};
 use crate::config::Settings;
 use crate::db::credits;
 use crate::db::jobs::{self, Lookup, Seen};
 use crate::db::{DbError, cache};
 use crate::generate::{ImageGenerator, Pacer};
-use crate::job::{CacheKey, Intake, Job, JobResult, Rejection, Status, intake};
+use crate::job::{
+    CacheKey, ErrorCode, Intake, Job, JobError, JobResult, Rejection, Status, intake,
+};
 use crate::storage::{ImageStore, StoragePath};
 
 /// Everything a job's journey needs; shared by all in-flight jobs.
@@ -39,16 +41,44 @@ pub struct Context {
     pub observer: Arc<crate::stats::Observer>,
 }
 
-/// A step that cannot finish now but may later: the delivery goes back to the queue.
+/// Why a step did not finish, typed where it is born: worth another delivery, or never.
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
-    #[error("{0}")]
-    Retry(String),
+    /// Cannot finish now but may later: the delivery goes back to the queue, after `after` if
+    /// the cause knows how long (else a pause growing with the deliveries).
+    #[error("{cause}")]
+    Retry {
+        cause: String,
+        after: Option<Duration>,
+    },
+    /// Will not work however often it is tried (a stored row that cannot be read): the job is
+    /// answered with `code` at once.
+    #[error("{cause}")]
+    Permanent { code: ErrorCode, cause: String },
+}
+
+impl StepError {
+    pub fn retry(cause: impl Into<String>) -> StepError {
+        StepError::Retry {
+            cause: cause.into(),
+            after: None,
+        }
+    }
 }
 
 impl From<DbError> for StepError {
     fn from(error: DbError) -> StepError {
-        StepError::Retry(error.to_string())
+        if error.retry_can_help() {
+            StepError::Retry {
+                after: error.retry_after(),
+                cause: error.to_string(),
+            }
+        } else {
+            StepError::Permanent {
+                code: ErrorCode::Internal,
+                cause: error.to_string(),
+            }
+        }
     }
 }
 
@@ -77,7 +107,25 @@ pub async fn handle(ctx: &Context, body: &[u8], message_id: Option<&str>) -> Out
             span.record("job_id", tracing::field::display(job.id));
             match serve(ctx, &job, started).await {
                 Ok(result) => Outcome::Answer(result),
-                Err(StepError::Retry(reason)) => Outcome::Retry { reason },
+                Err(StepError::Retry { cause, after }) => Outcome::Retry {
+                    cause,
+                    after,
+                    job: Some(Recipient {
+                        job_id: job.id,
+                        user_id: job.user_id.clone(),
+                    }),
+                },
+                Err(StepError::Permanent { code, cause }) => {
+                    tracing::error!(%cause, "the job cannot be completed");
+                    let error = JobError {
+                        code,
+                        message: cause,
+                        retryable: false,
+                    };
+                    let mut result = JobResult::failure(job.id, &job.user_id, None, error);
+                    result.duration_ms = elapsed_ms(started);
+                    Outcome::Answer(result)
+                }
             }
         }
     }
@@ -108,7 +156,7 @@ async fn serve(ctx: &Context, job: &Job, started: Instant) -> Result<JobResult, 
             );
             true
         }
-        Seen::Busy => return Err(StepError::Retry("the job is busy elsewhere".to_owned())),
+        Seen::Busy => return Err(StepError::retry("the job is busy elsewhere")),
     };
     let owned = Owned { owner, resumed };
     let outcome = work(ctx, job, &key, owned, lookup, conn, started).await;
@@ -140,7 +188,7 @@ async fn work(
     conn: Option<Conn>,
     started: Instant,
 ) -> Result<JobResult, StepError> {
-    let Owned { owner, resumed } = owned;
+    let owner = owned.owner;
     let received = Utc::now();
     let hit = match lookup {
         Lookup::Hit(hit) => Some(hit),
@@ -150,7 +198,7 @@ async fn work(
         Lookup::Skipped => None,
     };
     if let Some(hit) = hit {
-        return ctx.finish_hit(conn, job, key, hit, resumed, started).await;
+        return ctx.finish_hit(conn, job, key, hit, owned, started).await;
     }
     // A miss waits (for a turn, for another worker) without holding a connection, and may take
     // long: from here on the job's claims are renewed. A hit ends well within a claim's life, so
@@ -158,8 +206,8 @@ async fn work(
     drop(conn);
     let _heartbeat = Heartbeat::start(ctx.db.clone(), job, key, owner, ctx.lease_ttl());
     match claim::lead_or_wait(ctx, job, key, job.force_refresh.then_some(received)).await? {
-        Claim::Served(hit) => ctx.finish_hit(None, job, key, hit, resumed, started).await,
-        Claim::Leader => ctx.generate(job, key, started).await,
+        Claim::Served(hit) => ctx.finish_hit(None, job, key, hit, owned, started).await,
+        Claim::Leader => ctx.generate(job, key, owner, started).await,
     }
 }
 
@@ -167,6 +215,13 @@ impl Context {
     /// How long a claim on a job or key lasts without renewal.
     pub(super) fn lease_ttl(&self) -> Duration {
         Duration::from_secs(self.settings.worker.lease_secs)
+    }
+
+    /// How long a job's first claim lasts: enough for a hit, which takes milliseconds; a miss
+    /// extends it to [`Context::lease_ttl`] when its heartbeat starts. A job whose process died
+    /// is so taken over in seconds.
+    pub(super) fn hit_claim_ttl(&self) -> Duration {
+        Duration::from_secs(self.settings.worker.hit_claim_secs).min(self.lease_ttl())
     }
 
     /// Counts a use of the key's entry and returns it; `None` on a miss.
@@ -196,7 +251,7 @@ impl Context {
         job: &Job,
         key: &CacheKey,
         hit: cache::Hit,
-        resumed: bool,
+        owned: Owned,
         started: Instant,
     ) -> Result<JobResult, StepError> {
         let mut conn = match conn {
@@ -204,15 +259,15 @@ impl Context {
             None => self.db.acquire().await.map_err(DbError::from)?,
         };
         let used = hit.credits_used.unwrap_or(0);
-        if !resumed {
+        if !owned.resumed {
             let result = self.hit_result(job, key, hit.entry, used, started);
-            jobs::finish(&mut *conn, &result).await?;
+            jobs::finish(&mut *conn, &result, owned.owner).await?;
             return Ok(result);
         }
         let mut tx = conn.begin().await.map_err(DbError::from)?;
         let refunded = credits::refund(&mut *tx, job.id).await?;
         let result = self.hit_result(job, key, hit.entry, used - i64::from(refunded), started);
-        jobs::finish(&mut *tx, &result).await?;
+        jobs::finish(&mut *tx, &result, owned.owner).await?;
         tx.commit().await.map_err(DbError::from)?;
         Ok(result)
     }

@@ -16,8 +16,7 @@ mod lead;
 pub mod settle;
 
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -33,21 +32,30 @@ pub use settle::Outcome;
 
 use crate::broker::{Broker, BrokerError};
 
-/// Whether the worker currently holds a live broker connection; read by `/readyz`.
+/// Whether the worker can do broker work right now, read by `/readyz`: a session is consuming, and
+/// its connection and publishing channel are open (a channel the broker closed and that could not
+/// be reopened makes the worker unready until it is).
 #[derive(Debug, Default)]
-pub struct BrokerHealth(AtomicBool);
+pub struct BrokerHealth(Mutex<Option<Arc<Broker>>>);
 
 impl BrokerHealth {
     pub fn is_up(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.current().is_some_and(|broker| broker.can_publish())
     }
-    fn set(&self, up: bool) {
-        self.0.store(up, Ordering::Relaxed);
+    fn current(&self) -> Option<Arc<Broker>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+    fn set(&self, broker: Option<Arc<Broker>>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = broker;
     }
 }
 
 /// Consumes jobs until `shutdown` is cancelled, then lets in-flight jobs finish within the grace
 /// period. Broker failures are retried forever with backoff; they never end the loop.
+///
+/// When a connection drops, the next one is opened at once: the jobs still at work on the old
+/// one (a generation can take a minute) finish in the background and record their results, and
+/// their redeliveries on the new connection are answered from those records.
 pub async fn run(ctx: Arc<Context>, health: Arc<BrokerHealth>, shutdown: CancellationToken) {
     let amqp = &ctx.settings.amqp;
     let reconnect = ExponentialBuilder::default()
@@ -56,38 +64,56 @@ pub async fn run(ctx: Arc<Context>, health: Arc<BrokerHealth>, shutdown: Cancell
         .with_jitter()
         .without_max_times();
     let mut pauses = reconnect.build();
+    // Every delivery's task, across sessions: shutdown waits for all of them.
+    let in_flight = TaskTracker::new();
     loop {
         let mut connected = false;
-        let ended = session(&ctx, &health, &shutdown, &mut connected).await;
-        health.set(false);
+        let ended = session(&ctx, &health, &shutdown, &in_flight, &mut connected).await;
+        health.set(None);
         if shutdown.is_cancelled() {
-            return;
+            break;
         }
         if connected {
             pauses = reconnect.build();
         }
-        let pause = pauses.next().unwrap_or(Duration::from_secs(1));
+        // A session that was consuming reconnects at once; failing connects back off.
+        let pause = if connected {
+            Duration::ZERO
+        } else {
+            pauses.next().unwrap_or(Duration::from_secs(1))
+        };
         match ended {
             Ok(()) => tracing::warn!(
                 pause_ms = pause.as_millis() as u64,
                 "consumer cancelled by the broker; reconnecting"
             ),
             Err(error) => {
-                tracing::warn!(%error, pause_ms = pause.as_millis() as u64, "broker connection lost; reconnecting")
+                tracing::warn!(%error, pause_ms = pause.as_millis() as u64, unfinished = in_flight.len(), "broker connection lost; reconnecting")
             }
         }
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => break,
         }
+    }
+    in_flight.close();
+    let grace = Duration::from_secs(ctx.settings.worker.shutdown_grace_secs);
+    if tokio::time::timeout(grace, in_flight.wait()).await.is_err() {
+        tracing::warn!(
+            unfinished = in_flight.len(),
+            "grace period over; unfinished jobs go back to the queue"
+        );
     }
 }
 
-/// One connection's worth of consuming.
+/// One connection's worth of consuming. On shutdown it stops consuming and waits (within the
+/// grace period) for its jobs before closing the connection their acks need; on a broker failure
+/// it returns at once.
 async fn session(
     ctx: &Arc<Context>,
     health: &BrokerHealth,
     shutdown: &CancellationToken,
+    in_flight: &TaskTracker,
     connected: &mut bool,
 ) -> Result<(), BrokerError> {
     let tag = format!("memoji-worker-{}", uuid::Uuid::new_v4());
@@ -99,34 +125,39 @@ async fn session(
         .consume_jobs(&tag, ctx.settings.amqp.prefetch)
         .await?;
     *connected = true;
-    health.set(true);
+    health.set(Some(broker.clone()));
     tracing::info!(queue = %ctx.settings.amqp.job_queue, prefetch = ctx.settings.amqp.prefetch, "consuming jobs");
 
-    let in_flight = TaskTracker::new();
+    let mine = TaskTracker::new();
     let ended = loop {
         tokio::select! {
             () = shutdown.cancelled() => break Ok(()),
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    in_flight.spawn(process(ctx.clone(), broker.clone(), delivery, shutdown.clone()));
+                    let task = mine.track_future(process(ctx.clone(), broker.clone(), delivery, shutdown.clone()));
+                    in_flight.spawn(task);
                 }
                 Some(Err(error)) => break Err(BrokerError::from(error)),
                 None => break Ok(()),
             },
         }
     };
+    mine.close();
+    if !shutdown.is_cancelled() {
+        // The connection is gone or going: its jobs finish on their own (the broker redelivers
+        // them, unacked), and the connection is closed after the last of them.
+        in_flight.spawn(async move {
+            mine.wait().await;
+            broker.close().await;
+        });
+        return ended;
+    }
     // Stop taking new deliveries; let the ones in hand finish (their acks need this connection).
     let _ = channel
         .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
         .await;
-    in_flight.close();
     let grace = Duration::from_secs(ctx.settings.worker.shutdown_grace_secs);
-    if tokio::time::timeout(grace, in_flight.wait()).await.is_err() {
-        tracing::warn!(
-            unfinished = in_flight.len(),
-            "grace period over; unfinished jobs go back to the queue"
-        );
-    }
+    let _ = tokio::time::timeout(grace, mine.wait()).await;
     broker.close().await;
     ended
 }
@@ -152,7 +183,9 @@ async fn process(
             .catch_unwind()
             .await
             .unwrap_or_else(|_| Outcome::Retry {
-                reason: "the pipeline panicked".to_owned(),
+                cause: "the pipeline panicked".to_owned(),
+                after: None,
+                job: None,
             });
         let enqueued_at = *delivery.properties.timestamp();
         ctx.observer
