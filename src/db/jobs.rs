@@ -229,6 +229,36 @@ pub async fn finish(
     Ok(())
 }
 
+/// Records the `invalid_job` answer of a job that was never worked on, so that its id seen again
+/// (a redelivery, a publisher's retry with a corrected body, the answer itself coming back as a
+/// job) is answered, not done. Where the id is already known to the same user with a result, that
+/// result is returned to be published again instead; where it is known otherwise (at work, or
+/// another user's), nothing is recorded and `None` tells the caller to answer as it meant to.
+pub async fn record_answer(
+    executor: impl PgExecutor<'_>,
+    result: &JobResult,
+) -> Result<Option<JobResult>, DbError> {
+    let json = serde_json::to_value(result).map_err(|e| DbError::Corrupt(e.to_string()))?;
+    let earlier: Option<(Option<serde_json::Value>,)> = sqlx::query_as(
+        "WITH recorded AS (
+             INSERT INTO memoji_jobs (job_id, user_id, status, result)
+             VALUES ($1, $2, 'failed', $3)
+             ON CONFLICT (job_id) DO NOTHING
+             RETURNING job_id)
+         SELECT result FROM memoji_jobs
+          WHERE job_id = $1 AND user_id = $2 AND NOT EXISTS (SELECT 1 FROM recorded)",
+    )
+    .bind(result.job_id.0)
+    .bind(&result.user_id)
+    .bind(json)
+    .fetch_optional(executor)
+    .await?;
+    match earlier {
+        Some((Some(earlier),)) => Ok(Some(parse(result.job_id, earlier)?)),
+        _ => Ok(None),
+    }
+}
+
 fn parse(id: JobId, result: serde_json::Value) -> Result<JobResult, DbError> {
     serde_json::from_value(result).map_err(|e| DbError::Corrupt(format!("job {id}: {e}")))
 }

@@ -91,7 +91,12 @@ pub async fn handle(ctx: &Context, body: &[u8], message_id: Option<&str>) -> Out
             if let Some((id, _)) = &answer {
                 span.record("job_id", tracing::field::display(id));
             }
-            let answer = answer.map(|(id, user)| JobResult::invalid(id, &user, reason.clone()));
+            let answer = match answer {
+                Some((id, user)) => {
+                    Some(ctx.invalid(JobResult::invalid(id, &user, reason.clone())).await)
+                }
+                None => None,
+            };
             Outcome::Reject { reason, answer }
         }
         Ok(Intake::Invalid {
@@ -101,7 +106,10 @@ pub async fn handle(ctx: &Context, body: &[u8], message_id: Option<&str>) -> Out
         }) => {
             span.record("job_id", tracing::field::display(job_id));
             tracing::info!(%message, "invalid job");
-            Outcome::Answer(JobResult::invalid(job_id, &user_id, message))
+            Outcome::Answer(
+                ctx.invalid(JobResult::invalid(job_id, &user_id, message))
+                    .await,
+            )
         }
         Ok(Intake::Job(job)) => {
             span.record("job_id", tracing::field::display(job.id));
@@ -222,6 +230,23 @@ impl Context {
     /// is so taken over in seconds.
     pub(super) fn hit_claim_ttl(&self) -> Duration {
         Duration::from_secs(self.settings.worker.hit_claim_secs).min(self.lease_ttl())
+    }
+
+    /// Records an `invalid_job` answer under its job id (see [`jobs::record_answer`]) and returns
+    /// what to publish: the answer, or the result the id already has. Recording is best effort: the
+    /// answer goes out even when the database is away.
+    async fn invalid(&self, answer: JobResult) -> JobResult {
+        match jobs::record_answer(&self.db, &answer).await {
+            Ok(Some(earlier)) => {
+                tracing::info!("job id seen before; answering with its recorded result");
+                earlier
+            }
+            Ok(None) => answer,
+            Err(error) => {
+                tracing::warn!(%error, "could not record the invalid_job answer; answering anyway");
+                answer
+            }
+        }
     }
 
     /// Counts a use of the key's entry and returns it; `None` on a miss.

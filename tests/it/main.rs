@@ -5,6 +5,7 @@
 mod helpers;
 
 mod admin_api;
+mod broker_faults;
 mod cleanup;
 mod cli;
 mod failures;
