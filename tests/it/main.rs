@@ -6,6 +6,7 @@ mod helpers;
 
 mod admin_api;
 mod broker_faults;
+mod claims;
 mod cleanup;
 mod cli;
 mod failures;
