@@ -92,9 +92,10 @@ pub async fn handle(ctx: &Context, body: &[u8], message_id: Option<&str>) -> Out
                 span.record("job_id", tracing::field::display(id));
             }
             let answer = match answer {
-                Some((id, user)) => {
-                    Some(ctx.invalid(JobResult::invalid(id, &user, reason.clone())).await)
-                }
+                Some((id, user)) => Some(
+                    ctx.invalid(JobResult::invalid(id, &user, reason.clone()))
+                        .await,
+                ),
                 None => None,
             };
             Outcome::Reject { reason, answer }

@@ -43,7 +43,10 @@ impl BrokerHealth {
         self.current().is_some_and(|broker| broker.can_publish())
     }
     fn current(&self) -> Option<Arc<Broker>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
     fn set(&self, broker: Option<Arc<Broker>>) {
         *self.0.lock().unwrap_or_else(PoisonError::into_inner) = broker;

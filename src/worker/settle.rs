@@ -115,10 +115,7 @@ pub async fn settle(
 /// again may work) and dead-letter the message with the reason, then ack. If even the dead-letter
 /// copy fails, the delivery is handed back and the queue's own limit dead-letters it.
 async fn give_up(broker: &Broker, delivery: &Delivery, failure: Failure, deliveries: u32) {
-    let reason = format!(
-        "gave up after {deliveries} deliveries: {}",
-        failure.cause
-    );
+    let reason = format!("gave up after {deliveries} deliveries: {}", failure.cause);
     tracing::error!(%reason, "delivery budget spent; answering internal and dead-lettering");
     if let Some(job) = &failure.job {
         let error = JobError {

@@ -71,7 +71,11 @@ async fn a_publishing_channel_the_broker_closes_is_reopened_and_later_jobs_are_a
         let started = Instant::now();
         let result = env.run(&env.job("u", json!({"hair": hair}))).await;
         assert_eq!(result["status"], "succeeded", "{result}");
-        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
     }
     assert_eq!(ready(&env, &env.http_base()).await, 200);
     assert_eq!(env.openai.calls(), 4, "nothing generated twice");
@@ -159,7 +163,11 @@ async fn a_reply_that_is_refused_does_not_make_the_job_run_or_answer_again() {
     let result = env.result_of(job["job_id"].as_str().unwrap()).await;
     assert_eq!(result["status"], "succeeded");
     let again = env.drain(Duration::from_millis(1500)).await;
-    assert!(again.is_empty(), "answered once: {} more copies", again.len());
+    assert!(
+        again.is_empty(),
+        "answered once: {} more copies",
+        again.len()
+    );
     assert_eq!(deliveries(&env, &job).await, 1, "delivered once");
     let _ = channel
         .queue_delete(full.as_str().into(), QueueDeleteOptions::default())
@@ -207,7 +215,11 @@ async fn reply_to_naming_the_workers_own_queues_is_ignored() {
         )
         .await
         .unwrap();
-    assert_eq!(letters.message_count(), 0, "no reply went into the dead-letter queue");
+    assert_eq!(
+        letters.message_count(),
+        0,
+        "no reply went into the dead-letter queue"
+    );
     env.cleanup().await;
 }
 
@@ -231,19 +243,22 @@ async fn a_job_id_answered_invalid_is_answered_again_not_done() {
     env.cleanup().await;
 }
 
-/// A direct reply-to name that is not one makes RabbitMQ close the publishing connection. Replies
+/// A direct reply-to name that is not one (its pid part, `eHl6`, is base64 of no Erlang term) makes
+/// RabbitMQ close the publishing connection with 541 INTERNAL_ERROR. Replies
 /// go out on a connection of their own: the job connection, its consumer and every job in flight
 /// are untouched, and the poisoned job is answered once.
 #[tokio::test]
 async fn a_poisoning_reply_to_cannot_close_the_job_connection() {
-    let mut env =
-        TestEnv::without_worker(vec![openai_ok().set_delay(Duration::from_millis(300))], |_| {})
-            .await;
+    let mut env = TestEnv::without_worker(
+        vec![openai_ok().set_delay(Duration::from_millis(300))],
+        |_| {},
+    )
+    .await;
     let worker = env.spawn_worker().await;
     let poisoned = env.job("u", json!({"hair": "poison"}));
     env.publish_raw(
         &body(&poisoned),
-        BasicProperties::default().with_reply_to("amq.rabbitmq.reply-to.xyz".into()),
+        BasicProperties::default().with_reply_to("amq.rabbitmq.reply-to.eHl6.abc".into()),
     )
     .await;
     let others: Vec<Value> = (0..10)
@@ -281,6 +296,32 @@ async fn a_poisoning_reply_to_cannot_close_the_job_connection() {
         "the bad reply was logged"
     );
     assert_eq!(env.openai.calls(), 11);
+
+    // The reply connection the broker closed is opened again for the next reply.
+    let (reply_channel, replies) = env.reply_queue().await;
+    let asking = env.job("u", json!({"hair": "other-0"}));
+    env.publish_raw(
+        &body(&asking),
+        BasicProperties::default().with_reply_to(replies.as_str().into()),
+    )
+    .await;
+    let mut consumer = reply_channel
+        .basic_consume(
+            replies.as_str().into(),
+            "".into(),
+            lapin::options::BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    use futures_util::StreamExt;
+    let reply = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .expect("a reply")
+        .expect("the reply consumer is open")
+        .unwrap();
+    let reply: Value = serde_json::from_slice(&reply.data).unwrap();
+    assert_eq!(reply["job_id"], asking["job_id"]);
     env.cleanup().await;
 }
 
@@ -299,13 +340,11 @@ async fn the_last_delivery_answers_internal_and_dead_letters_with_a_reason() {
     let id: uuid::Uuid = job["job_id"].as_str().unwrap().parse().unwrap();
     // A transaction that inserted the job's row and never ends: every arrival waits on it.
     let mut stuck = env.db.begin().await.unwrap();
-    sqlx::query(
-        "INSERT INTO memoji_jobs (job_id, user_id, status) VALUES ($1, 'u', 'processing')",
-    )
-    .bind(id)
-    .execute(&mut *stuck)
-    .await
-    .unwrap();
+    sqlx::query("INSERT INTO memoji_jobs (job_id, user_id, status) VALUES ($1, 'u', 'processing')")
+        .bind(id)
+        .execute(&mut *stuck)
+        .await
+        .unwrap();
     let started = Instant::now();
     env.publish(&job).await;
     let result = env.result_of(&id.to_string()).await;
@@ -418,7 +457,6 @@ impl BrokerUser {
     fn url(&self) -> String {
         format!("amqp://{}:it-password@127.0.0.1:5672/%2f", self.name)
     }
-
 }
 
 /// Removed even when the test fails.
