@@ -109,9 +109,8 @@ pub async fn run(ctx: Arc<Context>, health: Arc<BrokerHealth>, shutdown: Cancell
     }
 }
 
-/// One connection's worth of consuming. On shutdown it stops consuming and waits (within the
-/// grace period) for its jobs before closing the connection their acks need; on a broker failure
-/// it returns at once.
+/// One connection's worth of consuming, until shutdown or a broker failure; returns at once either
+/// way, leaving its jobs to finish on its connection.
 async fn session(
     ctx: &Arc<Context>,
     health: &BrokerHealth,
@@ -146,22 +145,22 @@ async fn session(
         }
     };
     mine.close();
-    if !shutdown.is_cancelled() {
-        // The connection is gone or going: its jobs finish on their own (the broker redelivers
-        // them, unacked), and the connection is closed after the last of them.
-        in_flight.spawn(async move {
-            mine.wait().await;
-            broker.close().await;
-        });
-        return ended;
+    if shutdown.is_cancelled() {
+        // Stop taking new deliveries; the ones in hand finish within the grace period `run`
+        // gives every task (their acks need this connection).
+        let _ = channel
+            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .await;
     }
-    // Stop taking new deliveries; let the ones in hand finish (their acks need this connection).
-    let _ = channel
-        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-        .await;
-    let grace = Duration::from_secs(ctx.settings.worker.shutdown_grace_secs);
-    let _ = tokio::time::timeout(grace, mine.wait()).await;
-    broker.close().await;
+    // On a broker failure the connection is gone or going: its jobs finish on their own (the
+    // broker redelivers them, unacked) while the next session starts. Either way the connection
+    // is closed after the last of them.
+    // The consuming channel too lives until then: dropped, it would hand the deliveries back.
+    in_flight.spawn(async move {
+        mine.wait().await;
+        drop((consumer, channel));
+        broker.close().await;
+    });
     ended
 }
 
