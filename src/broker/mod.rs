@@ -343,6 +343,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn broker_errors_know_whether_a_retry_can_help() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert!(BrokerError::Amqp(lapin::Error::from(io)).retry_can_help());
+        assert!(BrokerError::Unroutable("x".into()).retry_can_help());
+        assert!(BrokerError::Nacked("x".into()).retry_can_help());
+        let encode = serde_json::from_str::<u8>("x").unwrap_err();
+        assert!(!BrokerError::Encode(encode).retry_can_help());
+    }
+
+    #[test]
     fn the_dead_letter_copy_drops_expiration_and_user_id_and_keeps_the_rest() {
         let original = BasicProperties::default()
             .with_expiration("1000".into())

@@ -150,3 +150,17 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
 pub async fn ping(pool: &PgPool) -> bool {
     sqlx::query("SELECT 1").execute(pool).await.is_ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_failures_that_can_pass_are_worth_a_retry() {
+        let id = crate::job::JobId(uuid::Uuid::nil());
+        assert!(DbError::Sqlx(sqlx::Error::PoolTimedOut).retry_can_help());
+        assert!(DbError::LostClaim(id).retry_can_help());
+        assert_eq!(DbError::LostClaim(id).retry_after(), Some(AFTER_LOST_CLAIM));
+        assert!(!DbError::Corrupt("bad json".into()).retry_can_help());
+    }
+}

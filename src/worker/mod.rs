@@ -29,8 +29,10 @@ use tracing::Instrument;
 
 pub use handle::Context;
 pub use settle::Outcome;
+use settle::Recipient;
 
 use crate::broker::{Broker, BrokerError};
+use crate::job::{Intake, Rejection};
 
 /// Whether the worker can do broker work right now, read by `/readyz`: a session is consuming, and
 /// its connection and publishing channel are open (a channel the broker closed and that could not
@@ -166,7 +168,8 @@ async fn session(
 
 /// One delivery, from bytes to settlement, in a span carrying its job id. A panic in the pipeline
 /// is caught here and treated as a transient failure, so the delivery is handed back (and, if it
-/// keeps panicking, dead-lettered by the delivery limit) instead of being stranded unacked.
+/// keeps panicking, answered `internal` and dead-lettered on its last delivery) instead of being
+/// stranded unacked.
 async fn process(
     ctx: Arc<Context>,
     broker: Arc<Broker>,
@@ -187,7 +190,7 @@ async fn process(
             .unwrap_or_else(|_| Outcome::Retry {
                 cause: "the pipeline panicked".to_owned(),
                 after: None,
-                job: None,
+                job: recipient(&delivery.data, message_id.as_deref()),
             });
         let enqueued_at = *delivery.properties.timestamp();
         ctx.observer
@@ -196,4 +199,20 @@ async fn process(
     }
     .instrument(span)
     .await
+}
+
+/// Whom a delivery's result would go to, read again after a panic (intake is pure and cheap).
+fn recipient(body: &[u8], message_id: Option<&str>) -> Option<Recipient> {
+    match crate::job::intake(body, message_id) {
+        Ok(Intake::Job(job)) => Some(Recipient {
+            job_id: job.id,
+            user_id: job.user_id,
+        }),
+        Ok(Intake::Invalid {
+            job_id, user_id, ..
+        }) => Some(Recipient { job_id, user_id }),
+        Err(Rejection { answer, .. }) => {
+            answer.map(|(job_id, user_id)| Recipient { job_id, user_id })
+        }
+    }
 }

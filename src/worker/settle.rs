@@ -52,6 +52,8 @@ struct Failure {
     cause: String,
     after: Option<Duration>,
     job: Option<Recipient>,
+    /// Another delivery cannot do better (a result that cannot be encoded): give up now.
+    hopeless: bool,
 }
 
 /// Longest pause before handing a failing delivery back.
@@ -81,6 +83,7 @@ pub async fn settle(
                 Err(error) => Some(Failure {
                     cause: format!("could not dead-letter it: {error}"),
                     after: None,
+                    hopeless: false,
                     job: reply.map(|r| Recipient {
                         job_id: r.job_id,
                         user_id: r.user_id,
@@ -88,13 +91,18 @@ pub async fn settle(
                 }),
             }
         }
-        Outcome::Retry { cause, after, job } => Some(Failure { cause, after, job }),
+        Outcome::Retry { cause, after, job } => Some(Failure {
+            cause,
+            after,
+            job,
+            hopeless: false,
+        }),
     };
     let Some(failure) = failed else {
         return ack(delivery).await;
     };
     let deliveries = delivery_count(delivery);
-    if deliveries >= broker.settings().delivery_limit {
+    if failure.hopeless || deliveries >= broker.settings().delivery_limit {
         return give_up(broker, delivery, failure, deliveries + 1).await;
     }
     let pause = failure.after.unwrap_or_else(|| retry_pause(deliveries));
@@ -111,8 +119,9 @@ pub async fn settle(
     requeue(delivery, &failure.cause).await;
 }
 
-/// The last delivery the queue allows failed too: answer `internal` (retryable: publishing the job
-/// again may work) and dead-letter the message with the reason, then ack. If even the dead-letter
+/// The last delivery the queue allows failed too (or another could not do better): answer
+/// `internal` (retryable: publishing the job again may work) and dead-letter the message with the
+/// reason, then ack. If even the dead-letter
 /// copy fails, the delivery is handed back and the queue's own limit dead-letters it.
 async fn give_up(broker: &Broker, delivery: &Delivery, failure: Failure, deliveries: u32) {
     let reason = format!("gave up after {deliveries} deliveries: {}", failure.cause);
@@ -165,6 +174,7 @@ async fn answer(broker: &Broker, delivery: &Delivery, result: &JobResult) -> Res
         .map_err(|error| Failure {
             cause: format!("could not publish the result: {error}"),
             after: None,
+            hopeless: !error.retry_can_help(),
             job: Some(Recipient {
                 job_id: result.job_id,
                 user_id: result.user_id.clone(),
