@@ -121,6 +121,8 @@ pub struct DatabaseSettings {
     pub create_if_missing: bool,
     pub connect_retry_secs: u64,
     pub synchronous_commit: String,
+    pub statement_timeout_ms: u64,
+    pub lock_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -303,6 +305,7 @@ pub struct CleanupSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct WorkerSettings {
     pub lease_secs: u64,
+    pub hit_claim_secs: u64,
     pub wait_poll_ms: u64,
     pub shutdown_grace_secs: u64,
     /// How long a job id derived from a message body is remembered after its job finished.

@@ -39,9 +39,25 @@ pub enum DbError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database: stored data is unreadable: {0}")]
     Corrupt(String),
+    /// This delivery's claim on the job expired and another delivery took it over (or finished
+    /// it): this one must not record or publish a result of its own.
+    #[error("database: the claim on job {0} was lost to another delivery")]
+    LostClaim(crate::job::JobId),
 }
 
+/// How long a delivery that lost its job's claim waits before it is handed back: by then the new
+/// owner has usually finished, and the redelivery is answered from its record.
+const AFTER_LOST_CLAIM: Duration = Duration::from_millis(500);
+
 impl DbError {
+    /// How long to wait before the retry, where the failure knows better than the default pause.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            DbError::LostClaim(_) => Some(AFTER_LOST_CLAIM),
+            _ => None,
+        }
+    }
+
     /// Whether the failure is the database being out of reach rather than a query at fault.
     pub fn is_connectivity(&self) -> bool {
         match self {
@@ -73,6 +89,8 @@ impl DbError {
             return true;
         }
         match self {
+            // Another delivery owns the job now; its answer is recorded soon.
+            DbError::LostClaim(_) => true,
             DbError::Sqlx(sqlx::Error::Database(db)) => db.code().is_some_and(|code| {
                 // 40: transaction rollback (serialization, deadlock); 53: insufficient
                 // resources; 55P03: lock_not_available; 57014: query_canceled (timeouts);
@@ -120,18 +138,33 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
                 Ok(true)
             })
         })
-        .connect_with(
-            options
-                .application_name("memoji-worker")
-                .options([("synchronous_commit", settings.synchronous_commit.as_str())]),
-        )
+        .connect_with(options.application_name("memoji-worker").options([
+            ("synchronous_commit", settings.synchronous_commit.clone()),
+            // A statement stuck behind a lock, or running away, fails (and its job is retried)
+            // instead of stalling the job forever. 0 switches a limit off.
+            (
+                "statement_timeout",
+                settings.statement_timeout_ms.to_string(),
+            ),
+            ("lock_timeout", settings.lock_timeout_ms.to_string()),
+        ]))
         .await?;
     Ok(pool)
 }
 
-/// Runs the migrations in `migrations/`; replicas starting together wait on sqlx's migration lock.
+/// Runs the migrations in `migrations/`; replicas starting together wait on sqlx's migration lock,
+/// on a connection without the job path's statement and lock timeouts (a migration may take long,
+/// and so may the wait for another replica's).
 pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
-    sqlx::migrate!("./migrations").run(pool).await?;
+    let mut conn = pool.acquire().await?;
+    sqlx::raw_sql("SET statement_timeout = 0; SET lock_timeout = 0")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::migrate!("./migrations").run(&mut *conn).await?;
+    // Back to the connection's configured limits before it returns to the pool.
+    sqlx::raw_sql("RESET statement_timeout; RESET lock_timeout")
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
@@ -153,5 +186,9 @@ mod tests {
         assert!(!DbError::Corrupt("job 1: missing field".to_owned()).retryable());
         assert!(!DbError::Sqlx(sqlx::Error::RowNotFound).retryable());
         assert!(!DbError::Sqlx(sqlx::Error::ColumnNotFound("x".to_owned())).retryable());
+        let id = crate::job::JobId(uuid::Uuid::nil());
+        assert!(DbError::LostClaim(id).retryable());
+        assert!(!DbError::LostClaim(id).is_connectivity());
+        assert_eq!(DbError::LostClaim(id).retry_after(), Some(AFTER_LOST_CLAIM));
     }
 }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::claim::{self, Claim, Conn, Heartbeat};
-use super::settle::Outcome;
+use super::settle::{Outcome, Recipient};
 use crate::config::Settings;
 use crate::db::credits;
 use crate::db::jobs::{self, Lookup, Seen};
@@ -45,21 +45,34 @@ pub struct Context {
     pub outage: Arc<super::outage::Outage>,
 }
 
-/// Why a step did not produce a result, and whether trying again can help.
+/// Why a step did not produce a result, typed where it is born: worth another delivery, or never.
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
-    /// May succeed later: the delivery goes back to the queue.
-    #[error("{0}")]
-    Retry(String),
+    /// Cannot finish now but may later: the delivery goes back to the queue, after `after` if
+    /// the cause knows how long (else a pause growing with the deliveries).
+    #[error("{cause}")]
+    Retry {
+        cause: String,
+        after: Option<Duration>,
+    },
     /// The database is out of reach: the delivery goes back to the queue, and the worker stops
     /// consuming until the database answers again ([`super::outage`]), so a long outage does not
     /// spend the job's delivery budget.
     #[error("{0}")]
     Unreachable(String),
-    /// Cannot succeed however often it is tried (a stored row that cannot be read, a statement
-    /// the database refuses): answered at once with a non-retryable `internal` failure.
-    #[error("{0}")]
-    Permanent(String),
+    /// Will not work however often it is tried (a stored row that cannot be read, a statement
+    /// the database refuses): the job is answered with `code` at once.
+    #[error("{cause}")]
+    Permanent { code: ErrorCode, cause: String },
+}
+
+impl StepError {
+    pub fn retry(cause: impl Into<String>) -> StepError {
+        StepError::Retry {
+            cause: cause.into(),
+            after: None,
+        }
+    }
 }
 
 impl From<DbError> for StepError {
@@ -67,9 +80,15 @@ impl From<DbError> for StepError {
         if error.is_connectivity() {
             StepError::Unreachable(error.to_string())
         } else if error.retryable() {
-            StepError::Retry(error.to_string())
+            StepError::Retry {
+                after: error.retry_after(),
+                cause: error.to_string(),
+            }
         } else {
-            StepError::Permanent(error.to_string())
+            StepError::Permanent {
+                code: ErrorCode::Internal,
+                cause: error.to_string(),
+            }
         }
     }
 }
@@ -91,7 +110,13 @@ pub async fn handle(ctx: &Context, body: &[u8], message_id: Option<&str>) -> Out
             if let Some((id, _)) = &answer {
                 span.record("job_id", tracing::field::display(id));
             }
-            let answer = answer.map(|(id, user)| JobResult::invalid(id, &user, reason.clone()));
+            let answer = match answer {
+                Some((id, user)) => Some(
+                    ctx.invalid(JobResult::invalid(id, &user, reason.clone()))
+                        .await,
+                ),
+                None => None,
+            };
             Outcome::Reject { reason, answer }
         }
         Ok(Intake::Invalid {
@@ -101,19 +126,22 @@ pub async fn handle(ctx: &Context, body: &[u8], message_id: Option<&str>) -> Out
         }) => {
             span.record("job_id", tracing::field::display(job_id));
             tracing::info!(%message, "invalid job");
-            Outcome::Answer(JobResult::invalid(job_id, &user_id, message))
+            Outcome::Answer(
+                ctx.invalid(JobResult::invalid(job_id, &user_id, message))
+                    .await,
+            )
         }
         Ok(Intake::Job(mut job)) => {
             if job.derived_id
                 && let Err(error) = ctx.current_derived_job(&mut job).await
             {
-                return ctx.failed_step(&job, error);
+                return ctx.failed_step(&job, error, started);
             }
             span.record("job_id", tracing::field::display(job.id));
             match serve(ctx, &job, started).await {
                 Ok(Served::Fresh(result)) => Outcome::Answer(result),
                 Ok(Served::Replay(result)) => Outcome::Replay(result),
-                Err(error) => ctx.failed_step(&job, error),
+                Err(error) => ctx.failed_step(&job, error, started),
             }
         }
     }
@@ -147,7 +175,7 @@ async fn serve(ctx: &Context, job: &Job, started: Instant) -> Result<Served, Ste
             );
             true
         }
-        Seen::Busy => return Err(StepError::Retry("the job is busy elsewhere".to_owned())),
+        Seen::Busy => return Err(StepError::retry("the job is busy elsewhere")),
     };
     let owned = Owned { owner, resumed };
     let outcome = work(ctx, job, &key, owned, lookup, conn, started).await;
@@ -179,7 +207,7 @@ async fn work(
     conn: Option<Conn>,
     started: Instant,
 ) -> Result<JobResult, StepError> {
-    let Owned { owner, resumed } = owned;
+    let owner = owned.owner;
     let received = Utc::now();
     let hit = match lookup {
         Lookup::Hit(hit) => Some(hit),
@@ -189,7 +217,7 @@ async fn work(
         Lookup::Skipped => None,
     };
     if let Some(hit) = hit {
-        return ctx.finish_hit(conn, job, key, hit, resumed, started).await;
+        return ctx.finish_hit(conn, job, key, hit, owned, started).await;
     }
     // A miss waits (for a turn, for another worker) without holding a connection, and may take
     // long: from here on the job's claims are renewed. A hit ends well within a claim's life, so
@@ -197,8 +225,8 @@ async fn work(
     drop(conn);
     let _heartbeat = Heartbeat::start(ctx.db.clone(), job, key, owner, ctx.lease_ttl());
     match claim::lead_or_wait(ctx, job, key, job.force_refresh.then_some(received)).await? {
-        Claim::Served(hit) => ctx.finish_hit(None, job, key, hit, resumed, started).await,
-        Claim::Leader => ctx.generate(job, key, started).await,
+        Claim::Served(hit) => ctx.finish_hit(None, job, key, hit, owned, started).await,
+        Claim::Leader => ctx.generate(job, key, owner, started).await,
     }
 }
 
@@ -212,21 +240,35 @@ impl Context {
     }
 
     /// The outcome of a job whose journey stopped short.
-    fn failed_step(&self, job: &Job, error: StepError) -> Outcome {
+    fn failed_step(&self, job: &Job, error: StepError, started: Instant) -> Outcome {
+        let recipient = Some(Recipient {
+            job_id: job.id,
+            user_id: job.user_id.clone(),
+        });
         match error {
-            StepError::Retry(reason) => Outcome::Retry { reason },
-            StepError::Unreachable(reason) => {
+            StepError::Retry { cause, after } => Outcome::Retry {
+                cause,
+                after,
+                job: recipient,
+            },
+            StepError::Unreachable(cause) => {
                 self.outage.report();
-                Outcome::Retry { reason }
+                Outcome::Retry {
+                    cause,
+                    after: None,
+                    job: recipient,
+                }
             }
-            StepError::Permanent(reason) => {
-                tracing::error!(%reason, "the job cannot be served; answering internal");
+            StepError::Permanent { code, cause } => {
+                tracing::error!(%cause, "the job cannot be completed");
                 let error = JobError {
-                    code: ErrorCode::Internal,
-                    message: reason,
+                    code,
+                    message: cause,
                     retryable: false,
                 };
-                Outcome::Answer(JobResult::failure(job.id, &job.user_id, None, error))
+                let mut result = JobResult::failure(job.id, &job.user_id, None, error);
+                result.duration_ms = elapsed_ms(started);
+                Outcome::Answer(result)
             }
         }
     }
@@ -234,6 +276,30 @@ impl Context {
     /// How long a claim on a job or key lasts without renewal.
     pub(super) fn lease_ttl(&self) -> Duration {
         Duration::from_secs(self.settings.worker.lease_secs)
+    }
+
+    /// How long a job's first claim lasts: enough for a hit, which takes milliseconds; a miss
+    /// extends it to [`Context::lease_ttl`] when its heartbeat starts. A job whose process died
+    /// is so taken over in seconds.
+    pub(super) fn hit_claim_ttl(&self) -> Duration {
+        Duration::from_secs(self.settings.worker.hit_claim_secs).min(self.lease_ttl())
+    }
+
+    /// Records an `invalid_job` answer under its job id (see [`jobs::record_answer`]) and returns
+    /// what to publish: the answer, or the result the id already has. Recording is best effort: the
+    /// answer goes out even when the database is away.
+    async fn invalid(&self, answer: JobResult) -> JobResult {
+        match jobs::record_answer(&self.db, &answer).await {
+            Ok(Some(earlier)) => {
+                tracing::info!("job id seen before; answering with its recorded result");
+                earlier
+            }
+            Ok(None) => answer,
+            Err(error) => {
+                tracing::warn!(%error, "could not record the invalid_job answer; answering anyway");
+                answer
+            }
+        }
     }
 
     /// Counts a use of the key's entry and returns it; `None` on a miss.
@@ -263,7 +329,7 @@ impl Context {
         job: &Job,
         key: &CacheKey,
         hit: cache::Hit,
-        resumed: bool,
+        owned: Owned,
         started: Instant,
     ) -> Result<JobResult, StepError> {
         let mut conn = match conn {
@@ -271,15 +337,15 @@ impl Context {
             None => self.db.acquire().await.map_err(DbError::from)?,
         };
         let used = hit.credits_used.unwrap_or(0);
-        if !resumed {
+        if !owned.resumed {
             let result = self.hit_result(job, key, hit.entry, used, started);
-            jobs::finish(&mut *conn, &result).await?;
+            jobs::finish(&mut *conn, &result, owned.owner).await?;
             return Ok(result);
         }
         let mut tx = conn.begin().await.map_err(DbError::from)?;
         let refunded = credits::refund(&mut *tx, job.id).await?;
         let result = self.hit_result(job, key, hit.entry, used - i64::from(refunded), started);
-        jobs::finish(&mut *tx, &result).await?;
+        jobs::finish(&mut *tx, &result, owned.owner).await?;
         tx.commit().await.map_err(DbError::from)?;
         Ok(result)
     }

@@ -6,6 +6,8 @@ mod helpers;
 mod openai;
 
 mod admin_api;
+mod broker_faults;
+mod claims;
 mod cleanup;
 mod cli;
 mod failures;
