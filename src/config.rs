@@ -412,17 +412,10 @@ fn secret_from_env(variable: &str) -> Option<SecretString> {
         .map(SecretString::from)
 }
 
-/// A URL fit for logs: scheme, host, port and path, never the password.
+/// A URL fit for logs: scheme, host, port and path, never the password (in the userinfo or in a
+/// query parameter such as `?password=`); see [`crate::redact::url`].
 pub fn redacted_url(url: &SecretString) -> String {
-    match url::Url::parse(url.expose_secret()) {
-        Ok(mut parsed) => {
-            if parsed.password().is_some() {
-                let _ = parsed.set_password(Some("***"));
-            }
-            parsed.to_string()
-        }
-        Err(_) => "<unparseable url>".to_owned(),
-    }
+    crate::redact::url(url.expose_secret())
 }
 
 #[cfg(test)]
