@@ -213,9 +213,25 @@ pub struct SupabaseSettings {
     pub bucket: String,
 }
 
+/// The admin API's listener and the limits that keep a hostile client from exhausting it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct HttpSettings {
     pub bind: SocketAddr,
+    /// A request's head (and, between keep-alive requests, the next one) must arrive within this.
+    pub header_read_timeout_secs: u64,
+    /// A handler must answer within this (the cleanup route excepted, which runs its own task).
+    pub request_timeout_secs: u64,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+}
+
+impl HttpSettings {
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_secs)
+    }
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -280,6 +296,10 @@ pub struct CleanupSettings {
     pub min_uses: u32,
     pub archive_above_uses: u32,
     pub batch_size: u32,
+    /// Finished jobs are pruned this many days after they were created; 0 keeps them forever.
+    pub job_retention_days: u32,
+    /// Credit-ledger rows are pruned this many days after the charge; 0 keeps them forever.
+    pub ledger_retention_days: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -388,6 +408,18 @@ impl Settings {
         rule(
             self.cleanup.batch_size > 0,
             "cleanup.batch_size must be at least 1",
+        )?;
+        rule(
+            self.http.header_read_timeout_secs > 0,
+            "http.header_read_timeout_secs must be at least 1",
+        )?;
+        rule(
+            self.http.request_timeout_secs > 0,
+            "http.request_timeout_secs must be at least 1",
+        )?;
+        rule(
+            self.http.max_connections > 0,
+            "http.max_connections must be at least 1",
         )?;
         crate::maintenance::schedule::parse(&self.cleanup.schedule)
             .map_err(|e| SettingsError::Rule(format!("cleanup.schedule: {e}")))?;

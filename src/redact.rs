@@ -80,7 +80,11 @@ fn decode(name: &str) -> String {
 
 /// Where a value inside free text ends: at whitespace, a quote, a bracket or a separator.
 fn ends_value(c: char) -> bool {
-    c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '<' | '>' | '(' | ')' | '[' | ']' | '{' | '}' | ',' | ';')
+    c.is_whitespace()
+        || matches!(
+            c,
+            '"' | '\'' | '`' | '<' | '>' | '(' | ')' | '[' | ']' | '{' | '}' | ',' | ';'
+        )
 }
 
 /// `scheme://user:password@host` → `scheme://user:***@host`, for every URL in `text`.
@@ -242,14 +246,23 @@ mod tests {
                 r#"{"error":{"message":"Incorrect API key provided: sk-***"}}"#,
             ),
             ("sk-live-123", "sk-***"),
-            ("two: sk-aaaa1111 and (sk-bbbb2222)", "two: sk-*** and (sk-***)"),
+            (
+                "two: sk-aaaa1111 and (sk-bbbb2222)",
+                "two: sk-*** and (sk-***)",
+            ),
         ];
         for (raw, masked) in cases {
             assert_eq!(text(raw), masked, "{raw}");
             assert!(!text(raw).contains("456DEF") && !text(raw).contains("wxyz"));
         }
         // Words that merely contain the letters stay.
-        for harmless in ["a risk-free retry", "desk-top", "sk-", "sk-ab", "task-42 failed"] {
+        for harmless in [
+            "a risk-free retry",
+            "desk-top",
+            "sk-",
+            "sk-ab",
+            "task-42 failed",
+        ] {
             assert!(matches!(text(harmless), Cow::Borrowed(_)), "{harmless}");
         }
     }

@@ -132,7 +132,13 @@ mod tests {
                 "{accepted:?}"
             );
         }
-        for missing in ["Basic s3cret", "Bearers3cret", "Bearer ", "bearer", "Token s3cret"] {
+        for missing in [
+            "Basic s3cret",
+            "Bearers3cret",
+            "Bearer ",
+            "bearer",
+            "Token s3cret",
+        ] {
             assert_eq!(
                 authorize(&headers(Some(missing)), Some(&token)),
                 Err(Refusal::Missing),
@@ -154,7 +160,10 @@ mod tests {
         let token = SecretString::from("  s3cret\r\n");
         assert!(authorize(&headers(Some("bearer s3cret")), Some(&token)).is_ok());
         assert_eq!(
-            authorize(&headers(Some("Bearer s3cret\n".trim())), Some(&SecretString::from("other\n"))),
+            authorize(
+                &headers(Some("Bearer s3cret\n".trim())),
+                Some(&SecretString::from("other\n"))
+            ),
             Err(Refusal::Wrong)
         );
         // Only whitespace is no token at all: writes stay off rather than open to an empty one.

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod admin_api;
+mod admin_limits;
 mod cleanup;
 mod cli;
 mod failures;
@@ -14,5 +15,6 @@ mod metrics;
 mod pipeline;
 mod poison;
 mod schemas;
+mod secrets;
 mod storage_s3;
 mod storage_supabase;
