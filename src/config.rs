@@ -223,6 +223,9 @@ pub struct HttpSettings {
     pub request_timeout_secs: u64,
     /// Connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
+    /// A connection whose response writes stay blocked this long (the client stopped reading) is
+    /// closed.
+    pub send_stall_timeout_secs: u64,
 }
 
 impl HttpSettings {
@@ -231,6 +234,9 @@ impl HttpSettings {
     }
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
+    }
+    pub fn send_stall_timeout(&self) -> Duration {
+        Duration::from_secs(self.send_stall_timeout_secs)
     }
 }
 
@@ -420,6 +426,10 @@ impl Settings {
         rule(
             self.http.max_connections > 0,
             "http.max_connections must be at least 1",
+        )?;
+        rule(
+            self.http.send_stall_timeout_secs > 0,
+            "http.send_stall_timeout_secs must be at least 1",
         )?;
         crate::maintenance::schedule::parse(&self.cleanup.schedule)
             .map_err(|e| SettingsError::Rule(format!("cleanup.schedule: {e}")))?;

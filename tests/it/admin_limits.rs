@@ -228,6 +228,8 @@ async fn slow_readers_of_a_large_image_get_it_streamed_and_never_exceed_the_conn
         &[
             ("MEMOJI__HTTP__MAX_CONNECTIONS", cap.as_str()),
             ("MEMOJI__HTTP__HEADER_READ_TIMEOUT_SECS", "30"),
+            // The readers stall on purpose; they must not be cut off during the test.
+            ("MEMOJI__HTTP__SEND_STALL_TIMEOUT_SECS", "120"),
         ],
     )
     .await;
@@ -267,7 +269,7 @@ async fn slow_readers_of_a_large_image_get_it_streamed_and_never_exceed_the_conn
     let mut served = Vec::new();
     let mut waiting = Vec::new();
     for mut stream in readers {
-        let got = read_some(&mut stream, 64 * 1024, Duration::from_millis(1500)).await;
+        let got = read_some(&mut stream, 64 * 1024, Duration::from_millis(1000)).await;
         if got.is_empty() {
             waiting.push(stream);
         } else {
@@ -308,6 +310,51 @@ async fn slow_readers_of_a_large_image_get_it_streamed_and_never_exceed_the_conn
             "a waiting reader was served once slots freed"
         );
     }
+    worker.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn readers_that_stop_reading_are_cut_off_after_the_send_stall_timeout() {
+    const CAP: usize = 10;
+    let env = TestEnv::without_worker(vec![], |_| {}).await;
+    let hash = "c".repeat(64);
+    let file = env.storage_dir().join(format!("2026/11/{hash}.png"));
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, vec![9u8; 5 * 1024 * 1024]).unwrap();
+    let cap = CAP.to_string();
+    let worker = Worker::start(
+        &env,
+        &[
+            ("MEMOJI__HTTP__MAX_CONNECTIONS", cap.as_str()),
+            ("MEMOJI__HTTP__HEADER_READ_TIMEOUT_SECS", "30"),
+            ("MEMOJI__HTTP__SEND_STALL_TIMEOUT_SECS", "2"),
+        ],
+    )
+    .await;
+    // Every slot taken by a reader that reads the start of the image, then nothing.
+    let mut stalled = Vec::new();
+    for _ in 0..CAP {
+        let mut stream = slow_reader(worker.addr, &format!("/images/2026/11/{hash}.png")).await;
+        let got = read_some(&mut stream, 16 * 1024, Duration::from_secs(3)).await;
+        assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+        stalled.push(stream);
+    }
+    // A probe waits for a slot, and gets one once the stall timeout has cut the readers off:
+    // stalled readers cannot keep /readyz from answering.
+    let asked = Instant::now();
+    let response = fresh_client()
+        .get(worker.url("/readyz"))
+        .send()
+        .await
+        .unwrap();
+    let waited = asked.elapsed();
+    assert_eq!(response.status(), 200);
+    assert!(
+        waited >= Duration::from_millis(1000) && waited < Duration::from_secs(10),
+        "with every slot held by a stalled reader, /readyz waited {waited:?} (stall timeout 2 s)"
+    );
+    drop(stalled);
     worker.stop().await;
     env.cleanup().await;
 }
