@@ -415,6 +415,16 @@ impl Settings {
             self.cleanup.batch_size > 0,
             "cleanup.batch_size must be at least 1",
         )?;
+        // A URL that does not parse would be quoted whole, password and all, by the client
+        // library's error; refuse it here with a message that names the key only.
+        rule(
+            url_like(&self.amqp.url),
+            "amqp.url is not a URL (amqp://user:password@host:port/vhost)",
+        )?;
+        rule(
+            url_like(&self.database.url),
+            "database.url is not a URL (postgres://user:password@host:port/database)",
+        )?;
         rule(
             self.http.header_read_timeout_secs > 0,
             "http.header_read_timeout_secs must be at least 1",
@@ -445,6 +455,11 @@ fn environment() -> config::Environment {
         .prefix_separator("__")
         .separator("__")
         .try_parsing(true)
+}
+
+/// Whether a secret URL parses as a URL with an authority (`scheme://…`).
+fn url_like(url: &SecretString) -> bool {
+    url::Url::parse(url.expose_secret()).is_ok_and(|u| !u.cannot_be_a_base())
 }
 
 fn secret_from_env(variable: &str) -> Option<SecretString> {
@@ -598,6 +613,30 @@ mod tests {
             let parsed: StorageKind = serde_json::from_value(serde_json::json!(kind)).unwrap();
             assert_eq!(format!("{parsed:?}").to_lowercase(), kind);
         }
+    }
+
+    #[test]
+    fn a_malformed_url_is_refused_without_being_quoted() {
+        for (key, url) in [
+            ("amqp.url", "amqp:guest:hunter2@broker:5672"),
+            ("database.url", "postgres:memoji:hunter2@db/memoji"),
+            ("database.url", "hunter2"),
+        ] {
+            let mut settings = Settings::defaults().unwrap();
+            let secret = SecretString::from(url);
+            if key == "amqp.url" {
+                settings.amqp.url = secret;
+            } else {
+                settings.database.url = secret;
+            }
+            let error = settings.checked().unwrap_err().to_string();
+            assert!(error.contains(key), "{error}");
+            assert!(!error.contains("hunter2"), "{error}");
+        }
+        // A Unix-socket database URL has no host, and is fine.
+        let mut settings = Settings::defaults().unwrap();
+        settings.database.url = SecretString::from("postgres:///memoji?host=/run/postgresql");
+        assert!(settings.checked().is_ok());
     }
 
     #[test]
