@@ -3,9 +3,10 @@
 //!
 //! With the local backend a file is streamed from disk in small chunks (`ReaderStream`), never
 //! read whole: a slow reader of a 5 MiB image holds a file descriptor and a few kilobytes, not
-//! the image. The remote backends' objects (at most `storage::MAX_IMAGE_BYTES`) are read through
-//! the store; their `image_url`s point at the bucket itself, so this route is rarely asked for
-//! them.
+//! the image. The remote backends' objects (at most `storage::MAX_IMAGE_BYTES`) are read whole
+//! through the store — their `image_url`s point at the bucket itself, so this route is rarely
+//! asked for them — at most [`REMOTE_READS`] at a time, so that many clients cannot make the
+//! process hold many images at once.
 
 use axum::Router;
 use axum::body::Body;
@@ -13,6 +14,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use tokio::sync::Semaphore;
 use tokio_util::io::ReaderStream;
 
 use super::ApiState;
@@ -24,6 +26,9 @@ const CONTENT_TYPE: &str = "image/png";
 const CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
 /// The chunk a file is read in.
 const CHUNK_BYTES: usize = 16 * 1024;
+/// Remote objects read into memory at once, across all connections (8 × 5 MiB at most).
+const REMOTE_READS: usize = 8;
+static REMOTE_SLOTS: Semaphore = Semaphore::const_new(REMOTE_READS);
 
 pub fn router() -> Router<ApiState> {
     Router::new().route("/images/{year}/{month}/{file}", get(image))
@@ -40,8 +45,24 @@ async fn image(
     if storage.kind == StorageKind::Local {
         return stream_file(&storage.local_dir.join(path.as_str()), &path).await;
     }
+    // Waiting here counts against the request timeout (a 408 when the slots stay busy). The slot
+    // is held until the body has been sent (or the connection is gone), since that is how long
+    // the image stays in memory.
+    let Ok(slot) = REMOTE_SLOTS.acquire().await else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
     match state.store.get(&path).await {
-        Ok(Some(bytes)) => png(Body::from(bytes), None),
+        Ok(Some(bytes)) => {
+            let length = bytes.len();
+            let chunks = (0..length).step_by(CHUNK_BYTES).map(move |at| {
+                let _held = &slot;
+                Ok::<_, std::convert::Infallible>(bytes.slice(at..length.min(at + CHUNK_BYTES)))
+            });
+            png(
+                Body::from_stream(futures_util::stream::iter(chunks)),
+                Some(length as u64),
+            )
+        }
         Ok(None) => StatusCode::NOT_FOUND.into_response(),
         Err(error) => {
             tracing::warn!(%error, %path, "could not read an image");

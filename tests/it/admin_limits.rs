@@ -358,3 +358,39 @@ async fn readers_that_stop_reading_are_cut_off_after_the_send_stall_timeout() {
     worker.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn with_a_remote_backend_the_images_route_serves_the_stored_object_whole() {
+    let s3 = crate::storage_s3::S3Server::get().await;
+    let id = format!("s3{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let bucket = s3.bucket(&id).await;
+    let mut env = TestEnv::start_with(vec![crate::helpers::openai_ok()], |settings| {
+        s3.configure(settings, &bucket)
+    })
+    .await;
+    let miss = env.run(&env.job("u", serde_json::json!({}))).await;
+    assert_eq!(miss["status"], "succeeded", "{miss}");
+    let path = miss["storage_path"].as_str().unwrap();
+    let response = fresh_client()
+        .get(format!("{}/images/{path}", env.http_base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "image/png");
+    assert_eq!(
+        response.headers()["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
+    let expected = crate::helpers::png_bytes();
+    assert_eq!(
+        response.headers()["content-length"],
+        expected.len().to_string().as_str()
+    );
+    assert_eq!(
+        response.bytes().await.unwrap().as_ref(),
+        expected.as_slice()
+    );
+    env.cleanup().await;
+    s3.remove(&bucket).await;
+}
