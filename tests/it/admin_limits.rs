@@ -394,3 +394,62 @@ async fn with_a_remote_backend_the_images_route_serves_the_stored_object_whole()
     env.cleanup().await;
     s3.remove(&bucket).await;
 }
+
+#[tokio::test]
+async fn a_handler_that_cannot_answer_in_time_gets_a_408_but_the_cleanup_may_take_longer() {
+    let env = TestEnv::start_with(vec![], |s| s.http.request_timeout_secs = 1).await;
+    let client = fresh_client();
+    // The statistics' table locked by someone else: the handler cannot answer.
+    let mut blocker = env.db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE memoji_stats_lifetime IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let asked = Instant::now();
+    let response = client
+        .get(format!("{}/api/cache/stats", env.http_base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 408);
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    blocker.rollback().await.unwrap();
+    let response = client
+        .get(format!("{}/api/cache/stats", env.http_base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    // The cleanup, held up longer than the request timeout, still answers with its report.
+    let mut blocker = env.db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE memoji_cache IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        blocker.rollback().await.unwrap();
+    });
+    let asked = Instant::now();
+    let (status, report) = crate::helpers::post_cleanup(
+        &client,
+        &env.http_base(),
+        true,
+        Some(crate::helpers::ADMIN_TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["dry_run"], true);
+    assert!(
+        asked.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+    release.await.unwrap();
+    env.cleanup().await;
+}
