@@ -232,9 +232,31 @@ pub struct SupabaseSettings {
     pub bucket: String,
 }
 
+/// The admin API's listener and the limits that keep a hostile client from exhausting it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct HttpSettings {
     pub bind: SocketAddr,
+    /// A request's head (and, between keep-alive requests, the next one) must arrive within this.
+    pub header_read_timeout_secs: u64,
+    /// A handler must answer within this (the cleanup route excepted, which runs its own task).
+    pub request_timeout_secs: u64,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// A connection whose response writes stay blocked this long (the client stopped reading) is
+    /// closed.
+    pub send_stall_timeout_secs: u64,
+}
+
+impl HttpSettings {
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_secs)
+    }
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+    pub fn send_stall_timeout(&self) -> Duration {
+        Duration::from_secs(self.send_stall_timeout_secs)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -300,6 +322,10 @@ pub struct CleanupSettings {
     pub min_uses: u32,
     pub archive_above_uses: u32,
     pub batch_size: u32,
+    /// Finished jobs are pruned this many days after they were created; 0 keeps them forever.
+    pub job_retention_days: u32,
+    /// Credit-ledger rows are pruned this many days after the charge; 0 keeps them forever.
+    pub ledger_retention_days: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -425,6 +451,32 @@ impl Settings {
             self.cleanup.batch_size > 0,
             "cleanup.batch_size must be at least 1",
         )?;
+        // A URL that does not parse would be quoted whole, password and all, by the client
+        // library's error; refuse it here with a message that names the key only.
+        rule(
+            url_like(&self.amqp.url),
+            "amqp.url is not a URL (amqp://user:password@host:port/vhost)",
+        )?;
+        rule(
+            url_like(&self.database.url),
+            "database.url is not a URL (postgres://user:password@host:port/database)",
+        )?;
+        rule(
+            self.http.header_read_timeout_secs > 0,
+            "http.header_read_timeout_secs must be at least 1",
+        )?;
+        rule(
+            self.http.request_timeout_secs > 0,
+            "http.request_timeout_secs must be at least 1",
+        )?;
+        rule(
+            self.http.max_connections > 0,
+            "http.max_connections must be at least 1",
+        )?;
+        rule(
+            self.http.send_stall_timeout_secs > 0,
+            "http.send_stall_timeout_secs must be at least 1",
+        )?;
         crate::maintenance::schedule::parse(&self.cleanup.schedule)
             .map_err(|e| SettingsError::Rule(format!("cleanup.schedule: {e}")))?;
         rule(
@@ -455,6 +507,11 @@ fn environment() -> config::Environment {
         .try_parsing(true)
 }
 
+/// Whether a secret URL parses as a URL with an authority (`scheme://…`).
+fn url_like(url: &SecretString) -> bool {
+    url::Url::parse(url.expose_secret()).is_ok_and(|u| !u.cannot_be_a_base())
+}
+
 fn secret_from_env(variable: &str) -> Option<SecretString> {
     std::env::var(variable)
         .ok()
@@ -462,17 +519,10 @@ fn secret_from_env(variable: &str) -> Option<SecretString> {
         .map(SecretString::from)
 }
 
-/// A URL fit for logs: scheme, host, port and path, never the password.
+/// A URL fit for logs: scheme, host, port and path, never the password (in the userinfo or in a
+/// query parameter such as `?password=`); see [`crate::redact::url`].
 pub fn redacted_url(url: &SecretString) -> String {
-    match url::Url::parse(url.expose_secret()) {
-        Ok(mut parsed) => {
-            if parsed.password().is_some() {
-                let _ = parsed.set_password(Some("***"));
-            }
-            parsed.to_string()
-        }
-        Err(_) => "<unparseable url>".to_owned(),
-    }
+    crate::redact::url(url.expose_secret())
 }
 
 #[cfg(test)]
@@ -622,6 +672,30 @@ mod tests {
             let parsed: StorageKind = serde_json::from_value(serde_json::json!(kind)).unwrap();
             assert_eq!(format!("{parsed:?}").to_lowercase(), kind);
         }
+    }
+
+    #[test]
+    fn a_malformed_url_is_refused_without_being_quoted() {
+        for (key, url) in [
+            ("amqp.url", "amqp:guest:hunter2@broker:5672"),
+            ("database.url", "postgres:memoji:hunter2@db/memoji"),
+            ("database.url", "hunter2"),
+        ] {
+            let mut settings = Settings::defaults().unwrap();
+            let secret = SecretString::from(url);
+            if key == "amqp.url" {
+                settings.amqp.url = secret;
+            } else {
+                settings.database.url = secret;
+            }
+            let error = settings.checked().unwrap_err().to_string();
+            assert!(error.contains(key), "{error}");
+            assert!(!error.contains("hunter2"), "{error}");
+        }
+        // A Unix-socket database URL has no host, and is fine.
+        let mut settings = Settings::defaults().unwrap();
+        settings.database.url = SecretString::from("postgres:///memoji?host=/run/postgresql");
+        assert!(settings.checked().is_ok());
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! - [`http`]: the admin API; [`maintenance`]: the scheduled cleanup; [`stats`]: statistics and
 //!   the metrics feed, told about each settled job by `worker::process` through one hook.
 //! - [`app`] wires it all together and runs it until shutdown; [`config`] and [`telemetry`] set it up.
+//! - [`redact`]: the one place secrets are masked in text people see (URLs, error messages).
 
 pub mod app;
 pub mod broker;
@@ -24,6 +25,7 @@ pub mod generate;
 pub mod http;
 pub mod job;
 pub mod maintenance;
+pub mod redact;
 pub mod stats;
 pub mod storage;
 pub mod telemetry;

@@ -1,5 +1,6 @@
-//! The cleanup's SQL (CONTRACT.md §7): the single-replica lock, and batches that archive popular
-//! entries and delete old unused ones.
+//! The cleanup's SQL (CONTRACT.md §7): the single-replica lock, batches that archive popular
+//! entries and delete old unused ones, and batches that prune old finished jobs and old credit
+//! ledger rows (retention).
 //!
 //! Every batch is two short statements: read the next `batch` ids in index order (the cursor),
 //! then change only those of them that qualify, skipping rows a hit holds right now
@@ -213,4 +214,124 @@ pub async fn image_in_use(
     .fetch_one(pool)
     .await?;
     Ok(used)
+}
+
+/// A finished job may go once it was created and finished before the cutoff — unless it failed
+/// after a charge that was never refunded: the refund sweep still needs its row. A job still
+/// `processing` is never pruned, however old (the refund sweep's to settle).
+const PRUNABLE_JOB: &str = "job_id = ANY($1) AND created_at < $2 AND updated_at < $2
+    AND status IN ('succeeded', 'failed')
+    AND NOT (status = 'failed' AND EXISTS (
+        SELECT 1 FROM memoji_credit_ledger l
+         WHERE l.job_id = memoji_jobs.job_id AND l.refunded_at IS NULL))";
+
+/// A ledger row may go once it was charged before the cutoff and can no longer be refunded: it
+/// was refunded, or its job succeeded. A row whose job is still `processing` or `failed`
+/// (unrefunded) stays for the refund sweep. A row whose job row is gone is of a finished job
+/// (only finished jobs are pruned, and never a failed one with an open charge).
+const PRUNABLE_CHARGE: &str = "job_id = ANY($1) AND charged_at < $2
+    AND (refunded_at IS NOT NULL OR NOT EXISTS (
+        SELECT 1 FROM memoji_jobs j
+         WHERE j.job_id = memoji_credit_ledger.job_id AND j.status IN ('processing', 'failed')))";
+
+/// The next `batch` jobs created before `cutoff`, after `after`, oldest first (the retention
+/// pass's cursor; `memoji_jobs_created_at` serves it).
+pub async fn next_old_jobs(
+    pool: &PgPool,
+    cutoff: DateTime<Utc>,
+    after: Option<Cursor>,
+    batch: i64,
+) -> Result<Vec<Cursor>, DbError> {
+    let rows: Vec<Cursor> = sqlx::query_as(
+        "SELECT created_at, job_id FROM memoji_jobs
+          WHERE created_at < $1
+            AND ($2::timestamptz IS NULL OR (created_at >= $2 AND (created_at, job_id) > ($2, $3::uuid)))
+          ORDER BY created_at, job_id LIMIT $4",
+    )
+    .bind(cutoff)
+    .bind(after.map(|c| c.0))
+    .bind(after.map(|c| c.1))
+    .bind(batch)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows)
+}
+
+/// Deletes those of `ids` that are finished jobs past retention; with `dry_run`, only counts them.
+/// Rows a delivery holds right now are skipped (looked at again on the next run).
+pub async fn prune_jobs(
+    pool: &PgPool,
+    ids: &[Uuid],
+    cutoff: DateTime<Utc>,
+    dry_run: bool,
+) -> Result<u64, DbError> {
+    let sql = if dry_run {
+        format!("SELECT count(*) FROM memoji_jobs WHERE {PRUNABLE_JOB}")
+    } else {
+        format!(
+            "WITH gone AS (
+                 DELETE FROM memoji_jobs
+                  WHERE job_id IN (SELECT job_id FROM memoji_jobs WHERE {PRUNABLE_JOB}
+                                    FOR UPDATE SKIP LOCKED)
+                 RETURNING 1)
+             SELECT count(*) FROM gone"
+        )
+    };
+    let n: i64 = sqlx::query_scalar(&sql)
+        .bind(ids)
+        .bind(cutoff)
+        .fetch_one(pool)
+        .await?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// The next `batch` ledger rows charged before `cutoff`, after `after`, oldest first
+/// (`memoji_credit_ledger_charged_at` serves it).
+pub async fn next_old_charges(
+    pool: &PgPool,
+    cutoff: DateTime<Utc>,
+    after: Option<Cursor>,
+    batch: i64,
+) -> Result<Vec<Cursor>, DbError> {
+    let rows: Vec<Cursor> = sqlx::query_as(
+        "SELECT charged_at, job_id FROM memoji_credit_ledger
+          WHERE charged_at < $1
+            AND ($2::timestamptz IS NULL OR (charged_at >= $2 AND (charged_at, job_id) > ($2, $3::uuid)))
+          ORDER BY charged_at, job_id LIMIT $4",
+    )
+    .bind(cutoff)
+    .bind(after.map(|c| c.0))
+    .bind(after.map(|c| c.1))
+    .bind(batch)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows)
+}
+
+/// Deletes those of `ids` that are ledger rows past retention that can no longer be refunded;
+/// with `dry_run`, only counts them.
+pub async fn prune_charges(
+    pool: &PgPool,
+    ids: &[Uuid],
+    cutoff: DateTime<Utc>,
+    dry_run: bool,
+) -> Result<u64, DbError> {
+    let sql = if dry_run {
+        format!("SELECT count(*) FROM memoji_credit_ledger WHERE {PRUNABLE_CHARGE}")
+    } else {
+        format!(
+            "WITH gone AS (
+                 DELETE FROM memoji_credit_ledger
+                  WHERE job_id IN (SELECT job_id FROM memoji_credit_ledger WHERE {PRUNABLE_CHARGE}
+                                    FOR UPDATE SKIP LOCKED)
+                 RETURNING 1)
+             SELECT count(*) FROM gone"
+        )
+    };
+    let n: i64 = sqlx::query_scalar(&sql)
+        .bind(ids)
+        .bind(cutoff)
+        .fetch_one(pool)
+        .await?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }

@@ -1,18 +1,23 @@
-//! The admin HTTP API (CONTRACT.md §8), on axum: one `router()` per file, merged here.
+//! The admin HTTP API (CONTRACT.md §8), on axum: one `router()` per file, merged here, served by
+//! `server` (hyper, with a header-read timeout and a connection cap). Every route but the cleanup
+//! answers within `http.request_timeout_secs` or gets a 408.
 
 mod auth;
 mod cleanup;
 mod health;
 mod images;
 mod metrics;
+mod server;
 mod stats;
 
 use std::sync::Arc;
 
 use axum::Router;
+use axum::http::StatusCode;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower_http::timeout::TimeoutLayer;
 
 use crate::config::Settings;
 use crate::maintenance::Cleaner;
@@ -32,12 +37,21 @@ pub struct ApiState {
 }
 
 pub fn router(state: ApiState) -> Router {
-    Router::new()
+    // The timeout covers producing the response (an image's body streams afterwards, bounded by
+    // the connection cap). The cleanup is exempt: a long run should still answer with its report.
+    let timeout = TimeoutLayer::with_status_code(
+        StatusCode::REQUEST_TIMEOUT,
+        state.settings.http.request_timeout(),
+    );
+    let timed = Router::new()
         .merge(health::router())
         .merge(images::router())
         .merge(stats::router())
-        .merge(cleanup::router())
         .merge(metrics::router())
+        .layer(timeout);
+    Router::new()
+        .merge(timed)
+        .merge(cleanup::router())
         .with_state(state)
 }
 
@@ -47,7 +61,6 @@ pub async fn serve(
     state: ApiState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let limits = state.settings.http.clone();
+    server::run(listener, router(state), &limits, shutdown).await
 }

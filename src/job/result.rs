@@ -44,11 +44,36 @@ impl ErrorCode {
 
 /// The `error` object of a failed result. `retryable` tells the publisher whether sending the job
 /// again (with a new job id) may succeed.
+///
+/// The message is masked ([`crate::redact::text`]) when the error is made with [`JobError::new`]
+/// and again whenever it is serialized, so no key or password quoted by an outside system (an
+/// OpenAI 401 body, a connection error naming a URL) reaches a subscriber or the job table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobError {
     pub code: ErrorCode,
+    #[serde(serialize_with = "masked")]
     pub message: String,
     pub retryable: bool,
+}
+
+impl JobError {
+    /// An error whose message is masked already, so logging it is safe too.
+    pub fn new(code: ErrorCode, message: impl Into<String>, retryable: bool) -> JobError {
+        let message = message.into();
+        let message = match crate::redact::text(&message) {
+            std::borrow::Cow::Borrowed(_) => message,
+            std::borrow::Cow::Owned(masked) => masked,
+        };
+        JobError {
+            code,
+            message,
+            retryable,
+        }
+    }
+}
+
+fn masked<S: Serializer>(message: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&crate::redact::text(message))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,11 +143,7 @@ impl JobResult {
 
     /// The `invalid_job` answer to a job that broke a rule.
     pub fn invalid(job_id: JobId, user_id: &str, message: impl Into<String>) -> JobResult {
-        let error = JobError {
-            code: ErrorCode::InvalidJob,
-            message: message.into(),
-            retryable: false,
-        };
+        let error = JobError::new(ErrorCode::InvalidJob, message, false);
         JobResult::failure(job_id, user_id, None, error)
     }
 
@@ -171,6 +192,32 @@ mod tests {
             })
         );
         assert_eq!(result.routing_key(), "result.failed");
+    }
+
+    #[test]
+    fn no_key_or_password_reaches_a_result() {
+        let key = "sk-proj-Zq8vN2xR4tY6uI0oP3aS5dF7gH9jK1lL";
+        let body = format!(
+            "OpenAI answered 401: {{\"error\":{{\"message\":\"Incorrect API key provided: {key}\"}}}}"
+        );
+        let id = JobId(Uuid::nil());
+        // Made with the constructor: masked at birth, so a log line of it is safe too.
+        let error = JobError::new(ErrorCode::GenerationFailed, body.clone(), false);
+        assert!(!error.message.contains("Zq8vN2"), "{}", error.message);
+        assert!(error.message.contains("Incorrect API key provided: sk-***"));
+        // Built field by field (as older code does): masked when serialized.
+        let raw = JobError {
+            code: ErrorCode::StorageFailed,
+            message: format!("{body} via postgres://memoji:hunter2@db/memoji?sslpassword=pw2"),
+            retryable: true,
+        };
+        for error in [error, raw] {
+            let result = JobResult::failure(id, "user-42", None, error);
+            let text = serde_json::to_string(&result).unwrap();
+            for secret in ["Zq8vN2", "hunter2", "pw2"] {
+                assert!(!text.contains(secret), "{text}");
+            }
+        }
     }
 
     #[test]

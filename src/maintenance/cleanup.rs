@@ -1,6 +1,12 @@
 //! One cleanup run: archive entries used more than `archive_above_uses` times, then delete
 //! non-archived entries older than `max_age_days` with fewer than `min_uses` uses, and their
-//! images. A dry run reads the same batches and changes nothing.
+//! images; then prune finished jobs older than `job_retention_days` and credit-ledger rows older
+//! than `ledger_retention_days` that can no longer be refunded (0 keeps them forever). A dry run
+//! reads the same batches and changes nothing.
+//!
+//! Retention never takes a job that is still `processing`, a failed job whose charge is still
+//! open, or a ledger row whose job could still be refunded: those are the refund sweep's. A
+//! pruned job is forgotten: the same job id arriving again after that is a new job.
 //!
 //! Images are deleted only after their row is gone (committed), so no row ever points at a missing
 //! image. The one hazard left is the same key being recorded again meanwhile — a job that missed
@@ -18,7 +24,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tokio::time::Instant;
@@ -56,6 +62,11 @@ pub struct CleanupReport {
     /// Images of deleted entries left in place: the key was being generated again, its new entry
     /// uses the same path, or the storage backend failed (the row is gone either way).
     pub images_kept: u64,
+    /// Finished jobs pruned from `memoji_jobs` past `job_retention_days` (dry run: that would be).
+    pub jobs_pruned: u64,
+    /// Rows pruned from `memoji_credit_ledger` past `ledger_retention_days` (dry run: that would
+    /// be).
+    pub ledger_pruned: u64,
     pub duration_ms: u64,
 }
 
@@ -110,6 +121,8 @@ impl Cleaner {
                     archived = report.archived,
                     bytes_freed = report.bytes_freed,
                     images_kept = report.images_kept,
+                    jobs_pruned = report.jobs_pruned,
+                    ledger_pruned = report.ledger_pruned,
                     duration_ms = report.duration_ms,
                     "cleanup completed"
                 );
@@ -146,6 +159,8 @@ impl Cleaner {
             archived: 0,
             bytes_freed: 0,
             images_kept: 0,
+            jobs_pruned: 0,
+            ledger_pruned: 0,
             duration_ms: 0,
         };
 
@@ -189,8 +204,41 @@ impl Cleaner {
                 }
             }
         }
+        self.prune(started_at, batch, dry_run, &mut report).await?;
         report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         Ok(report)
+    }
+
+    /// Retention: old finished jobs, then old ledger rows, each walked oldest first in batches
+    /// (a cursor over the age index, then those of the batch that qualify deleted).
+    async fn prune(
+        &self,
+        now: DateTime<Utc>,
+        batch: i64,
+        dry_run: bool,
+        report: &mut CleanupReport,
+    ) -> Result<(), CleanupError> {
+        if let Some(cutoff) = retention_cutoff(now, self.settings.job_retention_days) {
+            let mut after = None;
+            loop {
+                let old = sql::next_old_jobs(&self.db, cutoff, after, batch).await?;
+                let Some(last) = old.last() else { break };
+                after = Some(*last);
+                let ids: Vec<uuid::Uuid> = old.iter().map(|(_, id)| *id).collect();
+                report.jobs_pruned += sql::prune_jobs(&self.db, &ids, cutoff, dry_run).await?;
+            }
+        }
+        if let Some(cutoff) = retention_cutoff(now, self.settings.ledger_retention_days) {
+            let mut after = None;
+            loop {
+                let old = sql::next_old_charges(&self.db, cutoff, after, batch).await?;
+                let Some(last) = old.last() else { break };
+                after = Some(*last);
+                let ids: Vec<uuid::Uuid> = old.iter().map(|(_, id)| *id).collect();
+                report.ledger_pruned += sql::prune_charges(&self.db, &ids, cutoff, dry_run).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Deletes a deleted entry's image unless the key is being, or has been, recorded again at
@@ -222,6 +270,11 @@ impl Cleaner {
         leases::release(&self.db, &key, holder).await?;
         outcome
     }
+}
+
+/// `days` before `now`, or `None` for 0 (kept forever).
+fn retention_cutoff(now: DateTime<Utc>, days: u32) -> Option<DateTime<Utc>> {
+    (days > 0).then(|| now - chrono::Duration::days(i64::from(days)))
 }
 
 /// Where an entry's image is stored: its `storage_path`, or for rows imported without one the

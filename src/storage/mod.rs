@@ -14,6 +14,7 @@
 pub mod check;
 mod local;
 mod s3;
+mod s3_http;
 mod supabase;
 
 use std::fmt;

@@ -24,6 +24,7 @@ use object_store::{
 };
 use secrecy::ExposeSecret;
 
+use super::s3_http::ReqwestConnector;
 use super::{ImageStore, SetupError, StorageError, StoragePath, Stored, join_url};
 use crate::config::{S3Settings, StorageSecrets, StorageSettings};
 
@@ -70,6 +71,7 @@ impl S3Store {
         };
         let bucket_url = bucket_url(s3)?;
         let timeout = settings.request_timeout();
+        let connect_timeout = timeout.min(Duration::from_secs(5));
         let mut builder = AmazonS3Builder::new()
             .with_bucket_name(&s3.bucket)
             .with_region(&s3.region)
@@ -79,7 +81,7 @@ impl S3Store {
             .with_client_options(
                 ClientOptions::new()
                     .with_timeout(timeout)
-                    .with_connect_timeout(timeout.min(Duration::from_secs(5))),
+                    .with_connect_timeout(connect_timeout),
             )
             .with_retry(RetryConfig {
                 backoff: BackoffConfig {
@@ -90,7 +92,8 @@ impl S3Store {
                 max_retries: REQUEST_RETRIES,
                 retry_timeout: timeout,
             })
-            .with_allow_http(bucket_url.starts_with("http://"));
+            .with_allow_http(bucket_url.starts_with("http://"))
+            .with_http_connector(ReqwestConnector::new(timeout, connect_timeout));
         // object_store takes a bucket-less endpoint for path style, and the bucket's own URL
         // for virtual-hosted style.
         builder = if s3.path_style {

@@ -273,24 +273,12 @@ impl Context {
 }
 
 fn generation_error(error: GenerateError) -> JobError {
-    JobError {
-        code: error.code(),
-        retryable: error.retryable(),
-        message: error.to_string(),
-    }
+    JobError::new(error.code(), error.to_string(), error.retryable())
 }
 
 fn storage_error(error: StorageError) -> JobError {
     match error {
-        StorageError::Invalid(message) => JobError {
-            code: ErrorCode::ImageInvalid,
-            message,
-            retryable: true,
-        },
-        StorageError::Backend(message) => JobError {
-            code: ErrorCode::StorageFailed,
-            message,
-            retryable: true,
-        },
+        StorageError::Invalid(message) => JobError::new(ErrorCode::ImageInvalid, message, true),
+        StorageError::Backend(message) => JobError::new(ErrorCode::StorageFailed, message, true),
     }
 }

@@ -40,6 +40,29 @@ async fn cleanup_needs_the_admin_token() {
 }
 
 #[tokio::test]
+async fn a_lowercase_scheme_and_a_token_read_from_a_file_with_its_newline_are_accepted() {
+    // As a Kubernetes secret mounted into ADMIN_TOKEN reads: with a trailing newline.
+    let env = TestEnv::start_with(vec![], |s| {
+        s.secrets.admin_token = Some(secrecy::SecretString::from(format!("{ADMIN_TOKEN}\n")));
+    })
+    .await;
+    let base = env.http_base();
+    let post = |authorization: String| {
+        env.http
+            .post(format!("{base}/api/cache/cleanup?dry_run=true"))
+            .header("authorization", authorization)
+            .send()
+    };
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let response = post(format!("{scheme} {ADMIN_TOKEN}")).await.unwrap();
+        assert_eq!(response.status(), 200, "{scheme}");
+    }
+    let response = post(format!("bearer {ADMIN_TOKEN}x")).await.unwrap();
+    assert_eq!(response.status(), 401);
+    env.cleanup().await;
+}
+
+#[tokio::test]
 async fn without_an_admin_token_writes_are_refused() {
     let env = TestEnv::start_with(vec![], |s| s.secrets.admin_token = None).await;
     for token in [None, Some(ADMIN_TOKEN), Some("")] {

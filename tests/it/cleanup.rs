@@ -334,3 +334,205 @@ async fn the_command_line_cleanup_reports_and_publishes() {
     assert_eq!(published, serde_json::to_value(&report).unwrap());
     env.cleanup().await;
 }
+
+/// A `memoji_jobs` row as the worker leaves it, `age_days` old.
+async fn seed_job(env: &TestEnv, status: &str, age_days: i64) -> uuid::Uuid {
+    let id = uuid::Uuid::new_v4();
+    let at = Utc::now() - Duration::days(age_days);
+    let result = (status != "processing").then(|| json!({"job_id": id, "status": status}));
+    sqlx::query(
+        "INSERT INTO memoji_jobs (job_id, user_id, status, result, created_at, updated_at)
+         VALUES ($1, 'retention-user', $2, $3, $4, $4)",
+    )
+    .bind(id)
+    .bind(status)
+    .bind(result)
+    .bind(at)
+    .execute(&env.db)
+    .await
+    .unwrap();
+    id
+}
+
+/// A `memoji_credit_ledger` row for `job`, charged `age_days` ago, refunded or not.
+async fn seed_charge(env: &TestEnv, job: uuid::Uuid, age_days: i64, refunded: bool) {
+    let at = Utc::now() - Duration::days(age_days);
+    sqlx::query(
+        "INSERT INTO memoji_credit_ledger (job_id, user_id, period, charged_at, refunded_at)
+         VALUES ($1, 'retention-user', date_trunc('month', $2)::date, $2, CASE WHEN $3 THEN $2 END)",
+    )
+    .bind(job)
+    .bind(at)
+    .bind(refunded)
+    .execute(&env.db)
+    .await
+    .unwrap();
+}
+
+async fn ids_in(env: &TestEnv, table: &str) -> Vec<uuid::Uuid> {
+    let mut ids: Vec<uuid::Uuid> = sqlx::query_scalar(&format!("SELECT job_id FROM {table}"))
+        .fetch_all(&env.db)
+        .await
+        .unwrap();
+    ids.sort();
+    ids
+}
+
+fn sorted(mut ids: Vec<uuid::Uuid>) -> Vec<uuid::Uuid> {
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn retention_prunes_old_finished_jobs_and_old_charges_but_never_what_could_still_be_refunded()
+{
+    let mut env = TestEnv::start_with(vec![], |s| {
+        // Small batches, so each pass takes several; the defaults (30 and 400 days) otherwise.
+        s.cleanup.batch_size = 2;
+    })
+    .await;
+    // A real job through the worker, then aged past retention: its record goes like any other.
+    let real = env
+        .run(&env.job("retention-user", json!({"hair": "long"})))
+        .await;
+    let real: uuid::Uuid = real["job_id"].as_str().unwrap().parse().unwrap();
+    sqlx::query(
+        "UPDATE memoji_jobs SET created_at = now() - interval '31 days',
+                                updated_at = now() - interval '31 days' WHERE job_id = $1",
+    )
+    .bind(real)
+    .execute(&env.db)
+    .await
+    .unwrap();
+
+    // Jobs past the 30 days.
+    let old_succeeded = seed_job(&env, "succeeded", 40).await;
+    let old_failed_refunded = seed_job(&env, "failed", 40).await;
+    seed_charge(&env, old_failed_refunded, 40, true).await;
+    let old_failed_charge_open = seed_job(&env, "failed", 45).await;
+    seed_charge(&env, old_failed_charge_open, 45, false).await;
+    let old_processing = seed_job(&env, "processing", 50).await;
+    seed_charge(&env, old_processing, 50, false).await;
+    // Within the 30 days.
+    let recent = seed_job(&env, "succeeded", 29).await;
+    // Charges past the 400 days.
+    let ancient_succeeded = seed_job(&env, "succeeded", 500).await;
+    seed_charge(&env, ancient_succeeded, 500, false).await;
+    let ancient_refunded = uuid::Uuid::new_v4(); // its job pruned long ago
+    seed_charge(&env, ancient_refunded, 480, true).await;
+    let ancient_job_pruned = uuid::Uuid::new_v4(); // finished, pruned (only finished jobs are)
+    seed_charge(&env, ancient_job_pruned, 470, false).await;
+    let ancient_processing = seed_job(&env, "processing", 600).await;
+    seed_charge(&env, ancient_processing, 600, false).await;
+    let ancient_failed_open = seed_job(&env, "failed", 450).await;
+    seed_charge(&env, ancient_failed_open, 450, false).await;
+    // A charge within the 400 days, refunded: kept.
+    let young_charge = uuid::Uuid::new_v4();
+    seed_charge(&env, young_charge, 399, true).await;
+
+    let jobs_before = ids_in(&env, "memoji_jobs").await;
+    let ledger_before = ids_in(&env, "memoji_credit_ledger").await;
+    let expected_jobs_pruned = [real, old_succeeded, old_failed_refunded, ancient_succeeded];
+    let expected_ledger_pruned = [ancient_succeeded, ancient_refunded, ancient_job_pruned];
+
+    // Dry run: the figures, nothing touched.
+    let (status, report) = env
+        .post_cleanup(&env.http_base(), true, Some(ADMIN_TOKEN))
+        .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(
+        report["jobs_pruned"],
+        expected_jobs_pruned.len(),
+        "{report}"
+    );
+    assert_eq!(
+        report["ledger_pruned"],
+        expected_ledger_pruned.len(),
+        "{report}"
+    );
+    assert_eq!(ids_in(&env, "memoji_jobs").await, jobs_before);
+    assert_eq!(ids_in(&env, "memoji_credit_ledger").await, ledger_before);
+
+    // Real run: exactly those go.
+    let (status, report) = env
+        .post_cleanup(&env.http_base(), false, Some(ADMIN_TOKEN))
+        .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(
+        report["jobs_pruned"],
+        expected_jobs_pruned.len(),
+        "{report}"
+    );
+    assert_eq!(
+        report["ledger_pruned"],
+        expected_ledger_pruned.len(),
+        "{report}"
+    );
+    let kept = |before: &[uuid::Uuid], gone: &[uuid::Uuid]| {
+        sorted(
+            before
+                .iter()
+                .filter(|id| !gone.contains(id))
+                .copied()
+                .collect(),
+        )
+    };
+    assert_eq!(
+        ids_in(&env, "memoji_jobs").await,
+        kept(&jobs_before, &expected_jobs_pruned)
+    );
+    assert_eq!(
+        ids_in(&env, "memoji_credit_ledger").await,
+        kept(&ledger_before, &expected_ledger_pruned)
+    );
+    // Spelled out: what could still be refunded, and what is young, stays.
+    let jobs = ids_in(&env, "memoji_jobs").await;
+    for id in [
+        old_failed_charge_open,
+        old_processing,
+        recent,
+        ancient_processing,
+        ancient_failed_open,
+    ] {
+        assert!(jobs.contains(&id));
+    }
+    let ledger = ids_in(&env, "memoji_credit_ledger").await;
+    for id in [
+        old_failed_refunded,
+        old_failed_charge_open,
+        old_processing,
+        ancient_processing,
+        ancient_failed_open,
+        young_charge,
+    ] {
+        assert!(ledger.contains(&id));
+    }
+
+    // Nothing left to prune: a second run prunes nothing.
+    let (_, report) = env
+        .post_cleanup(&env.http_base(), false, Some(ADMIN_TOKEN))
+        .await;
+    assert_eq!(report["jobs_pruned"], 0, "{report}");
+    assert_eq!(report["ledger_pruned"], 0, "{report}");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_retention_of_zero_keeps_jobs_and_charges_forever() {
+    let env = TestEnv::start_with(vec![], |s| {
+        s.cleanup.job_retention_days = 0;
+        s.cleanup.ledger_retention_days = 0;
+    })
+    .await;
+    let job = seed_job(&env, "succeeded", 3000).await;
+    seed_charge(&env, job, 3000, true).await;
+    let (status, report) = env
+        .post_cleanup(&env.http_base(), false, Some(ADMIN_TOKEN))
+        .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["jobs_pruned"], 0, "{report}");
+    assert_eq!(report["ledger_pruned"], 0, "{report}");
+    assert_eq!(ids_in(&env, "memoji_jobs").await, vec![job]);
+    assert_eq!(ids_in(&env, "memoji_credit_ledger").await, vec![job]);
+    env.cleanup().await;
+}

@@ -6,6 +6,7 @@ mod helpers;
 mod openai;
 
 mod admin_api;
+mod admin_limits;
 mod broker_faults;
 mod claims;
 mod cleanup;
@@ -21,5 +22,6 @@ mod pipeline;
 mod poison;
 mod refunds;
 mod schemas;
+mod secrets;
 mod storage_s3;
 mod storage_supabase;

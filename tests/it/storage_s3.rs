@@ -83,7 +83,9 @@ impl S3Server {
             .uri(url)
             .body(HttpRequestBody::from(body.to_vec()))
             .unwrap();
-        AwsAuthorizer::new(&credential, "s3", REGION).authorize(&mut request, None);
+        AwsAuthorizer::new(&credential, "s3", REGION)
+            .try_authorize(&mut request, None)
+            .expect("the request signs");
         let (parts, _) = request.into_parts();
         self.http
             .request(parts.method, url)
