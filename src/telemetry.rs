@@ -211,33 +211,6 @@ pub fn set_model_lifecycle(model: &str, days_left: Option<i64>, unknown: bool) {
         .set(f64::from(u8::from(unknown)));
 }
 
-/// Masks anything shaped like an OpenAI key (`sk-…`, `sk-proj-…`) in text that may reach a result
-/// or a log: a provider's error message can quote part of a key.
-pub fn mask_keys(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find("sk-") {
-        let starts_word = at == 0
-            || !rest[..at]
-                .chars()
-                .next_back()
-                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        let tail = &rest[at..];
-        let len = tail
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '*'))
-            .unwrap_or(tail.len());
-        out.push_str(&rest[..at]);
-        if starts_word && len > 3 {
-            out.push_str("sk-***");
-        } else {
-            out.push_str(&tail[..len.max(3)]);
-        }
-        rest = &tail[len.max(3)..];
-    }
-    out.push_str(rest);
-    out
-}
-
 pub fn count_openai_retry() {
     counter!(OPENAI_RETRIES).increment(1);
 }
@@ -267,35 +240,4 @@ pub fn count_cleanup(result: &'static str, deleted: u64, archived: u64, bytes_fr
     counter!(CLEANUP_DELETED).increment(deleted);
     counter!(CLEANUP_ARCHIVED).increment(archived);
     counter!(CLEANUP_BYTES_FREED).increment(bytes_freed);
-}
-
-#[cfg(test)]
-mod key_mask_tests {
-    use super::mask_keys;
-
-    #[test]
-    fn masks_every_key_shape_and_nothing_else() {
-        for (text, masked) in [
-            (
-                "Incorrect API key provided: sk-abc123XYZ.",
-                "Incorrect API key provided: sk-***.",
-            ),
-            (
-                "key sk-proj-AbC_d-e9 and sk-svcacct-xyz",
-                "key sk-*** and sk-***",
-            ),
-            (
-                "partial sk-****************abcd here",
-                "partial sk-*** here",
-            ),
-            (
-                "disk-usage is fine; task-sk-1 too",
-                "disk-usage is fine; task-sk-1 too",
-            ),
-            ("sk-", "sk-"),
-            ("no key at all", "no key at all"),
-        ] {
-            assert_eq!(mask_keys(text), masked, "{text}");
-        }
-    }
 }

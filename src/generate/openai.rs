@@ -241,7 +241,7 @@ impl ImageGenerator for OpenAiGenerator {
                 Err(AttemptError::Retry {
                     message,
                     retry_after,
-                }) => (message, retry_after),
+                }) => (crate::redact::text(&message).into_owned(), retry_after),
             };
             let delay = backoff
                 .next()
@@ -399,7 +399,7 @@ fn classify(
         format!(
             "OpenAI answered {}: {}",
             status.as_u16(),
-            telemetry::mask_keys(&text)
+            crate::redact::text(&text)
         )
     };
     let content_policy = CONTENT_POLICY_CODES.contains(&code)
