@@ -400,3 +400,35 @@ async fn an_unknown_configuration_key_stops_the_command_with_its_name() {
     );
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_result_for_a_reply_queue_that_is_gone_is_one_clear_log_line() {
+    // As when `enqueue --wait` gave up and its private queue went with its connection.
+    let mut env = TestEnv::without_worker(vec![openai_ok()], |_| {}).await;
+    let worker = env.spawn_worker().await;
+    let job = env.job("u", json!({"hair": "gone"}));
+    let gone = format!("{}.gone-reply", env.id);
+    let properties = lapin::BasicProperties::default()
+        .with_reply_to(gone.as_str().into())
+        .with_correlation_id("c-1".into());
+    env.publish_raw(&serde_json::to_vec(&job).unwrap(), properties)
+        .await;
+    let result = env.result_of(job["job_id"].as_str().unwrap()).await;
+    assert_eq!(result["status"], "succeeded", "kept on the result queue");
+    crate::helpers::eventually("the worker's warning", || async {
+        worker
+            .log()
+            .contains("reply queue does not exist")
+            .then_some(())
+    })
+    .await;
+    let log = worker.log();
+    assert_eq!(
+        log.matches("reply queue does not exist").count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains("Server returned"), "lapin's dump: {log}");
+    assert!(log.lines().all(|line| line.len() < 1000), "{log}");
+    env.cleanup().await;
+}
