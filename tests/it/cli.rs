@@ -432,3 +432,33 @@ async fn a_result_for_a_reply_queue_that_is_gone_is_one_clear_log_line() {
     assert!(log.lines().all(|line| line.len() < 1000), "{log}");
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn on_a_terminal_enqueue_wait_shows_a_spinner_while_it_waits() {
+    let env = TestEnv::without_worker(vec![], |_| {}).await;
+    // `script` (util-linux) gives the command a pseudo-terminal, as a person's shell would.
+    let inner = format!(
+        "{} enqueue --wait --timeout-secs 2",
+        env!("CARGO_BIN_EXE_memoji-worker")
+    );
+    let mut vars = worker_environment(&env.settings);
+    set(&mut vars, "TERM", "xterm");
+    let run = tokio::process::Command::new("script")
+        .args(["-qefc", &inner, "/dev/null"])
+        .env_clear()
+        .envs(vars)
+        .stdin(Stdio::null())
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("it gives up after its timeout")
+        .unwrap();
+    assert!(!output.status.success());
+    let screen = String::from_utf8_lossy(&output.stdout);
+    assert!(screen.contains("no worker is consuming"), "{screen:?}");
+    let frames = screen.matches("waiting for the result of job").count();
+    assert!(frames >= 5, "a spinner redrawn in place: {screen:?}");
+    assert!(screen.contains("\r\x1b[2K"), "{screen:?}");
+    assert!(screen.contains("no result for job"), "{screen:?}");
+    env.cleanup().await;
+}
