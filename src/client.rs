@@ -17,7 +17,7 @@ use crate::broker::{Broker, BrokerError};
 use crate::config::{AmqpSettings, redacted_url};
 
 /// How often the job queue's consumers are counted again while waiting.
-const RECOUNT: Duration = Duration::from_secs(2);
+const RECOUNT: Duration = Duration::from_secs(1);
 /// How often [`Waiting::Tick`] is sent.
 const TICK: Duration = Duration::from_millis(100);
 

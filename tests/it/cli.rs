@@ -462,3 +462,27 @@ async fn on_a_terminal_enqueue_wait_shows_a_spinner_while_it_waits() {
     assert!(screen.contains("no result for job"), "{screen:?}");
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn enqueue_wait_says_when_a_worker_attaches_and_prints_the_result() {
+    // A generation slow enough for the client to notice the worker before the result.
+    let slow = openai_ok().set_delay(Duration::from_secs(3));
+    let env = TestEnv::without_worker(vec![slow], |_| {}).await;
+    let waiting = command(&env, &["enqueue", "--wait", "--timeout-secs", "60"], |_| {}).output();
+    let late_worker = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        env.spawn_worker().await
+    };
+    let (output, _worker) = tokio::join!(waiting, late_worker);
+    let output = output.unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no worker is consuming"), "{stderr}");
+    assert!(
+        stderr.contains("a worker is consuming the job queue now"),
+        "{stderr}"
+    );
+    let result: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(result["status"], "succeeded");
+    env.cleanup().await;
+}
