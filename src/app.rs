@@ -13,10 +13,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Settings, redacted_url};
+use crate::generate::lifecycle::{Lifecycle, ModelChecker};
 use crate::generate::{ImageGenerator, OpenAiGenerator, Pacer, PlaceholderGenerator};
 use crate::http::{self, ApiState};
-use crate::job::GeneratorKind;
-use crate::maintenance::{Cleaner, Ran, schedule};
+use crate::job::{GeneratorKind, ModelRules};
+use crate::maintenance::{self, Cleaner, Ran, schedule};
 use crate::stats::feed::{self, Feed, Outbox};
 use crate::stats::{Observer, Stats, Tally};
 use crate::worker::{self, BrokerHealth, Context};
@@ -78,11 +79,22 @@ impl App {
             settings.cleanup.clone(),
             Some(feed.clone()),
         ));
+        let models = Arc::new(
+            ModelRules::new(
+                &settings.openai.successors,
+                &settings.openai.default_quality,
+            )
+            .context("openai.successors")?,
+        );
+        for (retired, successor) in models.successors.pairs() {
+            tracing::debug!(retired, %successor, "retired model served by its successor");
+        }
         let ctx = Arc::new(Context {
             db,
             store,
             generator,
             pacer,
+            models,
             observer: Arc::new(Observer::new(tally.clone(), feed.clone())),
             settings,
             stopping,
@@ -133,6 +145,28 @@ impl App {
             background_stop.clone(),
         ));
         background.spawn(upkeep_metrics(background_stop.clone()));
+        let lifecycle = Arc::new(Lifecycle::new(settings.openai.shutdown_warning_days));
+        if let Some(checker) = model_checker(&settings)? {
+            let plan = maintenance::lifecycle::Plan {
+                models: self
+                    .ctx
+                    .models
+                    .successors
+                    .callable()
+                    .iter()
+                    .map(|m| m.name().to_owned())
+                    .collect(),
+                every: Duration::from_secs(settings.openai.lifecycle_check_hours * 3600),
+                retry_after: Duration::from_secs(settings.openai.lifecycle_retry_secs),
+            };
+            background.spawn(maintenance::lifecycle::run(
+                checker,
+                plan,
+                lifecycle.clone(),
+                db.clone(),
+                background_stop.clone(),
+            ));
+        }
         background.close();
 
         let tasks = TaskTracker::new();
@@ -142,6 +176,7 @@ impl App {
             broker: self.health.clone(),
             settings: settings.clone(),
             cleaner: self.cleaner.clone(),
+            lifecycle,
         };
         let api_stop = CancellationToken::new();
         let server = tokio::spawn(http::serve(self.listener, api, api_stop.clone()));
@@ -243,12 +278,19 @@ pub async fn cleanup(settings: &Settings, dry_run: bool) -> anyhow::Result<Ran> 
     Ok(ran?)
 }
 
-/// `memoji-worker stats`: the statistics as stored in the database.
-pub async fn stats(settings: &Settings) -> anyhow::Result<Stats> {
+/// `memoji-worker stats`: the statistics as stored in the database, and the warnings of the last
+/// model lifecycle check (CONTRACT.md §11).
+pub async fn stats(settings: &Settings) -> anyhow::Result<(Stats, Vec<String>)> {
     let db = connect_database(settings).await?;
     let stats = stats::read(&db).await;
+    let models = db::models::load(&db).await;
     db.close().await;
-    Ok(stats?)
+    let today = chrono::Utc::now().date_naive();
+    let warnings = models?
+        .iter()
+        .filter_map(|status| status.warning(today, settings.openai.shutdown_warning_days))
+        .collect();
+    Ok((stats?, warnings))
 }
 
 async fn upkeep_metrics(stop: CancellationToken) {
@@ -261,6 +303,17 @@ async fn upkeep_metrics(stop: CancellationToken) {
             _ = ticks.tick() => handle.run_upkeep(),
             () = stop.cancelled() => return,
         }
+    }
+}
+
+/// The lifecycle checker, where the worker calls OpenAI (not for the placeholder generator).
+fn model_checker(settings: &Settings) -> anyhow::Result<Option<ModelChecker>> {
+    match (&settings.generator.kind, &settings.secrets.openai_api_key) {
+        (GeneratorKind::OpenAi, Some(key)) => Ok(Some(
+            ModelChecker::new(&settings.openai.base_url, key.clone())
+                .context("building the OpenAI client")?,
+        )),
+        _ => Ok(None),
     }
 }
 

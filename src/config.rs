@@ -171,6 +171,22 @@ pub struct OpenAiSettings {
     pub max_attempts: u32,
     pub backoff_min_ms: u64,
     pub backoff_max_ms: u64,
+    /// Retired model (configuration key form, `gpt_image_1`) → the active model that serves it.
+    #[serde(default)]
+    pub successors: BTreeMap<String, String>,
+    /// `quality` sent when a job names none; empty for OpenAI's own default.
+    #[serde(default)]
+    pub default_quality: String,
+    /// `moderation` sent with every request: `auto` or `low`.
+    pub moderation: String,
+    /// A model whose `shutdown_date` is this close (days) is warned about.
+    pub shutdown_warning_days: u32,
+    /// Hours between checks of the models' lifecycle (`GET /models/{id}`); the first is at start.
+    pub lifecycle_check_hours: u64,
+    /// Seconds before a lifecycle check that could not reach OpenAI is tried again.
+    pub lifecycle_retry_secs: u64,
+    /// Largest response body read from OpenAI (bytes).
+    pub max_response_bytes: usize,
 }
 
 impl AmqpSettings {
@@ -295,21 +311,22 @@ pub struct StatsSettings {
 }
 
 /// What images cost, in US dollars (see `generate::pricing`). Models are keyed with `_` for `-`
-/// (`gpt_image_1`), so that every key also has an environment form.
+/// and `.` (`gpt_image_2_6_flare`), so that every key also has an environment form.
 #[derive(Debug, Clone, Deserialize)]
 pub struct PriceSettings {
-    /// model → quality → size → dollars per image.
-    pub per_image: BTreeMap<String, BTreeMap<String, BTreeMap<String, f64>>>,
-    /// model → dollars per token, for models that bill tokens and report them.
-    pub per_token: BTreeMap<String, TokenPrices>,
+    /// model → dollars per 1M tokens, from OpenAI's `usage`.
+    pub per_million_tokens: BTreeMap<String, TokenPrices>,
+    /// model → quality → dollars per 1024x1024 image, where a response carries no `usage`.
+    pub per_image: BTreeMap<String, BTreeMap<String, f64>>,
 }
 
+/// Dollars per 1M tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 pub struct TokenPrices {
-    /// Per text input token.
-    pub input: f64,
-    /// Per image output token.
-    pub output: f64,
+    pub text_input: f64,
+    pub cached_text_input: f64,
+    pub image_input: f64,
+    pub image_output: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -451,6 +468,20 @@ impl Settings {
         )?;
         crate::maintenance::schedule::parse(&self.cleanup.schedule)
             .map_err(|e| SettingsError::Rule(format!("cleanup.schedule: {e}")))?;
+        rule(
+            ["auto", "low"].contains(&self.openai.moderation.as_str()),
+            "openai.moderation must be auto or low",
+        )?;
+        rule(
+            self.openai.lifecycle_check_hours > 0 && self.openai.lifecycle_retry_secs > 0,
+            "openai.lifecycle_check_hours and openai.lifecycle_retry_secs must be at least 1",
+        )?;
+        rule(
+            self.openai.max_response_bytes >= crate::storage::MAX_IMAGE_BYTES,
+            "openai.max_response_bytes must be at least the largest image stored (5 MiB)",
+        )?;
+        crate::job::ModelRules::new(&self.openai.successors, &self.openai.default_quality)
+            .map_err(|e| SettingsError::Rule(e.to_string()))?;
         crate::generate::pricing::check(&self.prices).map_err(SettingsError::Rule)?;
         Ok(self)
     }
@@ -711,58 +742,67 @@ mod tests {
     #[test]
     fn the_price_table_round_trips_from_toml_and_the_environment() {
         let defaults = Settings::defaults().unwrap().prices;
-        let image = |p: &PriceSettings, model: &str, quality: &str, size: &str| {
-            p.per_image[model][quality][size]
-        };
-        // The defaults mirror OpenAI's published table.
-        assert_eq!(image(&defaults, "gpt_image_1", "low", "1024x1024"), 0.011);
-        assert_eq!(image(&defaults, "gpt_image_1", "high", "1536x1024"), 0.25);
-        assert_eq!(
-            image(&defaults, "gpt_image_1_mini", "medium", "1024x1536"),
-            0.015
-        );
-        assert_eq!(image(&defaults, "dall_e_3", "hd", "1792x1024"), 0.12);
-        assert_eq!(image(&defaults, "dall_e_2", "standard", "512x512"), 0.018);
-        assert_eq!(
-            defaults.per_token["gpt_image_1"],
-            TokenPrices {
-                input: 5.0e-6,
-                output: 40.0e-6
-            }
-        );
+        let image = |p: &PriceSettings, model: &str, quality: &str| p.per_image[model][quality];
+        // The defaults are OpenAI's per-token prices for the 2.x models (CONTRACT.md §11).
+        for model in crate::job::Model::active() {
+            assert_eq!(
+                defaults.per_million_tokens[&model.config_key()],
+                TokenPrices {
+                    text_input: 5.0,
+                    cached_text_input: 1.25,
+                    image_input: 8.0,
+                    image_output: 30.0
+                },
+                "{model}"
+            );
+        }
+        assert_eq!(image(&defaults, "gpt_image_2_6_flare", "medium"), 0.04);
 
         // A file overrides one entry and keeps the rest.
-        let file = "[prices.per_image.gpt_image_1]\nhigh = { \"1024x1024\" = 0.2 }\n";
+        let file = "[prices.per_image.gpt_image_2_6_flare]\nhigh = 0.2\n";
         let from_file = layered(file, &[]).prices;
-        assert_eq!(image(&from_file, "gpt_image_1", "high", "1024x1024"), 0.2);
-        assert_eq!(image(&from_file, "gpt_image_1", "high", "1536x1024"), 0.25);
+        assert_eq!(image(&from_file, "gpt_image_2_6_flare", "high"), 0.2);
+        assert_eq!(image(&from_file, "gpt_image_2_6_flare", "max"), 0.40);
 
         // The environment, in upper case as deployments write it, wins over both.
         let from_env = layered(
             file,
             &[
                 (
-                    "MEMOJI__PRICES__PER_IMAGE__GPT_IMAGE_1__HIGH__1024X1024",
+                    "MEMOJI__PRICES__PER_IMAGE__GPT_IMAGE_2_6_FLARE__HIGH",
                     "0.19",
                 ),
                 (
-                    "MEMOJI__PRICES__PER_IMAGE__DALL_E_2__STANDARD__256X256",
-                    "0.015",
+                    "MEMOJI__PRICES__PER_MILLION_TOKENS__GPT_IMAGE_2__IMAGE_OUTPUT",
+                    "32.5",
                 ),
-                (
-                    "MEMOJI__PRICES__PER_TOKEN__GPT_IMAGE_1_MINI__OUTPUT",
-                    "0.00001",
-                ),
+                ("MEMOJI__OPENAI__SUCCESSORS__DALL_E_3", "gpt-image-2"),
             ],
-        )
-        .prices;
-        assert_eq!(image(&from_env, "gpt_image_1", "high", "1024x1024"), 0.19);
-        assert_eq!(image(&from_env, "dall_e_2", "standard", "256x256"), 0.015);
-        assert_eq!(from_env.per_token["gpt_image_1_mini"].output, 0.00001);
-        assert_eq!(from_env.per_token["gpt_image_1_mini"].input, 2.0e-6);
+        );
+        assert_eq!(image(&from_env.prices, "gpt_image_2_6_flare", "high"), 0.19);
+        let tokens = from_env.prices.per_million_tokens["gpt_image_2"];
+        assert_eq!((tokens.image_output, tokens.text_input), (32.5, 5.0));
+        assert_eq!(from_env.openai.successors["dall_e_3"], "gpt-image-2");
+        assert_eq!(
+            from_env.openai.successors["gpt_image_1"],
+            "gpt-image-2.6-flare"
+        );
         // Nothing else moved.
-        assert_eq!(from_env.per_image.len(), defaults.per_image.len());
-        assert_eq!(image(&from_env, "dall_e_3", "standard", "1024x1024"), 0.04);
+        assert_eq!(from_env.prices.per_image.len(), defaults.per_image.len());
+    }
+
+    #[test]
+    fn a_successor_that_is_not_an_active_model_stops_the_start() {
+        let mut settings = Settings::defaults().unwrap();
+        settings
+            .openai
+            .successors
+            .insert("dall_e_2".to_owned(), "dall-e-3".to_owned());
+        let error = settings.checked().unwrap_err().to_string();
+        assert!(
+            error.contains("dall_e_2") && error.contains("not an active model"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -773,9 +813,9 @@ mod tests {
             matches!(settings.checked(), Err(SettingsError::Rule(m)) if m.contains("cleanup.schedule"))
         );
         let mut settings = Settings::defaults().unwrap();
-        settings.prices.per_image.remove("dall_e_2");
+        settings.prices.per_image.remove("gpt_image_2");
         assert!(
-            matches!(settings.checked(), Err(SettingsError::Rule(m)) if m.contains("dall_e_2"))
+            matches!(settings.checked(), Err(SettingsError::Rule(m)) if m.contains("gpt_image_2"))
         );
     }
 

@@ -11,6 +11,7 @@ use memoji_worker::app::{self, App};
 use memoji_worker::client::Waiting;
 use memoji_worker::config::{Settings, StorageKind};
 use memoji_worker::job::GeneratorKind;
+use memoji_worker::job::models::help;
 use memoji_worker::maintenance::Ran;
 use memoji_worker::{client, stats, storage, telemetry};
 use serde_json::{Map, Value, json};
@@ -76,9 +77,9 @@ struct EnqueueArgs {
     /// Job id (a UUID); a new one by default.
     #[arg(long, value_parser = parse_job_id)]
     job_id: Option<uuid::Uuid>,
-    #[arg(long)]
+    #[arg(long, long_help = help::model(), help = "Model to ask for (any of --help's list)")]
     model: Option<String>,
-    #[arg(long)]
+    #[arg(long, help = help::size())]
     size: Option<String>,
     #[arg(long)]
     family_type: Option<String>,
@@ -93,10 +94,12 @@ struct EnqueueArgs {
     accessories: Option<Vec<String>>,
     #[arg(long)]
     color_theme: Option<String>,
-    #[arg(long)]
+    #[arg(long, help = help::background())]
     background: Option<String>,
-    #[arg(long)]
+    #[arg(long, help = help::quality())]
     quality: Option<String>,
+    #[arg(long, help = help::complexity())]
+    complexity: Option<String>,
     #[arg(long)]
     prompt: Option<String>,
     #[arg(long)]
@@ -122,6 +125,7 @@ impl EnqueueArgs {
             ("colorTheme", &self.color_theme),
             ("background", &self.background),
             ("quality", &self.quality),
+            ("complexity", &self.complexity),
             ("prompt", &self.prompt),
         ];
         for (name, value) in text_fields {
@@ -226,11 +230,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Stats { json } => {
-            let figures = app::stats(&settings).await?;
+            let (figures, model_warnings) = app::stats(&settings).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&figures)?);
+                let mut body = serde_json::to_value(&figures)?;
+                body["model_warnings"] = serde_json::json!(model_warnings);
+                println!("{}", serde_json::to_string_pretty(&body)?);
             } else {
                 print!("{}", stats::table(&figures));
+                for warning in &model_warnings {
+                    println!("model warning: {warning}");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -37,6 +37,9 @@ pub const GENERATION_COST: &str = "memoji_generation_cost_usd";
 pub const SAVED: &str = "memoji_saved_usd";
 pub const OPENAI_REQUESTS: &str = "memoji_openai_requests_total";
 pub const OPENAI_RETRIES: &str = "memoji_openai_retries_total";
+pub const OPENAI_MODEL_NOT_FOUND: &str = "memoji_openai_model_not_found_total";
+pub const OPENAI_MODEL_DAYS_LEFT: &str = "memoji_openai_model_days_left";
+pub const OPENAI_MODEL_UNKNOWN: &str = "memoji_openai_model_unknown";
 pub const CREDITS_CHARGED: &str = "memoji_credits_charged_total";
 pub const CREDITS_REFUNDED: &str = "memoji_credits_refunded_total";
 pub const FEED_PUBLISHED: &str = "memoji_metrics_messages_published_total";
@@ -211,6 +214,18 @@ fn describe() {
         OPENAI_RETRIES,
         "OpenAI requests repeated after a retryable failure"
     );
+    describe_counter!(
+        OPENAI_MODEL_NOT_FOUND,
+        "Generations OpenAI refused with 404 model_not_found, by model (not retried, refunded)"
+    );
+    describe_gauge!(
+        OPENAI_MODEL_DAYS_LEFT,
+        "Days until OpenAI shuts the model down (its shutdown_date), for models with a date"
+    );
+    describe_gauge!(
+        OPENAI_MODEL_UNKNOWN,
+        "1 when OpenAI answered 404 for a model the worker may call, else 0"
+    );
     describe_counter!(CREDITS_CHARGED, "Credits charged for misses");
     describe_counter!(
         CREDITS_REFUNDED,
@@ -275,6 +290,48 @@ pub fn add_costs(generation_cost_usd: f64, saved_usd: f64) {
 
 pub fn count_openai_request(outcome: &'static str) {
     counter!(OPENAI_REQUESTS, "outcome" => outcome).increment(1);
+}
+
+/// A `404 model_not_found` for `model` during a job.
+pub fn count_model_not_found(model: &str) {
+    metrics::counter!(OPENAI_MODEL_NOT_FOUND, "model" => model.to_owned()).increment(1);
+}
+
+/// What the lifecycle check learnt of a model: days to its `shutdown_date` (none: no gauge), and
+/// whether OpenAI knows it at all.
+pub fn set_model_lifecycle(model: &str, days_left: Option<i64>, unknown: bool) {
+    if let Some(days) = days_left {
+        metrics::gauge!(OPENAI_MODEL_DAYS_LEFT, "model" => model.to_owned()).set(days as f64);
+    }
+    metrics::gauge!(OPENAI_MODEL_UNKNOWN, "model" => model.to_owned())
+        .set(f64::from(u8::from(unknown)));
+}
+
+/// Masks anything shaped like an OpenAI key (`sk-…`, `sk-proj-…`) in text that may reach a result
+/// or a log: a provider's error message can quote part of a key.
+pub fn mask_keys(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("sk-") {
+        let starts_word = at == 0
+            || !rest[..at]
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        let tail = &rest[at..];
+        let len = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '*'))
+            .unwrap_or(tail.len());
+        out.push_str(&rest[..at]);
+        if starts_word && len > 3 {
+            out.push_str("sk-***");
+        } else {
+            out.push_str(&tail[..len.max(3)]);
+        }
+        rest = &tail[len.max(3)..];
+    }
+    out.push_str(rest);
+    out
 }
 
 pub fn count_openai_retry() {
@@ -457,5 +514,36 @@ mod tests {
             "database: role \"nosuchuser\" does not exist"
         );
         assert_eq!(causes(&Inner), "role \"nosuchuser\" does not exist");
+    }
+}
+
+#[cfg(test)]
+mod key_mask_tests {
+    use super::mask_keys;
+
+    #[test]
+    fn masks_every_key_shape_and_nothing_else() {
+        for (text, masked) in [
+            (
+                "Incorrect API key provided: sk-abc123XYZ.",
+                "Incorrect API key provided: sk-***.",
+            ),
+            (
+                "key sk-proj-AbC_d-e9 and sk-svcacct-xyz",
+                "key sk-*** and sk-***",
+            ),
+            (
+                "partial sk-****************abcd here",
+                "partial sk-*** here",
+            ),
+            (
+                "disk-usage is fine; task-sk-1 too",
+                "disk-usage is fine; task-sk-1 too",
+            ),
+            ("sk-", "sk-"),
+            ("no key at all", "no key at all"),
+        ] {
+            assert_eq!(mask_keys(text), masked, "{text}");
+        }
     }
 }

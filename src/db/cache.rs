@@ -16,6 +16,8 @@ pub struct Entry {
     pub storage_path: Option<String>,
     pub generation_cost: f64,
     pub updated_at: DateTime<Utc>,
+    /// The model that made the image; `None` for rows imported without one.
+    pub model: Option<String>,
 }
 
 /// A hit together with the user's credit use this month, read in the same round trip.
@@ -32,6 +34,7 @@ struct HitRow {
     storage_path: Option<String>,
     cost: f64,
     updated_at: DateTime<Utc>,
+    model: Option<String>,
     used: Option<i32>,
 }
 
@@ -49,8 +52,8 @@ pub async fn hit(
                 SET usage_count = COALESCE(usage_count, 0) + 1, last_used_at = now()
               WHERE prompt_hash = $1
           RETURNING image_url, storage_path, COALESCE(generation_cost, 0)::float8 AS cost,
-                    COALESCE(updated_at, created_at, now()) AS updated_at)
-         SELECT hit.image_url, hit.storage_path, hit.cost, hit.updated_at, balance.used
+                    COALESCE(updated_at, created_at, now()) AS updated_at, model)
+         SELECT hit.image_url, hit.storage_path, hit.cost, hit.updated_at, hit.model, balance.used
            FROM hit
            LEFT JOIN memoji_credit_balances balance
              ON balance.user_id = $2 AND balance.period = $3",
@@ -66,6 +69,7 @@ pub async fn hit(
             storage_path: row.storage_path,
             generation_cost: row.cost,
             updated_at: row.updated_at,
+            model: row.model,
         },
         credits_used: row.used.map(i64::from),
     }))
@@ -81,16 +85,20 @@ pub struct NewEntry<'a> {
     pub generation_cost: f64,
     pub image_bytes: i64,
     pub generator: GeneratorKind,
+    /// The model that made the image.
+    pub model: &'a str,
+    /// OpenAI's token usage, as reported.
+    pub usage: Option<serde_json::Value>,
 }
 
-/// Records a generated image. A `force_refresh` replaces the image of an existing row and keeps
-/// its history (use count, creation time, archived flag).
+/// Records a generated image. A `force_refresh` moves an existing row to its new image (a path
+/// of its own, CONTRACT.md §5) and keeps its history (use count, creation time, archived flag).
 pub async fn record(executor: impl PgExecutor<'_>, entry: &NewEntry<'_>) -> Result<(), DbError> {
     sqlx::query(
         "INSERT INTO memoji_cache
              (prompt_hash, image_url, prompt_config, generation_cost, usage_count, storage_path,
-              image_bytes, generator)
-         VALUES ($1, $2, $3, $4, 1, $5, $6, $7)
+              image_bytes, generator, model, usage)
+         VALUES ($1, $2, $3, $4, 1, $5, $6, $7, $8, $9)
          ON CONFLICT (prompt_hash) DO UPDATE SET
              image_url = EXCLUDED.image_url,
              prompt_config = EXCLUDED.prompt_config,
@@ -99,6 +107,8 @@ pub async fn record(executor: impl PgExecutor<'_>, entry: &NewEntry<'_>) -> Resu
              storage_path = EXCLUDED.storage_path,
              image_bytes = EXCLUDED.image_bytes,
              generator = EXCLUDED.generator,
+             model = EXCLUDED.model,
+             usage = EXCLUDED.usage,
              updated_at = now(),
              last_used_at = now()",
     )
@@ -109,9 +119,45 @@ pub async fn record(executor: impl PgExecutor<'_>, entry: &NewEntry<'_>) -> Resu
     .bind(entry.storage_path)
     .bind(entry.image_bytes)
     .bind(entry.generator.as_str())
+    .bind(entry.model)
+    .bind(&entry.usage)
     .execute(executor)
     .await?;
     Ok(())
+}
+
+/// The image a key's entry serves now, without counting a use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentImage {
+    pub image_url: String,
+    /// `None` for a row imported without one.
+    pub storage_path: Option<String>,
+}
+
+/// The key's current image; `None` on a miss.
+pub async fn current_image(pool: &PgPool, key: &CacheKey) -> Result<Option<CurrentImage>, DbError> {
+    let row: Option<(String, Option<String>)> =
+        sqlx::query_as("SELECT image_url, storage_path FROM memoji_cache WHERE prompt_hash = $1")
+            .bind(key.as_str())
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.map(|(image_url, storage_path)| CurrentImage {
+        image_url,
+        storage_path,
+    }))
+}
+
+/// Whether the key's row points at the stored object `path`. A path is built from its key, so
+/// no other row can (and the lookup stays on the key's index).
+pub async fn path_in_use(pool: &PgPool, key: &CacheKey, path: &str) -> Result<bool, DbError> {
+    let (in_use,): (bool,) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM memoji_cache WHERE prompt_hash = $1 AND storage_path = $2)",
+    )
+    .bind(key.as_str())
+    .bind(path)
+    .fetch_one(pool)
+    .await?;
+    Ok(in_use)
 }
 
 /// When the key's entry was last (re)generated, without counting a use; `None` on a miss.

@@ -40,6 +40,7 @@ struct ArrivalRow {
     storage_path: Option<String>,
     cost: Option<f64>,
     updated_at: Option<DateTime<Utc>>,
+    model: Option<String>,
     used: Option<i32>,
 }
 
@@ -94,9 +95,9 @@ pub async fn arrive(
                 AND EXISTS (SELECT 1 FROM arrived
                              WHERE arrived.owned AND arrived.result IS NULL AND arrived.user_id = $2)
           RETURNING image_url, storage_path, COALESCE(generation_cost, 0)::float8 AS cost,
-                    COALESCE(updated_at, created_at, now()) AS updated_at)
+                    COALESCE(updated_at, created_at, now()) AS updated_at, model)
          SELECT arrived.user_id, arrived.result, arrived.deliveries, arrived.owned,
-                hit.image_url, hit.storage_path, hit.cost, hit.updated_at, balance.used
+                hit.image_url, hit.storage_path, hit.cost, hit.updated_at, hit.model, balance.used
            FROM arrived
            LEFT JOIN hit ON true
            LEFT JOIN memoji_credit_balances balance
@@ -133,6 +134,7 @@ pub async fn arrive(
                 storage_path: row.storage_path,
                 generation_cost: row.cost.unwrap_or(0.0),
                 updated_at: row.updated_at.unwrap_or_else(Utc::now),
+                model: row.model,
             },
             credits_used: row.used.map(i64::from),
         }),

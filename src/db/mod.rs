@@ -12,6 +12,7 @@ pub mod cleanup;
 pub mod credits;
 pub mod jobs;
 pub mod leases;
+pub mod models;
 pub mod stats;
 
 use std::time::Duration;

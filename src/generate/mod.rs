@@ -4,33 +4,48 @@
 //! generations run at once and how many start per minute, so a burst of misses waits its turn
 //! instead of drawing 429s. [`pricing`] says what an image cost.
 
+pub mod lifecycle;
 mod openai;
 mod pacing;
 mod placeholder;
 pub mod pricing;
 mod prompt;
+mod resize;
 
 use std::fmt;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
-pub use openai::OpenAiGenerator;
+pub use openai::{OpenAiGenerator, safety_identifier};
 pub use pacing::{Pacer, Turn};
 pub use placeholder::{PlaceholderGenerator, draw as draw_placeholder};
 pub use prompt::prompt_for;
 
-use crate::job::{AvatarConfig, ErrorCode, GeneratorKind};
+use crate::job::{AvatarConfig, ErrorCode, GeneratorKind, Plan};
 
-/// Token counts OpenAI reports for GPT image models.
+/// Token counts OpenAI reports for GPT image models (CONTRACT.md §11); recorded with the entry.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
     #[serde(default)]
     pub input_tokens: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_tokens_details: Option<InputDetails>,
     #[serde(default)]
     pub output_tokens: u64,
     #[serde(default)]
     pub total_tokens: u64,
+}
+
+/// How the input tokens split: text (of which `cached_tokens` were cached) and image.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InputDetails {
+    #[serde(default)]
+    pub text_tokens: u64,
+    #[serde(default)]
+    pub image_tokens: u64,
+    #[serde(default)]
+    pub cached_tokens: u64,
 }
 
 /// A generated image, not yet checked or stored.
@@ -106,7 +121,14 @@ impl GenerateError {
 pub trait ImageGenerator: Send + Sync + fmt::Debug {
     /// Which kind of entries it makes; part of the cache key.
     fn kind(&self) -> GeneratorKind;
-    /// Generates one image. `user` is an opaque id passed on for abuse monitoring.
-    async fn generate(&self, config: &AvatarConfig, user: &str)
-    -> Result<Generated, GenerateError>;
+    /// The model name recorded for what it makes: the called model, or `placeholder`.
+    fn model_name(&self, plan: &Plan) -> &'static str;
+    /// Generates one image as `plan` says, at the size the job asked for. `user` is hashed before
+    /// it is passed on for abuse monitoring.
+    async fn generate(
+        &self,
+        config: &AvatarConfig,
+        plan: &Plan,
+        user: &str,
+    ) -> Result<Generated, GenerateError>;
 }

@@ -1,17 +1,27 @@
-//! OpenAI's Images API (`POST {base_url}/images/generations`), with the retries worth making.
+//! OpenAI's Images API (`POST {base_url}/images/generations`) as it is today (CONTRACT.md §11),
+//! with the retries worth making.
 //!
-//! 429 (except an exhausted quota), 408/409, 5xx, timeouts and connection errors are retried with
-//! exponential backoff and full jitter (backon), honouring `Retry-After`/`retry-after-ms`, within
-//! `max_attempts` and `total_timeout`. Other 4xx are final; a content-policy refusal becomes
-//! `content_policy`. The API key is sent only in the Authorization header and never appears in an
-//! error: OpenAI echoes part of a wrong key in its 401 message, so that message is replaced.
+//! The request names its model explicitly (the called model, a retired one's successor), asks for
+//! `output_format: png`, `n: 1`, the configured `moderation`, and carries a `safety_identifier`
+//! (a hash of the user id, never the id); it never sends `response_format`, which GPT image models
+//! refuse. A size the called model cannot make is requested larger and scaled down here, so the
+//! image always has the size the job asked for.
+//!
+//! 429 (except an exhausted quota), 408/409, 5xx, timeouts, connection errors and a body cut off
+//! in transit are retried with exponential backoff and full jitter (backon), honouring
+//! `Retry-After`/`retry-after-ms`, within `max_attempts` and `total_timeout`. Other 4xx are final:
+//! a content-policy refusal becomes `content_policy`, and `404 model_not_found` names the model
+//! and is counted. A response body is read up to `max_response_bytes`, never further. The API key
+//! is sent only in the Authorization header and never appears in an error: OpenAI echoes part of a
+//! wrong key in its 401 message, so that message is replaced, and anything shaped like a key is
+//! masked in every other message.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use base64::Engine;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use secrecy::{ExposeSecret, SecretString};
@@ -22,13 +32,15 @@ use tokio::time::Instant;
 
 use super::{GenerateError, Generated, ImageGenerator, Usage, pricing, prompt_for};
 use crate::config::{OpenAiSettings, PriceSettings};
-use crate::job::{AvatarConfig, GeneratorKind};
+use crate::job::{AvatarConfig, GeneratorKind, Plan};
 use crate::telemetry;
 
 /// Error codes OpenAI uses for requests its safety system refuses.
 const CONTENT_POLICY_CODES: [&str; 2] = ["content_policy_violation", "moderation_blocked"];
 /// 429 codes that waiting will not fix.
 const QUOTA_CODES: [&str; 2] = ["insufficient_quota", "billing_hard_limit_reached"];
+/// OpenAI's code for a model it does not serve (never existed, or shut down).
+pub(crate) const MODEL_NOT_FOUND: &str = "model_not_found";
 
 pub struct OpenAiGenerator {
     http: reqwest::Client,
@@ -74,19 +86,32 @@ struct ImageData {
 }
 
 #[derive(Deserialize, Default)]
-struct ErrorBody {
+pub(crate) struct ErrorBody {
     #[serde(default)]
-    error: ApiError,
+    pub(crate) error: ApiError,
 }
 
 #[derive(Deserialize, Default)]
-struct ApiError {
+pub(crate) struct ApiError {
     #[serde(default)]
-    message: String,
+    pub(crate) message: String,
     #[serde(default)]
-    code: Option<String>,
+    pub(crate) code: Option<String>,
     #[serde(default, rename = "type")]
     kind: Option<String>,
+}
+
+/// The stable, opaque id OpenAI gets for a user (`safety_identifier`): a hash, never the id.
+pub fn safety_identifier(user: &str) -> String {
+    hex::encode(&Sha256::digest(format!("memoji-worker:{user}").as_bytes())[..16])
+}
+
+/// A reqwest client for OpenAI: our user agent, a connect timeout.
+pub(crate) fn http_client() -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .user_agent(concat!("memoji-worker/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(10))
+        .build()
 }
 
 impl OpenAiGenerator {
@@ -95,12 +120,8 @@ impl OpenAiGenerator {
         prices: &PriceSettings,
         api_key: SecretString,
     ) -> Result<OpenAiGenerator, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("memoji-worker/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10))
-            .build()?;
         Ok(OpenAiGenerator {
-            http,
+            http: http_client()?,
             endpoint: format!(
                 "{}/images/generations",
                 settings.base_url.trim_end_matches('/')
@@ -111,28 +132,25 @@ impl OpenAiGenerator {
         })
     }
 
-    /// The request body for a configuration, following each model's parameters.
-    fn body(config: &AvatarConfig, user: &str) -> Value {
+    /// The request body (CONTRACT.md §11).
+    fn body(&self, config: &AvatarConfig, plan: &Plan, user: &str) -> Value {
         let mut body = json!({
-            "model": config.model.as_str(),
+            "model": plan.called.name(),
             "prompt": prompt_for(config),
             "n": 1,
-            "size": config.size,
-            // An opaque, stable id per user for OpenAI's abuse monitoring; never the raw id.
-            "user": hex::encode(&Sha256::digest(user.as_bytes())[..16]),
+            "size": plan.request_size,
+            "output_format": "png",
+            "moderation": self.settings.moderation,
+            "safety_identifier": safety_identifier(user),
         });
-        if config.model.is_gpt_image() {
-            body["background"] = json!(config.background);
-            body["output_format"] = json!("png");
-        } else {
-            body["response_format"] = json!("b64_json");
-        }
-        if let Some(quality) = config
-            .quality
-            .as_deref()
-            .filter(|q| *q != "auto" || config.model.is_gpt_image())
-        {
-            body["quality"] = json!(quality);
+        for (field, value) in [
+            ("quality", &plan.quality),
+            ("background", &plan.background),
+            ("complexity", &plan.complexity),
+        ] {
+            if let Some(value) = value {
+                body[field] = json!(value);
+            }
         }
         body
     }
@@ -153,18 +171,20 @@ impl OpenAiGenerator {
             .map_err(transport)?;
         let status = response.status();
         let retry_after = retry_after(response.headers());
-        let text = response.bytes().await.map_err(transport)?;
+        let text = read_capped(response, self.settings.max_response_bytes).await?;
         if status.is_success() {
-            return decode(&text).map_err(AttemptError::Final);
+            return decode(&text);
         }
         let error = serde_json::from_slice::<ErrorBody>(&text)
             .unwrap_or_default()
             .error;
+        let model = body["model"].as_str().unwrap_or_default();
         Err(classify(
             status,
             error,
             retry_after,
             self.api_key.expose_secret(),
+            model,
         ))
     }
 }
@@ -175,12 +195,17 @@ impl ImageGenerator for OpenAiGenerator {
         GeneratorKind::OpenAi
     }
 
+    fn model_name(&self, plan: &Plan) -> &'static str {
+        plan.called.name()
+    }
+
     async fn generate(
         &self,
         config: &AvatarConfig,
+        plan: &Plan,
         user: &str,
     ) -> Result<Generated, GenerateError> {
-        let body = Self::body(config, user);
+        let body = self.body(config, plan, user);
         let deadline = Instant::now() + self.settings.total_timeout();
         let mut backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(self.settings.backoff_min_ms))
@@ -201,7 +226,10 @@ impl ImageGenerator for OpenAiGenerator {
             });
             let (message, retry_after) = match answer {
                 Ok((png, usage)) => {
-                    let cost_usd = pricing::cost(&self.prices, config, usage.as_ref());
+                    let png = fit(png, plan.output)
+                        .await
+                        .map_err(|e| e.into_generate_error(attempts))?;
+                    let cost_usd = pricing::cost(&self.prices, plan, usage.as_ref());
                     return Ok(Generated {
                         png,
                         attempts,
@@ -255,6 +283,8 @@ fn transport(error: reqwest::Error) -> AttemptError {
         "timed out"
     } else if error.is_connect() {
         "could not connect"
+    } else if error.is_body() || error.is_decode() {
+        "response cut off"
     } else {
         "transport error"
     };
@@ -265,18 +295,79 @@ fn transport(error: reqwest::Error) -> AttemptError {
     }
 }
 
-fn decode(body: &[u8]) -> Result<(Bytes, Option<Usage>), FinalError> {
-    let response: ImagesResponse = serde_json::from_slice(body)
-        .map_err(|e| FinalError::BadImage(format!("unreadable response from OpenAI: {e}")))?;
+/// Reads a response body, refusing one larger than `limit` as soon as it says so or grows past
+/// it, so a huge or endless body never sits in memory.
+async fn read_capped(mut response: reqwest::Response, limit: usize) -> Result<Bytes, AttemptError> {
+    let too_large = || {
+        AttemptError::Final(FinalError::BadImage(format!(
+            "OpenAI's response is larger than openai.max_response_bytes ({limit} bytes)"
+        )))
+    };
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = BytesMut::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport)? {
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+fn decode(body: &[u8]) -> Result<(Bytes, Option<Usage>), AttemptError> {
+    let response: ImagesResponse = serde_json::from_slice(body).map_err(|e| {
+        if e.is_eof() {
+            // The body ended mid-document: the connection was cut, the image never arrived.
+            AttemptError::Retry {
+                message: format!("OpenAI response cut off after {} bytes", body.len()),
+                retry_after: None,
+            }
+        } else {
+            AttemptError::Final(FinalError::BadImage(format!(
+                "unreadable response from OpenAI: {e}"
+            )))
+        }
+    })?;
     let b64 = response
         .data
         .into_iter()
         .find_map(|d| d.b64_json)
-        .ok_or_else(|| FinalError::BadImage("OpenAI returned no b64_json image".to_owned()))?;
+        .ok_or_else(|| {
+            AttemptError::Final(FinalError::BadImage(
+                "OpenAI returned no b64_json image".to_owned(),
+            ))
+        })?;
     let png = base64::engine::general_purpose::STANDARD
         .decode(b64.trim())
-        .map_err(|e| FinalError::BadImage(format!("OpenAI's image is not valid base64: {e}")))?;
+        .map_err(|e| {
+            AttemptError::Final(FinalError::BadImage(format!(
+                "OpenAI's image is not valid base64: {e}"
+            )))
+        })?;
     Ok((Bytes::from(png), response.usage))
+}
+
+/// The image at the size the job asked for: as it came when it has that size (or the job said
+/// `auto`), else scaled to it (dall-e-2's 256x256, made at 1024x1024).
+async fn fit(png: Bytes, output: Option<(u32, u32)>) -> Result<Bytes, FinalError> {
+    let Some((width, height)) = output else {
+        return Ok(png);
+    };
+    let bad = |e: String| FinalError::BadImage(format!("OpenAI's image cannot be scaled: {e}"));
+    // What is not a PNG is left to the storage check, which refuses it as every other bad image.
+    match crate::storage::check_png(&png) {
+        Ok(size) if size != (width, height) => {}
+        _ => return Ok(png),
+    }
+    tokio::task::spawn_blocking(move || super::resize::png_to(&png, width, height))
+        .await
+        .map_err(|e| bad(e.to_string()))?
+        .map_err(|e| bad(e.to_string()))
 }
 
 fn classify(
@@ -284,10 +375,16 @@ fn classify(
     error: ApiError,
     retry_after: Option<Duration>,
     api_key: &str,
+    model: &str,
 ) -> AttemptError {
     let code = error.code.as_deref().unwrap_or_default();
     let message = if status == StatusCode::UNAUTHORIZED {
         "OpenAI rejected the API key (401)".to_owned()
+    } else if code == MODEL_NOT_FOUND {
+        telemetry::count_model_not_found(model);
+        format!(
+            "OpenAI does not serve the model {model} (404 model_not_found): it may have been shut down; set openai.successors"
+        )
     } else {
         let text = if error.message.is_empty() {
             "no message"
@@ -299,7 +396,11 @@ fn classify(
         } else {
             text.replace(api_key, "***")
         };
-        format!("OpenAI answered {}: {text}", status.as_u16())
+        format!(
+            "OpenAI answered {}: {}",
+            status.as_u16(),
+            telemetry::mask_keys(&text)
+        )
     };
     let content_policy = CONTENT_POLICY_CODES.contains(&code)
         || (error.kind.as_deref() == Some("image_generation_user_error")
@@ -353,6 +454,7 @@ mod tests {
 
     use super::*;
     use crate::config::Settings;
+    use crate::job::ModelRules;
 
     const KEY: &str = "sk-test-abcdef123456";
 
@@ -364,7 +466,8 @@ mod tests {
 
     fn ok_body() -> Value {
         json!({"created": 1, "data": [{"b64_json": png_b64()}],
-               "usage": {"input_tokens": 50, "output_tokens": 1056, "total_tokens": 1106}})
+               "usage": {"input_tokens": 50, "output_tokens": 1056, "total_tokens": 1106,
+                         "input_tokens_details": {"text_tokens": 50, "image_tokens": 0}}})
     }
 
     fn error_body(message: &str, code: Option<&str>) -> Value {
@@ -384,8 +487,15 @@ mod tests {
         OpenAiGenerator::new(&settings, &defaults.prices, SecretString::from(KEY)).unwrap()
     }
 
-    fn config() -> AvatarConfig {
-        AvatarConfig::parse(&json!({"hair": "long", "quality": "high"})).unwrap()
+    /// Generates the job `config` with default model rules.
+    async fn run(generator: &OpenAiGenerator, config: Value) -> Result<Generated, GenerateError> {
+        let config = AvatarConfig::parse(&config).unwrap();
+        let plan = config.plan(&ModelRules::default()).unwrap();
+        generator.generate(&config, &plan, "user-1").await
+    }
+
+    fn job() -> Value {
+        json!({"hair": "long", "quality": "high"})
     }
 
     /// Answers with each template in turn, then repeats the last.
@@ -414,57 +524,109 @@ mod tests {
         calls
     }
 
+    async fn request_body(server: &MockServer) -> Value {
+        server.received_requests().await.unwrap()[0]
+            .body_json()
+            .unwrap()
+    }
+
     #[tokio::test]
-    async fn sends_the_model_parameters_and_decodes_the_image() {
+    async fn a_seed_job_asks_the_successor_with_todays_parameters() {
         let server = MockServer::start().await;
         Mock::given(method("POST"))
             .and(path("/v1/images/generations"))
             .and(header("authorization", format!("Bearer {KEY}").as_str()))
-            .and(body_partial_json(
-                json!({"model": "gpt-image-1", "size": "1024x1024", "n": 1,
-                                          "quality": "high", "background": "auto"}),
-            ))
+            .and(body_partial_json(json!({
+                "model": "gpt-image-2.6-flare", "size": "1024x1024", "n": 1, "quality": "high",
+                "output_format": "png", "moderation": "auto"
+            })))
             .respond_with(ResponseTemplate::new(200).set_body_json(ok_body()))
             .expect(1)
             .mount(&server)
             .await;
-        let generated = generator(&server, |_| {})
-            .await
-            .generate(&config(), "user-1")
-            .await
-            .unwrap();
+        let generated = run(&generator(&server, |_| {}).await, job()).await.unwrap();
         assert!(crate::storage::check_png(&generated.png).is_ok());
         assert_eq!(generated.attempts, 1);
         assert_eq!(generated.usage.map(|u| u.output_tokens), Some(1056));
-        assert!((generated.cost_usd - (50.0 * 5e-6 + 1056.0 * 40e-6)).abs() < 1e-12);
+        assert!((generated.cost_usd - (50.0 * 5e-6 + 1056.0 * 30e-6)).abs() < 1e-12);
+        let body = request_body(&server).await;
+        for absent in ["response_format", "user", "background", "complexity"] {
+            assert_eq!(body.get(absent), None, "{absent} in {body}");
+        }
+        let id = body["safety_identifier"].as_str().unwrap();
+        assert_eq!(id, safety_identifier("user-1"));
+        assert!(!id.contains("user-1") && id.len() == 32, "{id}");
     }
 
     #[tokio::test]
-    async fn dall_e_asks_for_base64_and_sends_no_background() {
+    async fn background_and_complexity_are_sent_when_the_job_sets_them() {
         let server = MockServer::start().await;
-        let calls = sequence(
+        sequence(
             &server,
             vec![ResponseTemplate::new(200).set_body_json(ok_body())],
         )
         .await;
-        let config =
-            AvatarConfig::parse(&json!({"model": "dall-e-3", "size": "1792x1024"})).unwrap();
-        generator(&server, |_| {})
-            .await
-            .generate(&config, "u")
-            .await
-            .unwrap();
-        let request: Value = server.received_requests().await.unwrap()[0]
-            .body_json()
-            .unwrap();
-        assert_eq!(request["response_format"], "b64_json");
-        assert_eq!(request.get("background"), None);
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let config = json!({"model": "gpt-image-2.6-sunburst", "size": "1024x1024",
+                            "background": "transparent", "complexity": "high", "quality": "max"});
+        run(
+            &generator(&server, |s| s.moderation = "low".into()).await,
+            config,
+        )
+        .await
+        .unwrap();
+        let body = request_body(&server).await;
+        assert_eq!(body["model"], "gpt-image-2.6-sunburst");
+        assert_eq!(body["background"], "transparent");
+        assert_eq!(body["complexity"], "high");
+        assert_eq!(body["quality"], "max");
+        assert_eq!(body["moderation"], "low");
     }
 
     #[tokio::test]
-    async fn retries_429_and_5xx_then_succeeds() {
+    async fn dall_e_jobs_go_to_the_successor_in_its_words() {
         let server = MockServer::start().await;
+        sequence(
+            &server,
+            vec![ResponseTemplate::new(200).set_body_json(ok_body())],
+        )
+        .await;
+        run(
+            &generator(&server, |_| {}).await,
+            json!({"model": "dall-e-3", "size": "1024x1024", "quality": "hd"}),
+        )
+        .await
+        .unwrap();
+        let body = request_body(&server).await;
+        assert_eq!(body["model"], "gpt-image-2.6-flare");
+        assert_eq!(body["quality"], "high");
+        assert_eq!(body.get("response_format"), None);
+    }
+
+    #[tokio::test]
+    async fn a_small_dall_e_2_size_is_made_at_1024_and_scaled_down() {
+        let server = MockServer::start().await;
+        sequence(
+            &server,
+            vec![ResponseTemplate::new(200).set_body_json(ok_body())],
+        )
+        .await;
+        let generated = run(
+            &generator(&server, |_| {}).await,
+            json!({"model": "dall-e-2", "size": "256x256"}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(request_body(&server).await["size"], "1024x1024");
+        assert_eq!(
+            crate::storage::check_png(&generated.png).unwrap(),
+            (256, 256)
+        );
+    }
+
+    #[tokio::test]
+    async fn retries_429_5xx_and_a_cut_off_body_then_succeeds() {
+        let server = MockServer::start().await;
+        let whole = serde_json::to_string(&ok_body()).unwrap();
         let calls = sequence(
             &server,
             vec![
@@ -474,26 +636,24 @@ mod tests {
                 )),
                 ResponseTemplate::new(503),
                 ResponseTemplate::new(500).set_body_json(error_body("server error", None)),
+                // The connection dropped mid-body: what arrived is the start of the JSON.
+                ResponseTemplate::new(200).set_body_string(&whole[..whole.len() / 2]),
                 ResponseTemplate::new(200).set_body_json(ok_body()),
             ],
         )
         .await;
-        let generated = generator(&server, |_| {})
-            .await
-            .generate(&config(), "u")
+        let generated = run(&generator(&server, |s| s.max_attempts = 5).await, job())
             .await
             .unwrap();
-        assert_eq!(generated.attempts, 4);
-        assert_eq!(calls.load(Ordering::SeqCst), 4);
+        assert_eq!(generated.attempts, 5);
+        assert_eq!(calls.load(Ordering::SeqCst), 5);
     }
 
     #[tokio::test]
     async fn gives_up_after_max_attempts_as_retryable_generation_failed() {
         let server = MockServer::start().await;
         let calls = sequence(&server, vec![ResponseTemplate::new(502)]).await;
-        let error = generator(&server, |s| s.max_attempts = 3)
-            .await
-            .generate(&config(), "u")
+        let error = run(&generator(&server, |s| s.max_attempts = 3).await, job())
             .await
             .unwrap_err();
         assert_eq!(error.code(), crate::job::ErrorCode::GenerationFailed);
@@ -514,11 +674,7 @@ mod tests {
         )
         .await;
         let started = std::time::Instant::now();
-        generator(&server, |_| {})
-            .await
-            .generate(&config(), "u")
-            .await
-            .unwrap();
+        run(&generator(&server, |_| {}).await, job()).await.unwrap();
         assert!(
             started.elapsed() >= Duration::from_secs(1),
             "waited {:?}",
@@ -534,11 +690,12 @@ mod tests {
             vec![ResponseTemplate::new(429).insert_header("retry-after", "3600")],
         )
         .await;
-        let error = generator(&server, |s| s.total_timeout_secs = 5)
-            .await
-            .generate(&config(), "u")
-            .await
-            .unwrap_err();
+        let error = run(
+            &generator(&server, |s| s.total_timeout_secs = 5).await,
+            job(),
+        )
+        .await
+        .unwrap_err();
         assert!(error.retryable());
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
@@ -556,11 +713,12 @@ mod tests {
             ],
         )
         .await;
-        let generated = generator(&server, |s| s.request_timeout_secs = 1)
-            .await
-            .generate(&config(), "u")
-            .await
-            .unwrap();
+        let generated = run(
+            &generator(&server, |s| s.request_timeout_secs = 1).await,
+            job(),
+        )
+        .await
+        .unwrap();
         assert_eq!(generated.attempts, 2);
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
@@ -578,104 +736,141 @@ mod tests {
         settings.max_attempts = 2;
         let prices = Settings::defaults().unwrap().prices;
         let generator = OpenAiGenerator::new(&settings, &prices, SecretString::from(KEY)).unwrap();
-        let error = generator.generate(&config(), "u").await.unwrap_err();
+        let error = run(&generator, job()).await.unwrap_err();
         assert_eq!(error.attempts(), 2);
         assert!(error.retryable());
         assert!(error.to_string().contains("connect"), "{error}");
     }
 
+    /// Status (and code) → whether it is retried and how it ends.
     #[tokio::test]
-    async fn content_policy_refusals_are_final() {
-        for code in CONTENT_POLICY_CODES {
+    async fn each_answer_is_classified_once() {
+        use crate::job::ErrorCode::{ContentPolicy, GenerationFailed, ImageInvalid};
+        let refused = "Your request was rejected by the safety system.";
+        let table: Vec<(u16, Value, crate::job::ErrorCode, bool)> = vec![
+            (
+                400,
+                error_body(refused, Some("content_policy_violation")),
+                ContentPolicy,
+                false,
+            ),
+            (
+                400,
+                error_body(refused, Some("moderation_blocked")),
+                ContentPolicy,
+                false,
+            ),
+            (
+                400,
+                error_body(
+                    "Unknown parameter: 'response_format'.",
+                    Some("unknown_parameter"),
+                ),
+                GenerationFailed,
+                false,
+            ),
+            (
+                404,
+                error_body("The model does not exist", Some("model_not_found")),
+                GenerationFailed,
+                false,
+            ),
+            (404, error_body("nope", None), GenerationFailed, false),
+            (
+                429,
+                error_body("quota", Some("insufficient_quota")),
+                GenerationFailed,
+                false,
+            ),
+            (200, json!({"data": []}), ImageInvalid, false),
+            (
+                200,
+                json!({"data": [{"b64_json": "@@not base64@@"}]}),
+                ImageInvalid,
+                false,
+            ),
+        ];
+        for (status, body, code, retryable) in table {
             let server = MockServer::start().await;
             let calls = sequence(
                 &server,
-                vec![ResponseTemplate::new(400).set_body_json(error_body(
-                    "Your request was rejected by the safety system.",
-                    Some(code),
-                ))],
+                vec![ResponseTemplate::new(status).set_body_json(body.clone())],
             )
             .await;
-            let error = generator(&server, |_| {})
-                .await
-                .generate(&config(), "u")
+            let error = run(&generator(&server, |_| {}).await, job())
                 .await
                 .unwrap_err();
-            assert_eq!(error.code(), crate::job::ErrorCode::ContentPolicy, "{code}");
-            assert!(!error.retryable());
-            assert_eq!(calls.load(Ordering::SeqCst), 1);
+            assert_eq!(error.code(), code, "{status} {body}");
+            assert_eq!(error.retryable(), retryable, "{status} {body}");
+            assert_eq!(calls.load(Ordering::SeqCst), 1, "{status} {body}");
         }
     }
 
     #[tokio::test]
-    async fn other_client_errors_and_exhausted_quota_are_not_retried() {
-        for (status, code) in [
-            (400, Some("invalid_size")),
-            (404, None),
-            (429, Some("insufficient_quota")),
-        ] {
-            let server = MockServer::start().await;
-            let calls = sequence(
-                &server,
-                vec![ResponseTemplate::new(status).set_body_json(error_body("nope", code))],
-            )
-            .await;
-            let error = generator(&server, |_| {})
-                .await
-                .generate(&config(), "u")
-                .await
-                .unwrap_err();
-            assert_eq!(
-                error.code(),
-                crate::job::ErrorCode::GenerationFailed,
-                "{status}"
-            );
-            assert!(!error.retryable(), "{status}");
-            assert_eq!(calls.load(Ordering::SeqCst), 1, "{status}");
-        }
+    async fn model_not_found_names_the_model() {
+        let server = MockServer::start().await;
+        sequence(
+            &server,
+            vec![ResponseTemplate::new(404).set_body_json(error_body(
+                "The model `gpt-image-2` does not exist or you do not have access to it.",
+                Some("model_not_found"),
+            ))],
+        )
+        .await;
+        let error = run(
+            &generator(&server, |_| {}).await,
+            json!({"model": "gpt-image-2"}),
+        )
+        .await
+        .unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.contains("gpt-image-2") && text.contains("model_not_found"),
+            "{text}"
+        );
     }
 
     #[tokio::test]
     async fn the_key_never_appears_in_errors() {
-        let server = MockServer::start().await;
-        sequence(
-            &server,
-            vec![ResponseTemplate::new(401).set_body_json(error_body(
-                &format!("Incorrect API key provided: {KEY}"),
-                Some("invalid_api_key"),
-            ))],
-        )
-        .await;
-        let error = generator(&server, |_| {})
-            .await
-            .generate(&config(), "u")
-            .await
-            .unwrap_err();
-        assert!(!error.to_string().contains("sk-test"), "{error}");
-        assert!(!format!("{error:?}").contains("sk-test"));
-        let generator = generator(&server, |_| {}).await;
-        assert!(!format!("{generator:?}").contains("sk-test"));
-    }
-
-    #[tokio::test]
-    async fn garbage_instead_of_an_image_is_image_invalid() {
-        for body in [
-            json!({"data": []}),
-            json!({"data": [{"b64_json": "@@not base64@@"}]}),
+        for (status, message) in [
+            (401, format!("Incorrect API key provided: {KEY}")),
+            (
+                403,
+                "Project key sk-proj-Zx81**********Qa is not allowed".to_owned(),
+            ),
         ] {
             let server = MockServer::start().await;
             sequence(
                 &server,
-                vec![ResponseTemplate::new(200).set_body_json(body)],
+                vec![ResponseTemplate::new(status).set_body_json(error_body(&message, None))],
             )
             .await;
-            let error = generator(&server, |_| {})
-                .await
-                .generate(&config(), "u")
-                .await
-                .unwrap_err();
-            assert_eq!(error.code(), crate::job::ErrorCode::ImageInvalid);
+            let generator = generator(&server, |_| {}).await;
+            let error = run(&generator, job()).await.unwrap_err();
+            assert!(!error.to_string().contains("sk-test"), "{error}");
+            assert!(!error.to_string().contains("Zx81"), "{error}");
+            assert!(!format!("{error:?}").contains("sk-test"));
+            assert!(!format!("{generator:?}").contains("sk-test"));
         }
+    }
+
+    #[tokio::test]
+    async fn a_body_larger_than_the_cap_is_refused_without_being_kept() {
+        let server = MockServer::start().await;
+        sequence(
+            &server,
+            vec![ResponseTemplate::new(200).set_body_json(ok_body())],
+        )
+        .await;
+        let small_cap = png_b64().len() / 2;
+        let error = run(
+            &generator(&server, |s| s.max_response_bytes = small_cap).await,
+            job(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(error.code(), crate::job::ErrorCode::ImageInvalid);
+        assert!(error.to_string().contains("max_response_bytes"), "{error}");
     }
 
     #[test]

@@ -7,9 +7,10 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::{GenerateError, Generated, ImageGenerator};
-use crate::job::{AvatarConfig, GeneratorKind};
+use crate::job::{AvatarConfig, GeneratorKind, Plan};
 
-/// Drawn at a quarter of the requested size: enough to look at, cheap to make and store.
+/// Drawn at a quarter of the asked size, then each pixel repeated in 4×4 so that the image has the
+/// asked size: cheap to draw, and flat colours compress well at any size.
 const SCALE: u32 = 4;
 
 #[derive(Debug, Clone, Default)]
@@ -45,10 +46,10 @@ fn theme(name: &str) -> Rgb {
     }
 }
 
-/// Renders the configuration as PNG bytes.
+/// Renders the configuration as PNG bytes at the size it asks for (`auto`: 1024x1024).
 pub fn draw(config: &AvatarConfig) -> Result<Vec<u8>, png::EncodingError> {
-    let (w, h) = config.dimensions();
-    let (width, height) = ((w / SCALE).max(16), (h / SCALE).max(16));
+    let (out_width, out_height) = config.dimensions();
+    let (width, height) = (out_width.div_ceil(SCALE), out_height.div_ceil(SCALE));
     let (background, face, hair) = (
         theme(&config.color_theme),
         skin(&config.skin_tone),
@@ -86,12 +87,24 @@ pub fn draw(config: &AvatarConfig) -> Result<Vec<u8>, png::EncodingError> {
             pixels.extend_from_slice(&colour);
         }
     }
+    let row = |y: u32| {
+        let start = (y / SCALE * width * 3) as usize;
+        &pixels[start..start + (width * 3) as usize]
+    };
+    let mut full = Vec::with_capacity((out_width * out_height * 3) as usize);
+    for y in 0..out_height {
+        let small = row(y);
+        for x in 0..out_width {
+            let at = (x / SCALE * 3) as usize;
+            full.extend_from_slice(&small[at..at + 3]);
+        }
+    }
     let mut out = Vec::new();
-    let mut encoder = png::Encoder::new(&mut out, width, height);
+    let mut encoder = png::Encoder::new(&mut out, out_width, out_height);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
     let mut writer = encoder.write_header()?;
-    writer.write_image_data(&pixels)?;
+    writer.write_image_data(&full)?;
     writer.finish()?;
     Ok(out)
 }
@@ -102,9 +115,14 @@ impl ImageGenerator for PlaceholderGenerator {
         GeneratorKind::Placeholder
     }
 
+    fn model_name(&self, _plan: &Plan) -> &'static str {
+        "placeholder"
+    }
+
     async fn generate(
         &self,
         config: &AvatarConfig,
+        _plan: &Plan,
         _user: &str,
     ) -> Result<Generated, GenerateError> {
         let config = config.clone();
@@ -140,9 +158,23 @@ mod tests {
         let config =
             AvatarConfig::parse(&json!({"size": "1536x1024", "accessories": ["hat"]})).unwrap();
         let first = draw(&config).unwrap();
-        assert_eq!(check_png(&first).unwrap(), (384, 256));
+        assert_eq!(check_png(&first).unwrap(), (1536, 1024));
         assert_eq!(first, draw(&config).unwrap());
         let other = AvatarConfig::parse(&json!({"size": "1536x1024", "skinTone": "dark"})).unwrap();
         assert_ne!(first, draw(&other).unwrap());
+    }
+
+    #[test]
+    fn draws_at_the_asked_size_including_custom_and_small_ones() {
+        for (size, dims) in [
+            ("2048x1152", (2048, 1152)),
+            ("3840x2160", (3840, 2160)),
+            ("256x256", (256, 256)),
+            ("auto", (1024, 1024)),
+        ] {
+            let config = AvatarConfig::parse(&json!({"size": size})).unwrap();
+            let png = draw(&config).unwrap();
+            assert_eq!(check_png(&png).unwrap(), dims, "{size}");
+        }
     }
 }

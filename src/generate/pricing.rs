@@ -1,111 +1,95 @@
 //! What an image costs, in US dollars, from the price table in configuration (`[prices]`).
 //!
-//! GPT image models bill tokens; when a response reports `usage`, the cost comes from it.
-//! Otherwise the per-image price for the model, quality and size applies. `auto` quality is priced
-//! as medium (standard for DALL·E) and `auto` size as square, the common outcomes. The table is
-//! checked at start ([`check`]) so that every configuration a job may carry has a price.
+//! Today's GPT image models bill tokens (CONTRACT.md §11): when a response reports `usage`, the
+//! cost comes from it and the model's `per_million_tokens` prices. Where it does not (or for an
+//! image reused from storage, whose usage is gone), the per-image fallback for the called model
+//! and quality applies, scaled by the image's pixel count (`auto` counts as 1024x1024, no quality
+//! or `auto` as medium). The table is checked at start ([`check`]) so that every model the worker
+//! may call has both.
 
 use super::Usage;
 use crate::config::{PriceSettings, TokenPrices};
-use crate::job::{AvatarConfig, Model};
+use crate::job::{Model, Plan};
 
-/// The configuration key of a model: `gpt-image-1` → `gpt_image_1`.
-pub fn model_key(model: Model) -> String {
-    model.as_str().replace('-', "_")
-}
+/// Pixels of the image the per-image fallback prices are quoted for.
+const QUOTED_PIXELS: f64 = 1024.0 * 1024.0;
 
-/// The quality a price is looked up under.
-fn priced_quality(model: Model, quality: Option<&str>) -> &str {
-    match (model, quality) {
-        (Model::DallE2, _) => "standard",
-        (Model::DallE3, None | Some("auto")) => "standard",
-        (_, None | Some("auto")) => "medium",
-        (_, Some(quality)) => quality,
+/// The quality a per-image fallback price is looked up under.
+fn priced_quality(quality: Option<&str>) -> &str {
+    match quality {
+        None | Some("auto") => "medium",
+        Some(quality) => quality,
     }
 }
 
-fn priced_size(size: &str) -> &str {
-    if size == "auto" { "1024x1024" } else { size }
-}
-
-fn per_image(
-    prices: &PriceSettings,
-    model: Model,
-    quality: Option<&str>,
-    size: &str,
-) -> Option<f64> {
+/// The per-image estimate for a plan, before any usage is known; 0 only if the table lacks it,
+/// which [`check`] rules out at start.
+pub fn list_price(prices: &PriceSettings, plan: &Plan) -> f64 {
     prices
         .per_image
-        .get(&model_key(model))?
-        .get(priced_quality(model, quality))?
-        .get(priced_size(size))
-        .copied()
+        .get(&plan.called.config_key())
+        .and_then(|by_quality| by_quality.get(priced_quality(plan.quality.as_deref())))
+        .map_or(0.0, |price| {
+            price * plan.request_pixels() as f64 / QUOTED_PIXELS
+        })
 }
 
-fn per_token(prices: &PriceSettings, model: Model) -> Option<TokenPrices> {
-    if !model.is_gpt_image() {
-        return None;
-    }
-    prices.per_token.get(&model_key(model)).copied()
+/// Dollars for the tokens a response reports.
+pub fn token_cost(tokens: &TokenPrices, usage: &Usage) -> f64 {
+    let details = usage.input_tokens_details.unwrap_or_default();
+    // Without details, every input token counts as text.
+    let (text, image) = if usage.input_tokens_details.is_some() {
+        (details.text_tokens, details.image_tokens)
+    } else {
+        (usage.input_tokens, 0)
+    };
+    let cached = details.cached_tokens.min(text);
+    let per_token = |per_million: f64| per_million / 1_000_000.0;
+    (text - cached) as f64 * per_token(tokens.text_input)
+        + cached as f64 * per_token(tokens.cached_text_input)
+        + image as f64 * per_token(tokens.image_input)
+        + usage.output_tokens as f64 * per_token(tokens.image_output)
 }
 
-/// The price of one image of this configuration, before any usage is known.
-pub fn list_price(prices: &PriceSettings, config: &AvatarConfig) -> f64 {
-    // `check` made sure every accepted configuration has a price; 0 is unreachable in practice.
-    per_image(
-        prices,
-        config.model,
-        config.quality.as_deref(),
-        &config.size,
-    )
-    .unwrap_or(0.0)
-}
-
-/// The cost of a generation: from `usage` where the model bills tokens and reported them.
-pub fn cost(prices: &PriceSettings, config: &AvatarConfig, usage: Option<&Usage>) -> f64 {
-    match (per_token(prices, config.model), usage) {
-        (Some(tokens), Some(usage)) if usage.output_tokens > 0 => {
-            usage.input_tokens as f64 * tokens.input + usage.output_tokens as f64 * tokens.output
-        }
-        _ => list_price(prices, config),
+/// The cost of a generation: from `usage` where OpenAI reported it, else the per-image fallback.
+pub fn cost(prices: &PriceSettings, plan: &Plan, usage: Option<&Usage>) -> f64 {
+    let tokens = prices.per_million_tokens.get(&plan.called.config_key());
+    match (tokens, usage) {
+        (Some(tokens), Some(usage)) if usage.output_tokens > 0 => token_cost(tokens, usage),
+        _ => list_price(prices, plan),
     }
 }
 
-/// Refuses a price table that misses a model, quality or size a job may ask for, or holds a
-/// negative or non-finite price.
+/// Refuses a price table that misses a model the worker may call (any active model: a job may
+/// name it, and every successor is one), a quality it takes, or that holds a negative or
+/// non-finite price.
 pub fn check(prices: &PriceSettings) -> Result<(), String> {
     let valid = |price: f64| price.is_finite() && price >= 0.0;
-    for model in Model::ALL {
-        for quality in model.qualities() {
-            for size in model.sizes() {
-                match per_image(prices, model, Some(quality), size) {
-                    Some(price) if valid(price) => {}
-                    Some(price) => {
-                        return Err(format!(
-                            "prices.per_image.{}: {price} is not a price",
-                            model_key(model)
-                        ));
-                    }
-                    None => {
-                        return Err(format!(
-                            "prices.per_image.{}.{}.{} is missing",
-                            model_key(model),
-                            priced_quality(model, Some(quality)),
-                            priced_size(size)
-                        ));
-                    }
-                }
-            }
+    for model in Model::active() {
+        let key = model.config_key();
+        match prices.per_million_tokens.get(&key) {
+            Some(t)
+                if [
+                    t.text_input,
+                    t.cached_text_input,
+                    t.image_input,
+                    t.image_output,
+                ]
+                .into_iter()
+                .all(valid) => {}
+            Some(_) => return Err(format!("prices.per_million_tokens.{key}: not a price")),
+            None => return Err(format!("prices.per_million_tokens.{key} is missing")),
         }
-        if model.is_gpt_image() {
-            match per_token(prices, model) {
-                Some(t) if valid(t.input) && valid(t.output) => {}
-                _ => {
+        for quality in model.spec().qualities {
+            let quality = priced_quality(Some(quality));
+            match prices.per_image.get(&key).and_then(|q| q.get(quality)) {
+                Some(price) if valid(*price) => {}
+                Some(price) => {
                     return Err(format!(
-                        "prices.per_token.{} needs input and output prices",
-                        model_key(model)
+                        "prices.per_image.{key}.{quality}: {price} is not a price"
                     ));
                 }
+                None => return Err(format!("prices.per_image.{key}.{quality} is missing")),
             }
         }
     }
@@ -118,69 +102,68 @@ mod tests {
 
     use super::*;
     use crate::config::Settings;
+    use crate::generate::InputDetails;
+    use crate::job::{AvatarConfig, ModelRules};
 
-    fn config(value: serde_json::Value) -> AvatarConfig {
-        AvatarConfig::parse(&value).unwrap()
+    fn plan(value: serde_json::Value) -> Plan {
+        AvatarConfig::parse(&value)
+            .unwrap()
+            .plan(&ModelRules::default())
+            .unwrap()
     }
 
     fn prices() -> PriceSettings {
         Settings::defaults().unwrap().prices
     }
 
-    #[test]
-    fn list_prices_follow_model_quality_and_size() {
-        let p = &prices();
-        assert_eq!(list_price(p, &config(json!({}))), 0.042);
-        assert_eq!(
-            list_price(p, &config(json!({"quality": "high", "size": "1536x1024"}))),
-            0.25
-        );
-        assert_eq!(
-            list_price(p, &config(json!({"quality": "low", "size": "auto"}))),
-            0.011
-        );
-        assert_eq!(
-            list_price(
-                p,
-                &config(json!({"model": "gpt-image-1-mini", "quality": "high"}))
-            ),
-            0.036
-        );
-        assert_eq!(
-            list_price(p, &config(json!({"model": "dall-e-3", "quality": "hd"}))),
-            0.08
-        );
-        assert_eq!(
-            list_price(
-                p,
-                &config(json!({"model": "dall-e-3", "size": "1792x1024"}))
-            ),
-            0.08
-        );
-        assert_eq!(
-            list_price(p, &config(json!({"model": "dall-e-2", "size": "256x256"}))),
-            0.016
-        );
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-12
     }
 
     #[test]
-    fn usage_wins_for_token_billed_models() {
+    fn usage_is_priced_per_million_tokens_with_each_kind_of_input() {
         let p = &prices();
         let usage = Usage {
+            input_tokens: 1_000,
+            input_tokens_details: Some(InputDetails {
+                text_tokens: 600,
+                image_tokens: 400,
+                cached_tokens: 100,
+            }),
+            output_tokens: 4_000,
+            total_tokens: 5_000,
+        };
+        let cost = cost(p, &plan(json!({})), Some(&usage));
+        let expected = 500.0 * 5.0e-6 + 100.0 * 1.25e-6 + 400.0 * 8.0e-6 + 4_000.0 * 30.0e-6;
+        assert!(close(cost, expected), "{cost} != {expected}");
+        // Without details every input token is text.
+        let plain = Usage {
             input_tokens: 50,
+            input_tokens_details: None,
             output_tokens: 1056,
             total_tokens: 1106,
         };
-        let cost = cost(p, &config(json!({})), Some(&usage));
-        assert!(
-            (cost - (50.0 * 5.0e-6 + 1056.0 * 40.0e-6)).abs() < 1e-12,
-            "{cost}"
-        );
-        // DALL·E bills per image whatever usage says.
-        assert_eq!(
-            super::cost(p, &config(json!({"model": "dall-e-3"})), Some(&usage)),
+        let cost = super::cost(p, &plan(json!({})), Some(&plain));
+        assert!(close(cost, 50.0 * 5.0e-6 + 1056.0 * 30.0e-6), "{cost}");
+    }
+
+    #[test]
+    fn the_fallback_follows_quality_and_pixels() {
+        let p = &prices();
+        assert!(close(list_price(p, &plan(json!({}))), 0.04));
+        assert!(close(cost(p, &plan(json!({})), None), 0.04));
+        assert!(close(
+            list_price(p, &plan(json!({"model": "dall-e-3", "quality": "hd"}))),
+            0.17
+        ));
+        let big =
+            plan(json!({"model": "gpt-image-2.6-flare", "size": "2048x2048", "quality": "max"}));
+        assert!(close(list_price(p, &big), 0.40 * 4.0));
+        // dall-e-2's 256x256 is made at 1024x1024: priced as such.
+        assert!(close(
+            list_price(p, &plan(json!({"model": "dall-e-2", "size": "256x256"}))),
             0.04
-        );
+        ));
     }
 
     #[test]
@@ -188,21 +171,25 @@ mod tests {
         let mut p = prices();
         assert_eq!(check(&p), Ok(()));
         p.per_image
-            .get_mut("dall_e_3")
+            .get_mut("gpt_image_2_6_sunburst")
             .unwrap()
-            .get_mut("hd")
-            .unwrap()
-            .remove("1024x1792");
+            .remove("xhigh");
         assert_eq!(
             check(&p),
-            Err("prices.per_image.dall_e_3.hd.1024x1792 is missing".to_owned())
+            Err("prices.per_image.gpt_image_2_6_sunburst.xhigh is missing".to_owned())
         );
         let mut p = prices();
-        p.per_token.remove("gpt_image_1_mini");
+        p.per_million_tokens.remove("gpt_image_2");
         assert!(
             check(&p)
                 .unwrap_err()
-                .contains("per_token.gpt_image_1_mini")
+                .contains("per_million_tokens.gpt_image_2")
         );
+        let mut p = prices();
+        p.per_million_tokens
+            .get_mut("gpt_image_2")
+            .unwrap()
+            .image_output = -1.0;
+        assert!(check(&p).is_err());
     }
 }

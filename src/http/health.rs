@@ -1,5 +1,6 @@
 //! `/healthz`: the process answers. `/readyz`: it can do work — the broker connection is up and
-//! the database answers.
+//! the database answers. Its body also lists the model lifecycle warnings (CONTRACT.md §11),
+//! which do not change the status: a model shutting down next week is news, not unreadiness.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -29,6 +30,11 @@ async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Value>) {
     };
     (
         status,
-        Json(json!({"ready": broker && database, "broker": broker, "database": database})),
+        Json(json!({
+            "ready": broker && database,
+            "broker": broker,
+            "database": database,
+            "model_warnings": state.lifecycle.warnings(),
+        })),
     )
 }

@@ -27,6 +27,8 @@ pub struct ApiState {
     pub broker: Arc<BrokerHealth>,
     pub settings: Arc<Settings>,
     pub cleaner: Arc<Cleaner>,
+    /// What OpenAI said of the models the worker may call, for `/readyz`.
+    pub lifecycle: Arc<crate::generate::lifecycle::Lifecycle>,
 }
 
 pub fn router(state: ApiState) -> Router {

@@ -3,72 +3,42 @@
 //!
 //! [`AvatarConfig::normalize`] applies CONTRACT.md §3 (defaults for absent or empty fields, lowercase
 //! hair and skin tone, accessories in UTF-16 order) and is all the cache key needs.
-//! [`AvatarConfig::parse`] adds the validation a job must pass before anything is charged or
-//! generated.
+//! [`AvatarConfig::parse`] adds our limits on free text, and [`AvatarConfig::plan`] checks the job
+//! against the rules of the model that will be called (the catalogue, [`super::models`]), before
+//! anything is charged or generated.
 
 use std::cmp::Ordering;
 
 use serde_json::{Map, Value};
 
-/// Image models the worker can generate with, and OpenAI's rules for each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Model {
-    GptImage1,
-    GptImage1Mini,
-    DallE2,
-    DallE3,
+use super::models::{Asked, Plan, RuleError, SEED_DEFAULT_MODEL, Successors};
+
+/// What the operator configured about models: successors of retired ones and the quality sent
+/// when a job names none (`openai.successors`, `openai.default_quality`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelRules {
+    pub successors: Successors,
+    pub default_quality: Option<String>,
 }
 
-impl Model {
-    pub const ALL: [Model; 4] = [
-        Model::GptImage1,
-        Model::GptImage1Mini,
-        Model::DallE2,
-        Model::DallE3,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Model::GptImage1 => "gpt-image-1",
-            Model::GptImage1Mini => "gpt-image-1-mini",
-            Model::DallE2 => "dall-e-2",
-            Model::DallE3 => "dall-e-3",
-        }
+impl ModelRules {
+    /// From `openai.successors` and `openai.default_quality` (empty: none).
+    pub fn new(
+        successors: &std::collections::BTreeMap<String, String>,
+        default_quality: &str,
+    ) -> Result<ModelRules, super::models::SuccessorError> {
+        Ok(ModelRules {
+            successors: Successors::from_config(successors)?,
+            default_quality: (!default_quality.is_empty()).then(|| default_quality.to_owned()),
+        })
     }
+}
 
-    pub fn from_name(name: &str) -> Option<Model> {
-        Model::ALL.into_iter().find(|m| m.as_str() == name)
-    }
-
-    /// GPT image models always answer in base64, take `background` and `quality`
-    /// low/medium/high, and report token `usage`; DALL·E models need `response_format`.
-    pub fn is_gpt_image(self) -> bool {
-        matches!(self, Model::GptImage1 | Model::GptImage1Mini)
-    }
-
-    pub fn sizes(self) -> &'static [&'static str] {
-        match self {
-            Model::GptImage1 | Model::GptImage1Mini => {
-                &["1024x1024", "1536x1024", "1024x1536", "auto"]
-            }
-            Model::DallE2 => &["256x256", "512x512", "1024x1024"],
-            Model::DallE3 => &["1024x1024", "1792x1024", "1024x1792"],
-        }
-    }
-
-    pub fn backgrounds(self) -> &'static [&'static str] {
-        if self.is_gpt_image() {
-            &["transparent", "opaque", "auto"]
-        } else {
-            &["auto"]
-        }
-    }
-
-    pub fn qualities(self) -> &'static [&'static str] {
-        match self {
-            Model::GptImage1 | Model::GptImage1Mini => &["low", "medium", "high", "auto"],
-            Model::DallE2 => &["standard", "auto"],
-            Model::DallE3 => &["standard", "hd", "auto"],
+impl Default for ModelRules {
+    fn default() -> Self {
+        ModelRules {
+            successors: Successors::defaults(),
+            default_quality: None,
         }
     }
 }
@@ -82,17 +52,9 @@ pub enum ConfigError {
     NotAString { field: &'static str },
     #[error("config.accessories must be an array of strings")]
     BadAccessories,
-    #[error(
-        "config.model {0:?} is not supported (gpt-image-1, gpt-image-1-mini, dall-e-2, dall-e-3)"
-    )]
-    UnknownModel(String),
-    #[error("config.{field} {value:?} is not allowed for {model}; allowed: {allowed}")]
-    NotAllowed {
-        field: &'static str,
-        value: String,
-        model: &'static str,
-        allowed: String,
-    },
+    /// The job does not fit its model's rules (CONTRACT.md §11).
+    #[error(transparent)]
+    Rule(#[from] RuleError),
     #[error("config.{field} is too long (at most {max} characters)")]
     TooLong { field: &'static str, max: usize },
     #[error("config.{field} contains control characters")]
@@ -111,7 +73,8 @@ const MAX_PROMPT_CHARS: usize = 1000;
 /// A normalized configuration. Fields hold the values the cache key is computed from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AvatarConfig {
-    pub model: Model,
+    /// The model the job asked for (the seed's default when it named none): part of the key.
+    pub model: String,
     pub size: String,
     pub family_type: String,
     pub gesture: String,
@@ -122,14 +85,36 @@ pub struct AvatarConfig {
     pub background: String,
     pub prompt: Option<String>,
     pub quality: Option<String>,
+    /// `low`, `medium` or `high`, for the models that take it; in the key after `quality`.
+    pub complexity: Option<String>,
+    /// Whether the job set `background` itself (it is sent to OpenAI only then); not in the key.
+    pub background_given: bool,
 }
 
 impl AvatarConfig {
-    /// Normalizes and validates a job's `config`.
+    /// Normalizes a job's `config` and checks our limits on its text (not the model's rules:
+    /// [`AvatarConfig::plan`]).
     pub fn parse(value: &Value) -> Result<AvatarConfig, ConfigError> {
         let config = Self::normalize(value)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Checks the configuration against the rules of the model that will be called, and says
+    /// what to ask it for.
+    pub fn plan(&self, rules: &ModelRules) -> Result<Plan, ConfigError> {
+        let asked = Asked {
+            model: &self.model,
+            size: &self.size,
+            quality: self.quality.as_deref(),
+            background: self.background_given.then_some(self.background.as_str()),
+            complexity: self.complexity.as_deref(),
+        };
+        Ok(Plan::new(
+            asked,
+            &rules.successors,
+            rules.default_quality.as_deref(),
+        )?)
     }
 
     /// Applies the JavaScript system's normalization (CONTRACT.md §3) without OpenAI's rules.
@@ -144,8 +129,7 @@ impl AvatarConfig {
         let text = |field: &'static str, default: &str| -> Result<String, ConfigError> {
             Ok(optional_text(object, field)?.unwrap_or(default).to_owned())
         };
-        let model_name = text("model", "gpt-image-1")?;
-        let model = Model::from_name(&model_name).ok_or(ConfigError::UnknownModel(model_name))?;
+        let model = text("model", SEED_DEFAULT_MODEL)?;
         let mut accessories = match object.get("accessories") {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(items)) => items
@@ -171,18 +155,17 @@ impl AvatarConfig {
             background: text("background", "auto")?,
             prompt: optional_text(object, "prompt")?.map(str::to_owned),
             quality: optional_text(object, "quality")?.map(str::to_owned),
+            complexity: optional_text(object, "complexity")?.map(str::to_owned),
+            background_given: optional_text(object, "background")?.is_some(),
         })
     }
 
-    /// OpenAI's rules for the model, and our limits on free text.
+    /// Our limits on free text; the model's rules are [`AvatarConfig::plan`]'s.
     fn validate(&self) -> Result<(), ConfigError> {
-        let model = self.model;
-        one_of("size", &self.size, model, model.sizes())?;
-        one_of("background", &self.background, model, model.backgrounds())?;
-        if let Some(quality) = &self.quality {
-            one_of("quality", quality, model, model.qualities())?;
-        }
         for (field, value) in [
+            ("model", &self.model),
+            ("size", &self.size),
+            ("background", &self.background),
             ("familyType", &self.family_type),
             ("gesture", &self.gesture),
             ("hair", &self.hair),
@@ -199,18 +182,20 @@ impl AvatarConfig {
         for accessory in &self.accessories {
             plain_text("accessories", accessory, MAX_FIELD_CHARS, false)?;
         }
+        for (field, value) in [("quality", &self.quality), ("complexity", &self.complexity)] {
+            if let Some(value) = value {
+                plain_text(field, value, MAX_FIELD_CHARS, false)?;
+            }
+        }
         if let Some(prompt) = &self.prompt {
             plain_text("prompt", prompt, MAX_PROMPT_CHARS, true)?;
         }
         Ok(())
     }
 
-    /// Pixel size to draw or request; `auto` counts as square.
+    /// Pixel size asked for; `auto`, or a size that is not `WxH`, counts as 1024x1024.
     pub fn dimensions(&self) -> (u32, u32) {
-        self.size
-            .split_once('x')
-            .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
-            .unwrap_or((1024, 1024))
+        super::models::parse_size(&self.size).unwrap_or((1024, 1024))
     }
 }
 
@@ -230,23 +215,6 @@ fn optional_text<'a>(
 /// `Array.prototype.sort`'s default order: by UTF-16 code units.
 fn utf16_order(a: &str, b: &str) -> Ordering {
     a.encode_utf16().cmp(b.encode_utf16())
-}
-
-fn one_of(
-    field: &'static str,
-    value: &str,
-    model: Model,
-    allowed: &[&str],
-) -> Result<(), ConfigError> {
-    if allowed.contains(&value) {
-        return Ok(());
-    }
-    Err(ConfigError::NotAllowed {
-        field,
-        value: value.to_owned(),
-        model: model.as_str(),
-        allowed: allowed.join(", "),
-    })
 }
 
 fn plain_text(
@@ -271,44 +239,53 @@ mod tests {
 
     use super::*;
 
+    fn planned(config: Value) -> Result<Plan, ConfigError> {
+        AvatarConfig::parse(&config)?.plan(&ModelRules::default())
+    }
+
     #[test]
     fn defaults_fill_an_empty_config() {
         let config = AvatarConfig::parse(&json!({})).unwrap();
-        assert_eq!(config.model, Model::GptImage1);
+        assert_eq!(config.model, "gpt-image-1");
         assert_eq!(config.size, "1024x1024");
         assert_eq!(
             (config.hair.as_str(), config.skin_tone.as_str()),
             ("short", "medium")
         );
         assert_eq!(config.dimensions(), (1024, 1024));
+        assert!(!config.background_given);
+        let plan = config.plan(&ModelRules::default()).unwrap();
+        assert_eq!(plan.called.name(), "gpt-image-2.6-flare");
+        assert_eq!(plan.background, None);
     }
 
     #[test]
     fn sizes_follow_the_model() {
-        assert!(AvatarConfig::parse(&json!({"size": "1536x1024"})).is_ok());
-        assert!(AvatarConfig::parse(&json!({"model": "dall-e-3", "size": "1792x1024"})).is_ok());
-        let err =
-            AvatarConfig::parse(&json!({"model": "dall-e-2", "size": "1536x1024"})).unwrap_err();
+        assert!(planned(json!({"size": "1536x1024"})).is_ok());
+        assert!(planned(json!({"model": "dall-e-3", "size": "1792x1024"})).is_ok());
+        let err = planned(json!({"model": "dall-e-2", "size": "1536x1024"})).unwrap_err();
         assert!(
-            matches!(err, ConfigError::NotAllowed { field: "size", .. }),
+            matches!(
+                err,
+                ConfigError::Rule(RuleError::NotAllowed { field: "size", .. })
+            ),
             "{err}"
         );
         assert!(err.to_string().contains("256x256"), "{err}");
-        assert!(AvatarConfig::parse(&json!({"size": "4096x4096"})).is_err());
+        assert!(planned(json!({"size": "4096x4096"})).is_err());
+        assert!(planned(json!({"model": "gpt-image-2", "size": "2048x2048"})).is_ok());
     }
 
     #[test]
-    fn backgrounds_and_qualities_follow_the_model() {
-        assert!(
-            AvatarConfig::parse(&json!({"background": "transparent", "quality": "high"})).is_ok()
-        );
-        assert!(
-            AvatarConfig::parse(&json!({"model": "dall-e-2", "background": "transparent"}))
-                .is_err()
-        );
-        assert!(AvatarConfig::parse(&json!({"model": "dall-e-3", "quality": "hd"})).is_ok());
-        assert!(AvatarConfig::parse(&json!({"model": "dall-e-3", "quality": "high"})).is_err());
-        assert!(AvatarConfig::parse(&json!({"quality": "ultra"})).is_err());
+    fn backgrounds_qualities_and_complexity_follow_the_called_model() {
+        assert!(planned(json!({"background": "transparent", "quality": "high"})).is_ok());
+        let plan = planned(json!({"background": "opaque"})).unwrap();
+        assert_eq!(plan.background.as_deref(), Some("opaque"));
+        assert!(planned(json!({"background": "glitter"})).is_err());
+        assert!(planned(json!({"model": "dall-e-3", "quality": "hd"})).is_ok());
+        assert!(planned(json!({"quality": "ultra"})).is_err());
+        assert!(planned(json!({"model": "gpt-image-2.6-flare", "complexity": "high"})).is_ok());
+        assert!(planned(json!({"model": "gpt-image-2", "complexity": "high"})).is_err());
     }
 
     #[test]
@@ -329,9 +306,15 @@ mod tests {
             AvatarConfig::parse(&json!({"accessories": ["hat", 1]})),
             Err(ConfigError::BadAccessories)
         );
+        assert_eq!(
+            AvatarConfig::parse(&json!({"complexity": 2})),
+            Err(ConfigError::NotAString {
+                field: "complexity"
+            })
+        );
         assert!(matches!(
-            AvatarConfig::parse(&json!({"model": "midjourney"})),
-            Err(ConfigError::UnknownModel(_))
+            planned(json!({"model": "midjourney"})),
+            Err(ConfigError::Rule(RuleError::UnknownModel(_)))
         ));
     }
 

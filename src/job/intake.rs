@@ -9,7 +9,7 @@ use std::fmt;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::AvatarConfig;
+use super::{AvatarConfig, ModelRules, Plan};
 
 /// Largest message body accepted as a job.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -71,6 +71,8 @@ pub struct Job {
     pub user_id: String,
     pub tier: Tier,
     pub config: AvatarConfig,
+    /// What to ask the image model for (CONTRACT.md §11).
+    pub plan: Plan,
     pub force_refresh: bool,
 }
 
@@ -95,7 +97,13 @@ pub struct Rejection {
 }
 
 /// Reads a message body. `message_id` is the AMQP property, used as the job id when the body has none.
-pub fn intake(body: &[u8], message_id: Option<&str>) -> Result<Intake, Rejection> {
+/// `rules` are the operator's model settings, which decide what a job's configuration is checked
+/// against.
+pub fn intake(
+    body: &[u8],
+    message_id: Option<&str>,
+    rules: &ModelRules,
+) -> Result<Intake, Rejection> {
     let reject = |reason: String| Rejection {
         reason,
         answer: None,
@@ -151,8 +159,10 @@ pub fn intake(body: &[u8], message_id: Option<&str>) -> Result<Intake, Rejection
         Some(Value::Bool(flag)) => *flag,
         Some(_) => return invalid("force_refresh must be true or false".to_owned()),
     };
-    let config = match AvatarConfig::parse(fields.get("config").unwrap_or(&Value::Null)) {
-        Ok(config) => config,
+    let parsed = AvatarConfig::parse(fields.get("config").unwrap_or(&Value::Null))
+        .and_then(|config| Ok((config.plan(rules)?, config)));
+    let (plan, config) = match parsed {
+        Ok(parsed) => parsed,
         Err(error) => return invalid(error.to_string()),
     };
     Ok(Intake::Job(Box::new(Job {
@@ -160,6 +170,7 @@ pub fn intake(body: &[u8], message_id: Option<&str>) -> Result<Intake, Rejection
         user_id,
         tier,
         config,
+        plan,
         force_refresh,
     })))
 }
@@ -190,7 +201,7 @@ mod tests {
     use super::*;
 
     fn read(body: Value) -> Result<Intake, Rejection> {
-        intake(body.to_string().as_bytes(), None)
+        intake(body.to_string().as_bytes(), None, &ModelRules::default())
     }
 
     #[test]
@@ -214,27 +225,29 @@ mod tests {
     fn job_id_falls_back_to_message_id_then_to_the_body() {
         let body = json!({"user_id": "u"}).to_string();
         let message_id = "1e0c9c4a-6a5f-4c6e-9d8e-2b7c1f0a9e11";
-        let Ok(Intake::Job(job)) = intake(body.as_bytes(), Some(message_id)) else {
+        let Ok(Intake::Job(job)) =
+            intake(body.as_bytes(), Some(message_id), &ModelRules::default())
+        else {
             panic!()
         };
         assert_eq!(job.id.to_string(), message_id);
         assert_eq!(job.tier, Tier::Free);
 
-        let first = intake(body.as_bytes(), Some("not-a-uuid")).unwrap();
-        let again = intake(body.as_bytes(), None).unwrap();
+        let first = intake(body.as_bytes(), Some("not-a-uuid"), &ModelRules::default()).unwrap();
+        let again = intake(body.as_bytes(), None, &ModelRules::default()).unwrap();
         assert_eq!(first, again, "a derived id is stable across redeliveries");
     }
 
     #[test]
     fn non_jobs_are_rejected_with_a_reason() {
         assert!(
-            intake(b"hello", None)
+            intake(b"hello", None, &ModelRules::default())
                 .unwrap_err()
                 .reason
                 .contains("not JSON")
         );
         assert!(
-            intake(b"[1,2]", None)
+            intake(b"[1,2]", None, &ModelRules::default())
                 .unwrap_err()
                 .reason
                 .contains("not a JSON object")
@@ -243,7 +256,12 @@ mod tests {
         assert!(no_user.reason.contains("user_id"));
         assert_eq!(no_user.answer, None);
         let huge = vec![b' '; MAX_MESSAGE_BYTES + 1];
-        assert!(intake(&huge, None).unwrap_err().reason.contains("at most"));
+        assert!(
+            intake(&huge, None, &ModelRules::default())
+                .unwrap_err()
+                .reason
+                .contains("at most")
+        );
     }
 
     #[test]

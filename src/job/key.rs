@@ -51,6 +51,8 @@ struct Canonical<'a> {
     prompt: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     quality: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    complexity: Option<&'a str>,
     /// Only for placeholder entries: keeps them apart from real ones.
     #[serde(skip_serializing_if = "Option::is_none")]
     generator: Option<&'a str>,
@@ -71,7 +73,7 @@ impl CacheKey {
     /// The JSON text that is hashed; public so tests and operators can see what a key stands for.
     pub fn canonical_json(config: &AvatarConfig, generator: GeneratorKind) -> String {
         let canonical = Canonical {
-            model: config.model.as_str(),
+            model: &config.model,
             size: &config.size,
             family_type: &config.family_type,
             gesture: &config.gesture,
@@ -82,6 +84,7 @@ impl CacheKey {
             background: &config.background,
             prompt: config.prompt.as_deref(),
             quality: config.quality.as_deref(),
+            complexity: config.complexity.as_deref(),
             generator: match generator {
                 GeneratorKind::OpenAi => None,
                 GeneratorKind::Placeholder => Some(GeneratorKind::Placeholder.as_str()),
@@ -195,7 +198,16 @@ mod tests {
             extra,
             plain.trim_end_matches('}').to_owned() + r#","prompt":"smiling","quality":"high"}"#
         );
-        let (empty_extras, _) = key_of(json!({"hair": "long", "quality": "", "prompt": null}));
+        let (with_complexity, _) = key_of(
+            json!({"hair": "long", "complexity": "high", "quality": "max", "prompt": "smiling"}),
+        );
+        assert_eq!(
+            with_complexity,
+            plain.trim_end_matches('}').to_owned()
+                + r#","prompt":"smiling","quality":"max","complexity":"high"}"#
+        );
+        let (empty_extras, _) =
+            key_of(json!({"hair": "long", "quality": "", "prompt": null, "complexity": ""}));
         assert_eq!(empty_extras, plain);
     }
 

@@ -7,9 +7,11 @@
 mod avatar;
 mod intake;
 mod key;
+pub mod models;
 mod result;
 
-pub use avatar::{AvatarConfig, ConfigError, Model};
+pub use avatar::{AvatarConfig, ConfigError, ModelRules};
 pub use intake::{Intake, Job, JobId, MAX_MESSAGE_BYTES, Rejection, Tier, intake};
 pub use key::{CacheKey, GeneratorKind};
+pub use models::{Model, Plan};
 pub use result::{ErrorCode, JobError, JobResult, Status};

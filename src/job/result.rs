@@ -73,6 +73,10 @@ pub struct JobResult {
     pub cost_usd: f64,
     pub saved_usd: f64,
     pub attempts: u32,
+    /// The model that made the served image (for a hit, the entry's; `None` for an entry imported
+    /// without one), or on a failure the model that was called (`None` if none was).
+    #[serde(default)]
+    pub model: Option<String>,
     pub duration_ms: u64,
     #[serde(serialize_with = "millis_utc")]
     pub completed_at: DateTime<Utc>,
@@ -105,6 +109,7 @@ impl JobResult {
             cost_usd: 0.0,
             saved_usd: 0.0,
             attempts: 0,
+            model: None,
             duration_ms: 0,
             completed_at: Utc::now(),
             error: Some(error),
@@ -159,7 +164,7 @@ mod tests {
                 "job_id": "00000000-0000-0000-0000-000000000000", "user_id": "user-42",
                 "status": "failed", "cached": false, "prompt_hash": null, "image_url": null,
                 "storage_path": null, "credits_charged": 0, "credits_remaining": null,
-                "cost_usd": 0.0, "saved_usd": 0.0, "attempts": 0, "duration_ms": 0,
+                "cost_usd": 0.0, "saved_usd": 0.0, "attempts": 0, "model": null, "duration_ms": 0,
                 "completed_at": "2026-11-24T14:03:07.512Z",
                 "error": {"code": "invalid_job", "message": "config.size \"3x3\" is not allowed",
                           "retryable": false}

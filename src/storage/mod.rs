@@ -1,7 +1,8 @@
 //! Object storage for generated images (CONTRACT.md §5).
 //!
 //! Paths are `YYYY/MM/<hash>.png`, built only from a [`CacheKey`] the worker computed, never from
-//! text in a job. Every image is checked ([`check_png`]) before any backend sees it. Backends sit
+//! text in a job. Stored objects are immutable (served with a year-long `immutable` lifetime): an
+//! image that replaces another (`force_refresh`) gets a path of its own, `YYYY/MM/<hash>-<n>.png`. Every image is checked ([`check_png`]) before any backend sees it. Backends sit
 //! behind [`ImageStore`], chosen by `storage.kind`:
 //! - `local` writes to a directory that the admin API serves at `/images/…`;
 //! - `s3` speaks the S3 protocol (AWS S3, MinIO, R2, Supabase's S3 endpoint);
@@ -20,7 +21,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use chrono::{DateTime, Datelike, Utc};
+use chrono::{DateTime, Datelike, TimeZone, Utc};
 
 pub use local::LocalStore;
 pub use s3::S3Store;
@@ -37,25 +38,80 @@ pub const LOCAL_PUBLIC_BASE_URL: &str = "http://127.0.0.1:8080/images";
 /// The first segment of every check object; no cache path starts with anything but a year.
 const CHECK_PREFIX: &str = "_memoji-check";
 
-/// Where an image lives inside a store: `YYYY/MM/<hash>.png`.
+/// Where an image lives inside a store: `YYYY/MM/<hash>.png`, or `YYYY/MM/<hash>-<n>.png` for
+/// the `n`th image that replaced the key's first (CONTRACT.md §5).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct StoragePath(String);
 
 impl StoragePath {
-    /// The path for a key generated at `at` (UTC).
+    /// The path for a key's first image, generated at `at` (UTC).
     pub fn for_key(key: &CacheKey, at: DateTime<Utc>) -> StoragePath {
-        StoragePath(format!("{:04}/{:02}/{}.png", at.year(), at.month(), key))
+        StoragePath::revision(key, at, 0)
     }
 
-    /// Accepts only the exact shape `for_key` produces, so a parsed path can never leave its store.
+    /// The path for the key's `n`th replacement image (0: the first image).
+    pub fn revision(key: &CacheKey, at: DateTime<Utc>, n: u32) -> StoragePath {
+        let suffix = if n == 0 {
+            String::new()
+        } else {
+            format!("-{n}")
+        };
+        StoragePath(format!(
+            "{:04}/{:02}/{key}{suffix}.png",
+            at.year(),
+            at.month()
+        ))
+    }
+
+    /// The path for an image that replaces the one at `current` (the key's entry's path, if it
+    /// has one): the next revision number, so no served object is ever written again.
+    pub fn replacing(key: &CacheKey, at: DateTime<Utc>, current: Option<&str>) -> StoragePath {
+        let n = current
+            .and_then(StoragePath::parse)
+            .map_or(0, |path| path.revision_number());
+        StoragePath::revision(key, at, n.saturating_add(1))
+    }
+
+    /// 0 for a key's first image, `n` for `<hash>-<n>.png`.
+    pub fn revision_number(&self) -> u32 {
+        self.0
+            .strip_suffix(".png")
+            .and_then(|stem| stem.rsplit_once('/'))
+            .and_then(|(_, file)| file.split_once('-'))
+            .and_then(|(_, n)| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Accepts only the exact shapes `for_key` and `revision` produce, so a parsed path can never
+    /// leave its store.
     pub fn parse(text: &str) -> Option<StoragePath> {
         let mut parts = text.split('/');
         let (year, month, file) = (parts.next()?, parts.next()?, parts.next()?);
         let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
         let month_ok = digits(month, 2) && (1..=12).contains(&month.parse::<u32>().ok()?);
-        let key = CacheKey::parse(file.strip_suffix(".png")?)?;
-        (parts.next().is_none() && digits(year, 4) && month_ok)
-            .then(|| StoragePath(format!("{year}/{month}/{key}.png")))
+        let stem = file.strip_suffix(".png")?;
+        let (hash, n) = match stem.split_once('-') {
+            None => (stem, 0),
+            Some((hash, n)) => {
+                let canonical = !n.is_empty()
+                    && n.len() <= 9
+                    && n.bytes().all(|b| b.is_ascii_digit())
+                    && !n.starts_with('0');
+                (
+                    hash,
+                    if canonical {
+                        n.parse().ok()?
+                    } else {
+                        return None;
+                    },
+                )
+            }
+        };
+        let key = CacheKey::parse(hash)?;
+        let year = year.parse::<i32>().ok().filter(|_| digits(year, 4))?;
+        let month: u32 = month.parse().ok()?;
+        let at = Utc.with_ymd_and_hms(year, month, 1, 0, 0, 0).single()?;
+        (parts.next().is_none() && month_ok).then(|| StoragePath::revision(&key, at, n))
     }
 
     /// A fresh path for `storage check`'s probe object: `_memoji-check/<uuid>.png`. Its first
@@ -100,7 +156,9 @@ pub struct Stored {
 /// A place images are kept.
 #[async_trait]
 pub trait ImageStore: Send + Sync + fmt::Debug {
-    /// Stores `png` at `path`, replacing what was there; returns once it is durable.
+    /// Stores `png` at `path`; returns once it is durable. The worker never puts other bytes at a
+    /// path an entry has served (new images get new paths), so a put only ever creates an object
+    /// or rewrites one nobody has seen.
     async fn put(&self, path: &StoragePath, png: Bytes) -> Result<Stored, StorageError>;
     /// Reads an image back, `None` when absent.
     async fn get(&self, path: &StoragePath) -> Result<Option<Bytes>, StorageError>;
@@ -186,12 +244,37 @@ mod tests {
     }
 
     #[test]
+    fn a_replacement_gets_the_next_revision_path() {
+        let key = CacheKey::parse(KEY).unwrap();
+        let at = DateTime::parse_from_rfc3339("2026-12-01T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let first = format!("2026/11/{KEY}.png");
+        let second = StoragePath::replacing(&key, at, Some(&first));
+        assert_eq!(second.as_str(), format!("2026/12/{KEY}-1.png"));
+        assert_eq!(second.revision_number(), 1);
+        assert_eq!(StoragePath::parse(second.as_str()), Some(second.clone()));
+        let third = StoragePath::replacing(&key, at, Some(second.as_str()));
+        assert_eq!(third.as_str(), format!("2026/12/{KEY}-2.png"));
+        // An entry imported without a path still never gets its image overwritten.
+        assert_eq!(
+            StoragePath::replacing(&key, at, None).as_str(),
+            format!("2026/12/{KEY}-1.png")
+        );
+    }
+
+    #[test]
     fn parse_refuses_anything_else() {
         for bad in [
             format!("2026/13/{KEY}.png"),
             format!("2026/3/{KEY}.png"),
             format!("../03/{KEY}.png"),
             format!("2026/03/{KEY}.jpg"),
+            format!("2026/03/{KEY}-0.png"),
+            format!("2026/03/{KEY}-01.png"),
+            format!("2026/03/{KEY}-.png"),
+            format!("2026/03/{KEY}-1-2.png"),
+            format!("2026/03/{KEY}--1.png"),
             format!("2026/03/{KEY}.png/x"),
             "2026/03/..%2f..%2fetc.png".to_owned(),
         ] {

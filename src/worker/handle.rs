@@ -21,7 +21,7 @@ use crate::db::credits;
 use crate::db::jobs::{self, Lookup, Seen};
 use crate::db::{DbError, cache};
 use crate::generate::{ImageGenerator, Pacer};
-use crate::job::{CacheKey, Intake, Job, JobResult, Rejection, Status, intake};
+use crate::job::{CacheKey, Intake, Job, JobResult, ModelRules, Rejection, Status, intake};
 use crate::storage::{ImageStore, StoragePath};
 
 /// Everything a job's journey needs; shared by all in-flight jobs.
@@ -33,6 +33,8 @@ pub struct Context {
     /// Turns for generations: concurrency and per-minute limits.
     pub pacer: Arc<Pacer>,
     pub settings: Arc<Settings>,
+    /// Successors of retired models and the default quality: what jobs are checked against.
+    pub models: Arc<ModelRules>,
     /// Cancelled on shutdown: jobs still waiting (for a turn, for another worker) are handed back.
     pub stopping: CancellationToken,
     /// Statistics, `job.completed` and job metrics; told once per delivery, in `worker::process`.
@@ -56,7 +58,7 @@ impl From<DbError> for StepError {
 pub async fn handle(ctx: &Context, body: &[u8], message_id: Option<&str>) -> Outcome {
     let started = Instant::now();
     let span = tracing::Span::current();
-    match intake(body, message_id) {
+    match intake(body, message_id, &ctx.models) {
         Err(Rejection { reason, answer }) => {
             if let Some((id, _)) = &answer {
                 span.record("job_id", tracing::field::display(id));
@@ -242,6 +244,7 @@ impl Context {
             cost_usd: 0.0,
             saved_usd: entry.generation_cost,
             attempts: 1,
+            model: entry.model,
             duration_ms: elapsed_ms(started),
             completed_at: Utc::now(),
             error: None,
@@ -250,7 +253,7 @@ impl Context {
 }
 
 /// The `YYYY/MM/<hash>.png` tail of an image URL, for rows imported without a storage path.
-fn path_in_url(url: &str) -> Option<String> {
+pub(super) fn path_in_url(url: &str) -> Option<String> {
     let parts: Vec<&str> = url.rsplitn(4, '/').collect();
     let tail = format!("{}/{}/{}", parts.get(2)?, parts.get(1)?, parts.first()?);
     StoragePath::parse(&tail).map(|p| p.to_string())

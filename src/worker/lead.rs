@@ -9,7 +9,7 @@ use bytes::Bytes;
 use chrono::Utc;
 use tokio::time::Instant;
 
-use super::handle::{Context, StepError, elapsed_ms};
+use super::handle::{Context, StepError, elapsed_ms, path_in_url};
 use crate::db::credits::{self, Account, Charge};
 use crate::db::{DbError, cache, jobs, leases};
 use crate::generate::{GenerateError, Generated, pricing};
@@ -66,7 +66,23 @@ impl Context {
         };
 
         let generated_at = Utc::now();
-        match self.make_image(job, key, generated_at).await {
+        // A regenerated image never overwrites a served one (CONTRACT.md §5): it gets the next
+        // revision's path, and the image it replaces goes once nothing points at it.
+        let replaced = if job.force_refresh {
+            cache::current_image(&self.db, key).await?.map(|current| {
+                current
+                    .storage_path
+                    .or_else(|| path_in_url(&current.image_url))
+            })
+        } else {
+            None
+        };
+        let path = match &replaced {
+            Some(current) => StoragePath::replacing(key, generated_at, current.as_deref()),
+            None => StoragePath::for_key(key, generated_at),
+        };
+        let model = self.generator.model_name(&job.plan);
+        match self.make_image(job, &path).await {
             Ok((generated, stored)) => {
                 let result = JobResult {
                     job_id: job.id,
@@ -81,6 +97,7 @@ impl Context {
                     cost_usd: generated.cost_usd,
                     saved_usd: 0.0,
                     attempts: generated.attempts,
+                    model: Some(model.to_owned()),
                     duration_ms: elapsed_ms(started),
                     completed_at: Utc::now(),
                     error: None,
@@ -98,6 +115,11 @@ impl Context {
                     generation_cost: generated.cost_usd,
                     image_bytes: i64::try_from(stored.bytes).unwrap_or(i64::MAX),
                     generator: self.generator.kind(),
+                    model,
+                    usage: generated
+                        .usage
+                        .as_ref()
+                        .and_then(|usage| serde_json::to_value(usage).ok()),
                 };
                 let mut tx = self.db.begin().await.map_err(DbError::from)?;
                 cache::record(&mut *tx, &entry).await?;
@@ -108,14 +130,20 @@ impl Context {
                     attempts = generated.attempts,
                     cost_usd = generated.cost_usd,
                     bytes = stored.bytes,
+                    model,
                     "generated and stored"
                 );
+                if let Some(old) = replaced.flatten() {
+                    self.retire_image(key, &old, &stored.path).await;
+                }
                 Ok(result)
             }
             Err((error, attempts)) => {
                 tracing::warn!(code = error.code.as_str(), message = %error.message, attempts, "generation failed; refunding");
                 let mut result = JobResult::failure(job.id, &job.user_id, Some(key), error);
                 result.attempts = attempts;
+                // The model was called where the generator made an attempt.
+                result.model = (attempts > 0).then(|| model.to_owned());
                 result.credits_remaining = remaining.map(|r| r + 1);
                 result.duration_ms = elapsed_ms(started);
                 self.record_failure(job, key, &result).await?;
@@ -139,20 +167,39 @@ impl Context {
         Ok(())
     }
 
-    /// Generates, checks and stores the image. Errors carry the attempts the generator made.
+    /// Deletes the image a refreshed entry served before, once no row points at it; a failure
+    /// leaves an orphan object (logged), never a row without its image.
+    async fn retire_image(&self, key: &CacheKey, old: &str, new: &StoragePath) {
+        let Some(old_path) = StoragePath::parse(old).filter(|p| p != new) else {
+            return;
+        };
+        match cache::path_in_use(&self.db, key, old_path.as_str()).await {
+            Ok(false) => match self.store.delete(&old_path).await {
+                Ok(_) => tracing::info!(path = %old_path, "deleted the image the refresh replaced"),
+                Err(error) => {
+                    tracing::warn!(path = %old_path, %error, "could not delete the replaced image; it stays as an orphan")
+                }
+            },
+            Ok(true) => {}
+            Err(error) => {
+                tracing::warn!(path = %old_path, %error, "could not check the replaced image; it stays")
+            }
+        }
+    }
+
+    /// Generates, checks and stores the image at `path`. Errors carry the attempts the generator
+    /// made.
     async fn make_image(
         &self,
         job: &Job,
-        key: &CacheKey,
-        at: chrono::DateTime<Utc>,
+        path: &StoragePath,
     ) -> Result<(Generated, Stored), (JobError, u32)> {
-        let path = StoragePath::for_key(key, at);
-        if let Some(earlier) = self.stored_earlier(job, &path).await {
+        if let Some(earlier) = self.stored_earlier(job, path).await {
             return Ok(earlier);
         }
         let generated = self
             .generator
-            .generate(&job.config, &job.user_id)
+            .generate(&job.config, &job.plan, &job.user_id)
             .await
             .map_err(|e| {
                 let attempts = e.attempts();
@@ -161,24 +208,22 @@ impl Context {
         let attempts = generated.attempts;
         storage::check_png(&generated.png).map_err(|e| (storage_error(e), attempts))?;
         let stored = self
-            .put_with_retries(&path, generated.png.clone())
+            .put_with_retries(path, generated.png.clone())
             .await
             .map_err(|e| (storage_error(e), attempts))?;
         Ok((generated, stored))
     }
 
     /// The image an earlier attempt at this miss generated and stored but could not record (the
-    /// database failed, the process died): using it saves paying for the same image twice. A
-    /// `force_refresh` always generates anew. Any doubt (a read error, a bad PNG) means generating.
+    /// database failed, the process died): using it saves paying for the same image twice. For a
+    /// `force_refresh` the path is the new revision's, which no entry has served, so what is there
+    /// is a fresh image too. Any doubt (a read error, a bad PNG) means generating.
     async fn stored_earlier(&self, job: &Job, path: &StoragePath) -> Option<(Generated, Stored)> {
-        if job.force_refresh {
-            return None;
-        }
         let png = self.store.get(path).await.ok()??;
         storage::check_png(&png).ok()?;
         tracing::info!(%path, "reusing the image an earlier attempt stored");
         let cost_usd = match self.generator.kind() {
-            GeneratorKind::OpenAi => pricing::list_price(&self.settings.prices, &job.config),
+            GeneratorKind::OpenAi => pricing::list_price(&self.settings.prices, &job.plan),
             GeneratorKind::Placeholder => 0.0,
         };
         let stored = Stored {

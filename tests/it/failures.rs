@@ -36,7 +36,7 @@ async fn an_invalid_job_fails_without_a_charge_or_a_call() {
 async fn transient_openai_errors_are_retried_until_success() {
     let mut env = TestEnv::start(vec![
         openai_error(429, "Rate limit reached", Some("rate_limit_exceeded")),
-        ResponseTemplate::new(503),
+        ResponseTemplate::new(503).into(),
         openai_ok(),
     ])
     .await;
@@ -50,7 +50,7 @@ async fn transient_openai_errors_are_retried_until_success() {
 
 #[tokio::test]
 async fn exhausted_retries_fail_as_retryable_generation_failed_and_refund() {
-    let mut env = TestEnv::start(vec![ResponseTemplate::new(500)]).await;
+    let mut env = TestEnv::start(vec![ResponseTemplate::new(500).into()]).await;
     assert_failed_and_refunded(&mut env, "generation_failed", true, 3).await;
     env.cleanup().await;
 }
@@ -84,7 +84,9 @@ async fn an_image_that_is_not_a_png_is_image_invalid() {
     use base64::Engine;
     let gif = base64::engine::general_purpose::STANDARD.encode(b"GIF89a not a png");
     let mut env = TestEnv::start(vec![
-        ResponseTemplate::new(200).set_body_json(json!({"data": [{"b64_json": gif}]})),
+        ResponseTemplate::new(200)
+            .set_body_json(json!({"data": [{"b64_json": gif}]}))
+            .into(),
     ])
     .await;
     assert_failed_and_refunded(&mut env, "image_invalid", true, 1).await;

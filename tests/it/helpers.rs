@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,8 +21,8 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+pub use crate::openai::{OpenAiStub, Reply, openai_error, openai_ok, png_b64};
 
 pub const RESULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The admin token every test worker is given (a test that wants none removes it).
@@ -35,66 +35,6 @@ pub fn init_logs() {
         )
         .with_test_writer()
         .try_init();
-}
-
-/// A PNG as OpenAI would return it (base64), drawn by the placeholder generator.
-pub fn png_b64() -> String {
-    use base64::Engine;
-    let config = memoji_worker::job::AvatarConfig::parse(&json!({})).unwrap();
-    let png = memoji_worker::generate::draw_placeholder(&config).unwrap();
-    base64::engine::general_purpose::STANDARD.encode(png)
-}
-
-pub fn openai_ok() -> ResponseTemplate {
-    ResponseTemplate::new(200).set_body_json(json!({
-        "created": 1_700_000_000,
-        "data": [{"b64_json": png_b64()}],
-        "usage": {"input_tokens": 50, "output_tokens": 1056, "total_tokens": 1106}
-    }))
-}
-
-pub fn openai_error(status: u16, message: &str, code: Option<&str>) -> ResponseTemplate {
-    ResponseTemplate::new(status).set_body_json(json!({
-        "error": {"message": message, "type": "invalid_request_error", "code": code, "param": null}
-    }))
-}
-
-/// Answers each request with the next template (repeating the last), counting calls.
-pub struct OpenAiStub {
-    pub server: MockServer,
-    pub calls: Arc<AtomicU32>,
-}
-
-struct Sequence {
-    replies: Vec<ResponseTemplate>,
-    calls: Arc<AtomicU32>,
-}
-
-impl Respond for Sequence {
-    fn respond(&self, _: &Request) -> ResponseTemplate {
-        let n = self.calls.fetch_add(1, Ordering::SeqCst) as usize;
-        self.replies[n.min(self.replies.len() - 1)].clone()
-    }
-}
-
-impl OpenAiStub {
-    pub async fn answering(replies: Vec<ResponseTemplate>) -> OpenAiStub {
-        let server = MockServer::start().await;
-        let calls = Arc::new(AtomicU32::new(0));
-        Mock::given(method("POST"))
-            .and(path("/v1/images/generations"))
-            .respond_with(Sequence {
-                replies,
-                calls: calls.clone(),
-            })
-            .mount(&server)
-            .await;
-        OpenAiStub { server, calls }
-    }
-
-    pub fn calls(&self) -> u32 {
-        self.calls.load(Ordering::SeqCst)
-    }
 }
 
 pub fn free_port() -> u16 {
@@ -225,27 +165,21 @@ impl Drop for TestEnv {
 
 impl TestEnv {
     /// A running worker whose OpenAI answers `replies` in turn.
-    pub async fn start(replies: Vec<ResponseTemplate>) -> TestEnv {
+    pub async fn start(replies: Vec<Reply>) -> TestEnv {
         Self::start_with(replies, |_| {}).await
     }
 
-    pub async fn start_with(
-        replies: Vec<ResponseTemplate>,
-        tweak: impl FnOnce(&mut Settings),
-    ) -> TestEnv {
+    pub async fn start_with(replies: Vec<Reply>, tweak: impl FnOnce(&mut Settings)) -> TestEnv {
         Self::set_up(replies, tweak, true).await
     }
 
     /// Everything but the worker: for tests that run worker processes ([`TestEnv::spawn_worker`]).
-    pub async fn without_worker(
-        replies: Vec<ResponseTemplate>,
-        tweak: impl FnOnce(&mut Settings),
-    ) -> TestEnv {
+    pub async fn without_worker(replies: Vec<Reply>, tweak: impl FnOnce(&mut Settings)) -> TestEnv {
         Self::set_up(replies, tweak, false).await
     }
 
     async fn set_up(
-        replies: Vec<ResponseTemplate>,
+        replies: Vec<Reply>,
         tweak: impl FnOnce(&mut Settings),
         in_process: bool,
     ) -> TestEnv {

@@ -3,6 +3,7 @@
 //! parallel and in any order.
 
 mod helpers;
+mod openai;
 
 mod admin_api;
 mod cleanup;
@@ -12,6 +13,7 @@ mod guarantees;
 mod hit_path;
 mod leftovers;
 mod metrics;
+mod models;
 mod pipeline;
 mod poison;
 mod readme;

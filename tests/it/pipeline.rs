@@ -36,8 +36,16 @@ async fn a_miss_generates_stores_and_charges_then_a_hit_serves_it_free() {
     assert_eq!(miss["credits_charged"], 1);
     assert_eq!(miss["credits_remaining"], 99, "monthly_basic has 100");
     let cost = miss["cost_usd"].as_f64().unwrap();
+    // The stand-in bills a word per text token and 1056 output tokens at the default quality,
+    // priced per 1M tokens as CONTRACT.md §11 says: text $5, image output $30.
+    let requests = env.openai.generation_requests().await;
+    let words = requests[0]["prompt"]
+        .as_str()
+        .unwrap()
+        .split_whitespace()
+        .count() as f64;
     assert!(
-        (cost - (50.0 * 5e-6 + 1056.0 * 40e-6)).abs() < 1e-9,
+        (cost - (words * 5e-6 + 1056.0 * 30e-6)).abs() < 1e-9,
         "cost from usage tokens: {cost}"
     );
     assert_eq!(miss["saved_usd"], 0.0);

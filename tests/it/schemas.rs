@@ -69,6 +69,10 @@ async fn real_results_match_the_result_schema() {
     let mut broken = hit.clone();
     broken.as_object_mut().unwrap().remove("saved_usd");
     assert_invalid("result.schema.json", &broken);
+    assert_eq!(miss["model"], "gpt-image-2.6-flare");
+    let mut broken = hit.clone();
+    broken.as_object_mut().unwrap().remove("model");
+    assert_invalid("result.schema.json", &broken);
     env.cleanup().await;
 }
 
@@ -91,6 +95,34 @@ fn jobs_match_the_job_schema() {
         "job.schema.json",
         &json!({"user_id": "u", "config": {"quality": "high", "prompt": "smiling"}}),
     );
+    assert_valid(
+        "job.schema.json",
+        &json!({"user_id": "u", "config": {"model": "gpt-image-2.6-flare", "size": "2048x1152",
+                                           "quality": "max", "complexity": "high"}}),
+    );
+    assert_invalid(
+        "job.schema.json",
+        &json!({"user_id": "u", "config": {"complexity": "extreme"}}),
+    );
+    assert_invalid(
+        "job.schema.json",
+        &json!({"user_id": "u", "config": {"size": "big"}}),
+    );
+    // The schema names exactly the catalogue's models.
+    let text = std::fs::read_to_string(schema_path("job.schema.json")).unwrap();
+    let schema: Value = serde_json::from_str(&text).unwrap();
+    let mut named: Vec<String> = schema["properties"]["config"]["properties"]["model"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m.as_str().filter(|m| !m.is_empty()).map(str::to_owned))
+        .collect();
+    let mut known: Vec<String> = memoji_worker::job::Model::all()
+        .map(|m| m.name().to_owned())
+        .collect();
+    named.sort();
+    known.sort();
+    assert_eq!(named, known);
     assert_invalid("job.schema.json", &json!({"config": {}}));
     assert_invalid("job.schema.json", &json!({"user_id": ""}));
     assert_invalid("job.schema.json", &json!({"user_id": "u", "tier": "gold"}));
