@@ -17,7 +17,7 @@ use crate::generate::lifecycle::{Lifecycle, ModelChecker};
 use crate::generate::{ImageGenerator, OpenAiGenerator, Pacer, PlaceholderGenerator};
 use crate::http::{self, ApiState};
 use crate::job::{GeneratorKind, ModelRules};
-use crate::maintenance::{self, Cleaner, Ran, schedule};
+use crate::maintenance::{self, Cleaner, Ran, Refunder, schedule};
 use crate::stats::feed::{self, Feed, Outbox};
 use crate::stats::{Observer, Stats, Tally};
 use crate::worker::{self, BrokerHealth, Context};
@@ -98,6 +98,7 @@ impl App {
             observer: Arc::new(Observer::new(tally.clone(), feed.clone())),
             settings,
             stopping,
+            outage: Arc::default(),
         });
         Ok(App {
             ctx,
@@ -123,6 +124,11 @@ impl App {
         let schedule = schedule::start(self.cleaner.clone(), &settings.cleanup.schedule)
             .await
             .context("starting the cleanup schedule")?;
+        let refunder = Refunder::new(db.clone(), settings.refunds.clone());
+        schedule
+            .add_refunds(Arc::new(refunder))
+            .await
+            .context("scheduling the refund sweep")?;
         // The metrics feed outlives everything that sends to it, so their last messages go out.
         let feed_stop = CancellationToken::new();
         let publisher = tokio::spawn(feed::run(

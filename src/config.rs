@@ -84,6 +84,7 @@ pub struct Settings {
     pub cleanup: CleanupSettings,
     pub prices: PriceSettings,
     pub worker: WorkerSettings,
+    pub refunds: RefundSettings,
     pub log: LogSettings,
     /// From the environment only, never from a file.
     #[serde(skip)]
@@ -159,6 +160,8 @@ pub struct DatabaseSettings {
     pub create_if_missing: bool,
     pub connect_retry_secs: u64,
     pub synchronous_commit: String,
+    pub statement_timeout_ms: u64,
+    pub lock_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -341,8 +344,20 @@ pub struct CleanupSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct WorkerSettings {
     pub lease_secs: u64,
+    pub hit_claim_secs: u64,
     pub wait_poll_ms: u64,
     pub shutdown_grace_secs: u64,
+    /// How long a job id derived from a message body is remembered after its job finished.
+    pub derived_id_ttl_secs: u64,
+}
+
+/// The refund sweep (`maintenance::refund`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct RefundSettings {
+    /// Seconds between sweeps.
+    pub every_secs: u64,
+    /// A charged job left processing this long after its claim expired is given up and refunded.
+    pub abandoned_after_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -461,6 +476,10 @@ impl Settings {
         rule(
             self.stats.feed_capacity > 0,
             "stats.feed_capacity must be at least 1",
+        )?;
+        rule(
+            self.refunds.every_secs > 0,
+            "refunds.every_secs must be at least 1",
         )?;
         rule(
             self.cleanup.batch_size > 0,

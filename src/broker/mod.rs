@@ -3,12 +3,18 @@
 //!
 //! Every publish waits for the broker's confirm, so a caller that gets `Ok` knows the message is
 //! the broker's responsibility. Nothing here acks a delivery: that is `worker::settle`'s job.
+//!
+//! Publishing goes through [`publisher`]: a channel the broker closes is reopened before the next
+//! publish. Replies (`reply_to`) go out on a connection of their own, because their queue names
+//! come from outside: a crafted name that makes the broker close a connection closes that one, not
+//! the one the jobs are consumed and acked on.
 
+mod publisher;
 mod topology;
 
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-};
+use std::sync::Arc;
+
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
 use secrecy::ExposeSecret;
@@ -17,6 +23,7 @@ pub use topology::declare;
 
 use crate::config::AmqpSettings;
 use crate::job::JobResult;
+use publisher::Publisher;
 
 /// Header that carries why a message was dead-lettered.
 pub const REASON_HEADER: &str = "x-memoji-reason";
@@ -33,6 +40,19 @@ pub enum BrokerError {
     Encode(#[from] serde_json::Error),
 }
 
+impl BrokerError {
+    /// Whether doing the same again later may succeed: a connection or channel that is reopened,
+    /// a queue that comes back, a broker that accepts again. A message that cannot be encoded
+    /// never will be.
+    pub fn retryable(&self) -> bool {
+        match self {
+            BrokerError::Amqp(error) => error.can_be_recovered(),
+            BrokerError::Nacked(_) | BrokerError::Unroutable(_) => true,
+            BrokerError::Encode(_) => false,
+        }
+    }
+}
+
 /// Where a job asked for its result to be sent too (AMQP `reply_to` / `correlation_id`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplyTo {
@@ -40,10 +60,12 @@ pub struct ReplyTo {
     pub correlation_id: ShortString,
 }
 
-/// One connection to the broker with a confirming publisher channel.
+/// One connection to the broker with a confirming publisher channel, and a reply publisher on a
+/// connection of its own.
 pub struct Broker {
-    connection: Connection,
-    publisher: Channel,
+    connection: Arc<Connection>,
+    publisher: Publisher,
+    replies: Publisher,
     settings: AmqpSettings,
 }
 
@@ -56,17 +78,18 @@ impl std::fmt::Debug for Broker {
 }
 
 impl Broker {
-    /// Connects and opens the publisher channel in confirm mode.
+    /// Connects and opens the publisher channel in confirm mode. The reply connection opens when
+    /// the first reply is sent.
     pub async fn connect(settings: &AmqpSettings, name: &str) -> Result<Broker, BrokerError> {
         let properties = ConnectionProperties::default().with_connection_name(name.into());
-        let connection = Connection::connect(settings.url.expose_secret(), properties).await?;
-        let publisher = connection.create_channel().await?;
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        let connection =
+            Arc::new(Connection::connect(settings.url.expose_secret(), properties).await?);
+        let publisher = Publisher::shared(connection.clone()).await?;
+        let replies = Publisher::own(settings.url.clone(), format!("{name} (replies)"));
         Ok(Broker {
             connection,
             publisher,
+            replies,
             settings: settings.clone(),
         })
     }
@@ -79,6 +102,11 @@ impl Broker {
         self.connection.status().connected()
     }
 
+    /// Connected, with a publishing channel open: results can be published right now.
+    pub fn can_publish(&self) -> bool {
+        self.is_connected() && self.publisher.is_open()
+    }
+
     /// A fresh channel on this connection (for clients and tools).
     pub async fn channel(&self) -> Result<Channel, BrokerError> {
         Ok(self.connection.create_channel().await?)
@@ -86,7 +114,7 @@ impl Broker {
 
     /// Declares the topology (idempotent).
     pub async fn declare(&self) -> Result<(), BrokerError> {
-        declare(&self.publisher, &self.settings).await
+        declare(&self.publisher.channel().await?, &self.settings).await
     }
 
     /// A channel consuming the job queue with `prefetch` unacknowledged deliveries at most.
@@ -123,65 +151,72 @@ impl Broker {
         let properties = properties
             .with_content_type("application/json".into())
             .with_delivery_mode(2);
-        let options = BasicPublishOptions {
+        confirmed(
+            &self.publisher,
+            exchange,
+            routing_key,
+            body,
+            properties,
             mandatory,
-            ..BasicPublishOptions::default()
-        };
-        let confirm = self
-            .publisher
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                options,
-                body,
-                properties,
-            )
-            .await?
-            .await?;
-        let target = || format!("{exchange:?}/{routing_key:?}");
-        match confirm {
-            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable(target())),
-            Confirmation::Nack(_) => Err(BrokerError::Nacked(target())),
-        }
+        )
+        .await
     }
 
-    /// Publishes a job's result to the result exchange and, when asked, to its reply queue.
-    pub async fn publish_result(
-        &self,
-        result: &JobResult,
-        reply_to: Option<&ReplyTo>,
-    ) -> Result<(), BrokerError> {
+    /// Publishes a job's result to the result exchange; `Ok` once the broker has routed it to a
+    /// queue and confirmed it.
+    pub async fn publish_result(&self, result: &JobResult) -> Result<(), BrokerError> {
         let body = serde_json::to_vec(result)?;
-        let message_id: ShortString = result.job_id.to_string().into();
-        let properties = BasicProperties::default()
-            .with_message_id(message_id.clone())
-            .with_timestamp(result.completed_at.timestamp().max(0) as u64);
         self.publish(
             &self.settings.result_exchange,
             result.routing_key(),
             &body,
-            properties.clone(),
+            result_properties(result),
             true,
         )
-        .await?;
-        if let Some(reply) = reply_to {
-            let properties = properties.with_correlation_id(reply.correlation_id.clone());
-            // The requester may be gone; the result is on the result queue regardless.
-            match self
-                .publish("", reply.queue.as_str(), &body, properties, true)
-                .await
-            {
-                Err(BrokerError::Unroutable(queue)) => {
-                    tracing::warn!(%queue, "reply queue does not exist; result kept on the result queue only");
-                }
-                other => other?,
-            }
-        }
-        Ok(())
+        .await
+    }
+
+    /// Sends a copy of a result to the queue its job named in `reply_to`, on the reply connection.
+    pub async fn publish_reply(
+        &self,
+        result: &JobResult,
+        reply: &ReplyTo,
+    ) -> Result<(), BrokerError> {
+        let body = serde_json::to_vec(result)?;
+        let properties = result_properties(result)
+            .with_correlation_id(reply.correlation_id.clone())
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2);
+        confirmed(
+            &self.replies,
+            "",
+            reply.queue.as_str(),
+            &body,
+            properties,
+            true,
+        )
+        .await
+    }
+
+    /// Whether `queue` is one of the worker's own queues, which a `reply_to` may not name
+    /// (CONTRACT.md §2.1): a reply into the job queue would come back as a job.
+    pub fn is_own_queue(&self, queue: &str) -> bool {
+        let names = &self.settings;
+        [
+            &names.job_queue,
+            &names.result_queue,
+            &names.metrics_queue,
+            &names.dead_letter_queue,
+        ]
+        .iter()
+        .any(|own| own.as_str() == queue)
     }
 
     /// Sends a copy of an unprocessable message to the dead-letter exchange with the reason.
+    ///
+    /// The copy keeps the message's properties but two: its `expiration`, which would make it
+    /// vanish from the dead-letter queue, and its AMQP `user_id`, which the broker checks against
+    /// the publishing connection's user and refuses (closing the channel) when they differ.
     pub async fn dead_letter(
         &self,
         body: &[u8],
@@ -190,32 +225,16 @@ impl Broker {
     ) -> Result<(), BrokerError> {
         let mut headers = properties.headers().clone().unwrap_or_default();
         headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
-        let properties = properties.clone().with_headers(headers);
-        // Keep the original content type where it had one.
-        let properties = match properties.content_type() {
-            Some(content_type) => properties.clone().with_content_type(content_type.clone()),
-            None => properties,
-        };
-        let exchange = self.settings.dead_letter_exchange.clone();
-        let confirm = self
-            .publisher
-            .basic_publish(
-                exchange.as_str().into(),
-                self.settings.job_queue.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                body,
-                properties.with_delivery_mode(2),
-            )
-            .await?
-            .await?;
-        match confirm {
-            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable(exchange)),
-            Confirmation::Nack(_) => Err(BrokerError::Nacked(exchange)),
-        }
+        let copy = dead_letter_properties(properties).with_headers(headers);
+        confirmed(
+            &self.publisher,
+            &self.settings.dead_letter_exchange,
+            &self.settings.job_queue,
+            body,
+            copy.with_delivery_mode(2),
+            true,
+        )
+        .await
     }
 
     /// Deletes the topology's queues and exchanges (tools and tests with names of their own).
@@ -226,8 +245,128 @@ impl Broker {
         Ok(())
     }
 
-    /// Closes the connection politely.
+    /// Closes the connections politely.
     pub async fn close(&self) {
+        self.replies.close().await;
         let _ = self.connection.close(200, "shutting down".into()).await;
+    }
+}
+
+fn result_properties(result: &JobResult) -> BasicProperties {
+    BasicProperties::default()
+        .with_message_id(result.job_id.to_string().into())
+        .with_timestamp(result.completed_at.timestamp().max(0) as u64)
+}
+
+/// Publishes on `publisher`'s channel and waits for the confirm. A channel the publish left
+/// closed is reopened at once, so the next publish (and `/readyz`) finds an open one.
+async fn confirmed(
+    publisher: &Publisher,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+    mandatory: bool,
+) -> Result<(), BrokerError> {
+    let channel = publisher.channel().await?;
+    let options = BasicPublishOptions {
+        mandatory,
+        ..BasicPublishOptions::default()
+    };
+    let sent = async {
+        channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                options,
+                body,
+                properties,
+            )
+            .await?
+            .await
+    }
+    .await;
+    let target = || format!("{exchange:?}/{routing_key:?}");
+    match sent {
+        Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => Ok(()),
+        Ok(Confirmation::Ack(Some(_))) => Err(BrokerError::Unroutable(target())),
+        Ok(Confirmation::Nack(_)) => Err(BrokerError::Nacked(target())),
+        Err(error) => {
+            if !channel.status().connected()
+                && let Err(reopen) = publisher.channel().await
+            {
+                tracing::warn!(%reopen, "could not reopen the publishing channel");
+            }
+            Err(error.into())
+        }
+    }
+}
+
+/// A message's properties without `expiration` and `user_id` (BasicProperties cannot unset).
+fn dead_letter_properties(original: &BasicProperties) -> BasicProperties {
+    let mut copy = BasicProperties::default();
+    if let Some(v) = original.content_type() {
+        copy = copy.with_content_type(v.clone());
+    }
+    if let Some(v) = original.content_encoding() {
+        copy = copy.with_content_encoding(v.clone());
+    }
+    if let Some(v) = original.priority() {
+        copy = copy.with_priority(*v);
+    }
+    if let Some(v) = original.correlation_id() {
+        copy = copy.with_correlation_id(v.clone());
+    }
+    if let Some(v) = original.reply_to() {
+        copy = copy.with_reply_to(v.clone());
+    }
+    if let Some(v) = original.message_id() {
+        copy = copy.with_message_id(v.clone());
+    }
+    if let Some(v) = original.timestamp() {
+        copy = copy.with_timestamp(*v);
+    }
+    if let Some(v) = original.kind() {
+        copy = copy.with_type(v.clone());
+    }
+    if let Some(v) = original.app_id() {
+        copy = copy.with_app_id(v.clone());
+    }
+    if let Some(v) = original.cluster_id() {
+        copy = copy.with_cluster_id(v.clone());
+    }
+    copy
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_errors_know_whether_a_retryable() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert!(BrokerError::Amqp(lapin::Error::from(io)).retryable());
+        assert!(BrokerError::Unroutable("x".into()).retryable());
+        assert!(BrokerError::Nacked("x".into()).retryable());
+        let encode = serde_json::from_str::<u8>("x").unwrap_err();
+        assert!(!BrokerError::Encode(encode).retryable());
+    }
+
+    #[test]
+    fn the_dead_letter_copy_drops_expiration_and_user_id_and_keeps_the_rest() {
+        let original = BasicProperties::default()
+            .with_expiration("1000".into())
+            .with_user_id("someone".into())
+            .with_message_id("m".into())
+            .with_correlation_id("c".into())
+            .with_content_type("text/plain".into())
+            .with_timestamp(7);
+        let copy = dead_letter_properties(&original);
+        assert_eq!(copy.expiration(), &None);
+        assert_eq!(copy.user_id(), &None);
+        assert_eq!(copy.message_id(), original.message_id());
+        assert_eq!(copy.correlation_id(), original.correlation_id());
+        assert_eq!(copy.content_type(), original.content_type());
+        assert_eq!(copy.timestamp(), original.timestamp());
     }
 }

@@ -26,7 +26,7 @@ pub enum Seen {
     Finished(Box<JobResult>),
     /// Another delivery of the same job is working on it right now.
     Busy,
-    /// The id belongs to another user's job.
+    /// The id belongs to another user's job, which this delivery did not touch.
     Conflict,
 }
 
@@ -74,7 +74,7 @@ pub async fn arrive(
     executor: impl PgExecutor<'_>,
     arrival: Arrival<'_>,
 ) -> Result<(Seen, Lookup), DbError> {
-    let row: ArrivalRow = sqlx::query_as(
+    let row: Option<ArrivalRow> = sqlx::query_as(
         "WITH arrived AS (
              INSERT INTO memoji_jobs (job_id, user_id, prompt_hash, status, owner, owner_expires_at)
              VALUES ($1, $2, $3, 'processing', $4, now() + $5 * interval '1 millisecond')
@@ -87,6 +87,8 @@ pub async fn arrive(
                  owner_expires_at = CASE WHEN memoji_jobs.status = 'processing'
                                AND COALESCE(memoji_jobs.owner_expires_at < now(), true)
                               THEN EXCLUDED.owner_expires_at ELSE memoji_jobs.owner_expires_at END
+              -- Another user's job id is never touched: no row comes back, and that is a conflict.
+              WHERE memoji_jobs.user_id = EXCLUDED.user_id
              RETURNING user_id, result, deliveries, owner IS NOT DISTINCT FROM $4 AS owned),
          hit AS (
              UPDATE memoji_cache
@@ -109,11 +111,13 @@ pub async fn arrive(
     .bind(arrival.owner)
     .bind(millis(arrival.ttl))
     .bind(arrival.look_up)
-    .fetch_one(executor)
+    .fetch_optional(executor)
     .await?;
-    if row.user_id != arrival.user_id {
+    // The id belongs to another user's job: that job is left exactly as it was (no delivery
+    // counted, no takeover of its claim), and this delivery is answered on its own.
+    let Some(row) = row.filter(|row| row.user_id == arrival.user_id) else {
         return Ok((Seen::Conflict, Lookup::Skipped));
-    }
+    };
     if let Some(result) = row.result {
         return Ok((
             Seen::Finished(Box::new(parse(arrival.id, result)?)),
@@ -201,24 +205,64 @@ pub async fn disown(pool: &PgPool, id: JobId, owner: Uuid) -> Result<(), DbError
     Ok(())
 }
 
-/// Stores a job's result; from then on the job is finished.
-pub async fn finish(executor: impl PgExecutor<'_>, result: &JobResult) -> Result<(), DbError> {
+/// Stores a job's result; from then on the job is finished. Only the delivery that owns the job
+/// may: one whose claim expired and was taken over (or whose job another delivery finished) gets
+/// [`DbError::LostClaim`], and its transaction must not commit, so that the job keeps one result.
+pub async fn finish(
+    executor: impl PgExecutor<'_>,
+    result: &JobResult,
+    owner: Uuid,
+) -> Result<(), DbError> {
     let status = if result.succeeded() {
         "succeeded"
     } else {
         "failed"
     };
     let json = serde_json::to_value(result).map_err(|e| DbError::Corrupt(e.to_string()))?;
-    sqlx::query(
+    let finished = sqlx::query(
         "UPDATE memoji_jobs SET status = $2, result = $3, updated_at = now(), owner_expires_at = NULL
-          WHERE job_id = $1",
+          WHERE job_id = $1 AND owner = $4 AND status = 'processing'",
     )
     .bind(result.job_id.0)
     .bind(status)
     .bind(json)
+    .bind(owner)
     .execute(executor)
     .await?;
+    if finished.rows_affected() == 0 {
+        return Err(DbError::LostClaim(result.job_id));
+    }
     Ok(())
+}
+
+/// Records the `invalid_job` answer of a job that was never worked on, so that its id seen again
+/// (a redelivery, a publisher's retry with a corrected body, the answer itself coming back as a
+/// job) is answered, not done. Where the id is already known to the same user with a result, that
+/// result is returned to be published again instead; where it is known otherwise (at work, or
+/// another user's), nothing is recorded and `None` tells the caller to answer as it meant to.
+pub async fn record_answer(
+    executor: impl PgExecutor<'_>,
+    result: &JobResult,
+) -> Result<Option<JobResult>, DbError> {
+    let json = serde_json::to_value(result).map_err(|e| DbError::Corrupt(e.to_string()))?;
+    let earlier: Option<(Option<serde_json::Value>,)> = sqlx::query_as(
+        "WITH recorded AS (
+             INSERT INTO memoji_jobs (job_id, user_id, status, result)
+             VALUES ($1, $2, 'failed', $3)
+             ON CONFLICT (job_id) DO NOTHING
+             RETURNING job_id)
+         SELECT result FROM memoji_jobs
+          WHERE job_id = $1 AND user_id = $2 AND NOT EXISTS (SELECT 1 FROM recorded)",
+    )
+    .bind(result.job_id.0)
+    .bind(&result.user_id)
+    .bind(json)
+    .fetch_optional(executor)
+    .await?;
+    match earlier {
+        Some((Some(earlier),)) => Ok(Some(parse(result.job_id, earlier)?)),
+        _ => Ok(None),
+    }
 }
 
 fn parse(id: JobId, result: serde_json::Value) -> Result<JobResult, DbError> {

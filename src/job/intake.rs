@@ -9,6 +9,7 @@ use std::fmt;
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::lenient;
 use super::{AvatarConfig, ModelRules, Plan};
 
 /// Largest message body accepted as a job.
@@ -68,6 +69,9 @@ impl Tier {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Job {
     pub id: JobId,
+    /// The id was derived from the body (no `job_id`, no UUID `message_id`): it is remembered
+    /// only for a while after the job finished (CONTRACT.md §2.1, `db::jobs::derived`).
+    pub derived_id: bool,
     pub user_id: String,
     pub tier: Tier,
     pub config: AvatarConfig,
@@ -108,19 +112,32 @@ pub fn intake(
         reason,
         answer: None,
     };
+    // The size first: nothing of an oversized body is parsed beyond its first MAX_MESSAGE_BYTES.
     if body.len() > MAX_MESSAGE_BYTES {
-        return Err(reject(format!(
-            "message is {} bytes; a job is at most {MAX_MESSAGE_BYTES}",
-            body.len()
-        )));
+        return Err(Rejection {
+            reason: format!(
+                "message is {} bytes; a job is at most {MAX_MESSAGE_BYTES}",
+                body.len()
+            ),
+            answer: answer_leniently(&body[..MAX_MESSAGE_BYTES], true, message_id, body.len()),
+        });
     }
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| reject(format!("body is not JSON: {e}")))?;
+    let value: Value = match serde_json::from_slice(body) {
+        Ok(value) => value,
+        Err(error) => {
+            return Err(Rejection {
+                reason: format!("body is not JSON: {error}"),
+                answer: answer_leniently(body, false, message_id, body.len()),
+            });
+        }
+    };
     let Value::Object(fields) = value else {
         return Err(reject("body is not a JSON object".to_owned()));
     };
 
     let (job_id, job_id_problem) = job_id(&fields, message_id, body);
+    let derived_id = matches!(fields.get("job_id"), None | Some(Value::Null))
+        && message_id.and_then(|id| Uuid::parse_str(id).ok()).is_none();
     let user_id = match fields.get("user_id") {
         Some(Value::String(user)) if !user.is_empty() => user.clone(),
         _ => {
@@ -167,12 +184,42 @@ pub fn intake(
     };
     Ok(Intake::Job(Box::new(Job {
         id: job_id,
+        derived_id,
         user_id,
         tier,
         config,
         plan,
         force_refresh,
     })))
+}
+
+/// The answer to a message that is not JSON to serde (a lone surrogate escape, nesting too deep)
+/// or is too big, where its ids can be read the way JavaScript's `JSON.parse` reads them: `text` is
+/// the whole body, or with `prefix` its first bytes; `len` the whole body's length. The job id is
+/// the body's `job_id` if it is a UUID, else the message's, else one derived from `text` and `len`.
+fn answer_leniently(
+    text: &[u8],
+    prefix: bool,
+    message_id: Option<&str>,
+    len: usize,
+) -> Option<(JobId, String)> {
+    let ids = lenient::scan(text, prefix)?;
+    let user_id = ids.user_id.filter(|user| !user.is_empty())?;
+    let id = ids
+        .job_id
+        .as_deref()
+        .and_then(|id| Uuid::parse_str(id).ok())
+        .or_else(|| message_id.and_then(|id| Uuid::parse_str(id).ok()))
+        .unwrap_or_else(|| {
+            if prefix {
+                let mut named = text.to_vec();
+                named.extend_from_slice(&(len as u64).to_be_bytes());
+                Uuid::new_v5(&DERIVED_ID_NAMESPACE, &named)
+            } else {
+                Uuid::new_v5(&DERIVED_ID_NAMESPACE, text)
+            }
+        });
+    Some((JobId(id), user_id))
 }
 
 /// The job id: the body's `job_id`, else a UUID `message_id`, else one derived from the body (so a
@@ -261,6 +308,84 @@ mod tests {
                 .unwrap_err()
                 .reason
                 .contains("at most")
+        );
+    }
+
+    #[test]
+    fn only_an_id_from_neither_job_id_nor_message_id_is_derived() {
+        let body = json!({"user_id": "u"}).to_string();
+        let derived = |body: &str, message_id| match intake(
+            body.as_bytes(),
+            message_id,
+            &ModelRules::default(),
+        ) {
+            Ok(Intake::Job(job)) => job.derived_id,
+            other => panic!("{other:?}"),
+        };
+        assert!(derived(&body, None));
+        assert!(derived(&body, Some("not-a-uuid")));
+        assert!(!derived(
+            &body,
+            Some("1e0c9c4a-6a5f-4c6e-9d8e-2b7c1f0a9e11")
+        ));
+        let with_id = json!({"user_id": "u", "job_id": "0b6f6f0e-3f5e-4c55-9d36-0f2b8e4a7f10"});
+        assert!(!derived(&with_id.to_string(), None));
+    }
+
+    #[test]
+    fn an_oversized_body_with_readable_ids_is_answered() {
+        let job_id = "0b6f6f0e-3f5e-4c55-9d36-0f2b8e4a7f10";
+        let prompt = "p".repeat(2 * MAX_MESSAGE_BYTES);
+        // The ids come first, the oversized prompt after.
+        let body =
+            format!(r#"{{"job_id":"{job_id}","user_id":"u","config":{{"prompt":"{prompt}"}}}}"#);
+        let rejection = intake(body.as_bytes(), None, &ModelRules::default()).unwrap_err();
+        assert!(rejection.reason.contains("at most"), "{}", rejection.reason);
+        let (id, user) = rejection.answer.expect("answered");
+        assert_eq!((id.to_string().as_str(), user.as_str()), (job_id, "u"));
+
+        // Without a job id, one derived from what was read, the same every time.
+        let body = format!(r#"{{"user_id":"u","config":{{"prompt":"{prompt}"}}}}"#);
+        let first = intake(body.as_bytes(), None, &ModelRules::default())
+            .unwrap_err()
+            .answer;
+        assert!(first.is_some());
+        assert_eq!(
+            first,
+            intake(body.as_bytes(), None, &ModelRules::default())
+                .unwrap_err()
+                .answer
+        );
+        // Ids beyond the first 64 KiB are not looked for.
+        let late = format!(r#"{{"config":{{"prompt":"{prompt}"}},"user_id":"u"}}"#);
+        assert_eq!(
+            intake(late.as_bytes(), None, &ModelRules::default())
+                .unwrap_err()
+                .answer,
+            None
+        );
+    }
+
+    #[test]
+    fn a_lone_surrogate_escape_is_answered_as_json_parse_would_read_it() {
+        let job_id = "0b6f6f0e-3f5e-4c55-9d36-0f2b8e4a7f10";
+        let body = format!(r#"{{"job_id":"{job_id}","user_id":"u\ud83d","config":{{}}}}"#);
+        let rejection = intake(body.as_bytes(), None, &ModelRules::default()).unwrap_err();
+        assert!(
+            rejection.reason.contains("not JSON"),
+            "{}",
+            rejection.reason
+        );
+        let (id, user) = rejection.answer.expect("answered");
+        assert_eq!(id.to_string(), job_id);
+        assert_eq!(user, "u\u{fffd}");
+        // Garbage gets no answer, however readable its ids look.
+        let broken = format!(r#"{{"job_id":"{job_id}","user_id":"u" oops}}"#);
+        assert_eq!(
+            intake(broken.as_bytes(), None, &ModelRules::default())
+                .unwrap_err()
+                .answer,
+            None
         );
     }
 

@@ -7,6 +7,7 @@
 mod avatar;
 mod intake;
 mod key;
+mod lenient;
 pub mod models;
 mod result;
 

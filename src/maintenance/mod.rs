@@ -7,9 +7,13 @@
 //!   `memoji-worker cleanup`) take the same lock.
 //! - [`lifecycle`]: asks OpenAI, at start and daily, whether the models the worker may call are
 //!   about to be shut down (CONTRACT.md §11).
+//! - [`refund`]: the refund sweep, every `refunds.every_secs` on the same schedule and one replica
+//!   at a time: credits of charged jobs that will never finish are given back.
 
 pub mod cleanup;
 pub mod lifecycle;
+pub mod refund;
 pub mod schedule;
 
 pub use cleanup::{Cleaner, CleanupError, CleanupReport, Ran};
+pub use refund::{RefundReport, Refunder, Swept};

@@ -9,6 +9,7 @@ use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 
 use super::Cleaner;
 use super::cleanup::Ran;
+use super::refund::{Refunder, Swept};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScheduleError {
@@ -49,6 +50,29 @@ pub async fn start(cleaner: Arc<Cleaner>, expression: &str) -> Result<Schedule, 
 }
 
 impl Schedule {
+    /// Adds the refund sweep, every `refunder.every()`. Every replica schedules it; the sweep's
+    /// advisory lock lets one of them work at a time.
+    pub async fn add_refunds(&self, refunder: Arc<Refunder>) -> Result<(), ScheduleError> {
+        let every = refunder.every();
+        let job = Job::new_repeated_async(every, move |_, _| {
+            let refunder = refunder.clone();
+            Box::pin(async move {
+                match refunder.run().await {
+                    Ok(Swept::Completed(_)) => {}
+                    Ok(Swept::Skipped) => {
+                        tracing::debug!("refund sweep: another replica is running it")
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "refund sweep failed; the next one tries again");
+                    }
+                }
+            })
+        })?;
+        self.0.add(job).await?;
+        tracing::info!(every_secs = every.as_secs(), "refund sweep scheduled");
+        Ok(())
+    }
+
     /// Stops scheduling. A run in progress is abandoned with the process; its batches committed
     /// so far stay done, and its lock goes with its connection.
     pub async fn stop(mut self) {

@@ -8,9 +8,9 @@
 //! - succeeded, not cached → a miss and a generation, with its cost;
 //! - failed with any code but `invalid_job` → a miss that generated nothing (out of credits,
 //!   refused, failed); `invalid_job` never reached the cache, so it is neither;
-//! - a result answered again from the job table (a redelivery, a publisher's retry) was counted
-//!   when it was first made: its `completed_at` is older than this delivery, so it is skipped.
-//!   (Across hosts this relies on clocks agreeing to within the time between the two deliveries.)
+//! - a result answered again from the job table (a redelivery, a publisher's retry, a duplicate
+//!   that waited for its twin's result) comes as [`Outcome::Replay`]: it was counted when it was
+//!   made, so it is never counted again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -95,7 +95,7 @@ impl Observer {
             telemetry::record_queue_lag(Duration::from_secs(lag));
         }
         match outcome {
-            Outcome::Answer(result) if result.completed_at < received => {
+            Outcome::Replay(result) => {
                 telemetry::count_job("replayed", None, result.cached, took);
             }
             Outcome::Answer(result) => self.fresh(result, took),

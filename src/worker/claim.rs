@@ -45,12 +45,12 @@ impl Patience {
 
     async fn pause(&mut self, what: &str) -> Result<(), StepError> {
         if Instant::now() >= self.give_up {
-            return Err(StepError::Retry(format!("waited too long for {what}")));
+            return Err(StepError::retry(format!("waited too long for {what}")));
         }
         tokio::select! {
             () = tokio::time::sleep(self.poll) => {}
             () = self.stopping.cancelled() => {
-                return Err(StepError::Retry(format!("shutting down while waiting for {what}")));
+                return Err(StepError::retry(format!("shutting down while waiting for {what}")));
             }
         }
         self.poll = (self.poll * 2).min(MAX_POLL);
@@ -71,7 +71,7 @@ pub async fn own_job(
     key: &CacheKey,
     owner: Uuid,
 ) -> Result<(Seen, Lookup, Option<Conn>), StepError> {
-    let ttl = ctx.lease_ttl();
+    let ttl = ctx.hit_claim_ttl();
     let arrival = Arrival {
         id: job.id,
         user_id: &job.user_id,
@@ -142,7 +142,8 @@ pub async fn lead_or_wait(
     }
 }
 
-/// Renews a delivery's claims on its job and key until dropped.
+/// Renews a delivery's claims on its job and key until dropped. The first renewal is at once: it
+/// extends the job's short first claim to the full lease.
 pub struct Heartbeat {
     _task: AbortOnDropHandle<()>,
 }
@@ -152,7 +153,6 @@ impl Heartbeat {
         let (id, key) = (job.id, key.clone());
         let task = tokio::spawn(async move {
             let mut every = tokio::time::interval(ttl / 3);
-            every.tick().await;
             loop {
                 every.tick().await;
                 match jobs::renew(&pool, id, owner, ttl).await {

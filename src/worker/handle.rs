@@ -15,13 +15,15 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::claim::{self, Claim, Conn, Heartbeat};
-use super::settle::Outcome;
+use super::settle::{Outcome, Recipient};
 use crate::config::Settings;
 use crate::db::credits;
 use crate::db::jobs::{self, Lookup, Seen};
-use crate::db::{DbError, cache};
+use crate::db::{DbError, cache, derived};
 use crate::generate::{ImageGenerator, Pacer};
-use crate::job::{CacheKey, Intake, Job, JobResult, ModelRules, Rejection, Status, intake};
+use crate::job::{
+    CacheKey, ErrorCode, Intake, Job, JobError, JobResult, ModelRules, Rejection, Status, intake,
+};
 use crate::storage::{ImageStore, StoragePath};
 
 /// Everything a job's journey needs; shared by all in-flight jobs.
@@ -39,19 +41,64 @@ pub struct Context {
     pub stopping: CancellationToken,
     /// Statistics, `job.completed` and job metrics; told once per delivery, in `worker::process`.
     pub observer: Arc<crate::stats::Observer>,
+    /// Set when the database is found out of reach: the consume loop pauses until it answers.
+    pub outage: Arc<super::outage::Outage>,
 }
 
-/// A step that cannot finish now but may later: the delivery goes back to the queue.
+/// Why a step did not produce a result, typed where it is born: worth another delivery, or never.
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
+    /// Cannot finish now but may later: the delivery goes back to the queue, after `after` if
+    /// the cause knows how long (else a pause growing with the deliveries).
+    #[error("{cause}")]
+    Retry {
+        cause: String,
+        after: Option<Duration>,
+    },
+    /// The database is out of reach: the delivery goes back to the queue, and the worker stops
+    /// consuming until the database answers again ([`super::outage`]), so a long outage does not
+    /// spend the job's delivery budget.
     #[error("{0}")]
-    Retry(String),
+    Unreachable(String),
+    /// Will not work however often it is tried (a stored row that cannot be read, a statement
+    /// the database refuses): the job is answered with `code` at once.
+    #[error("{cause}")]
+    Permanent { code: ErrorCode, cause: String },
+}
+
+impl StepError {
+    pub fn retry(cause: impl Into<String>) -> StepError {
+        StepError::Retry {
+            cause: cause.into(),
+            after: None,
+        }
+    }
 }
 
 impl From<DbError> for StepError {
     fn from(error: DbError) -> StepError {
-        StepError::Retry(error.to_string())
+        if error.is_connectivity() {
+            StepError::Unreachable(error.to_string())
+        } else if error.retryable() {
+            StepError::Retry {
+                after: error.retry_after(),
+                cause: error.to_string(),
+            }
+        } else {
+            StepError::Permanent {
+                code: ErrorCode::Internal,
+                cause: error.to_string(),
+            }
+        }
     }
+}
+
+/// What serving a job came to: a result made now, or one recorded earlier and answered again.
+enum Served {
+    Fresh(JobResult),
+    /// From the job table (a redelivery, a publisher's retry, a duplicate that waited for its
+    /// twin): counted when it was made, never again.
+    Replay(JobResult),
 }
 
 /// Turns a delivery's body into its outcome. Records the job id on the current span.
@@ -63,7 +110,13 @@ pub async fn handle(ctx: &Context, body: &[u8], message_id: Option<&str>) -> Out
             if let Some((id, _)) = &answer {
                 span.record("job_id", tracing::field::display(id));
             }
-            let answer = answer.map(|(id, user)| JobResult::invalid(id, &user, reason.clone()));
+            let answer = match answer {
+                Some((id, user)) => Some(
+                    ctx.invalid(JobResult::invalid(id, &user, reason.clone()))
+                        .await,
+                ),
+                None => None,
+            };
             Outcome::Reject { reason, answer }
         }
         Ok(Intake::Invalid {
@@ -73,19 +126,28 @@ pub async fn handle(ctx: &Context, body: &[u8], message_id: Option<&str>) -> Out
         }) => {
             span.record("job_id", tracing::field::display(job_id));
             tracing::info!(%message, "invalid job");
-            Outcome::Answer(JobResult::invalid(job_id, &user_id, message))
+            Outcome::Answer(
+                ctx.invalid(JobResult::invalid(job_id, &user_id, message))
+                    .await,
+            )
         }
-        Ok(Intake::Job(job)) => {
+        Ok(Intake::Job(mut job)) => {
+            if job.derived_id
+                && let Err(error) = ctx.current_derived_job(&mut job).await
+            {
+                return ctx.failed_step(&job, error, started);
+            }
             span.record("job_id", tracing::field::display(job.id));
             match serve(ctx, &job, started).await {
-                Ok(result) => Outcome::Answer(result),
-                Err(StepError::Retry(reason)) => Outcome::Retry { reason },
+                Ok(Served::Fresh(result)) => Outcome::Answer(result),
+                Ok(Served::Replay(result)) => Outcome::Replay(result),
+                Err(error) => ctx.failed_step(&job, error, started),
             }
         }
     }
 }
 
-async fn serve(ctx: &Context, job: &Job, started: Instant) -> Result<JobResult, StepError> {
+async fn serve(ctx: &Context, job: &Job, started: Instant) -> Result<Served, StepError> {
     let key = CacheKey::of(&job.config, ctx.generator.kind());
     // This delivery's identity while it owns the job.
     let owner = Uuid::new_v4();
@@ -93,14 +155,17 @@ async fn serve(ctx: &Context, job: &Job, started: Instant) -> Result<JobResult, 
     let resumed = match seen {
         Seen::Finished(result) => {
             tracing::info!("job seen before; answering with its recorded result");
-            return Ok(*result);
+            return Ok(Served::Replay(*result));
         }
         Seen::Conflict => {
-            return Ok(JobResult::invalid(
+            // Answered under this user's id only; the other user's job is left untouched.
+            // Subscribers match results on user_id and job_id together (README).
+            tracing::warn!("job_id already belongs to another user's job; answering invalid_job");
+            return Ok(Served::Fresh(JobResult::invalid(
                 job.id,
                 &job.user_id,
                 "job_id already belongs to another user's job",
-            ));
+            )));
         }
         Seen::New => false,
         Seen::Unfinished { deliveries } => {
@@ -110,7 +175,7 @@ async fn serve(ctx: &Context, job: &Job, started: Instant) -> Result<JobResult, 
             );
             true
         }
-        Seen::Busy => return Err(StepError::Retry("the job is busy elsewhere".to_owned())),
+        Seen::Busy => return Err(StepError::retry("the job is busy elsewhere")),
     };
     let owned = Owned { owner, resumed };
     let outcome = work(ctx, job, &key, owned, lookup, conn, started).await;
@@ -121,7 +186,7 @@ async fn serve(ctx: &Context, job: &Job, started: Instant) -> Result<JobResult, 
             tracing::debug!(%error, "could not release the job; its claim will expire");
         }
     }
-    outcome
+    outcome.map(Served::Fresh)
 }
 
 /// This delivery's ownership of its job.
@@ -142,7 +207,7 @@ async fn work(
     conn: Option<Conn>,
     started: Instant,
 ) -> Result<JobResult, StepError> {
-    let Owned { owner, resumed } = owned;
+    let owner = owned.owner;
     let received = Utc::now();
     let hit = match lookup {
         Lookup::Hit(hit) => Some(hit),
@@ -152,7 +217,7 @@ async fn work(
         Lookup::Skipped => None,
     };
     if let Some(hit) = hit {
-        return ctx.finish_hit(conn, job, key, hit, resumed, started).await;
+        return ctx.finish_hit(conn, job, key, hit, owned, started).await;
     }
     // A miss waits (for a turn, for another worker) without holding a connection, and may take
     // long: from here on the job's claims are renewed. A hit ends well within a claim's life, so
@@ -160,15 +225,81 @@ async fn work(
     drop(conn);
     let _heartbeat = Heartbeat::start(ctx.db.clone(), job, key, owner, ctx.lease_ttl());
     match claim::lead_or_wait(ctx, job, key, job.force_refresh.then_some(received)).await? {
-        Claim::Served(hit) => ctx.finish_hit(None, job, key, hit, resumed, started).await,
-        Claim::Leader => ctx.generate(job, key, started).await,
+        Claim::Served(hit) => ctx.finish_hit(None, job, key, hit, owned, started).await,
+        Claim::Leader => ctx.generate(job, key, owner, started).await,
     }
 }
 
 impl Context {
+    /// A job whose id was derived from its body stands for the job that body stands for now: the
+    /// same one for a redelivery, a new one once the last is over (`db::derived`).
+    async fn current_derived_job(&self, job: &mut Job) -> Result<(), StepError> {
+        let ttl = Duration::from_secs(self.settings.worker.derived_id_ttl_secs);
+        job.id = derived::current_job(&self.db, job.id, ttl).await?;
+        Ok(())
+    }
+
+    /// The outcome of a job whose journey stopped short.
+    fn failed_step(&self, job: &Job, error: StepError, started: Instant) -> Outcome {
+        let recipient = Some(Recipient {
+            job_id: job.id,
+            user_id: job.user_id.clone(),
+        });
+        match error {
+            StepError::Retry { cause, after } => Outcome::Retry {
+                cause,
+                after,
+                job: recipient,
+            },
+            StepError::Unreachable(cause) => {
+                self.outage.report();
+                Outcome::Retry {
+                    cause,
+                    after: None,
+                    job: recipient,
+                }
+            }
+            StepError::Permanent { code, cause } => {
+                tracing::error!(%cause, "the job cannot be completed");
+                let error = JobError {
+                    code,
+                    message: cause,
+                    retryable: false,
+                };
+                let mut result = JobResult::failure(job.id, &job.user_id, None, error);
+                result.duration_ms = elapsed_ms(started);
+                Outcome::Answer(result)
+            }
+        }
+    }
+
     /// How long a claim on a job or key lasts without renewal.
     pub(super) fn lease_ttl(&self) -> Duration {
         Duration::from_secs(self.settings.worker.lease_secs)
+    }
+
+    /// How long a job's first claim lasts: enough for a hit, which takes milliseconds; a miss
+    /// extends it to [`Context::lease_ttl`] when its heartbeat starts. A job whose process died
+    /// is so taken over in seconds.
+    pub(super) fn hit_claim_ttl(&self) -> Duration {
+        Duration::from_secs(self.settings.worker.hit_claim_secs).min(self.lease_ttl())
+    }
+
+    /// Records an `invalid_job` answer under its job id (see [`jobs::record_answer`]) and returns
+    /// what to publish: the answer, or the result the id already has. Recording is best effort: the
+    /// answer goes out even when the database is away.
+    async fn invalid(&self, answer: JobResult) -> JobResult {
+        match jobs::record_answer(&self.db, &answer).await {
+            Ok(Some(earlier)) => {
+                tracing::info!("job id seen before; answering with its recorded result");
+                earlier
+            }
+            Ok(None) => answer,
+            Err(error) => {
+                tracing::warn!(%error, "could not record the invalid_job answer; answering anyway");
+                answer
+            }
+        }
     }
 
     /// Counts a use of the key's entry and returns it; `None` on a miss.
@@ -198,7 +329,7 @@ impl Context {
         job: &Job,
         key: &CacheKey,
         hit: cache::Hit,
-        resumed: bool,
+        owned: Owned,
         started: Instant,
     ) -> Result<JobResult, StepError> {
         let mut conn = match conn {
@@ -206,15 +337,15 @@ impl Context {
             None => self.db.acquire().await.map_err(DbError::from)?,
         };
         let used = hit.credits_used.unwrap_or(0);
-        if !resumed {
+        if !owned.resumed {
             let result = self.hit_result(job, key, hit.entry, used, started);
-            jobs::finish(&mut *conn, &result).await?;
+            jobs::finish(&mut *conn, &result, owned.owner).await?;
             return Ok(result);
         }
         let mut tx = conn.begin().await.map_err(DbError::from)?;
         let refunded = credits::refund(&mut *tx, job.id).await?;
         let result = self.hit_result(job, key, hit.entry, used - i64::from(refunded), started);
-        jobs::finish(&mut *tx, &result).await?;
+        jobs::finish(&mut *tx, &result, owned.owner).await?;
         tx.commit().await.map_err(DbError::from)?;
         Ok(result)
     }

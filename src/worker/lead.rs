@@ -8,6 +8,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::Bytes;
 use chrono::Utc;
 use tokio::time::Instant;
+use uuid::Uuid;
 
 use super::handle::{Context, StepError, elapsed_ms, path_in_url};
 use crate::db::credits::{self, Account, Charge};
@@ -22,6 +23,7 @@ impl Context {
         &self,
         job: &Job,
         key: &CacheKey,
+        owner: Uuid,
         started: Instant,
     ) -> Result<JobResult, StepError> {
         // Waiting for a turn comes before the charge, and a shutdown ends the wait: the job goes
@@ -30,7 +32,7 @@ impl Context {
             turn = self.pacer.turn() => turn,
             () = self.stopping.cancelled() => {
                 leases::release(&self.db, key, job.id).await?;
-                return Err(StepError::Retry("shutting down before the generation started".to_owned()));
+                return Err(StepError::retry("shutting down before the generation started"));
             }
         };
         let credits = &self.settings.credits;
@@ -57,7 +59,7 @@ impl Context {
                     let mut result = JobResult::failure(job.id, &job.user_id, Some(key), error);
                     result.credits_remaining = Some(0);
                     result.duration_ms = elapsed_ms(started);
-                    self.record_failure(job, key, &result).await?;
+                    self.record_failure(job, key, owner, &result).await?;
                     return Ok(result);
                 }
             }
@@ -124,7 +126,7 @@ impl Context {
                 let mut tx = self.db.begin().await.map_err(DbError::from)?;
                 cache::record(&mut *tx, &entry).await?;
                 leases::release(&mut *tx, key, job.id).await?;
-                jobs::finish(&mut *tx, &result).await?;
+                jobs::finish(&mut *tx, &result, owner).await?;
                 tx.commit().await.map_err(DbError::from)?;
                 tracing::info!(
                     attempts = generated.attempts,
@@ -146,7 +148,7 @@ impl Context {
                 result.model = (attempts > 0).then(|| model.to_owned());
                 result.credits_remaining = remaining.map(|r| r + 1);
                 result.duration_ms = elapsed_ms(started);
-                self.record_failure(job, key, &result).await?;
+                self.record_failure(job, key, owner, &result).await?;
                 Ok(result)
             }
         }
@@ -157,12 +159,13 @@ impl Context {
         &self,
         job: &Job,
         key: &CacheKey,
+        owner: Uuid,
         result: &JobResult,
     ) -> Result<(), StepError> {
         let mut tx = self.db.begin().await.map_err(DbError::from)?;
         credits::refund(&mut *tx, job.id).await?;
         leases::release(&mut *tx, key, job.id).await?;
-        jobs::finish(&mut *tx, result).await?;
+        jobs::finish(&mut *tx, result, owner).await?;
         tx.commit().await.map_err(DbError::from)?;
         Ok(())
     }

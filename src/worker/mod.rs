@@ -13,11 +13,11 @@
 mod claim;
 pub mod handle;
 mod lead;
+pub mod outage;
 pub mod settle;
 
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -30,24 +30,38 @@ use tracing::Instrument;
 
 pub use handle::Context;
 pub use settle::Outcome;
+use settle::Recipient;
 
 use crate::broker::{Broker, BrokerError};
+use crate::job::{Intake, Rejection};
 
-/// Whether the worker currently holds a live broker connection; read by `/readyz`.
+/// Whether the worker can do broker work right now, read by `/readyz`: a session is consuming, and
+/// its connection and publishing channel are open (a channel the broker closed and that could not
+/// be reopened makes the worker unready until it is).
 #[derive(Debug, Default)]
-pub struct BrokerHealth(AtomicBool);
+pub struct BrokerHealth(Mutex<Option<Arc<Broker>>>);
 
 impl BrokerHealth {
     pub fn is_up(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.current().is_some_and(|broker| broker.can_publish())
     }
-    fn set(&self, up: bool) {
-        self.0.store(up, Ordering::Relaxed);
+    fn current(&self) -> Option<Arc<Broker>> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+    fn set(&self, broker: Option<Arc<Broker>>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = broker;
     }
 }
 
 /// Consumes jobs until `shutdown` is cancelled, then lets in-flight jobs finish within the grace
 /// period. Broker failures are retried forever with backoff; they never end the loop.
+///
+/// When a connection drops, the next one is opened at once: the jobs still at work on the old
+/// one (a generation can take a minute) finish in the background and record their results, and
+/// their redeliveries on the new connection are answered from those records.
 pub async fn run(ctx: Arc<Context>, health: Arc<BrokerHealth>, shutdown: CancellationToken) {
     let amqp = &ctx.settings.amqp;
     let reconnect = ExponentialBuilder::default()
@@ -56,38 +70,55 @@ pub async fn run(ctx: Arc<Context>, health: Arc<BrokerHealth>, shutdown: Cancell
         .with_jitter()
         .without_max_times();
     let mut pauses = reconnect.build();
+    // Every delivery's task, across sessions: shutdown waits for all of them.
+    let in_flight = TaskTracker::new();
     loop {
         let mut connected = false;
-        let ended = session(&ctx, &health, &shutdown, &mut connected).await;
-        health.set(false);
+        let ended = session(&ctx, &health, &shutdown, &in_flight, &mut connected).await;
+        health.set(None);
         if shutdown.is_cancelled() {
-            return;
+            break;
         }
         if connected {
             pauses = reconnect.build();
         }
-        let pause = pauses.next().unwrap_or(Duration::from_secs(1));
+        // A session that was consuming reconnects at once; failing connects back off.
+        let pause = if connected {
+            Duration::ZERO
+        } else {
+            pauses.next().unwrap_or(Duration::from_secs(1))
+        };
         match ended {
             Ok(()) => tracing::warn!(
                 pause_ms = pause.as_millis() as u64,
                 "consumer cancelled by the broker; reconnecting"
             ),
             Err(error) => {
-                tracing::warn!(%error, pause_ms = pause.as_millis() as u64, "broker connection lost; reconnecting")
+                tracing::warn!(%error, pause_ms = pause.as_millis() as u64, unfinished = in_flight.len(), "broker connection lost; reconnecting")
             }
         }
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => break,
         }
+    }
+    in_flight.close();
+    let grace = Duration::from_secs(ctx.settings.worker.shutdown_grace_secs);
+    if tokio::time::timeout(grace, in_flight.wait()).await.is_err() {
+        tracing::warn!(
+            unfinished = in_flight.len(),
+            "grace period over; unfinished jobs go back to the queue"
+        );
     }
 }
 
-/// One connection's worth of consuming.
+/// One connection's worth of consuming, until shutdown or a broker failure; returns at once either
+/// way, leaving its jobs to finish on its connection.
 async fn session(
     ctx: &Arc<Context>,
     health: &BrokerHealth,
     shutdown: &CancellationToken,
+    in_flight: &TaskTracker,
     connected: &mut bool,
 ) -> Result<(), BrokerError> {
     let tag = format!("memoji-worker-{}", uuid::Uuid::new_v4());
@@ -99,41 +130,61 @@ async fn session(
         .consume_jobs(&tag, ctx.settings.amqp.prefetch)
         .await?;
     *connected = true;
-    health.set(true);
+    health.set(Some(broker.clone()));
     tracing::info!(queue = %ctx.settings.amqp.job_queue, prefetch = ctx.settings.amqp.prefetch, "consuming jobs");
 
-    let in_flight = TaskTracker::new();
+    let mine = TaskTracker::new();
     let ended = loop {
         tokio::select! {
             () = shutdown.cancelled() => break Ok(()),
+            () = ctx.outage.reported() => {
+                // The database is out of reach: take no deliveries until it answers again.
+                if let Err(error) = outage::stop_consuming(&channel, &mut consumer, &tag).await {
+                    break Err(BrokerError::from(error));
+                }
+                if !ctx.outage.wait_for_database(&ctx.db, shutdown).await {
+                    break Ok(());
+                }
+                let queue = ctx.settings.amqp.job_queue.as_str();
+                match outage::resume_consuming(&channel, queue, &tag).await {
+                    Ok(resumed) => consumer = resumed,
+                    Err(error) => break Err(BrokerError::from(error)),
+                }
+            }
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    in_flight.spawn(process(ctx.clone(), broker.clone(), delivery, shutdown.clone()));
+                    let task = mine.track_future(process(ctx.clone(), broker.clone(), delivery, shutdown.clone()));
+                    in_flight.spawn(task);
                 }
                 Some(Err(error)) => break Err(BrokerError::from(error)),
                 None => break Ok(()),
             },
         }
     };
-    // Stop taking new deliveries; let the ones in hand finish (their acks need this connection).
-    let _ = channel
-        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-        .await;
-    in_flight.close();
-    let grace = Duration::from_secs(ctx.settings.worker.shutdown_grace_secs);
-    if tokio::time::timeout(grace, in_flight.wait()).await.is_err() {
-        tracing::warn!(
-            unfinished = in_flight.len(),
-            "grace period over; unfinished jobs go back to the queue"
-        );
+    mine.close();
+    if shutdown.is_cancelled() {
+        // Stop taking new deliveries; the ones in hand finish within the grace period `run`
+        // gives every task (their acks need this connection).
+        let _ = channel
+            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .await;
     }
-    broker.close().await;
+    // On a broker failure the connection is gone or going: its jobs finish on their own (the
+    // broker redelivers them, unacked) while the next session starts. Either way the connection
+    // is closed after the last of them.
+    // The consuming channel too lives until then: dropped, it would hand the deliveries back.
+    in_flight.spawn(async move {
+        mine.wait().await;
+        drop((consumer, channel));
+        broker.close().await;
+    });
     ended
 }
 
 /// One delivery, from bytes to settlement, in a span carrying its job id. A panic in the pipeline
 /// is caught here and treated as a transient failure, so the delivery is handed back (and, if it
-/// keeps panicking, dead-lettered by the delivery limit) instead of being stranded unacked.
+/// keeps panicking, answered `internal` and dead-lettered on its last delivery) instead of being
+/// stranded unacked.
 async fn process(
     ctx: Arc<Context>,
     broker: Arc<Broker>,
@@ -152,7 +203,9 @@ async fn process(
             .catch_unwind()
             .await
             .unwrap_or_else(|_| Outcome::Retry {
-                reason: "the pipeline panicked".to_owned(),
+                cause: "the pipeline panicked".to_owned(),
+                after: None,
+                job: recipient(&delivery.data, message_id.as_deref(), &ctx.models),
             });
         let enqueued_at = *delivery.properties.timestamp();
         ctx.observer
@@ -161,4 +214,24 @@ async fn process(
     }
     .instrument(span)
     .await
+}
+
+/// Whom a delivery's result would go to, read again after a panic (intake is pure and cheap).
+fn recipient(
+    body: &[u8],
+    message_id: Option<&str>,
+    models: &crate::job::ModelRules,
+) -> Option<Recipient> {
+    match crate::job::intake(body, message_id, models) {
+        Ok(Intake::Job(job)) => Some(Recipient {
+            job_id: job.id,
+            user_id: job.user_id,
+        }),
+        Ok(Intake::Invalid {
+            job_id, user_id, ..
+        }) => Some(Recipient { job_id, user_id }),
+        Err(Rejection { answer, .. }) => {
+            answer.map(|(job_id, user_id)| Recipient { job_id, user_id })
+        }
+    }
 }

@@ -2,8 +2,13 @@
 //!
 //! The pipeline ends in an [`Outcome`]; this module turns it into broker actions in the one safe
 //! order: publish (and wait for the broker's confirm), then ack. If anything fails before the ack,
-//! the delivery goes back to the queue, and the job table makes the second run answer with the
-//! same result instead of redoing the work.
+//! the delivery goes back to the queue after a pause that grows with its deliveries, and the job
+//! table makes the next run answer with the same result instead of redoing the work.
+//!
+//! The job queue dead-letters a message delivered more than `amqp.delivery_limit` times. Before
+//! that happens in silence, the last delivery that still fails is given up here: the job gets a
+//! `failed` result with code `internal` (retryable), and the message goes to the dead-letter
+//! queue with our reason header.
 
 use std::time::Duration;
 
@@ -13,21 +18,45 @@ use lapin::types::AMQPValue;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, ReplyTo};
-use crate::job::JobResult;
+use crate::job::{ErrorCode, JobError, JobId, JobResult};
 
 /// How a delivery ends.
 #[derive(Debug)]
 pub enum Outcome {
     /// Publish this result, then ack.
     Answer(JobResult),
+    /// Publish this result recorded earlier (the job was seen before), then ack. Settled like
+    /// [`Outcome::Answer`]; the statistics do not count it again.
+    Replay(JobResult),
     /// Not a job: dead-letter a copy with the reason, answer where possible, then ack.
     Reject {
         reason: String,
         answer: Option<JobResult>,
     },
-    /// A transient failure (database or broker out of reach): hand the delivery back to the
-    /// queue after a pause. The queue's delivery limit dead-letters a message that keeps failing.
-    Retry { reason: String },
+    /// A transient failure (database or broker out of reach, a claim lost): hand the delivery back
+    /// to the queue after `after` (or a pause growing with its deliveries). `job` names whom to
+    /// answer when the delivery budget is spent.
+    Retry {
+        cause: String,
+        after: Option<Duration>,
+        job: Option<Recipient>,
+    },
+}
+
+/// Whose result a failing delivery would carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    pub job_id: JobId,
+    pub user_id: String,
+}
+
+/// A delivery that could not be settled this time.
+struct Failure {
+    cause: String,
+    after: Option<Duration>,
+    job: Option<Recipient>,
+    /// Another delivery cannot do better (a result that cannot be encoded): give up now.
+    hopeless: bool,
 }
 
 /// Longest pause before handing a failing delivery back.
@@ -39,8 +68,10 @@ pub async fn settle(
     outcome: Outcome,
     shutdown: &CancellationToken,
 ) {
-    let settled = match outcome {
-        Outcome::Answer(result) => answer(broker, delivery, &result).await,
+    let failed = match outcome {
+        Outcome::Answer(result) | Outcome::Replay(result) => {
+            answer(broker, delivery, &result).await.err()
+        }
         Outcome::Reject {
             reason,
             answer: reply,
@@ -51,59 +82,109 @@ pub async fn settle(
                 .await
             {
                 Ok(()) => match reply {
-                    Some(result) => answer(broker, delivery, &result).await,
-                    None => Ok(()),
+                    Some(result) => answer(broker, delivery, &result).await.err(),
+                    None => None,
                 },
-                Err(error) => Err(error.to_string()),
+                Err(error) => Some(Failure {
+                    cause: format!("could not dead-letter it: {error}"),
+                    after: None,
+                    hopeless: false,
+                    job: reply.map(|r| Recipient {
+                        job_id: r.job_id,
+                        user_id: r.user_id,
+                    }),
+                }),
             }
         }
-        Outcome::Retry { reason } => {
-            let pause = retry_pause(delivery_count(delivery));
-            tracing::warn!(%reason, pause_ms = pause.as_millis() as u64, "transient failure; handing the job back");
-            tokio::select! {
-                () = tokio::time::sleep(pause) => {}
-                () = shutdown.cancelled() => {}
-            }
-            Err(reason)
-        }
+        Outcome::Retry { cause, after, job } => Some(Failure {
+            cause,
+            after,
+            job,
+            hopeless: false,
+        }),
     };
-    match settled {
-        Ok(()) => {
-            if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
-                // The channel is gone: the broker redelivers, and the job table answers again.
-                tracing::warn!(%error, "could not ack; the job will be redelivered and answered from its record");
-            }
+    let Some(failure) = failed else {
+        return ack(delivery).await;
+    };
+    let deliveries = delivery_count(delivery);
+    if failure.hopeless || deliveries >= broker.settings().delivery_limit {
+        return give_up(broker, delivery, failure, deliveries + 1).await;
+    }
+    let pause = failure.after.unwrap_or_else(|| retry_pause(deliveries));
+    tracing::warn!(
+        cause = %failure.cause,
+        deliveries = deliveries + 1,
+        pause_ms = pause.as_millis() as u64,
+        "transient failure; handing the job back"
+    );
+    tokio::select! {
+        () = tokio::time::sleep(pause) => {}
+        () = shutdown.cancelled() => {}
+    }
+    requeue(delivery, &failure.cause).await;
+}
+
+/// The last delivery the queue allows failed too (or another could not do better): answer
+/// `internal` (retryable: publishing the job again may work) and dead-letter the message with the
+/// reason, then ack. If even the dead-letter
+/// copy fails, the delivery is handed back and the queue's own limit dead-letters it.
+async fn give_up(broker: &Broker, delivery: &Delivery, failure: Failure, deliveries: u32) {
+    let reason = format!("gave up after {deliveries} deliveries: {}", failure.cause);
+    tracing::error!(%reason, "delivery budget spent; answering internal and dead-lettering");
+    if let Some(job) = &failure.job {
+        let error = JobError {
+            code: ErrorCode::Internal,
+            message: format!(
+                "the worker could not complete this job in {deliveries} deliveries; publish it again to retry"
+            ),
+            retryable: true,
+        };
+        let result = JobResult::failure(job.job_id, &job.user_id, None, error);
+        if let Err(unsent) = answer(broker, delivery, &result).await {
+            tracing::warn!(cause = %unsent.cause, "could not publish the internal failure either");
         }
-        Err(reason) => {
-            let requeue = BasicNackOptions {
-                requeue: true,
-                ..BasicNackOptions::default()
-            };
-            if let Err(error) = delivery.nack(requeue).await {
-                tracing::warn!(%error, %reason, "could not hand the job back; the broker will redeliver it");
-            }
-        }
+    }
+    match broker
+        .dead_letter(&delivery.data, &delivery.properties, &reason)
+        .await
+    {
+        Ok(()) => ack(delivery).await,
+        Err(error) => requeue(delivery, &format!("could not dead-letter it: {error}")).await,
     }
 }
 
-async fn answer(broker: &Broker, delivery: &Delivery, result: &JobResult) -> Result<(), String> {
-    let reply_to = delivery
-        .properties
-        .reply_to()
-        .as_ref()
-        .filter(|q| !q.as_str().is_empty())
-        .map(|queue| ReplyTo {
-            queue: queue.clone(),
-            correlation_id: delivery
-                .properties
-                .correlation_id()
-                .clone()
-                .unwrap_or_else(|| result.job_id.to_string().into()),
-        });
+async fn ack(delivery: &Delivery) {
+    if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
+        // The channel is gone: the broker redelivers, and the job table answers again.
+        tracing::warn!(%error, "could not ack; the job will be redelivered and answered from its record");
+    }
+}
+
+async fn requeue(delivery: &Delivery, cause: &str) {
+    let requeue = BasicNackOptions {
+        requeue: true,
+        ..BasicNackOptions::default()
+    };
+    if let Err(error) = delivery.nack(requeue).await {
+        tracing::warn!(%error, %cause, "could not hand the job back; the broker will redeliver it");
+    }
+}
+
+/// Publishes the result and, once the broker confirmed it, a best-effort copy to `reply_to`: a
+/// reply that cannot be delivered is logged and never makes the job run again.
+async fn answer(broker: &Broker, delivery: &Delivery, result: &JobResult) -> Result<(), Failure> {
     broker
-        .publish_result(result, reply_to.as_ref())
+        .publish_result(result)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|error| Failure {
+            cause: format!("could not publish the result: {error}"),
+            after: None,
+            hopeless: !error.retryable(),
+            job: Some(Recipient {
+                job_id: result.job_id,
+                user_id: result.user_id.clone(),
+            }),
+        })?;
     tracing::info!(
         status = ?result.status,
         cached = result.cached,
@@ -111,7 +192,33 @@ async fn answer(broker: &Broker, delivery: &Delivery, result: &JobResult) -> Res
         duration_ms = result.duration_ms,
         "result published"
     );
+    if let Some(reply) = reply_to(broker, delivery, result)
+        && let Err(error) = broker.publish_reply(result, &reply).await
+    {
+        tracing::warn!(queue = %reply.queue, %error, "the reply_to copy could not be delivered; the result is on the result queue");
+    }
     Ok(())
+}
+
+/// The delivery's `reply_to`, unless it is empty or names one of the worker's own queues.
+fn reply_to(broker: &Broker, delivery: &Delivery, result: &JobResult) -> Option<ReplyTo> {
+    let queue = delivery
+        .properties
+        .reply_to()
+        .as_ref()
+        .filter(|q| !q.as_str().is_empty())?;
+    if broker.is_own_queue(queue.as_str()) {
+        tracing::warn!(%queue, "reply_to names one of the worker's own queues; ignored");
+        return None;
+    }
+    Some(ReplyTo {
+        queue: queue.clone(),
+        correlation_id: delivery
+            .properties
+            .correlation_id()
+            .clone()
+            .unwrap_or_else(|| result.job_id.to_string().into()),
+    })
 }
 
 /// How often the quorum queue has delivered this message before (its `x-delivery-count`).

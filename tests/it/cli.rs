@@ -432,13 +432,14 @@ async fn a_result_for_a_reply_queue_that_is_gone_is_one_clear_log_line() {
     crate::helpers::eventually("the worker's warning", || async {
         worker
             .log()
-            .contains("reply queue does not exist")
+            .contains("the reply_to copy could not be delivered")
             .then_some(())
     })
     .await;
     let log = worker.log();
     assert_eq!(
-        log.matches("reply queue does not exist").count(),
+        log.matches("the reply_to copy could not be delivered")
+            .count(),
         1,
         "{log}"
     );

@@ -587,6 +587,10 @@ pub fn worker_environment(settings: &Settings) -> Vec<(String, String)> {
             amqp.dead_letter_queue.clone(),
         ),
         (
+            "MEMOJI__AMQP__DELIVERY_LIMIT",
+            amqp.delivery_limit.to_string(),
+        ),
+        (
             "MEMOJI__AMQP__RECONNECT_MIN_MS",
             amqp.reconnect_min_ms.to_string(),
         ),
