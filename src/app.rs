@@ -43,13 +43,21 @@ impl App {
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
         let settings = Arc::new(settings);
         telemetry::install_prometheus();
-        let db = connect_database(&settings).await?;
+        // What can be refused without touching the database comes first: a missing key or a busy
+        // port stops the start before anything is created or migrated.
+        let generator = generator(&settings)?;
         let store = storage::from_settings(&settings.storage, &settings.secrets.storage)
             .context("storage")?;
-        let generator = generator(&settings)?;
         let listener = TcpListener::bind(settings.http.bind)
             .await
-            .with_context(|| format!("binding the admin API to {}", settings.http.bind))?;
+            .with_context(|| {
+                format!(
+                    "binding the admin API to {} (another process has it? choose another address \
+                 with MEMOJI__HTTP__BIND or `bind` in [http])",
+                    settings.http.bind
+                )
+            })?;
+        let db = connect_database(&settings).await?;
         tracing::info!(
             broker = %redacted_url(&settings.amqp.url),
             database = %redacted_url(&settings.database.url),
@@ -221,23 +229,38 @@ pub async fn connect_database(settings: &Settings) -> anyhow::Result<PgPool> {
             .with_jitter()
             .without_max_times(),
     );
+    let url = redacted_url(&settings.database.url);
+    let mut attempt = 0u32;
     loop {
-        let attempt = async {
+        attempt += 1;
+        let connected = async {
             let pool = db::connect(&settings.database).await?;
             db::migrate(&pool).await?;
             Ok::<_, db::DbError>(pool)
         };
-        match attempt.await {
+        match connected.await {
             Ok(pool) => return Ok(pool),
             Err(error) if error.is_connectivity() && tokio::time::Instant::now() < give_up => {
                 let pause = pauses.next().unwrap_or(Duration::from_secs(5));
-                tracing::warn!(%error, pause_ms = pause.as_millis() as u64, "database out of reach; retrying");
+                let left = give_up.saturating_duration_since(tokio::time::Instant::now());
+                tracing::warn!(
+                    database = %url,
+                    attempt,
+                    retry_in_ms = pause.as_millis() as u64,
+                    gives_up_in_secs = left.as_secs(),
+                    error = %telemetry::causes(&error),
+                    "database out of reach; retrying for up to database.connect_retry_secs = {}s in all",
+                    settings.database.connect_retry_secs,
+                );
                 tokio::time::sleep(pause).await;
             }
             Err(error) => {
-                return Err(error).with_context(|| {
-                    format!("connecting to {}", redacted_url(&settings.database.url))
-                });
+                let tried = if attempt > 1 {
+                    format!(" ({attempt} attempts)")
+                } else {
+                    String::new()
+                };
+                return Err(error).with_context(|| format!("connecting to {url}{tried}"));
             }
         }
     }

@@ -1,37 +1,78 @@
 //! A client of the worker, as a web app would be: publishes a job and, optionally, waits for its
 //! result on a private reply queue (AMQP request/reply). Used by `memoji-worker enqueue`.
+//!
+//! While it waits it tells its caller what a person needs to know through [`Waiting`] events: at
+//! once whether any worker consumes the job queue (the queue's declare says how many consumers it
+//! has), when one attaches, and a tick every so often for a spinner.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use lapin::BasicProperties;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel};
 use serde_json::Value;
 
 use crate::broker::{Broker, BrokerError};
-use crate::config::AmqpSettings;
+use crate::config::{AmqpSettings, redacted_url};
+
+/// How often the job queue's consumers are counted again while waiting.
+const RECOUNT: Duration = Duration::from_secs(1);
+/// How often [`Waiting::Tick`] is sent.
+const TICK: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    #[error("connecting to the broker at {url}")]
+    Connect {
+        /// Password masked.
+        url: String,
+        #[source]
+        source: BrokerError,
+    },
     #[error(transparent)]
     Broker(#[from] BrokerError),
-    #[error("no result within {0:?}")]
-    Timeout(Duration),
+    #[error(
+        "no result for job {job_id} within {}s{}; the job stays queued and its result will reach the result queue",
+        wait.as_secs(),
+        if *.worker_seen { "" } else { " (no worker consumed the job queue meanwhile: start one with `memoji-worker run`)" }
+    )]
+    Timeout {
+        job_id: String,
+        wait: Duration,
+        worker_seen: bool,
+    },
     #[error("the reply queue closed before a result arrived")]
     Closed,
-    #[error("the result is not JSON: {0}")]
+    #[error("the result is not JSON")]
     BadResult(#[from] serde_json::Error),
 }
 
+/// What happens while `enqueue` waits for a result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Waiting {
+    /// Right after publishing: no worker consumes the job queue, so the job waits for one.
+    NoWorker { queue: String },
+    /// A worker started consuming the job queue after [`Waiting::NoWorker`].
+    WorkerAttached { consumers: u32 },
+    /// Still waiting, this long so far.
+    Tick { elapsed: Duration },
+}
+
 /// Publishes `job` (which must carry a `job_id`) to the job queue. With `wait`, returns the
-/// result, waiting at most that long.
+/// result, waiting at most that long and telling `on_wait` how it goes.
 pub async fn enqueue(
     settings: &AmqpSettings,
     job: &Value,
     wait: Option<Duration>,
+    mut on_wait: impl FnMut(Waiting),
 ) -> Result<Option<Value>, ClientError> {
-    let broker = Broker::connect(settings, "memoji-worker enqueue").await?;
+    let broker = Broker::connect(settings, "memoji-worker enqueue")
+        .await
+        .map_err(|source| ClientError::Connect {
+            url: redacted_url(&settings.url),
+            source,
+        })?;
     broker.declare().await?;
     let job_id = job
         .get("job_id")
@@ -79,23 +120,62 @@ pub async fn enqueue(
         .publish("", &settings.job_queue, &body, properties, true)
         .await?;
 
-    let result = tokio::time::timeout(wait, async {
-        while let Some(delivery) = replies.next().await {
-            let delivery = delivery.map_err(BrokerError::from)?;
-            let _ = delivery.ack(BasicAckOptions::default()).await;
-            let matches = delivery
-                .properties
-                .correlation_id()
-                .as_ref()
-                .is_some_and(|c| c.as_str() == job_id);
-            if matches {
-                return Ok(serde_json::from_slice(&delivery.data)?);
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut consumers = consumers_of(&channel, &settings.job_queue).await?;
+    let mut worker_seen = consumers > 0;
+    if !worker_seen {
+        on_wait(Waiting::NoWorker {
+            queue: settings.job_queue.clone(),
+        });
+    }
+    let mut ticks = tokio::time::interval(TICK);
+    let mut recounts = tokio::time::interval(RECOUNT);
+    recounts.reset();
+    let result = loop {
+        tokio::select! {
+            delivery = replies.next() => {
+                let Some(delivery) = delivery else { break Err(ClientError::Closed) };
+                let delivery = delivery.map_err(BrokerError::from)?;
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+                let matches = delivery
+                    .properties
+                    .correlation_id()
+                    .as_ref()
+                    .is_some_and(|c| c.as_str() == job_id);
+                if matches {
+                    break serde_json::from_slice(&delivery.data).map_err(ClientError::from);
+                }
+            }
+            _ = ticks.tick() => on_wait(Waiting::Tick { elapsed: started.elapsed() }),
+            _ = recounts.tick() => {
+                let now = consumers_of(&channel, &settings.job_queue).await?;
+                if consumers == 0 && now > 0 {
+                    on_wait(Waiting::WorkerAttached { consumers: now });
+                }
+                worker_seen |= now > 0;
+                consumers = now;
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                break Err(ClientError::Timeout { job_id: job_id.clone(), wait, worker_seen });
             }
         }
-        Err(ClientError::Closed)
-    })
-    .await
-    .map_err(|_| ClientError::Timeout(wait))?;
+    };
     broker.close().await;
     result.map(Some)
+}
+
+/// How many consumers the job queue has: a passive declare, which changes nothing.
+async fn consumers_of(channel: &Channel, queue: &str) -> Result<u32, BrokerError> {
+    let queue = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(queue.consumer_count())
 }

@@ -24,12 +24,51 @@ const ALIASES: [(&str, &str); 4] = [
     ("SUPABASE_URL", "storage.supabase.url"),
 ];
 
+/// Why the settings could not be loaded. Each message says it once: printed with its causes
+/// (`{:#}`), nothing repeats.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
-    #[error("configuration: {0}")]
+    /// A value of the wrong type, or a layer the `config` crate refused.
+    #[error("configuration")]
     Invalid(#[from] config::ConfigError),
+    /// The file named by `--config` or `MEMOJI_CONFIG`, shown as it was given.
+    #[error("configuration file {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("configuration file {}", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: config::ConfigError,
+    },
+    /// A key no setting reads: a typo, or a key of another version.
+    #[error("unknown configuration key `{key}`{}{}", suggestion_text(.suggestion), origin_text(.variable))]
+    UnknownKey {
+        key: String,
+        /// The nearest valid key, when one is close.
+        suggestion: Option<String>,
+        /// The environment variable that set it, when one did.
+        variable: Option<String>,
+    },
     #[error("configuration: {0}")]
     Rule(String),
+}
+
+fn suggestion_text(suggestion: &Option<String>) -> String {
+    suggestion
+        .as_ref()
+        .map(|key| format!(" (did you mean `{key}`?)"))
+        .unwrap_or_default()
+}
+
+fn origin_text(variable: &Option<String>) -> String {
+    variable
+        .as_ref()
+        .map(|name| format!(", set by the environment variable {name}"))
+        .unwrap_or_default()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -356,27 +395,44 @@ pub struct LogSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Pretty on a terminal, JSON otherwise.
+    Auto,
+    /// Compact lines for people, coloured only on a terminal.
     Pretty,
+    /// Compact lines without colours.
+    Plain,
+    /// One JSON object per line, for log shippers.
     Json,
+}
+
+impl LogFormat {
+    /// The format to write, `Auto` resolved by whether the output is a terminal.
+    pub fn resolve(self, terminal: bool) -> LogFormat {
+        match self {
+            LogFormat::Auto if terminal => LogFormat::Pretty,
+            LogFormat::Auto => LogFormat::Json,
+            other => other,
+        }
+    }
 }
 
 impl Settings {
     /// The built-in defaults alone, ignoring files and the environment (tests start here).
     pub fn defaults() -> Result<Settings, SettingsError> {
-        let settings: Settings = config::Config::builder()
+        let layers = config::Config::builder()
             .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
-            .build()?
-            .try_deserialize()?;
-        settings.checked()
+            .build()?;
+        strict(layers, &[])?.checked()
     }
 
-    /// Every layer: defaults, then `file` (or `MEMOJI_CONFIG`), then the environment.
+    /// Every layer: defaults, then `file` (or `MEMOJI_CONFIG`), then the environment. A key that
+    /// no setting reads, in the file or in a `MEMOJI__` variable, is refused by name.
     pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
         let env_file = std::env::var_os("MEMOJI_CONFIG").map(PathBuf::from);
         let mut builder = config::Config::builder()
             .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
         if let Some(path) = file.map(Path::to_path_buf).or(env_file) {
-            builder = builder.add_source(config::File::from(path).required(true));
+            builder = builder.add_source(read_file(&path)?);
         }
         builder = builder.add_source(environment());
         for (variable, key) in ALIASES {
@@ -387,7 +443,11 @@ impl Settings {
                 builder = builder.set_override(key, value)?;
             }
         }
-        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        let variables: Vec<String> = std::env::vars_os()
+            .filter_map(|(name, _)| name.into_string().ok())
+            .filter(|name| name.starts_with("MEMOJI__"))
+            .collect();
+        let mut settings = strict(builder.build()?, &variables)?;
         settings.secrets = Secrets {
             openai_api_key: secret_from_env("OPENAI_API_KEY"),
             admin_token: secret_from_env("ADMIN_TOKEN"),
@@ -498,6 +558,92 @@ impl Settings {
     }
 }
 
+/// A configuration file (TOML), read here rather than by the `config` crate so that errors show
+/// the path as it was given.
+fn read_file(
+    path: &Path,
+) -> Result<config::File<config::FileSourceString, config::FileFormat>, SettingsError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    // Parse it alone first, so a syntax error names this file.
+    config::Config::builder()
+        .add_source(config::File::from_str(&text, config::FileFormat::Toml))
+        .build()
+        .map_err(|source| SettingsError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(config::File::from_str(&text, config::FileFormat::Toml))
+}
+
+/// Deserializes the merged layers, refusing any key that no setting reads (generic over every
+/// section: serde reports each key it skips). `variables` are the `MEMOJI__` variables set, to
+/// say which one brought an unknown key.
+fn strict(layers: config::Config, variables: &[String]) -> Result<Settings, SettingsError> {
+    let mut unknown = Vec::new();
+    let settings: Settings = serde_ignored::deserialize(layers, |path| {
+        unknown.push(path.to_string());
+    })?;
+    match unknown.into_iter().next() {
+        None => Ok(settings),
+        Some(key) => {
+            let variable = format!("MEMOJI__{}", key.replace('.', "__")).to_uppercase();
+            Err(SettingsError::UnknownKey {
+                suggestion: nearest_key(&key),
+                variable: variables.iter().find(|v| **v == variable).cloned(),
+                key,
+            })
+        }
+    }
+}
+
+/// The valid key nearest to `key` among its siblings in `default.toml` (same section), if it is
+/// within a couple of typos.
+fn nearest_key(key: &str) -> Option<String> {
+    let (section, name) = match key.rsplit_once('.') {
+        Some((section, name)) => (Some(section), name),
+        None => (None, key),
+    };
+    let defaults = config::Config::builder()
+        .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+        .build()
+        .ok()?;
+    let siblings: Vec<String> = match section {
+        None => defaults.cache.into_table().ok()?.into_keys().collect(),
+        Some(section) => defaults.get_table(section).ok()?.into_keys().collect(),
+    };
+    let limit = (name.chars().count() / 3).clamp(1, 3);
+    siblings
+        .into_iter()
+        .map(|candidate| (edit_distance(name, &candidate), candidate))
+        .filter(|(distance, _)| *distance <= limit)
+        .min()
+        .map(|(_, candidate)| match section {
+            Some(section) => format!("{section}.{candidate}"),
+            None => candidate,
+        })
+}
+
+/// Levenshtein distance, in characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
 /// `MEMOJI__SECTION__KEY` variables. The `config` crate lowercases their keys, which is why every
 /// key in `default.toml` is lowercase (prices included).
 fn environment() -> config::Environment {
@@ -564,15 +710,102 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        let settings: Settings = config::Config::builder()
+        try_layered(file, variables).unwrap()
+    }
+
+    fn try_layered(
+        file: &str,
+        variables: Vec<(String, String)>,
+    ) -> Result<Settings, SettingsError> {
+        let names: Vec<String> = variables.iter().map(|(name, _)| name.clone()).collect();
+        let layers = config::Config::builder()
             .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
             .add_source(config::File::from_str(file, config::FileFormat::Toml))
-            .add_source(environment().source(Some(variables)))
-            .build()
-            .unwrap()
-            .try_deserialize()
-            .unwrap();
-        settings.checked().unwrap()
+            .add_source(environment().source(Some(variables.into_iter().collect())))
+            .build()?;
+        strict(layers, &names)?.checked()
+    }
+
+    fn unknown(file: &str, variables: &[(&str, &str)]) -> String {
+        let variables = variables
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        match try_layered(file, variables) {
+            Err(error @ SettingsError::UnknownKey { .. }) => error.to_string(),
+            other => panic!("expected an unknown key, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name_with_the_nearest_valid_one() {
+        assert_eq!(
+            unknown("[amqp]\nprefech = 3\n", &[]),
+            "unknown configuration key `amqp.prefech` (did you mean `amqp.prefetch`?)"
+        );
+        assert_eq!(
+            unknown("[databse]\nurl = \"postgres://x@y/z\"\n", &[]),
+            "unknown configuration key `databse` (did you mean `database`?)"
+        );
+        assert_eq!(
+            unknown("[storage.s3]\nbukket = \"b\"\n", &[]),
+            "unknown configuration key `storage.s3.bukket` (did you mean `storage.s3.bucket`?)"
+        );
+        // Nothing close: the key alone.
+        assert_eq!(
+            unknown("[worker]\ncolour = \"blue\"\n", &[]),
+            "unknown configuration key `worker.colour`"
+        );
+        // From the environment: the variable is named.
+        assert_eq!(
+            unknown("", &[("MEMOJI__HTTP__BINDD", "127.0.0.1:1")]),
+            "unknown configuration key `http.bindd` (did you mean `http.bind`?), \
+             set by the environment variable MEMOJI__HTTP__BINDD"
+        );
+        // Open tables (tiers, prices) take new entries; a known key in any layer is fine.
+        let settings = layered(
+            "[credits.allowances]\nfree = 5\n",
+            &[("MEMOJI__AMQP__PREFETCH", "3")],
+        );
+        assert_eq!(settings.amqp.prefetch, 3);
+    }
+
+    #[test]
+    fn edit_distance_counts_typos() {
+        assert_eq!(edit_distance("prefech", "prefetch"), 1);
+        assert_eq!(edit_distance("databse", "database"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("same", "same"), 0);
+    }
+
+    #[test]
+    fn a_config_file_error_names_the_file_as_given_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.toml");
+        let error = Settings::load(Some(&missing)).unwrap_err();
+        let printed = format!("{:#}", anyhow::Error::from(error));
+        assert!(
+            printed.starts_with(&format!("configuration file {}: ", missing.display())),
+            "{printed}"
+        );
+        assert_eq!(printed.matches("nope.toml").count(), 1, "{printed}");
+
+        let broken = dir.path().join("broken.toml");
+        std::fs::write(&broken, "[amqp\nprefetch = 3\n").unwrap();
+        let printed = format!(
+            "{:#}",
+            anyhow::Error::from(Settings::load(Some(&broken)).unwrap_err())
+        );
+        assert!(
+            printed.starts_with(&format!("configuration file {}: ", broken.display())),
+            "{printed}"
+        );
+        assert_eq!(printed.matches("broken.toml").count(), 1, "{printed}");
+        assert_eq!(
+            printed.matches("line 1").count(),
+            1,
+            "the TOML error once: {printed}"
+        );
     }
 
     #[test]

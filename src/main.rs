@@ -1,5 +1,6 @@
 //! The `memoji-worker` command line (CONTRACT.md §10): parses arguments and calls the library.
 
+use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -7,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use memoji_worker::app::{self, App};
+use memoji_worker::client::Waiting;
 use memoji_worker::config::{Settings, StorageKind};
 use memoji_worker::job::GeneratorKind;
 use memoji_worker::job::models::help;
@@ -39,7 +41,8 @@ enum Command {
     },
     /// Create the database if needed and apply the migrations.
     Migrate,
-    /// Publish one job, as the web app would; with --wait, print its result.
+    /// Publish one job, as the web app would; with --wait, print its result (exit status 2 if
+    /// the job failed, its error code on stderr).
     Enqueue(Box<EnqueueArgs>),
     /// Object storage tools.
     #[command(subcommand)]
@@ -72,7 +75,7 @@ struct EnqueueArgs {
     #[arg(long, default_value = "free")]
     tier: String,
     /// Job id (a UUID); a new one by default.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_job_id)]
     job_id: Option<uuid::Uuid>,
     #[arg(long, long_help = help::model(), help = "Model to ask for (any of --help's list)")]
     model: Option<String>,
@@ -101,7 +104,7 @@ struct EnqueueArgs {
     prompt: Option<String>,
     #[arg(long)]
     force_refresh: bool,
-    /// Wait for the result and print it.
+    /// Wait for the result and print it; exit status 2 if the job failed.
     #[arg(long)]
     wait: bool,
     /// How long --wait waits, in seconds.
@@ -143,19 +146,29 @@ impl EnqueueArgs {
     }
 }
 
+/// `--job-id`: a UUID, said so when it is not one.
+fn parse_job_id(text: &str) -> Result<uuid::Uuid, String> {
+    uuid::Uuid::parse_str(text).map_err(|_| {
+        format!("expected a UUID such as 0b6f6f0e-3f5e-4c55-9d36-0f2b8e4a7f10, got {text:?}")
+    })
+}
+
+/// Exit status of `enqueue --wait` when the job's result says it failed.
+const JOB_FAILED: u8 = 2;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
-            eprintln!("memoji-worker: {error:#}");
+            eprintln!("memoji-worker: {}", telemetry::causes(&*error));
             ExitCode::FAILURE
         }
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut settings = Settings::load(cli.config.as_deref())?;
     telemetry::init(&settings.log);
     match cli.command {
@@ -170,24 +183,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let app = App::build(settings).await?;
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
-            app.run_until_stopped(shutdown).await
+            app.run_until_stopped(shutdown).await?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {
             app::connect_database(&settings).await?;
             println!("database is migrated");
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Enqueue(args) => {
             let job = args.job();
+            let job_id = job["job_id"].as_str().unwrap_or_default().to_owned();
             let wait = args.wait.then(|| Duration::from_secs(args.timeout_secs));
-            match client::enqueue(&settings.amqp, &job, wait).await? {
-                Some(result) => println!("{}", serde_json::to_string_pretty(&result)?),
-                None => println!(
-                    "published job {}",
-                    job["job_id"].as_str().unwrap_or_default()
-                ),
+            let mut progress = Progress::new(&job_id);
+            let outcome =
+                client::enqueue(&settings.amqp, &job, wait, |event| progress.show(event)).await;
+            progress.clear();
+            match outcome? {
+                Some(result) => {
+                    println!("{}", serde_json::to_string_pretty(&result)?);
+                    if result["status"] == "failed" {
+                        let error = &result["error"];
+                        eprintln!(
+                            "memoji-worker: job {job_id} failed: {}: {}",
+                            error["code"].as_str().unwrap_or("unknown"),
+                            error["message"].as_str().unwrap_or_default()
+                        );
+                        return Ok(ExitCode::from(JOB_FAILED));
+                    }
+                }
+                None => println!("published job {job_id}"),
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Storage(StorageCommand::Check) => {
             let kind = format!("{:?}", settings.storage.kind).to_lowercase();
@@ -200,7 +227,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("storage check failed on the {kind} backend"))?;
             println!("{report}");
             println!("storage check passed");
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Stats { json } => {
             let (figures, model_warnings) = app::stats(&settings).await?;
@@ -214,17 +241,79 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("model warning: {warning}");
                 }
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Cleanup { dry_run } => match app::cleanup(&settings, dry_run).await? {
             Ran::Completed(report) => {
                 println!("{}", serde_json::to_string_pretty(&report)?);
-                Ok(())
+                Ok(ExitCode::SUCCESS)
             }
             Ran::Skipped => {
                 anyhow::bail!("cleanup skipped: another process is running one right now")
             }
         },
+    }
+}
+
+/// What `enqueue --wait` shows on stderr while it waits: at once, that no worker consumes the job
+/// queue (if so) and when one attaches; on a terminal, a spinner with the time waited so far.
+struct Progress {
+    job_id: String,
+    terminal: bool,
+    frame: usize,
+    drawn: bool,
+}
+
+impl Progress {
+    const FRAMES: [char; 10] = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+
+    fn new(job_id: &str) -> Progress {
+        Progress {
+            job_id: job_id.to_owned(),
+            terminal: std::io::stderr().is_terminal(),
+            frame: 0,
+            drawn: false,
+        }
+    }
+
+    fn show(&mut self, event: Waiting) {
+        match event {
+            Waiting::NoWorker { queue } => self.say(&format!(
+                "no worker is consuming {queue}: the job waits there until one starts \
+                 (`memoji-worker run`)"
+            )),
+            Waiting::WorkerAttached { consumers } => {
+                self.say(&format!(
+                    "a worker is consuming the job queue now ({consumers})"
+                ));
+            }
+            Waiting::Tick { elapsed } if self.terminal => {
+                self.frame = (self.frame + 1) % Self::FRAMES.len();
+                eprint!(
+                    "\r\x1b[2K{} waiting for the result of job {} ({}s)",
+                    Self::FRAMES[self.frame],
+                    self.job_id,
+                    elapsed.as_secs()
+                );
+                let _ = std::io::stderr().flush();
+                self.drawn = true;
+            }
+            Waiting::Tick { .. } => {}
+        }
+    }
+
+    fn say(&mut self, line: &str) {
+        self.clear();
+        eprintln!("memoji-worker: {line}");
+    }
+
+    /// Removes the spinner's line, if one is drawn.
+    fn clear(&mut self) {
+        if self.drawn {
+            eprint!("\r\x1b[2K");
+            let _ = std::io::stderr().flush();
+            self.drawn = false;
+        }
     }
 }
 

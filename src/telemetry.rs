@@ -1,7 +1,11 @@
 //! Logging and metrics.
 //!
-//! Logging: `tracing` with a level filter from RUST_LOG or configuration, pretty or JSON lines.
-//! Every line of a job's work carries its `job_id` through the `job` span.
+//! Logging: `tracing` with a level filter from RUST_LOG or configuration; pretty (colours on a
+//! terminal only), plain or JSON lines, `auto` picking pretty on a terminal and JSON elsewhere.
+//! Every line of a job's work carries its `job_id` through the `job` span. The libraries' routine
+//! chatter is filtered out by default ([`QUIET`]), and the AMQP client's logging is capped at debug
+//! whatever RUST_LOG says ([`AMQP_CAP`]): at trace it prints the connection's PLAIN response, which
+//! carries the broker password.
 //!
 //! Metrics: the `metrics` facade with a Prometheus recorder, rendered by `GET /metrics`. Every
 //! metric name is a constant here, described once in [`install_prometheus`], and recorded through
@@ -15,7 +19,12 @@ use metrics::{
     Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::EnvFilter;
+use std::io::IsTerminal as _;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use crate::config::{LogFormat, LogSettings};
 
@@ -46,17 +55,104 @@ const SECONDS_BUCKETS: [f64; 15] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 
-/// Installs the global subscriber; a second call (tests) is a no-op.
+/// Directives added after the configured level (and RUST_LOG), unless RUST_LOG names the target
+/// itself: notices and chatter that every start produces and nobody needs.
+/// - sqlx's `relation "_sqlx_migrations" already exists, skipping` notice on every migration run;
+/// - tokio-cron-scheduler's `Uninited` / `Job creator created` lines;
+/// - lapin's own lines: every failure it logs also comes back to the worker as an error, which the
+///   worker logs once with what it does about it (a connection refused showed up three times
+///   more), and its WARN for a returned message dumps the whole body as a decimal byte array (the
+///   worker logs one line of its own for an unroutable reply, see `broker::publish_result`).
+pub const QUIET: [&str; 3] = [
+    "sqlx::postgres::notice=warn",
+    "tokio_cron_scheduler=warn",
+    "lapin=off",
+];
+
+/// Targets whose logging never goes below debug, even under RUST_LOG=trace: lapin and amq-protocol
+/// trace every frame, including the connection's PLAIN response with the broker password.
+pub const AMQP_CAP: [&str; 2] = ["lapin", "amq_protocol"];
+
+/// Installs the global subscriber, writing to stderr; a second call (tests) is a no-op.
 pub fn init(settings: &LogSettings) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match settings.format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Pretty => builder.compact().try_init(),
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let terminal = std::io::stderr().is_terminal();
+    let _ = subscriber(settings, rust_log.as_deref(), terminal, std::io::stderr).try_init();
+}
+
+/// The subscriber [`init`] installs, writing to `writer`; `terminal` says whether that is a
+/// terminal (colours, and what `auto` means).
+pub fn subscriber<W>(
+    settings: &LogSettings,
+    rust_log: Option<&str>,
+    terminal: bool,
+    writer: W,
+) -> impl tracing::Subscriber + Send + Sync + 'static
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let layer = tracing_subscriber::fmt::layer().with_writer(writer);
+    let layer: Box<dyn Layer<Registry> + Send + Sync> = match settings.format.resolve(terminal) {
+        LogFormat::Json => layer.json().flatten_event(true).boxed(),
+        LogFormat::Pretty => layer.compact().with_ansi(terminal).boxed(),
+        LogFormat::Plain | LogFormat::Auto => layer.compact().with_ansi(false).boxed(),
     };
+    tracing_subscriber::registry().with(
+        layer
+            .with_filter(filter(&settings.level, rust_log))
+            .with_filter(amqp_cap()),
+    )
+}
+
+/// The level filter: RUST_LOG if set and valid, else the configured level, plus [`QUIET`] for the
+/// targets it does not name.
+pub fn filter(level: &str, rust_log: Option<&str>) -> EnvFilter {
+    let base = rust_log
+        .filter(|directives| !directives.trim().is_empty())
+        .and_then(|directives| EnvFilter::try_new(directives).ok().map(|f| (f, directives)));
+    let (mut filter, named) = match base {
+        Some((filter, directives)) => (filter, directives.to_owned()),
+        None => (
+            EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info")),
+            level.to_owned(),
+        ),
+    };
+    for directive in QUIET {
+        let target = directive.split('=').next().unwrap_or(directive);
+        if !named.contains(target)
+            && let Ok(directive) = directive.parse()
+        {
+            filter = filter.add_directive(directive);
+        }
+    }
+    filter
+}
+
+/// Drops trace-level events and spans of [`AMQP_CAP`]'s targets, whatever the other filters say.
+pub fn amqp_cap() -> Targets {
+    AMQP_CAP.into_iter().fold(
+        Targets::new().with_default(LevelFilter::TRACE),
+        |targets, target| targets.with_target(target, LevelFilter::DEBUG),
+    )
+}
+
+/// An error and its causes, outermost first, each said once: a cause whose text its parent already
+/// includes (many libraries print their source inside their own message) is skipped.
+pub fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(error) = next {
+        let text = error.to_string();
+        match parts.last_mut() {
+            _ if text.is_empty() => {}
+            Some(last) if last.contains(&text) => {}
+            // A generic parent ("database") whose cause says it all ("database: …").
+            Some(last) if text.contains(last.as_str()) => *last = text,
+            _ => parts.push(text),
+        }
+        next = error.source();
+    }
+    parts.join(": ")
 }
 
 /// The process's Prometheus recorder, installed on first call. Metrics are process-wide: several
@@ -240,4 +336,156 @@ pub fn count_cleanup(result: &'static str, deleted: u64, archived: u64, bytes_fr
     counter!(CLEANUP_DELETED).increment(deleted);
     counter!(CLEANUP_ARCHIVED).increment(archived);
     counter!(CLEANUP_BYTES_FREED).increment(bytes_freed);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A log destination the test can read.
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// What `emit` logs through the subscriber `init` would install.
+    fn logged(
+        format: LogFormat,
+        level: &str,
+        rust_log: Option<&str>,
+        terminal: bool,
+        emit: impl FnOnce(),
+    ) -> String {
+        let buffer = Buffer::default();
+        let settings = LogSettings {
+            format,
+            level: level.to_owned(),
+        };
+        let writer = buffer.clone();
+        let subscriber = subscriber(&settings, rust_log, terminal, move || writer.clone());
+        tracing::subscriber::with_default(subscriber, emit);
+        String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn amqp_logging_stays_at_debug_even_under_rust_log_trace() {
+        for rust_log in [
+            "trace",
+            "trace,lapin=trace,amq_protocol=trace",
+            "lapin=trace",
+        ] {
+            let out = logged(LogFormat::Plain, "info", Some(rust_log), false, || {
+                tracing::trace!(target: "lapin::io_loop", "frame with the PLAIN response hunter2");
+                tracing::trace!(target: "amq_protocol::frame", "hunter2 again");
+                tracing::debug!(target: "lapin::io_loop", "lapin debug line");
+                tracing::trace!(target: "memoji_worker::worker", "own trace line");
+            });
+            assert!(!out.contains("hunter2"), "{rust_log}: {out}");
+            if rust_log.contains("lapin") {
+                assert!(out.contains("lapin debug line"), "{rust_log}: {out}");
+            }
+            if rust_log.starts_with("trace") {
+                assert!(out.contains("own trace line"), "{rust_log}: {out}");
+            }
+        }
+    }
+
+    #[test]
+    fn routine_library_notices_are_left_out_unless_asked_for() {
+        let emit = || {
+            tracing::info!(target: "sqlx::postgres::notice", "relation \"_sqlx_migrations\" already exists, skipping");
+            tracing::info!(target: "tokio_cron_scheduler::job_scheduler", "Job creator created");
+            tracing::warn!(target: "lapin::returned_messages", "Server returned us a message [123, 34]");
+            tracing::error!(target: "lapin::channels", "Connection error");
+            tracing::info!(target: "memoji_worker::app", "memoji-worker ready");
+            tracing::warn!(target: "sqlx::postgres::notice", "a real warning");
+        };
+        let out = logged(LogFormat::Plain, "info", None, false, emit);
+        assert!(out.contains("memoji-worker ready"), "{out}");
+        assert!(out.contains("a real warning"), "{out}");
+        for noise in [
+            "_sqlx_migrations",
+            "Job creator",
+            "returned us",
+            "Connection error",
+        ] {
+            assert!(!out.contains(noise), "{noise}: {out}");
+        }
+        // RUST_LOG replaces the level; naming a target brings its lines back.
+        let out = logged(
+            LogFormat::Plain,
+            "info",
+            Some("info,lapin=warn"),
+            false,
+            emit,
+        );
+        assert!(out.contains("returned us"), "{out}");
+        assert!(!out.contains("_sqlx_migrations"), "{out}");
+        let out = logged(LogFormat::Plain, "info", Some("warn"), false, emit);
+        assert!(!out.contains("memoji-worker ready"), "{out}");
+    }
+
+    #[test]
+    fn colours_only_on_a_terminal_and_auto_means_json_elsewhere() {
+        let emit =
+            || tracing::info!(target: "memoji_worker::app", answer = 42, "memoji-worker ready");
+        let auto_piped = logged(LogFormat::Auto, "info", None, false, emit);
+        let line: serde_json::Value =
+            serde_json::from_str(auto_piped.trim()).expect("JSON when piped");
+        assert_eq!(line["message"], "memoji-worker ready");
+        assert_eq!(line["answer"], 42);
+        let auto_terminal = logged(LogFormat::Auto, "info", None, true, emit);
+        assert!(
+            auto_terminal.contains("\x1b["),
+            "pretty and coloured: {auto_terminal:?}"
+        );
+        assert!(serde_json::from_str::<serde_json::Value>(auto_terminal.trim()).is_err());
+        let pretty_piped = logged(LogFormat::Pretty, "info", None, false, emit);
+        assert!(!pretty_piped.contains('\x1b'), "{pretty_piped:?}");
+        assert!(
+            pretty_piped.contains("memoji-worker ready answer=42"),
+            "{pretty_piped:?}"
+        );
+        let plain_terminal = logged(LogFormat::Plain, "info", None, true, emit);
+        assert!(!plain_terminal.contains('\x1b'), "{plain_terminal:?}");
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("connecting to postgres://x@y/z")]
+    struct Outer(#[source] Middle);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("database: {0}")]
+    struct Middle(#[source] Inner);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("role \"nosuchuser\" does not exist")]
+    struct Inner;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("database")]
+    struct Generic(#[source] Middle);
+
+    #[test]
+    fn causes_are_printed_once_outermost_first() {
+        assert_eq!(
+            causes(&Outer(Middle(Inner))),
+            "connecting to postgres://x@y/z: database: role \"nosuchuser\" does not exist"
+        );
+        assert_eq!(
+            causes(&Generic(Middle(Inner))),
+            "database: role \"nosuchuser\" does not exist"
+        );
+        assert_eq!(causes(&Inner), "role \"nosuchuser\" does not exist");
+    }
 }

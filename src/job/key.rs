@@ -127,8 +127,8 @@ mod tests {
 
     #[test]
     fn matches_every_javascript_vector() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/hash-vectors.json");
-        let text = std::fs::read_to_string(path).expect("../shared/hash-vectors.json is readable");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/hash-vectors.json");
+        let text = std::fs::read_to_string(path).expect("tests/data/hash-vectors.json is readable");
         let vectors: Vec<Value> = serde_json::from_str(&text).expect("vectors are JSON");
         assert!(vectors.len() >= 20, "expected the full vector set");
         for vector in vectors {

@@ -1,10 +1,10 @@
 //! TestEnv: a whole worker (App) against the real RabbitMQ and Postgres, isolated by a database and
 //! queue/exchange names of its own, with a local HTTP server answering like OpenAI.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -75,6 +75,9 @@ pub fn isolated_settings(id: &str, openai_base: &str) -> Settings {
     settings
 }
 
+/// Removes what it created when it goes, also when the test fails: [`TestEnv::cleanup`] does it
+/// in order (worker processes killed, the in-process worker stopped, then the queues, exchanges
+/// and database removed), and `Drop` does the same for a test that panicked before calling it.
 pub struct TestEnv {
     pub id: String,
     pub settings: Settings,
@@ -89,6 +92,75 @@ pub struct TestEnv {
     seen: HashMap<String, Vec<Value>>,
     shutdown: CancellationToken,
     app: Option<JoinHandle<anyhow::Result<()>>>,
+    /// Worker processes started by [`TestEnv::spawn_worker`] that are still unreaped children.
+    workers: LiveWorkers,
+    cleaned: bool,
+}
+
+/// Process ids of running worker children. A child stays in the set only while it has not been
+/// waited for, so its pid cannot have been reused by another process.
+type LiveWorkers = Arc<Mutex<HashSet<u32>>>;
+
+/// SIGKILLs every live worker of `workers` and waits (briefly) until each has exited, so that none
+/// can declare the topology again after it was removed.
+fn kill_workers(workers: &LiveWorkers) {
+    let pids: Vec<u32> = workers
+        .lock()
+        .map(|mut set| set.drain().collect())
+        .unwrap_or_default();
+    for pid in &pids {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+    for pid in pids {
+        for _ in 0..200 {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let exited = status.is_empty()
+                || status
+                    .lines()
+                    .any(|l| l.starts_with("State:") && l.contains('Z'));
+            if exited {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// The test's queues, exchanges and database, removed from a connection of its own.
+async fn remove_everything(settings: &Settings) {
+    if let Ok(broker) = Broker::connect(&settings.amqp, "test cleanup").await {
+        let _ = broker.remove_topology().await;
+        broker.close().await;
+    }
+    drop_database(settings).await;
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        kill_workers(&self.workers);
+        if self.cleaned {
+            return;
+        }
+        // A failed test: clean up on a thread with a runtime of its own (this one may be the
+        // test's runtime, unwinding).
+        let settings = self.settings.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                let _ = tokio::time::timeout(Duration::from_secs(30), remove_everything(&settings))
+                    .await;
+            });
+        })
+        .join();
+    }
 }
 
 impl TestEnv {
@@ -155,6 +227,8 @@ impl TestEnv {
             seen: HashMap::new(),
             shutdown,
             app: handle,
+            workers: LiveWorkers::default(),
+            cleaned: false,
         };
         if in_process {
             env.wait_ready().await;
@@ -253,10 +327,14 @@ impl TestEnv {
             .stderr(log)
             .kill_on_drop(true);
         let child = command.spawn().expect("the worker binary starts");
+        if let (Some(pid), Ok(mut live)) = (child.id(), self.workers.lock()) {
+            live.insert(pid);
+        }
         let worker = WorkerProcess {
             child,
             http: format!("http://127.0.0.1:{port}"),
             log_path,
+            live: self.workers.clone(),
         };
         wait_ready(&self.http, &worker.http).await;
         worker
@@ -452,8 +530,11 @@ impl TestEnv {
         (channel, name)
     }
 
-    /// Stops the worker and removes everything the test created.
+    /// Stops the workers (processes first: a running one would declare the topology again) and
+    /// removes everything the test created.
     pub async fn cleanup(mut self) {
+        let workers = self.workers.clone();
+        let _ = tokio::task::spawn_blocking(move || kill_workers(&workers)).await;
         self.shutdown.cancel();
         if let Some(app) = self.app.take() {
             let _ = tokio::time::timeout(Duration::from_secs(15), app).await;
@@ -462,6 +543,7 @@ impl TestEnv {
         self.broker.close().await;
         self.db.close().await;
         drop_database(&self.settings).await;
+        self.cleaned = true;
     }
 }
 
@@ -585,9 +667,24 @@ pub struct WorkerProcess {
     child: tokio::process::Child,
     pub http: String,
     pub log_path: std::path::PathBuf,
+    /// Its environment's live workers, which it leaves before it is waited for.
+    live: LiveWorkers,
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        self.leave();
+    }
 }
 
 impl WorkerProcess {
+    /// Leaves the live set: from now on it may be reaped, and its pid reused.
+    fn leave(&self) {
+        if let (Some(pid), Ok(mut live)) = (self.child.id(), self.live.lock()) {
+            live.remove(&pid);
+        }
+    }
+
     fn signal(&self, signal: &str) {
         let pid = self.child.id().expect("the worker is running").to_string();
         let status = std::process::Command::new("kill")
@@ -600,6 +697,7 @@ impl WorkerProcess {
     /// SIGKILL: no chance to clean up.
     pub async fn kill(mut self) {
         self.signal("-KILL");
+        self.leave();
         let _ = self.child.wait().await;
     }
 
@@ -607,6 +705,7 @@ impl WorkerProcess {
     pub async fn terminate(mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
         let started = std::time::Instant::now();
         self.signal("-TERM");
+        self.leave();
         let status = tokio::time::timeout(limit, self.child.wait())
             .await
             .unwrap_or_else(|_| {

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{TestEnv, count, openai_ok};
 
-/// The hash the JavaScript system gives the default configuration (../shared/hash-vectors.json).
+/// The hash the JavaScript system gives the default configuration (tests/data/hash-vectors.json).
 const DEFAULT_HASH: &str = "57031741670c8d0259dfd2b0809f9923eb2a04bcfc4ac10ce9d998eb376f16fe";
 
 #[tokio::test]
