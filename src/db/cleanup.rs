@@ -234,20 +234,39 @@ const PRUNABLE_CHARGE: &str = "job_id = ANY($1) AND charged_at < $2
         SELECT 1 FROM memoji_jobs j
          WHERE j.job_id = memoji_credit_ledger.job_id AND j.status IN ('processing', 'failed')))";
 
-/// The next `batch` jobs created before `cutoff`, after `after`, oldest first (the retention
-/// pass's cursor; `memoji_jobs_created_at` serves it).
-pub async fn next_old_jobs(
+/// What the retention pass prunes: finished jobs, and ledger rows that can no longer be refunded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retained {
+    Jobs,
+    Charges,
+}
+
+impl Retained {
+    /// The table, the age column its index serves, and which of a batch may go.
+    fn shape(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Retained::Jobs => ("memoji_jobs", "created_at", PRUNABLE_JOB),
+            Retained::Charges => ("memoji_credit_ledger", "charged_at", PRUNABLE_CHARGE),
+        }
+    }
+}
+
+/// The next `batch` rows older than `cutoff`, after `after`, oldest first (the retention pass's
+/// cursor over the table's age index: `memoji_jobs_created_at`, `memoji_credit_ledger_charged_at`).
+pub async fn next_retained(
     pool: &PgPool,
+    what: Retained,
     cutoff: DateTime<Utc>,
     after: Option<Cursor>,
     batch: i64,
 ) -> Result<Vec<Cursor>, DbError> {
-    let rows: Vec<Cursor> = sqlx::query_as(
-        "SELECT created_at, job_id FROM memoji_jobs
-          WHERE created_at < $1
-            AND ($2::timestamptz IS NULL OR (created_at >= $2 AND (created_at, job_id) > ($2, $3::uuid)))
-          ORDER BY created_at, job_id LIMIT $4",
-    )
+    let (table, age, _) = what.shape();
+    let rows: Vec<Cursor> = sqlx::query_as(&format!(
+        "SELECT {age}, job_id FROM {table}
+          WHERE {age} < $1
+            AND ($2::timestamptz IS NULL OR ({age} >= $2 AND ({age}, job_id) > ($2, $3::uuid)))
+          ORDER BY {age}, job_id LIMIT $4"
+    ))
     .bind(cutoff)
     .bind(after.map(|c| c.0))
     .bind(after.map(|c| c.1))
@@ -257,72 +276,24 @@ pub async fn next_old_jobs(
     Ok(rows)
 }
 
-/// Deletes those of `ids` that are finished jobs past retention; with `dry_run`, only counts them.
-/// Rows a delivery holds right now are skipped (looked at again on the next run).
-pub async fn prune_jobs(
+/// Deletes those of `ids` that may go (`PRUNABLE_JOB`, `PRUNABLE_CHARGE`); with
+/// `dry_run`, only counts them. Rows a delivery holds right now are skipped (looked at again on
+/// the next run).
+pub async fn prune(
     pool: &PgPool,
+    what: Retained,
     ids: &[Uuid],
     cutoff: DateTime<Utc>,
     dry_run: bool,
 ) -> Result<u64, DbError> {
+    let (table, _, prunable) = what.shape();
     let sql = if dry_run {
-        format!("SELECT count(*) FROM memoji_jobs WHERE {PRUNABLE_JOB}")
+        format!("SELECT count(*) FROM {table} WHERE {prunable}")
     } else {
         format!(
             "WITH gone AS (
-                 DELETE FROM memoji_jobs
-                  WHERE job_id IN (SELECT job_id FROM memoji_jobs WHERE {PRUNABLE_JOB}
-                                    FOR UPDATE SKIP LOCKED)
-                 RETURNING 1)
-             SELECT count(*) FROM gone"
-        )
-    };
-    let n: i64 = sqlx::query_scalar(&sql)
-        .bind(ids)
-        .bind(cutoff)
-        .fetch_one(pool)
-        .await?;
-    Ok(u64::try_from(n).unwrap_or(0))
-}
-
-/// The next `batch` ledger rows charged before `cutoff`, after `after`, oldest first
-/// (`memoji_credit_ledger_charged_at` serves it).
-pub async fn next_old_charges(
-    pool: &PgPool,
-    cutoff: DateTime<Utc>,
-    after: Option<Cursor>,
-    batch: i64,
-) -> Result<Vec<Cursor>, DbError> {
-    let rows: Vec<Cursor> = sqlx::query_as(
-        "SELECT charged_at, job_id FROM memoji_credit_ledger
-          WHERE charged_at < $1
-            AND ($2::timestamptz IS NULL OR (charged_at >= $2 AND (charged_at, job_id) > ($2, $3::uuid)))
-          ORDER BY charged_at, job_id LIMIT $4",
-    )
-    .bind(cutoff)
-    .bind(after.map(|c| c.0))
-    .bind(after.map(|c| c.1))
-    .bind(batch)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows)
-}
-
-/// Deletes those of `ids` that are ledger rows past retention that can no longer be refunded;
-/// with `dry_run`, only counts them.
-pub async fn prune_charges(
-    pool: &PgPool,
-    ids: &[Uuid],
-    cutoff: DateTime<Utc>,
-    dry_run: bool,
-) -> Result<u64, DbError> {
-    let sql = if dry_run {
-        format!("SELECT count(*) FROM memoji_credit_ledger WHERE {PRUNABLE_CHARGE}")
-    } else {
-        format!(
-            "WITH gone AS (
-                 DELETE FROM memoji_credit_ledger
-                  WHERE job_id IN (SELECT job_id FROM memoji_credit_ledger WHERE {PRUNABLE_CHARGE}
+                 DELETE FROM {table}
+                  WHERE job_id IN (SELECT job_id FROM {table} WHERE {prunable}
                                     FOR UPDATE SKIP LOCKED)
                  RETURNING 1)
              SELECT count(*) FROM gone"

@@ -218,24 +218,24 @@ impl Cleaner {
         dry_run: bool,
         report: &mut CleanupReport,
     ) -> Result<(), CleanupError> {
-        if let Some(cutoff) = retention_cutoff(now, self.settings.job_retention_days) {
+        for (what, days) in [
+            (sql::Retained::Jobs, self.settings.job_retention_days),
+            (sql::Retained::Charges, self.settings.ledger_retention_days),
+        ] {
+            let Some(cutoff) = retention_cutoff(now, days) else {
+                continue;
+            };
             let mut after = None;
             loop {
-                let old = sql::next_old_jobs(&self.db, cutoff, after, batch).await?;
+                let old = sql::next_retained(&self.db, what, cutoff, after, batch).await?;
                 let Some(last) = old.last() else { break };
                 after = Some(*last);
                 let ids: Vec<uuid::Uuid> = old.iter().map(|(_, id)| *id).collect();
-                report.jobs_pruned += sql::prune_jobs(&self.db, &ids, cutoff, dry_run).await?;
-            }
-        }
-        if let Some(cutoff) = retention_cutoff(now, self.settings.ledger_retention_days) {
-            let mut after = None;
-            loop {
-                let old = sql::next_old_charges(&self.db, cutoff, after, batch).await?;
-                let Some(last) = old.last() else { break };
-                after = Some(*last);
-                let ids: Vec<uuid::Uuid> = old.iter().map(|(_, id)| *id).collect();
-                report.ledger_pruned += sql::prune_charges(&self.db, &ids, cutoff, dry_run).await?;
+                let pruned = sql::prune(&self.db, what, &ids, cutoff, dry_run).await?;
+                match what {
+                    sql::Retained::Jobs => report.jobs_pruned += pruned,
+                    sql::Retained::Charges => report.ledger_pruned += pruned,
+                }
             }
         }
         Ok(())
