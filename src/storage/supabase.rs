@@ -1,16 +1,27 @@
 //! The Supabase Storage backend, through its REST API — the API the JavaScript system used, so
 //! existing buckets and public URLs carry over unchanged.
 //!
-//! Endpoints (Supabase Storage's documented object API, under `<url>/storage/v1`):
+//! Endpoints (Supabase Storage's object API, under `<url>/storage/v1`, where Supabase's gateway
+//! serves it); the behaviour described is that of the open-source server, `supabase/storage`
+//! v1.26.5 and v1.70.6 (docs/storage.md):
 //! - upload: `POST /object/{bucket}/{path}` with `x-upsert: true`, so a regeneration
 //!   (`force_refresh`, a retried upload) replaces the object instead of failing as a duplicate;
 //! - read: `GET /object/authenticated/{bucket}/{path}`; the public URL is
 //!   `GET /object/public/{bucket}/{path}`;
-//! - delete: `DELETE /object/{bucket}` with `{"prefixes": [path]}`, which answers with the objects
-//!   it removed (and their sizes), and with nothing when the object was already gone.
+//! - delete: `DELETE /object/{bucket}` with `{"prefixes": [path]}`, which answers with the rows it
+//!   removed (and their sizes) — and with `[]` alike when the object was already gone, when the
+//!   key may not delete it (row-level security) and when the bucket does not exist; an answer
+//!   without the object is therefore checked with `GET /object/info/authenticated/…`;
+//! - `storage check` also reads `GET /bucket/{bucket}`: does it exist, is it public.
 //!
-//! Every request carries the service role key twice, as Supabase's gateway wants: as
-//! `Authorization: Bearer` and as `apikey`. The key is a [`SecretString`] and never leaves a header.
+//! Errors come as HTTP 400 with the status meant in the body ([`ApiError`]): a missing object
+//! (`NoSuchKey`) is "absent"; a refused key (401/403), a missing bucket (`NoSuchBucket`) or an
+//! unknown route (a wrong URL) is [`StorageError::Refused`], which no retry changes; the rest
+//! (a 5xx, a gateway's 503, a timeout) is [`StorageError::Backend`], worth retrying.
+//!
+//! Every request carries the service role key as `Authorization: Bearer`, which is all the
+//! storage server reads, and again as `apikey`, which Supabase's hosted gateway requires. The key
+//! is a [`SecretString`] and never leaves a header.
 
 use std::fmt;
 
@@ -22,7 +33,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ImageStore, SetupError, StorageError, StoragePath, Stored, join_url};
+use super::{BucketInfo, ImageStore, SetupError, StorageError, StoragePath, Stored, join_url};
 use crate::config::{StorageSecrets, StorageSettings};
 
 pub struct SupabaseStore {
@@ -60,6 +71,14 @@ impl SupabaseStore {
                      to the project URL, e.g. https://abcd.supabase.co"
                 )));
             }
+        }
+        // The worker adds `/storage/v1`; given twice, every request would hit an unknown route.
+        if base.ends_with("/storage/v1") {
+            return Err(SetupError::new(format!(
+                "storage.supabase.url {base:?} ends in /storage/v1: set it (or SUPABASE_URL) to \
+                 the project URL without it, e.g. https://abcd.supabase.co — the worker adds \
+                 /storage/v1 itself"
+            )));
         }
         if supabase.bucket.is_empty() || supabase.bucket.contains('/') {
             return Err(SetupError::new(
@@ -125,43 +144,141 @@ fn header_value(text: &str) -> Result<HeaderValue, reqwest::header::InvalidHeade
     HeaderValue::from_str(text)
 }
 
-/// Supabase's error body: `{"statusCode": "404", "error": "not_found", "message": "Object not found"}`
-/// (`statusCode` is a string, and older servers answer a missing object with HTTP 400 and it).
+/// Supabase Storage's error body, e.g.
+/// `{"statusCode": "404", "code": "NoSuchKey", "error": "not_found", "message": "Object not found"}`.
+///
+/// The server (v1.26.5 and v1.70.6 alike) answers nearly every error with HTTP 400 and puts the
+/// status it means in `statusCode`, a string: "403" for a refused key, "404" for a missing object
+/// or bucket, "409" for a duplicate. Only a 500 and a few explicit cases keep their own HTTP
+/// status. Every field is optional: a gateway in front may answer with a body of its own, or none.
 #[derive(Debug, Default, Deserialize)]
 struct ApiError {
     #[serde(rename = "statusCode", default)]
     status_code: Option<serde_json::Value>,
+    #[serde(default)]
+    code: Option<String>,
     #[serde(default)]
     error: Option<String>,
     #[serde(default)]
     message: Option<String>,
 }
 
-impl ApiError {
-    async fn read(response: Response) -> (StatusCode, ApiError) {
-        let status = response.status();
+/// A failed answer: its HTTP status and what its body said.
+#[derive(Debug)]
+struct Failure {
+    http: StatusCode,
+    body: ApiError,
+}
+
+impl Failure {
+    async fn read(response: Response) -> Failure {
+        let http = response.status();
         let body = response.bytes().await.unwrap_or_default();
-        (status, serde_json::from_slice(&body).unwrap_or_default())
+        Failure {
+            http,
+            body: serde_json::from_slice(&body).unwrap_or_default(),
+        }
     }
 
-    fn is_not_found(&self, status: StatusCode) -> bool {
-        let code = self.status_code.as_ref().map(|c| match c {
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        });
-        status == StatusCode::NOT_FOUND
-            || code.as_deref() == Some("404")
-            || self.error.as_deref() == Some("not_found")
+    /// The status the server means: the body's `statusCode` where it gives one, else HTTP's.
+    fn status(&self) -> u16 {
+        let meant = match &self.body.status_code {
+            Some(serde_json::Value::String(s)) => s.parse().ok(),
+            Some(serde_json::Value::Number(n)) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
+            _ => None,
+        };
+        meant.unwrap_or(self.http.as_u16())
     }
 
-    fn into_error(self, what: &str, status: StatusCode) -> StorageError {
-        let detail = [self.error, self.message]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>()
-            .join(": ");
-        let detail: String = detail.chars().take(300).collect();
-        StorageError::Backend(format!("supabase {what}: HTTP {status} {detail}"))
+    /// The object is not there — and only that: never a missing bucket or an unknown route,
+    /// which are 404s too. Servers without `code` (before v1.x) said `"error": "not_found"`.
+    fn is_no_such_key(&self) -> bool {
+        match self.body.code.as_deref() {
+            Some(code) => code == "NoSuchKey",
+            None => self.body.error.as_deref() == Some("not_found"),
+        }
+    }
+
+    fn is_no_such_bucket(&self) -> bool {
+        match self.body.code.as_deref() {
+            Some(code) => code == "NoSuchBucket",
+            None => self.body.error.as_deref() == Some("Bucket not found"),
+        }
+    }
+
+    /// An HTTP 404 that names neither an object nor a bucket: the route does not exist, as when
+    /// the URL is wrong. (The server sends missing objects and buckets as HTTP 400.)
+    fn is_unknown_route(&self) -> bool {
+        self.http == StatusCode::NOT_FOUND && !self.is_no_such_key() && !self.is_no_such_bucket()
+    }
+
+    /// Whether asking again may give another answer. A 4xx is a refusal that repeats — a key
+    /// refused, a bucket missing, an image too large or of a type the bucket does not take —
+    /// except the ones that mean "not now": a timeout, a conflict, a lock, a slow-down.
+    fn retryable(&self) -> bool {
+        if self.is_no_such_bucket() || self.is_unknown_route() {
+            return false;
+        }
+        !matches!(self.status(), 400..=499) || matches!(self.status(), 408 | 409 | 423 | 429)
+    }
+
+    /// What to do about it, where the answer says.
+    fn hint(&self, bucket: &str) -> Option<String> {
+        if self.is_no_such_bucket() {
+            return Some(format!(
+                "bucket {bucket:?} does not exist: create it as a public bucket, or set \
+                 storage.supabase.bucket"
+            ));
+        }
+        if self.is_unknown_route() {
+            return Some(
+                "the server has no such route: SUPABASE_URL must be the project URL \
+                 (https://<project>.supabase.co) — the worker adds /storage/v1 itself"
+                    .to_owned(),
+            );
+        }
+        matches!(self.status(), 401 | 403).then(|| {
+            "the key was refused: use the project's service_role key \
+             (SUPABASE_SERVICE_ROLE_KEY); an anon key is held back by row-level security"
+                .to_owned()
+        })
+    }
+
+    /// `supabase upload: HTTP 400 Bad Request (statusCode 403, error Unauthorized, code
+    /// AccessDenied): signature verification failed; the key was refused: …`
+    fn into_error(self, what: &str, bucket: &str) -> StorageError {
+        let mut fields = Vec::new();
+        if self.body.status_code.is_some() {
+            fields.push(format!("statusCode {}", self.status()));
+        }
+        if let Some(error) = &self.body.error {
+            fields.push(format!("error {error}"));
+        }
+        if let Some(code) = self
+            .body
+            .code
+            .as_ref()
+            .filter(|c| self.body.error.as_ref() != Some(c))
+        {
+            fields.push(format!("code {code}"));
+        }
+        let mut text = format!("supabase {what}: HTTP {}", self.http);
+        if !fields.is_empty() {
+            text.push_str(&format!(" ({})", fields.join(", ")));
+        }
+        if let Some(message) = &self.body.message {
+            text.push_str(": ");
+            text.extend(message.chars().take(300));
+        }
+        if let Some(hint) = self.hint(bucket) {
+            text.push_str("; ");
+            text.push_str(&hint);
+        }
+        if self.retryable() {
+            StorageError::Backend(text)
+        } else {
+            StorageError::Refused(text)
+        }
     }
 }
 
@@ -170,8 +287,11 @@ fn unreachable(what: &str, error: reqwest::Error) -> StorageError {
     StorageError::Backend(format!("supabase {what}: {error}"))
 }
 
+/// One entry of the bulk delete's answer: a row it removed.
 #[derive(Debug, Deserialize)]
 struct Removed {
+    #[serde(default)]
+    name: Option<String>,
     #[serde(default)]
     metadata: Option<RemovedMetadata>,
 }
@@ -180,6 +300,40 @@ struct Removed {
 struct RemovedMetadata {
     #[serde(default)]
     size: Option<u64>,
+}
+
+/// `GET /bucket/{id}`'s answer, the fields used.
+#[derive(Debug, Deserialize)]
+struct Bucket {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    public: bool,
+}
+
+impl SupabaseStore {
+    /// Whether the object exists, asked through its info route — which, in a public bucket,
+    /// sees past row-level security. In a private bucket a key that may not see an object is
+    /// told it is not there, so there a refused delete can pass for a done one.
+    async fn exists(&self, path: &StoragePath) -> Result<bool, StorageError> {
+        let url = format!(
+            "{}/object/info/authenticated/{}/{path}",
+            self.api, self.bucket
+        );
+        let response = self
+            .authorized(self.http.get(url))
+            .send()
+            .await
+            .map_err(|e| unreachable("looking up an object", e))?;
+        if response.status().is_success() {
+            return Ok(true);
+        }
+        let failure = Failure::read(response).await;
+        if failure.is_no_such_key() {
+            return Ok(false);
+        }
+        Err(failure.into_error("looking up an object", &self.bucket))
+    }
 }
 
 #[async_trait]
@@ -199,8 +353,9 @@ impl ImageStore for SupabaseStore {
             .await
             .map_err(|e| unreachable("upload", e))?;
         if !response.status().is_success() {
-            let (status, error) = ApiError::read(response).await;
-            return Err(error.into_error("upload", status));
+            return Err(Failure::read(response)
+                .await
+                .into_error("upload", &self.bucket));
         }
         Ok(Stored {
             path: path.clone(),
@@ -223,13 +378,17 @@ impl ImageStore for SupabaseStore {
                 .map(Some)
                 .map_err(|e| unreachable("download", e));
         }
-        let (status, error) = ApiError::read(response).await;
-        if error.is_not_found(status) {
+        let failure = Failure::read(response).await;
+        if failure.is_no_such_key() {
             return Ok(None);
         }
-        Err(error.into_error("download", status))
+        Err(failure.into_error("download", &self.bucket))
     }
 
+    /// The bulk delete answers with the rows it removed — and with `[]` alike when the object
+    /// was already gone, when the key may not delete it (row-level security), and when the
+    /// bucket does not exist. So an answer without the object is checked: only an object that is
+    /// really not there counts as deleted.
     async fn delete(&self, path: &StoragePath) -> Result<u64, StorageError> {
         let url = format!("{}/object/{}", self.api, self.bucket);
         let request = self
@@ -242,24 +401,58 @@ impl ImageStore for SupabaseStore {
             .await
             .map_err(|e| unreachable("delete", e))?;
         if !response.status().is_success() {
-            let (status, error) = ApiError::read(response).await;
-            if error.is_not_found(status) {
+            let failure = Failure::read(response).await;
+            if failure.is_no_such_key() {
                 return Ok(0);
             }
-            return Err(error.into_error("delete", status));
+            return Err(failure.into_error("delete", &self.bucket));
         }
         let removed: Vec<Removed> = response
             .json()
             .await
             .map_err(|e| unreachable("delete", e))?;
-        Ok(removed
+        let ours: Vec<&Removed> = removed
             .iter()
-            .filter_map(|r| r.metadata.as_ref()?.size)
-            .sum())
+            .filter(|r| r.name.as_deref().is_none_or(|name| name == path.as_str()))
+            .collect();
+        if !ours.is_empty() {
+            return Ok(ours.iter().filter_map(|r| r.metadata.as_ref()?.size).sum());
+        }
+        if self.exists(path).await? {
+            return Err(StorageError::Refused(format!(
+                "supabase delete: the server deleted nothing and {path} is still in bucket {:?}: \
+                 the key may not delete it (row-level security); use the project's \
+                 service_role key (SUPABASE_SERVICE_ROLE_KEY)",
+                self.bucket
+            )));
+        }
+        Ok(0)
     }
 
     fn url(&self, path: &StoragePath) -> String {
         join_url(&self.public_base_url, path)
+    }
+
+    async fn bucket(&self) -> Result<Option<BucketInfo>, StorageError> {
+        let url = format!("{}/bucket/{}", self.api, self.bucket);
+        let response = self
+            .authorized(self.http.get(url))
+            .send()
+            .await
+            .map_err(|e| unreachable("reading the bucket", e))?;
+        if !response.status().is_success() {
+            return Err(Failure::read(response)
+                .await
+                .into_error("reading the bucket", &self.bucket));
+        }
+        let bucket: Bucket = response
+            .json()
+            .await
+            .map_err(|e| unreachable("reading the bucket", e))?;
+        Ok(Some(BucketInfo {
+            name: bucket.name.unwrap_or_else(|| self.bucket.clone()),
+            public: bucket.public,
+        }))
     }
 }
 
@@ -320,19 +513,126 @@ mod tests {
     }
 
     #[test]
-    fn recognises_supabases_ways_of_saying_not_found() {
-        let parse = |body: &str| serde_json::from_str::<ApiError>(body).unwrap();
-        let old = parse(r#"{"statusCode":"404","error":"not_found","message":"Object not found"}"#);
-        assert!(old.is_not_found(StatusCode::BAD_REQUEST));
-        assert!(ApiError::default().is_not_found(StatusCode::NOT_FOUND));
-        let denied = parse(r#"{"statusCode":"403","error":"Unauthorized","message":"jwt"}"#);
-        assert!(!denied.is_not_found(StatusCode::BAD_REQUEST));
-        let message = denied
-            .into_error("upload", StatusCode::BAD_REQUEST)
+    fn refuses_a_url_that_already_ends_in_storage_v1() {
+        for url in [
+            "https://abcd.supabase.co/storage/v1",
+            "https://abcd.supabase.co/storage/v1/",
+        ] {
+            let error = SupabaseStore::new(&settings(url), &secrets("k")).unwrap_err();
+            let error = error.to_string();
+            assert!(error.contains("ends in /storage/v1"), "{error}");
+            assert!(error.contains("https://abcd.supabase.co"), "{error}");
+        }
+        // A gateway under a path of its own is fine.
+        SupabaseStore::new(&settings("https://example.com/supabase"), &secrets("k")).unwrap();
+    }
+
+    fn failure(http: u16, body: &str) -> Failure {
+        Failure {
+            http: StatusCode::from_u16(http).unwrap(),
+            body: serde_json::from_str(body).unwrap_or_default(),
+        }
+    }
+
+    /// The bodies are the servers' own (supabase/storage v1.70.6 `ERRORS.*` rendered by its error
+    /// handler; v1.26.5 alike, but for its unknown-route answer, fastify's default).
+    const NO_SUCH_KEY: &str = r#"{"statusCode":"404","code":"NoSuchKey","error":"not_found","message":"Object not found"}"#;
+    const NO_SUCH_BUCKET: &str = r#"{"statusCode":"404","code":"NoSuchBucket","error":"Bucket not found","message":"Bucket not found"}"#;
+    const DENIED: &str = r#"{"statusCode":"403","code":"AccessDenied","error":"Unauthorized","message":"signature verification failed"}"#;
+    const UNKNOWN_ROUTE: &str = r#"{"statusCode":"404","code":"InvalidRequest","error":"Not Found","message":"Route DELETE:/storage/v1/storage/v1/object/b not found"}"#;
+    const UNKNOWN_ROUTE_OLD: &str =
+        r#"{"message":"Route DELETE:/x not found","error":"Not Found","statusCode":404}"#;
+
+    #[test]
+    fn only_no_such_key_means_the_object_is_absent() {
+        assert!(failure(400, NO_SUCH_KEY).is_no_such_key());
+        let before_codes =
+            r#"{"statusCode":"404","error":"not_found","message":"Object not found"}"#;
+        assert!(failure(400, before_codes).is_no_such_key());
+        for (http, body) in [
+            (400, NO_SUCH_BUCKET),
+            (400, DENIED),
+            (404, UNKNOWN_ROUTE),
+            (404, UNKNOWN_ROUTE_OLD),
+            (404, ""),
+            (404, "<html>not found</html>"),
+        ] {
+            assert!(!failure(http, body).is_no_such_key(), "{http} {body}");
+        }
+    }
+
+    #[test]
+    fn refusals_are_permanent_and_outages_are_retried() {
+        let permanent = |http, body| {
+            matches!(
+                failure(http, body).into_error("upload", "b"),
+                StorageError::Refused(_)
+            )
+        };
+        assert!(permanent(400, DENIED));
+        assert!(permanent(400, NO_SUCH_BUCKET));
+        assert!(permanent(404, UNKNOWN_ROUTE));
+        assert!(permanent(404, UNKNOWN_ROUTE_OLD));
+        assert!(permanent(401, ""), "a gateway's bare 401 (no apikey)");
+        let too_large = r#"{"statusCode":"413","code":"EntityTooLarge","error":"Payload too large","message":"The object exceeded the maximum allowed size"}"#;
+        assert!(permanent(400, too_large));
+        let invalid_jwt = r#"{"statusCode":"400","code":"InvalidJWT","error":"InvalidJWT","message":"jwt malformed"}"#;
+        assert!(permanent(400, invalid_jwt));
+        for (http, body) in [
+            (503, "upstream connect error"),
+            (
+                500,
+                r#"{"statusCode":"500","code":"InternalError","error":"internal","message":"x"}"#,
+            ),
+            (
+                429,
+                r#"{"statusCode":"429","code":"SlowDown","error":"too_many_connections","message":"x"}"#,
+            ),
+            (
+                400,
+                r#"{"statusCode":"409","code":"ResourceAlreadyExists","error":"Duplicate","message":"x"}"#,
+            ),
+            (502, ""),
+        ] {
+            assert!(!permanent(http, body), "{http} {body}");
+        }
+    }
+
+    #[test]
+    fn errors_show_the_status_meant_its_error_and_code_and_what_to_do() {
+        let message = failure(400, DENIED).into_error("upload", "b").to_string();
+        assert_eq!(
+            message,
+            "storage backend refused: supabase upload: HTTP 400 Bad Request (statusCode 403, \
+             error Unauthorized, code AccessDenied): signature verification failed; the key was \
+             refused: use the project's service_role key (SUPABASE_SERVICE_ROLE_KEY); an anon \
+             key is held back by row-level security"
+        );
+        let message = failure(400, NO_SUCH_BUCKET)
+            .into_error("upload", "imgs")
+            .to_string();
+        assert!(
+            message.contains("(statusCode 404, error Bucket not found, code NoSuchBucket)"),
+            "{message}"
+        );
+        assert!(
+            message.contains("bucket \"imgs\" does not exist"),
+            "{message}"
+        );
+        let message = failure(404, UNKNOWN_ROUTE)
+            .into_error("delete", "b")
+            .to_string();
+        assert!(message.contains("code InvalidRequest"), "{message}");
+        assert!(
+            message.contains("SUPABASE_URL must be the project URL"),
+            "{message}"
+        );
+        let message = failure(503, "upstream connect error")
+            .into_error("upload", "b")
             .to_string();
         assert_eq!(
             message,
-            "storage backend: supabase upload: HTTP 400 Bad Request Unauthorized: jwt"
+            "storage backend: supabase upload: HTTP 503 Service Unavailable"
         );
     }
 }

@@ -244,5 +244,10 @@ fn storage_error(error: StorageError) -> JobError {
             message,
             retryable: true,
         },
+        StorageError::Refused(message) => JobError {
+            code: ErrorCode::StorageFailed,
+            message,
+            retryable: false,
+        },
     }
 }

@@ -14,5 +14,6 @@ mod metrics;
 mod pipeline;
 mod poison;
 mod schemas;
+mod storage_local;
 mod storage_s3;
 mod storage_supabase;
