@@ -96,6 +96,15 @@ fn storage_error(status: &str, code: &str, error: &str, message: &str) -> Respon
     )
 }
 
+fn denied() -> ResponseTemplate {
+    storage_error(
+        "403",
+        "AccessDenied",
+        "Unauthorized",
+        "signature verification failed",
+    )
+}
+
 fn no_such_key() -> ResponseTemplate {
     storage_error("404", "NoSuchKey", "not_found", "Object not found")
 }
@@ -114,21 +123,17 @@ fn header<'r>(request: &'r Request, name: &str) -> Option<&'r str> {
 }
 
 impl FakeSupabase {
-    /// The key's role, or the server's refusal (a JWT it cannot verify).
-    fn role(&self, request: &Request) -> Result<Role, ResponseTemplate> {
+    /// The key's role; `None` (and the request recorded as refused) for a JWT the server
+    /// cannot verify, to be answered with [`denied`].
+    fn role(&self, request: &Request) -> Option<Role> {
         let bearer = header(request, "authorization").and_then(|h| h.strip_prefix("Bearer "));
         match bearer {
-            Some(SERVICE_KEY) => Ok(Role::Service),
-            Some(LIMITED_KEY) => Ok(Role::Limited),
+            Some(SERVICE_KEY) => Some(Role::Service),
+            Some(LIMITED_KEY) => Some(Role::Limited),
             _ => {
                 let why = format!("{} {}", request.method, request.url.path());
                 self.0.refused.lock().unwrap().push(why);
-                Err(storage_error(
-                    "403",
-                    "AccessDenied",
-                    "Unauthorized",
-                    "signature verification failed",
-                ))
+                None
             }
         }
     }
@@ -137,15 +142,16 @@ impl FakeSupabase {
         self.0.buckets.lock().unwrap().get(bucket).copied()
     }
 
-    fn object(&self, bucket: &str, name: &str) -> Result<Object, ResponseTemplate> {
+    /// The object, or the server's answer for why there is none.
+    fn object(&self, bucket: &str, name: &str) -> Result<Object, Box<ResponseTemplate>> {
         if self.bucket_public(bucket).is_none() {
-            return Err(no_such_bucket());
+            return Err(Box::new(no_such_bucket()));
         }
         let objects = self.0.objects.lock().unwrap();
         objects
             .get(&format!("{bucket}/{name}"))
             .cloned()
-            .ok_or_else(no_such_key)
+            .ok_or_else(|| Box::new(no_such_key()))
     }
 
     fn download(&self, bucket: &str, name: &str) -> ResponseTemplate {
@@ -154,7 +160,7 @@ impl FakeSupabase {
                 .insert_header("content-type", object.content_type.as_str())
                 .insert_header("cache-control", object.cache_control.as_str())
                 .set_body_bytes(object.bytes.to_vec()),
-            Err(answer) => answer,
+            Err(answer) => *answer,
         }
     }
 
@@ -164,14 +170,14 @@ impl FakeSupabase {
                 "name": name, "bucket_id": bucket, "size": object.bytes.len(),
                 "content_type": object.content_type, "cache_control": object.cache_control,
             })),
-            Err(answer) => answer,
+            Err(answer) => *answer,
         }
     }
 
     fn upload(&self, request: &Request, bucket: &str, name: &str) -> ResponseTemplate {
         self.0.uploads.fetch_add(1, Ordering::SeqCst);
-        if let Err(refused) = self.role(request) {
-            return refused;
+        if self.role(request).is_none() {
+            return denied();
         }
         if self.bucket_public(bucket).is_none() {
             return no_such_bucket();
@@ -199,9 +205,8 @@ impl FakeSupabase {
     }
 
     fn remove(&self, request: &Request, bucket: &str) -> ResponseTemplate {
-        let role = match self.role(request) {
-            Ok(role) => role,
-            Err(refused) => return refused,
+        let Some(role) = self.role(request) else {
+            return denied();
         };
         let Ok(body) = serde_json::from_slice::<Value>(&request.body) else {
             return storage_error(
@@ -238,8 +243,8 @@ impl FakeSupabase {
     }
 
     fn bucket(&self, request: &Request, id: &str) -> ResponseTemplate {
-        if let Err(refused) = self.role(request) {
-            return refused;
+        if self.role(request).is_none() {
+            return denied();
         }
         match self.bucket_public(id) {
             Some(public) => ResponseTemplate::new(200)
@@ -254,8 +259,8 @@ impl FakeSupabase {
         answer: impl FnOnce() -> ResponseTemplate,
     ) -> ResponseTemplate {
         match self.role(request) {
-            Ok(_) => answer(),
-            Err(refused) => refused,
+            Some(_) => answer(),
+            None => denied(),
         }
     }
 }
@@ -309,12 +314,9 @@ impl Respond for FakeSupabase {
             ("GET", ["object", "authenticated", bucket, name]) => {
                 self.authenticated(request, || self.download(bucket, name))
             }
-            ("GET", ["object", "info", rest @ ..]) => match rest {
-                ["authenticated", tail] => match tail.split_once('/') {
-                    Some((bucket, name)) => self.authenticated(request, || self.info(bucket, name)),
-                    None => unknown_route(request),
-                },
-                _ => unknown_route(request),
+            ("GET", ["object", "info", "authenticated", tail]) => match tail.split_once('/') {
+                Some((bucket, name)) => self.authenticated(request, || self.info(bucket, name)),
+                None => unknown_route(request),
             },
             ("POST", ["object", bucket, first, rest @ ..]) => {
                 let name = [*first]
