@@ -147,7 +147,11 @@ impl Context {
         at: chrono::DateTime<Utc>,
     ) -> Result<(Generated, Stored), (JobError, u32)> {
         let path = StoragePath::for_key(key, at);
-        if let Some(earlier) = self.stored_earlier(job, &path).await {
+        if let Some(earlier) = self
+            .stored_earlier(job, &path)
+            .await
+            .map_err(|e| (storage_error(e), 0))?
+        {
             return Ok(earlier);
         }
         let generated = self
@@ -169,13 +173,25 @@ impl Context {
 
     /// The image an earlier attempt at this miss generated and stored but could not record (the
     /// database failed, the process died): using it saves paying for the same image twice. A
-    /// `force_refresh` always generates anew. Any doubt (a read error, a bad PNG) means generating.
-    async fn stored_earlier(&self, job: &Job, path: &StoragePath) -> Option<(Generated, Stored)> {
+    /// `force_refresh` always generates anew. Any doubt (a read error, a bad PNG) means generating
+    /// — but a refusal (a key refused, a bucket missing) fails the job before it pays for an image
+    /// that the upload would meet the same refusal with.
+    async fn stored_earlier(
+        &self,
+        job: &Job,
+        path: &StoragePath,
+    ) -> Result<Option<(Generated, Stored)>, StorageError> {
         if job.force_refresh {
-            return None;
+            return Ok(None);
         }
-        let png = self.store.get(path).await.ok()??;
-        storage::check_png(&png).ok()?;
+        let png = match self.store.get(path).await {
+            Ok(Some(png)) => png,
+            Err(refused @ StorageError::Refused(_)) => return Err(refused),
+            Ok(None) | Err(_) => return Ok(None),
+        };
+        if storage::check_png(&png).is_err() {
+            return Ok(None);
+        }
         tracing::info!(%path, "reusing the image an earlier attempt stored");
         let cost_usd = match self.generator.kind() {
             GeneratorKind::OpenAi => pricing::list_price(&self.settings.prices, &job.config),
@@ -186,7 +202,7 @@ impl Context {
             path: path.clone(),
             bytes: png.len() as u64,
         };
-        Some((
+        Ok(Some((
             Generated {
                 png,
                 attempts: 1,
@@ -194,7 +210,7 @@ impl Context {
                 usage: None,
             },
             stored,
-        ))
+        )))
     }
 
     /// Storage outages are often brief: three tries with backoff before giving up.

@@ -489,14 +489,34 @@ async fn supabase_refused_key_fails_the_job_at_once_not_retryable_and_refunded()
         supabase.configure_with(settings, "not-the-key")
     })
     .await;
-    let result = assert_failed_and_refunded(&mut env, "storage_failed", false, 1).await;
+    // The look for an image stored earlier is refused: the job fails before paying for one.
+    let result = assert_failed_and_refunded(&mut env, "storage_failed", false, 0).await;
     let message = result["error"]["message"].as_str().unwrap();
     assert!(message.contains("statusCode 403"), "{result}");
     assert!(message.contains("AccessDenied"), "{result}");
     assert!(message.contains("SUPABASE_SERVICE_ROLE_KEY"), "{result}");
     assert!(!message.contains("not-the-key"), "{result}");
-    assert_eq!(supabase.uploads(), 1, "a refusal is not retried");
+    assert_eq!(supabase.uploads(), 0);
+    assert_refused_upload_is_not_retried(&mut env, &supabase, "AccessDenied").await;
     env.cleanup().await;
+}
+
+/// A `force_refresh` skips the look for an earlier image: it generates, and its upload meets the
+/// refusal — once, not three times — and the job fails, not retryable, refunded.
+async fn assert_refused_upload_is_not_retried(env: &mut TestEnv, supabase: &Supabase, code: &str) {
+    let mut job = env.job("refresher", json!({}));
+    job["force_refresh"] = json!(true);
+    let result = env.run(&job).await;
+    assert_eq!(result["status"], "failed", "{result}");
+    assert_eq!(result["error"]["code"], "storage_failed", "{result}");
+    assert_eq!(result["error"]["retryable"], false, "{result}");
+    assert_eq!(result["credits_remaining"], 100, "refunded: {result}");
+    let message = result["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("supabase upload: "), "{result}");
+    assert!(message.contains(&format!("code {code}")), "{result}");
+    assert_eq!(env.openai.calls(), 1, "generated once");
+    assert_eq!(supabase.uploads(), 1, "a refusal is not retried");
+    assert_eq!(count(&env.db, "SELECT count(*) FROM memoji_cache").await, 0);
 }
 
 #[tokio::test]
@@ -507,14 +527,15 @@ async fn supabase_missing_bucket_fails_the_job_at_once_not_retryable_and_refunde
         settings.storage.supabase.bucket = "no-such-bucket".to_owned();
     })
     .await;
-    let result = assert_failed_and_refunded(&mut env, "storage_failed", false, 1).await;
+    let result = assert_failed_and_refunded(&mut env, "storage_failed", false, 0).await;
     let message = result["error"]["message"].as_str().unwrap();
     assert!(message.contains("code NoSuchBucket"), "{result}");
     assert!(
         message.contains("bucket \"no-such-bucket\" does not exist"),
         "{result}"
     );
-    assert_eq!(supabase.uploads(), 1, "a missing bucket is not retried");
+    assert_eq!(supabase.uploads(), 0, "nothing generated, nothing uploaded");
+    assert_refused_upload_is_not_retried(&mut env, &supabase, "NoSuchBucket").await;
     assert!(supabase.keys().is_empty());
     env.cleanup().await;
 }
