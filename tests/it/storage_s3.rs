@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use memoji_worker::config::{Settings, StorageKind};
 use memoji_worker::job::CacheKey;
-use memoji_worker::storage::{self, StoragePath};
+use memoji_worker::storage::{self, StorageError, StoragePath};
 use object_store::aws::{AwsAuthorizer, AwsCredential};
 use object_store::client::HttpRequestBody;
 use secrecy::SecretString;
@@ -373,6 +373,36 @@ async fn storage_check_command_passes_against_s3_and_fails_clearly_when_it_is_do
     s3.remove(&bucket).await;
 }
 
+/// A missing bucket is not a missing object: the upload is refused (not retried), and a read or a
+/// delete is an error, never "absent".
+async fn s3_missing_bucket_is_refused_never_absent(which: Server) {
+    let s3 = S3Server::get(which).await;
+    let mut settings = Settings::defaults().unwrap();
+    let id = format!("nb{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    s3.configure(&mut settings, &format!("memoji-{id}-never-created"));
+    let store = storage::from_settings(&settings.storage, &settings.secrets.storage).unwrap();
+    let key = CacheKey::parse(&"1e".repeat(32)).unwrap();
+    let path = StoragePath::for_key(&key, chrono::Utc::now());
+    let put = store
+        .put(&path, Bytes::from_static(b"x"))
+        .await
+        .unwrap_err();
+    let get = store.get(&path).await.unwrap_err();
+    let delete = store.delete(&path).await.unwrap_err();
+    for error in [put, get, delete] {
+        assert!(matches!(error, StorageError::Refused(_)), "{error:?}");
+        assert!(error.to_string().contains("NoSuchBucket"), "{error}");
+    }
+
+    // In a bucket that exists, a missing object is absent, and deleting it is fine.
+    let bucket = s3.bucket(&id).await;
+    s3.configure(&mut settings, &bucket);
+    let store = storage::from_settings(&settings.storage, &settings.secrets.storage).unwrap();
+    assert_eq!(store.get(&path).await.unwrap(), None);
+    assert_eq!(store.delete(&path).await.unwrap(), 0);
+    s3.remove(&bucket).await;
+}
+
 async fn private_bucket_warns(s3: &S3Server, id: &str) {
     let private = s3.private_bucket(&format!("{id}p")).await;
     let output = worker_command(&s3.cli_vars(&private, &s3.endpoint))
@@ -398,6 +428,11 @@ macro_rules! against {
                     $server,
                 )
                 .await;
+            }
+
+            #[tokio::test]
+            async fn s3_missing_bucket_is_refused_never_absent() {
+                super::s3_missing_bucket_is_refused_never_absent($server).await;
             }
 
             #[tokio::test]
