@@ -5,15 +5,23 @@
 //! check can never overwrite or delete a real image), reads it back, compares, deletes it and
 //! confirms it is gone. Each step is reported, so a failure says which permission is missing.
 //!
+//! Where the backend can describe its bucket (supabase: `GET /bucket/{id}`), that comes first: a
+//! missing bucket fails the check before anything is written.
+//!
 //! For remote backends it also fetches the object's public URL while it exists: a bucket that is
 //! not public stores fine but hands users URLs that do not open, which only a look from outside
-//! shows. That finding is a warning, not a failure — a CDN in front may answer differently.
+//! shows. That finding is a warning, not a failure — a CDN in front may answer differently —
+//! except when the backend itself says the bucket is private and the URL does not serve: then
+//! the check fails.
+//!
+//! The delete is checked too (the backend's `delete` fails when the object stays; the check then
+//! reads it once more), so a key that may write but not delete fails here, not in the cleanup.
 
 use std::fmt;
 
 use bytes::Bytes;
 
-use super::{ImageStore, StorageError, StoragePath, check_png};
+use super::{BucketInfo, ImageStore, StorageError, StoragePath, check_png};
 
 /// What a successful check found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +34,8 @@ pub struct CheckReport {
     pub freed: u64,
     /// What fetching `url` anonymously gave, when it was tried.
     pub public: Option<PublicUrl>,
+    /// The bucket, where the backend describes it.
+    pub bucket: Option<BucketInfo>,
 }
 
 /// The answer to an anonymous GET of the probe object's URL.
@@ -41,6 +51,17 @@ pub enum PublicUrl {
 
 impl fmt::Display for CheckReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.bucket {
+            None => {}
+            Some(BucketInfo { name, public: true }) => {
+                writeln!(f, "bucket  {name} exists and is public")?;
+            }
+            Some(BucketInfo { name, .. }) => writeln!(
+                f,
+                "bucket  {name} exists and is private (its url serves through \
+                 storage.public_base_url)"
+            )?,
+        }
         writeln!(f, "wrote   {} ({} bytes)", self.path, self.bytes)?;
         writeln!(f, "url     {}", self.url)?;
         writeln!(f, "read    the same {} bytes back", self.bytes)?;
@@ -59,6 +80,18 @@ impl fmt::Display for CheckReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
+    #[error("reading the bucket failed: {0}")]
+    Bucket(StorageError),
+    #[error(
+        "bucket {bucket} is not public, and {url} does not serve the image ({why}): users could \
+         not open image_url; make the bucket public, or set storage.public_base_url to a URL \
+         that serves it"
+    )]
+    Private {
+        bucket: String,
+        url: String,
+        why: String,
+    },
     #[error("writing {path} failed: {error}")]
     Write {
         path: StoragePath,
@@ -136,6 +169,7 @@ async fn fetch_public(url: &str, png: &[u8]) -> PublicUrl {
 /// object's URL anonymously (not for `local`: the admin API serves only real image paths, and may
 /// not be running). Cleans up after itself on failure where it can.
 pub async fn run(store: &dyn ImageStore, fetch_url: bool) -> Result<CheckReport, CheckError> {
+    let bucket = store.bucket().await.map_err(CheckError::Bucket)?;
     let path = StoragePath::check_object();
     let png = probe_png().map_err(|error| CheckError::Write {
         path: path.clone(),
@@ -173,6 +207,17 @@ pub async fn run(store: &dyn ImageStore, fetch_url: bool) -> Result<CheckReport,
     } else {
         None
     };
+    if let (Some(info), Some(PublicUrl::Refuses(why) | PublicUrl::Unreachable(why))) =
+        (&bucket, &public)
+        && !info.public
+    {
+        let _ = store.delete(&path).await;
+        return Err(CheckError::Private {
+            bucket: info.name.clone(),
+            url: stored.url,
+            why: why.clone(),
+        });
+    }
     let freed = store
         .delete(&path)
         .await
@@ -191,6 +236,7 @@ pub async fn run(store: &dyn ImageStore, fetch_url: bool) -> Result<CheckReport,
         path,
         freed,
         public,
+        bucket,
     })
 }
 
@@ -208,8 +254,22 @@ mod tests {
         assert_eq!(report.freed, report.bytes);
         assert!(report.url.starts_with("http://host/images/_memoji-check/"));
         let left: Vec<_> = walk(dir.path());
-        assert!(left.is_empty(), "{left:?}");
+        assert!(left.is_empty(), "not even an empty directory: {left:?}");
         assert!(report.to_string().contains("it is gone"));
+    }
+
+    #[tokio::test]
+    async fn keeps_the_check_directory_while_another_check_uses_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("_memoji-check/another-check.png");
+        std::fs::create_dir_all(other.parent().unwrap()).unwrap();
+        std::fs::write(&other, b"in flight").unwrap();
+        let store = LocalStore::new(dir.path().to_owned(), "http://host/images".to_owned());
+        run(&store, false).await.unwrap();
+        assert_eq!(
+            walk(dir.path()),
+            vec![other.parent().unwrap().to_owned(), other]
+        );
     }
 
     #[tokio::test]
@@ -222,15 +282,15 @@ mod tests {
         assert!(error.starts_with("writing _memoji-check/"), "{error}");
     }
 
+    /// Every file and directory under `dir`.
     fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-        let mut files = Vec::new();
+        let mut found = Vec::new();
         for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            found.push(entry.path());
             if entry.path().is_dir() {
-                files.extend(walk(&entry.path()));
-            } else {
-                files.push(entry.path());
+                found.extend(walk(&entry.path()));
             }
         }
-        files
+        found
     }
 }

@@ -2,13 +2,13 @@
 //! rename), so a reader never sees half an image and a crash never leaves one behind under its
 //! final name.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
-use super::{ImageStore, StorageError, StoragePath, Stored, join_url};
+use super::{CHECK_PREFIX, ImageStore, StorageError, StoragePath, Stored, join_url};
 
 #[derive(Debug, Clone)]
 pub struct LocalStore {
@@ -29,6 +29,19 @@ impl LocalStore {
     }
 }
 
+/// Creates `file` in `dir`, making `dir` first — and again if it vanished in between (another
+/// check's delete removing an empty `_memoji-check/`).
+async fn create_in(dir: &Path, file: &Path) -> std::io::Result<tokio::fs::File> {
+    let mut tries = 0;
+    loop {
+        tokio::fs::create_dir_all(dir).await?;
+        match tokio::fs::File::create(file).await {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 3 => tries += 1,
+            other => return other,
+        }
+    }
+}
+
 fn backend(what: &str, error: std::io::Error) -> StorageError {
     StorageError::Backend(format!("{what}: {error}"))
 }
@@ -40,16 +53,13 @@ impl ImageStore for LocalStore {
         let dir = file
             .parent()
             .ok_or_else(|| StorageError::Backend("path has no directory".into()))?;
-        tokio::fs::create_dir_all(dir)
-            .await
-            .map_err(|e| backend("creating the directory", e))?;
         let temp = dir.join(format!(
             ".{}.{}.tmp",
             path.as_str().replace('/', "-"),
             uuid::Uuid::new_v4()
         ));
         let written = async {
-            let mut out = tokio::fs::File::create(&temp).await?;
+            let mut out = create_in(dir, &temp).await?;
             out.write_all(&png).await?;
             out.sync_all().await?;
             tokio::fs::rename(&temp, &file).await
@@ -81,11 +91,17 @@ impl ImageStore for LocalStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(backend("reading the image's size", e)),
         };
-        match tokio::fs::remove_file(&file).await {
-            Ok(()) => Ok(size),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-            Err(e) => Err(backend("deleting the image", e)),
+        let freed = match tokio::fs::remove_file(&file).await {
+            Ok(()) => size,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(backend("deleting the image", e)),
+        };
+        if path.as_str().starts_with(CHECK_PREFIX) {
+            // `storage check` made this directory; it goes with its last probe (a check still
+            // running keeps it: only an empty directory is removed).
+            let _ = tokio::fs::remove_dir(self.root.join(CHECK_PREFIX)).await;
         }
+        Ok(freed)
     }
 
     fn url(&self, path: &StoragePath) -> String {

@@ -144,6 +144,10 @@ pub enum StorageError {
     /// The backend failed; it may work later.
     #[error("storage backend: {0}")]
     Backend(String),
+    /// The backend refused in a way no retry changes (credentials, permissions, a missing bucket,
+    /// a wrong URL): only a configuration change helps.
+    #[error("storage backend refused: {0}")]
+    Refused(String),
 }
 
 /// A stored image: where it is, the URL that serves it, and its size.
@@ -167,6 +171,18 @@ pub trait ImageStore: Send + Sync + fmt::Debug {
     async fn delete(&self, path: &StoragePath) -> Result<u64, StorageError>;
     /// The public URL of a path.
     fn url(&self, path: &StoragePath) -> String;
+    /// The bucket as the backend describes it, for `storage check`; `None` where it cannot tell.
+    async fn bucket(&self) -> Result<Option<BucketInfo>, StorageError> {
+        Ok(None)
+    }
+}
+
+/// What a backend says about its bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketInfo {
+    pub name: String,
+    /// Readable by anyone: the backend's own public URLs open.
+    pub public: bool,
 }
 
 /// A configuration that cannot make a backend: a missing credential, a malformed URL.

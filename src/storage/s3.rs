@@ -159,8 +159,29 @@ fn bucket_url(s3: &S3Settings) -> Result<String, SetupError> {
     ))
 }
 
+/// A refused key or a missing bucket is [`StorageError::Refused`] (no retry changes it); the
+/// rest may work later.
 fn backend(what: &str, error: object_store::Error) -> StorageError {
-    StorageError::Backend(format!("s3 {what}: {error}"))
+    let refused = no_such_bucket(&error)
+        || matches!(
+            error,
+            object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. }
+        );
+    let text = format!("s3 {what}: {error}");
+    if refused {
+        StorageError::Refused(text)
+    } else {
+        StorageError::Backend(text)
+    }
+}
+
+/// S3 answers a missing bucket with 404 and `<Code>NoSuchBucket</Code>`, which `object_store`
+/// reports as `NotFound`, like a missing object: only the body (kept in the error's text) tells
+/// them apart. (A HEAD has no body, so after a HEAD's 404 only a second request can tell.)
+fn no_such_bucket(error: &object_store::Error) -> bool {
+    matches!(error, object_store::Error::NotFound { .. })
+        && error.to_string().contains("<Code>NoSuchBucket</Code>")
 }
 
 #[async_trait]
@@ -195,22 +216,24 @@ impl ImageStore for S3Store {
                 .await
                 .map(Some)
                 .map_err(|e| backend("download", e)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e @ object_store::Error::NotFound { .. }) if !no_such_bucket(&e) => Ok(None),
             Err(e) => Err(backend("download", e)),
         }
     }
 
     async fn delete(&self, path: &StoragePath) -> Result<u64, StorageError> {
         let location = Self::location(path)?;
-        // S3's DELETE says nothing about what it removed; HEAD first for the bytes freed.
+        // S3's DELETE says nothing about what it removed; HEAD first for the bytes freed. A
+        // HEAD's 404 cannot tell a missing object from a missing bucket, so the DELETE is sent
+        // all the same: it answers 204 for a missing object, and NoSuchBucket for the other.
         let size = match self.store.head(&location).await {
             Ok(meta) => meta.size,
-            Err(object_store::Error::NotFound { .. }) => return Ok(0),
+            Err(object_store::Error::NotFound { .. }) => 0,
             Err(e) => return Err(backend("looking up the object", e)),
         };
         match self.store.delete(&location).await {
             Ok(()) => Ok(size),
-            Err(object_store::Error::NotFound { .. }) => Ok(0),
+            Err(e @ object_store::Error::NotFound { .. }) if !no_such_bucket(&e) => Ok(0),
             Err(e) => Err(backend("delete", e)),
         }
     }

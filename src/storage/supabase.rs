@@ -1,29 +1,43 @@
 //! The Supabase Storage backend, through its REST API — the API the JavaScript system used, so
 //! existing buckets and public URLs carry over unchanged.
 //!
-//! Endpoints (Supabase Storage's documented object API, under `<url>/storage/v1`):
+//! Endpoints (Supabase Storage's object API, under `<url>/storage/v1`, where Supabase's gateway
+//! serves it); the behaviour described is that of the open-source server, `supabase/storage`
+//! v1.26.5 and v1.70.6 (docs/storage.md):
 //! - upload: `POST /object/{bucket}/{path}` with `x-upsert: true`, so a regeneration
 //!   (`force_refresh`, a retried upload) replaces the object instead of failing as a duplicate;
 //! - read: `GET /object/authenticated/{bucket}/{path}`; the public URL is
 //!   `GET /object/public/{bucket}/{path}`;
-//! - delete: `DELETE /object/{bucket}` with `{"prefixes": [path]}`, which answers with the objects
-//!   it removed (and their sizes), and with nothing when the object was already gone.
+//! - delete: `DELETE /object/{bucket}` with `{"prefixes": [path]}`, which answers with the rows it
+//!   removed (and their sizes) — and with `[]` alike when the object was already gone, when the
+//!   key may not delete it (row-level security) and when the bucket does not exist; an answer
+//!   without the object is therefore checked with `GET /object/info/authenticated/…`;
+//! - `storage check` also reads `GET /bucket/{bucket}`: does it exist, is it public.
 //!
-//! Every request carries the service role key twice, as Supabase's gateway wants: as
-//! `Authorization: Bearer` and as `apikey`. The key is a [`SecretString`] and never leaves a header.
+//! Errors come as HTTP 400 with the status meant in the body (`answer.rs`): a missing object
+//! (`NoSuchKey`) is "absent"; a refused key (401/403), a missing bucket (`NoSuchBucket`) or an
+//! unknown route (a wrong URL) is [`StorageError::Refused`], which no retry changes; the rest
+//! (a 5xx, a gateway's 503, a timeout) is [`StorageError::Backend`], worth retrying.
+//!
+//! Every request carries the service role key as `Authorization: Bearer`, which is all the
+//! storage server reads, and again as `apikey`, which Supabase's hosted gateway requires. The key
+//! is a [`SecretString`] and never leaves a header.
 
 use std::fmt;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use reqwest::RequestBuilder;
 use reqwest::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HeaderMap, HeaderValue};
-use reqwest::{RequestBuilder, Response, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ImageStore, SetupError, StorageError, StoragePath, Stored, join_url};
+mod answer;
+
+use super::{BucketInfo, ImageStore, SetupError, StorageError, StoragePath, Stored, join_url};
 use crate::config::{StorageSecrets, StorageSettings};
+use answer::Failure;
 
 pub struct SupabaseStore {
     http: reqwest::Client,
@@ -60,6 +74,14 @@ impl SupabaseStore {
                      to the project URL, e.g. https://abcd.supabase.co"
                 )));
             }
+        }
+        // The worker adds `/storage/v1`; given twice, every request would hit an unknown route.
+        if base.ends_with("/storage/v1") {
+            return Err(SetupError::new(format!(
+                "storage.supabase.url {base:?} ends in /storage/v1: set it (or SUPABASE_URL) to \
+                 the project URL without it, e.g. https://abcd.supabase.co — the worker adds \
+                 /storage/v1 itself"
+            )));
         }
         if supabase.bucket.is_empty() || supabase.bucket.contains('/') {
             return Err(SetupError::new(
@@ -125,53 +147,16 @@ fn header_value(text: &str) -> Result<HeaderValue, reqwest::header::InvalidHeade
     HeaderValue::from_str(text)
 }
 
-/// Supabase's error body: `{"statusCode": "404", "error": "not_found", "message": "Object not found"}`
-/// (`statusCode` is a string, and older servers answer a missing object with HTTP 400 and it).
-#[derive(Debug, Default, Deserialize)]
-struct ApiError {
-    #[serde(rename = "statusCode", default)]
-    status_code: Option<serde_json::Value>,
-    #[serde(default)]
-    error: Option<String>,
-    #[serde(default)]
-    message: Option<String>,
-}
-
-impl ApiError {
-    async fn read(response: Response) -> (StatusCode, ApiError) {
-        let status = response.status();
-        let body = response.bytes().await.unwrap_or_default();
-        (status, serde_json::from_slice(&body).unwrap_or_default())
-    }
-
-    fn is_not_found(&self, status: StatusCode) -> bool {
-        let code = self.status_code.as_ref().map(|c| match c {
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        });
-        status == StatusCode::NOT_FOUND
-            || code.as_deref() == Some("404")
-            || self.error.as_deref() == Some("not_found")
-    }
-
-    fn into_error(self, what: &str, status: StatusCode) -> StorageError {
-        let detail = [self.error, self.message]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>()
-            .join(": ");
-        let detail: String = detail.chars().take(300).collect();
-        StorageError::Backend(format!("supabase {what}: HTTP {status} {detail}"))
-    }
-}
-
 fn unreachable(what: &str, error: reqwest::Error) -> StorageError {
     // reqwest's message names the URL (no secret in it) and the cause: refused, timed out, …
     StorageError::Backend(format!("supabase {what}: {error}"))
 }
 
+/// One entry of the bulk delete's answer: a row it removed.
 #[derive(Debug, Deserialize)]
 struct Removed {
+    #[serde(default)]
+    name: Option<String>,
     #[serde(default)]
     metadata: Option<RemovedMetadata>,
 }
@@ -180,6 +165,40 @@ struct Removed {
 struct RemovedMetadata {
     #[serde(default)]
     size: Option<u64>,
+}
+
+/// `GET /bucket/{id}`'s answer, the fields used.
+#[derive(Debug, Deserialize)]
+struct Bucket {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    public: bool,
+}
+
+impl SupabaseStore {
+    /// Whether the object exists, asked through its info route — which, in a public bucket,
+    /// sees past row-level security. In a private bucket a key that may not see an object is
+    /// told it is not there, so there a refused delete can pass for a done one.
+    async fn exists(&self, path: &StoragePath) -> Result<bool, StorageError> {
+        let url = format!(
+            "{}/object/info/authenticated/{}/{path}",
+            self.api, self.bucket
+        );
+        let response = self
+            .authorized(self.http.get(url))
+            .send()
+            .await
+            .map_err(|e| unreachable("looking up an object", e))?;
+        if response.status().is_success() {
+            return Ok(true);
+        }
+        let failure = Failure::read(response).await;
+        if failure.is_no_such_key() {
+            return Ok(false);
+        }
+        Err(failure.into_error("looking up an object", &self.bucket))
+    }
 }
 
 #[async_trait]
@@ -199,8 +218,9 @@ impl ImageStore for SupabaseStore {
             .await
             .map_err(|e| unreachable("upload", e))?;
         if !response.status().is_success() {
-            let (status, error) = ApiError::read(response).await;
-            return Err(error.into_error("upload", status));
+            return Err(Failure::read(response)
+                .await
+                .into_error("upload", &self.bucket));
         }
         Ok(Stored {
             path: path.clone(),
@@ -223,13 +243,17 @@ impl ImageStore for SupabaseStore {
                 .map(Some)
                 .map_err(|e| unreachable("download", e));
         }
-        let (status, error) = ApiError::read(response).await;
-        if error.is_not_found(status) {
+        let failure = Failure::read(response).await;
+        if failure.is_no_such_key() {
             return Ok(None);
         }
-        Err(error.into_error("download", status))
+        Err(failure.into_error("download", &self.bucket))
     }
 
+    /// The bulk delete answers with the rows it removed — and with `[]` alike when the object
+    /// was already gone, when the key may not delete it (row-level security), and when the
+    /// bucket does not exist. So an answer without the object is checked: only an object that is
+    /// really not there counts as deleted.
     async fn delete(&self, path: &StoragePath) -> Result<u64, StorageError> {
         let url = format!("{}/object/{}", self.api, self.bucket);
         let request = self
@@ -242,24 +266,58 @@ impl ImageStore for SupabaseStore {
             .await
             .map_err(|e| unreachable("delete", e))?;
         if !response.status().is_success() {
-            let (status, error) = ApiError::read(response).await;
-            if error.is_not_found(status) {
+            let failure = Failure::read(response).await;
+            if failure.is_no_such_key() {
                 return Ok(0);
             }
-            return Err(error.into_error("delete", status));
+            return Err(failure.into_error("delete", &self.bucket));
         }
         let removed: Vec<Removed> = response
             .json()
             .await
             .map_err(|e| unreachable("delete", e))?;
-        Ok(removed
+        let ours: Vec<&Removed> = removed
             .iter()
-            .filter_map(|r| r.metadata.as_ref()?.size)
-            .sum())
+            .filter(|r| r.name.as_deref().is_none_or(|name| name == path.as_str()))
+            .collect();
+        if !ours.is_empty() {
+            return Ok(ours.iter().filter_map(|r| r.metadata.as_ref()?.size).sum());
+        }
+        if self.exists(path).await? {
+            return Err(StorageError::Refused(format!(
+                "supabase delete: the server deleted nothing and {path} is still in bucket {:?}: \
+                 the key may not delete it (row-level security); use the project's \
+                 service_role key (SUPABASE_SERVICE_ROLE_KEY)",
+                self.bucket
+            )));
+        }
+        Ok(0)
     }
 
     fn url(&self, path: &StoragePath) -> String {
         join_url(&self.public_base_url, path)
+    }
+
+    async fn bucket(&self) -> Result<Option<BucketInfo>, StorageError> {
+        let url = format!("{}/bucket/{}", self.api, self.bucket);
+        let response = self
+            .authorized(self.http.get(url))
+            .send()
+            .await
+            .map_err(|e| unreachable("reading the bucket", e))?;
+        if !response.status().is_success() {
+            return Err(Failure::read(response)
+                .await
+                .into_error("reading the bucket", &self.bucket));
+        }
+        let bucket: Bucket = response
+            .json()
+            .await
+            .map_err(|e| unreachable("reading the bucket", e))?;
+        Ok(Some(BucketInfo {
+            name: bucket.name.unwrap_or_else(|| self.bucket.clone()),
+            public: bucket.public,
+        }))
     }
 }
 
@@ -320,19 +378,17 @@ mod tests {
     }
 
     #[test]
-    fn recognises_supabases_ways_of_saying_not_found() {
-        let parse = |body: &str| serde_json::from_str::<ApiError>(body).unwrap();
-        let old = parse(r#"{"statusCode":"404","error":"not_found","message":"Object not found"}"#);
-        assert!(old.is_not_found(StatusCode::BAD_REQUEST));
-        assert!(ApiError::default().is_not_found(StatusCode::NOT_FOUND));
-        let denied = parse(r#"{"statusCode":"403","error":"Unauthorized","message":"jwt"}"#);
-        assert!(!denied.is_not_found(StatusCode::BAD_REQUEST));
-        let message = denied
-            .into_error("upload", StatusCode::BAD_REQUEST)
-            .to_string();
-        assert_eq!(
-            message,
-            "storage backend: supabase upload: HTTP 400 Bad Request Unauthorized: jwt"
-        );
+    fn refuses_a_url_that_already_ends_in_storage_v1() {
+        for url in [
+            "https://abcd.supabase.co/storage/v1",
+            "https://abcd.supabase.co/storage/v1/",
+        ] {
+            let error = SupabaseStore::new(&settings(url), &secrets("k")).unwrap_err();
+            let error = error.to_string();
+            assert!(error.contains("ends in /storage/v1"), "{error}");
+            assert!(error.contains("https://abcd.supabase.co"), "{error}");
+        }
+        // A gateway under a path of its own is fine.
+        SupabaseStore::new(&settings("https://example.com/supabase"), &secrets("k")).unwrap();
     }
 }

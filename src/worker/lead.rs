@@ -197,7 +197,11 @@ impl Context {
         job: &Job,
         path: &StoragePath,
     ) -> Result<(Generated, Stored), (JobError, u32)> {
-        if let Some(earlier) = self.stored_earlier(job, path).await {
+        if let Some(earlier) = self
+            .stored_earlier(job, path)
+            .await
+            .map_err(|e| (storage_error(e), 0))?
+        {
             return Ok(earlier);
         }
         let generated = self
@@ -220,10 +224,22 @@ impl Context {
     /// The image an earlier attempt at this miss generated and stored but could not record (the
     /// database failed, the process died): using it saves paying for the same image twice. For a
     /// `force_refresh` the path is the new revision's, which no entry has served, so what is there
-    /// is a fresh image too. Any doubt (a read error, a bad PNG) means generating.
-    async fn stored_earlier(&self, job: &Job, path: &StoragePath) -> Option<(Generated, Stored)> {
-        let png = self.store.get(path).await.ok()??;
-        storage::check_png(&png).ok()?;
+    /// is a fresh image too. Any doubt (a read error, a bad PNG) means generating — but a refusal
+    /// (a key refused, a bucket missing) fails the job before it pays for an image that the
+    /// upload would meet the same refusal with.
+    async fn stored_earlier(
+        &self,
+        job: &Job,
+        path: &StoragePath,
+    ) -> Result<Option<(Generated, Stored)>, StorageError> {
+        let png = match self.store.get(path).await {
+            Ok(Some(png)) => png,
+            Err(refused @ StorageError::Refused(_)) => return Err(refused),
+            Ok(None) | Err(_) => return Ok(None),
+        };
+        if storage::check_png(&png).is_err() {
+            return Ok(None);
+        }
         tracing::info!(%path, "reusing the image an earlier attempt stored");
         let cost_usd = match self.generator.kind() {
             GeneratorKind::OpenAi => pricing::list_price(&self.settings.prices, &job.plan),
@@ -234,7 +250,7 @@ impl Context {
             path: path.clone(),
             bytes: png.len() as u64,
         };
-        Some((
+        Ok(Some((
             Generated {
                 png,
                 attempts: 1,
@@ -242,7 +258,7 @@ impl Context {
                 usage: None,
             },
             stored,
-        ))
+        )))
     }
 
     /// Storage outages are often brief: three tries with backoff before giving up.
@@ -280,5 +296,6 @@ fn storage_error(error: StorageError) -> JobError {
     match error {
         StorageError::Invalid(message) => JobError::new(ErrorCode::ImageInvalid, message, true),
         StorageError::Backend(message) => JobError::new(ErrorCode::StorageFailed, message, true),
+        StorageError::Refused(message) => JobError::new(ErrorCode::StorageFailed, message, false),
     }
 }

@@ -25,5 +25,6 @@ mod readme;
 mod refunds;
 mod schemas;
 mod secrets;
+mod storage_local;
 mod storage_s3;
 mod storage_supabase;

@@ -1,6 +1,9 @@
-//! The s3 backend against a real S3-compatible server: moto's, which `scripts/start-s3.sh` installs
-//! and starts on 127.0.0.1:9310. Another server (MinIO, …) works too: set
-//! MEMOJI_TEST_S3_ENDPOINT, MEMOJI_TEST_S3_ACCESS_KEY and MEMOJI_TEST_S3_SECRET_KEY.
+//! The s3 backend against two real S3-compatible servers, each test once per server (modules
+//! `moto` and `localstack`): moto on 127.0.0.1:9310 and LocalStack's S3 (its own implementation,
+//! not moto's) on 127.0.0.1:9311, both installed and started by `scripts/start-s3.sh`. Other
+//! servers (MinIO, …) work too: MEMOJI_TEST_S3_ENDPOINT (instead of moto) and
+//! MEMOJI_TEST_S3_LOCALSTACK_ENDPOINT (instead of LocalStack), with MEMOJI_TEST_S3_ACCESS_KEY and
+//! MEMOJI_TEST_S3_SECRET_KEY.
 //!
 //! Each test makes a bucket of its own (readable by anyone, as a bucket serving image URLs is) and
 //! empties and removes it at the end. A server that does not answer fails the test: it never skips.
@@ -10,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use memoji_worker::config::{Settings, StorageKind};
 use memoji_worker::job::CacheKey;
-use memoji_worker::storage::{self, StoragePath};
+use memoji_worker::storage::{self, StorageError, StoragePath};
 use object_store::aws::{AwsAuthorizer, AwsCredential};
 use object_store::client::HttpRequestBody;
 use secrecy::SecretString;
@@ -22,22 +25,48 @@ use crate::helpers::{
 
 const REGION: &str = "us-east-1";
 
+/// Which of the two test servers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Server {
+    Moto,
+    LocalStack,
+}
+
+impl Server {
+    /// The variable that replaces it, its default address, and its name for start-s3.sh.
+    fn endpoint(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Server::Moto => ("MEMOJI_TEST_S3_ENDPOINT", "http://127.0.0.1:9310", "moto"),
+            Server::LocalStack => (
+                "MEMOJI_TEST_S3_LOCALSTACK_ENDPOINT",
+                "http://127.0.0.1:9311",
+                "localstack",
+            ),
+        }
+    }
+}
+
 pub struct S3Server {
     endpoint: String,
     key_id: String,
     secret: String,
+    /// The server refuses anonymous reads of a bucket without a public-read policy (LocalStack
+    /// lets anyone read anything).
+    enforces_policies: bool,
     http: reqwest::Client,
 }
 
 impl S3Server {
     /// The test server, which must be answering.
-    pub async fn get() -> S3Server {
+    pub async fn get(which: Server) -> S3Server {
         let var =
             |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
+        let (endpoint_var, default_endpoint, script_name) = which.endpoint();
         let server = S3Server {
-            endpoint: var("MEMOJI_TEST_S3_ENDPOINT", "http://127.0.0.1:9310"),
+            endpoint: var(endpoint_var, default_endpoint),
             key_id: var("MEMOJI_TEST_S3_ACCESS_KEY", "test"),
             secret: var("MEMOJI_TEST_S3_SECRET_KEY", "test"),
+            enforces_policies: which == Server::Moto,
             http: reqwest::Client::new(),
         };
         let probe = || {
@@ -48,11 +77,11 @@ impl S3Server {
                 .send()
         };
         let mut probe_result = probe().await;
-        if probe_result.is_err() && std::env::var_os("MEMOJI_TEST_S3_ENDPOINT").is_none() {
+        if probe_result.is_err() && std::env::var_os(endpoint_var).is_none() {
             // The default server is ours to start: the script is idempotent and serialized.
             let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/start-s3.sh");
             let status = tokio::process::Command::new("bash")
-                .arg(script)
+                .args([script, script_name])
                 .status()
                 .await;
             assert!(
@@ -64,7 +93,7 @@ impl S3Server {
         if let Err(error) = probe_result {
             panic!(
                 "no S3-compatible server answers at {} ({error}). Run scripts/start-s3.sh \
-                 (it installs and starts moto there), or point MEMOJI_TEST_S3_ENDPOINT at one.",
+                 (it installs and starts {script_name} there), or point {endpoint_var} at one.",
                 server.endpoint
             );
         }
@@ -190,9 +219,8 @@ impl S3Server {
     }
 }
 
-#[tokio::test]
-async fn s3_miss_stores_the_png_the_bucket_url_serves_it_then_a_hit_and_a_delete() {
-    let s3 = S3Server::get().await;
+async fn s3_miss_stores_the_png_the_bucket_url_serves_it_then_a_hit_and_a_delete(which: Server) {
+    let s3 = S3Server::get(which).await;
     let id = format!("s3{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     let bucket = s3.bucket(&id).await;
     let mut env = TestEnv::start_with(vec![openai_ok()], |settings| {
@@ -247,9 +275,8 @@ async fn s3_miss_stores_the_png_the_bucket_url_serves_it_then_a_hit_and_a_delete
     s3.remove(&bucket).await;
 }
 
-#[tokio::test]
-async fn s3_put_replaces_an_object_and_get_of_a_missing_one_is_none() {
-    let s3 = S3Server::get().await;
+async fn s3_put_replaces_an_object_and_get_of_a_missing_one_is_none(which: Server) {
+    let s3 = S3Server::get(which).await;
     let id = format!("s3{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     let bucket = s3.bucket(&id).await;
     let mut settings = Settings::defaults().unwrap();
@@ -276,9 +303,8 @@ async fn s3_put_replaces_an_object_and_get_of_a_missing_one_is_none() {
     s3.remove(&bucket).await;
 }
 
-#[tokio::test]
-async fn s3_outage_fails_the_job_as_storage_failed_refunds_and_records_no_row() {
-    let s3 = S3Server::get().await;
+async fn s3_outage_fails_the_job_as_storage_failed_refunds_and_records_no_row(which: Server) {
+    let s3 = S3Server::get(which).await;
     // A port nothing listens on: the store is down for the whole test.
     let down = format!("http://127.0.0.1:{}", free_port());
     let mut env = TestEnv::start_with(vec![openai_ok()], |settings| {
@@ -292,9 +318,8 @@ async fn s3_outage_fails_the_job_as_storage_failed_refunds_and_records_no_row() 
     env.cleanup().await;
 }
 
-#[tokio::test]
-async fn storage_check_command_passes_against_s3_and_fails_clearly_when_it_is_down() {
-    let s3 = S3Server::get().await;
+async fn storage_check_command_passes_against_s3_and_fails_clearly_when_it_is_down(which: Server) {
+    let s3 = S3Server::get(which).await;
     let id = format!("s3{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     let bucket = s3.bucket(&id).await;
     let output = worker_command(&s3.cli_vars(&bucket, &s3.endpoint))
@@ -332,18 +357,10 @@ async fn storage_check_command_passes_against_s3_and_fails_clearly_when_it_is_do
     );
 
     // A bucket nobody else may read works, but its URLs would not open: a warning says so.
-    let private = s3.private_bucket(&format!("{id}p")).await;
-    let output = worker_command(&s3.cli_vars(&private, &s3.endpoint))
-        .args(["storage", "check"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}");
-    assert!(
-        stdout.contains("WARNING the url does not serve the image (HTTP 403 Forbidden)"),
-        "{stdout}"
-    );
-    s3.remove(&private).await;
+    // (Only where the server refuses such reads.)
+    if s3.enforces_policies {
+        private_bucket_warns(&s3, &id).await;
+    }
 
     // Without credentials it says which variables to set.
     let mut vars = s3.cli_vars(&bucket, &s3.endpoint);
@@ -357,3 +374,92 @@ async fn storage_check_command_passes_against_s3_and_fails_clearly_when_it_is_do
     assert!(stderr.contains("MEMOJI_S3_ACCESS_KEY_ID"), "{stderr}");
     s3.remove(&bucket).await;
 }
+
+/// A missing bucket is not a missing object: the upload is refused (not retried), and a read or a
+/// delete is an error, never "absent".
+async fn s3_missing_bucket_is_refused_never_absent(which: Server) {
+    let s3 = S3Server::get(which).await;
+    let mut settings = Settings::defaults().unwrap();
+    let id = format!("nb{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    s3.configure(&mut settings, &format!("memoji-{id}-never-created"));
+    let store = storage::from_settings(&settings.storage, &settings.secrets.storage).unwrap();
+    let key = CacheKey::parse(&"1e".repeat(32)).unwrap();
+    let path = StoragePath::for_key(&key, chrono::Utc::now());
+    let put = store
+        .put(&path, Bytes::from_static(b"x"))
+        .await
+        .unwrap_err();
+    let get = store.get(&path).await.unwrap_err();
+    let delete = store.delete(&path).await.unwrap_err();
+    for error in [put, get, delete] {
+        assert!(matches!(error, StorageError::Refused(_)), "{error:?}");
+        assert!(error.to_string().contains("NoSuchBucket"), "{error}");
+    }
+
+    // In a bucket that exists, a missing object is absent, and deleting it is fine.
+    let bucket = s3.bucket(&id).await;
+    s3.configure(&mut settings, &bucket);
+    let store = storage::from_settings(&settings.storage, &settings.secrets.storage).unwrap();
+    assert_eq!(store.get(&path).await.unwrap(), None);
+    assert_eq!(store.delete(&path).await.unwrap(), 0);
+    s3.remove(&bucket).await;
+}
+
+async fn private_bucket_warns(s3: &S3Server, id: &str) {
+    let private = s3.private_bucket(&format!("{id}p")).await;
+    let output = worker_command(&s3.cli_vars(&private, &s3.endpoint))
+        .args(["storage", "check"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("WARNING the url does not serve the image (HTTP 403 Forbidden)"),
+        "{stdout}"
+    );
+    s3.remove(&private).await;
+}
+
+/// Every test, against moto and against LocalStack's S3.
+macro_rules! against {
+    ($module:ident, $server:expr) => {
+        mod $module {
+            #[tokio::test]
+            async fn s3_miss_stores_the_png_the_bucket_url_serves_it_then_a_hit_and_a_delete() {
+                super::s3_miss_stores_the_png_the_bucket_url_serves_it_then_a_hit_and_a_delete(
+                    $server,
+                )
+                .await;
+            }
+
+            #[tokio::test]
+            async fn s3_missing_bucket_is_refused_never_absent() {
+                super::s3_missing_bucket_is_refused_never_absent($server).await;
+            }
+
+            #[tokio::test]
+            async fn s3_put_replaces_an_object_and_get_of_a_missing_one_is_none() {
+                super::s3_put_replaces_an_object_and_get_of_a_missing_one_is_none($server).await;
+            }
+
+            #[tokio::test]
+            async fn s3_outage_fails_the_job_as_storage_failed_refunds_and_records_no_row() {
+                super::s3_outage_fails_the_job_as_storage_failed_refunds_and_records_no_row(
+                    $server,
+                )
+                .await;
+            }
+
+            #[tokio::test]
+            async fn storage_check_command_passes_against_s3_and_fails_clearly_when_it_is_down() {
+                super::storage_check_command_passes_against_s3_and_fails_clearly_when_it_is_down(
+                    $server,
+                )
+                .await;
+            }
+        }
+    };
+}
+
+against!(moto, super::Server::Moto);
+against!(localstack, super::Server::LocalStack);

@@ -1,6 +1,14 @@
-//! The supabase backend against a local stand-in for Supabase Storage that follows its documented
-//! object API (upload, authenticated and public download, bulk delete) and its error shapes, and
-//! refuses — and records — any request without the headers Supabase requires.
+//! The supabase backend against a local stand-in for Supabase Storage. The stand-in carries the
+//! behaviour of the open-source server (`supabase/storage` v1.70.6 and v1.26.5, behind a gateway
+//! that serves it under `/storage/v1`) where the worker depends on it:
+//! - errors come as HTTP 400 with the status meant in the body:
+//!   `{"statusCode":"403","code":"AccessDenied","error":"Unauthorized",…}`, `"404"` `NoSuchKey`
+//!   for a missing object, `"404"` `NoSuchBucket` for a missing bucket, `"409"` Duplicate;
+//! - a route it does not have is an HTTP 404 (`"error":"Not Found"`, code `InvalidRequest`);
+//! - buckets can be missing or private (the public URL of a private bucket is `NoSuchBucket`);
+//! - the bulk delete answers `200 []` when nothing was deleted, whatever the reason: the object
+//!   was gone, the bucket does not exist, or row-level security hid it from the key;
+//! - only `Authorization: Bearer <key>` is checked (not `apikey`, not the content type).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -9,18 +17,23 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use memoji_worker::config::{Settings, StorageKind};
 use memoji_worker::job::CacheKey;
-use memoji_worker::storage::{self, StoragePath};
+use memoji_worker::storage::{self, StorageError, StoragePath};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use wiremock::matchers::any;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 use crate::helpers::{
-    TestEnv, assert_storage_outage_fails_cleanly, openai_ok, png_bytes, worker_command,
+    ADMIN_TOKEN, TestEnv, assert_failed_and_refunded, assert_storage_outage_fails_cleanly, count,
+    openai_ok, png_bytes, worker_command,
 };
 
 const SERVICE_KEY: &str = "service-role-key-for-tests";
+/// A key that row-level security lets insert and read objects, but not delete them — what an anon
+/// or user key with the usual policies gets.
+const LIMITED_KEY: &str = "limited-key-for-tests";
 const BUCKET: &str = "memoji-images";
+const PRIVATE_BUCKET: &str = "private-images";
 const CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
 
 #[derive(Debug, Clone)]
@@ -30,23 +43,79 @@ struct Object {
     cache_control: String,
 }
 
-#[derive(Default)]
 struct State {
+    /// `bucket/name` → object.
     objects: Mutex<HashMap<String, Object>>,
-    /// Requests Supabase would have refused, and why.
+    /// Bucket id → public.
+    buckets: Mutex<HashMap<String, bool>>,
+    /// Requests refused for their key, and why.
     refused: Mutex<Vec<String>>,
+    /// Authorized requests that came without `apikey` (the server does not care; a hosted
+    /// gateway does).
+    without_apikey: AtomicU32,
+    /// Every request, as `METHOD /path`.
+    requests: Mutex<Vec<String>>,
     uploads: AtomicU32,
     down: AtomicBool,
     /// Uploads still to answer with 503 before working again: a brief outage.
     failing_uploads: AtomicU32,
 }
 
+impl Default for State {
+    fn default() -> State {
+        State {
+            objects: Mutex::default(),
+            buckets: Mutex::new(HashMap::from([
+                (BUCKET.to_owned(), true),
+                (PRIVATE_BUCKET.to_owned(), false),
+            ])),
+            refused: Mutex::default(),
+            without_apikey: AtomicU32::new(0),
+            requests: Mutex::default(),
+            uploads: AtomicU32::new(0),
+            down: AtomicBool::new(false),
+            failing_uploads: AtomicU32::new(0),
+        }
+    }
+}
+
+/// Who the bearer key is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Role {
+    Service,
+    Limited,
+}
+
 /// Supabase Storage, as far as the worker uses it.
 struct FakeSupabase(Arc<State>);
 
-fn supabase_error(status: u16, code: &str, error: &str, message: &str) -> ResponseTemplate {
-    ResponseTemplate::new(status)
-        .set_body_json(json!({"statusCode": code, "error": error, "message": message}))
+/// The server's error answer: HTTP 400 (as it sends nearly every error), the status in the body.
+fn storage_error(status: &str, code: &str, error: &str, message: &str) -> ResponseTemplate {
+    ResponseTemplate::new(400).set_body_json(
+        json!({"statusCode": status, "code": code, "error": error, "message": message}),
+    )
+}
+
+fn denied() -> ResponseTemplate {
+    storage_error(
+        "403",
+        "AccessDenied",
+        "Unauthorized",
+        "signature verification failed",
+    )
+}
+
+fn no_such_key() -> ResponseTemplate {
+    storage_error("404", "NoSuchKey", "not_found", "Object not found")
+}
+
+fn no_such_bucket() -> ResponseTemplate {
+    storage_error(
+        "404",
+        "NoSuchBucket",
+        "Bucket not found",
+        "Bucket not found",
+    )
 }
 
 fn header<'r>(request: &'r Request, name: &str) -> Option<&'r str> {
@@ -54,86 +123,112 @@ fn header<'r>(request: &'r Request, name: &str) -> Option<&'r str> {
 }
 
 impl FakeSupabase {
-    fn refuse(&self, why: String) -> ResponseTemplate {
-        self.0.refused.lock().unwrap().push(why.clone());
-        supabase_error(400, "403", "Unauthorized", &why)
+    /// The key's role; `None` (and the request recorded as refused) for a JWT the server
+    /// cannot verify, to be answered with [`denied`].
+    fn role(&self, request: &Request) -> Option<Role> {
+        let bearer = header(request, "authorization").and_then(|h| h.strip_prefix("Bearer "));
+        match bearer {
+            Some(SERVICE_KEY) => Some(Role::Service),
+            Some(LIMITED_KEY) => Some(Role::Limited),
+            _ => {
+                let why = format!("{} {}", request.method, request.url.path());
+                self.0.refused.lock().unwrap().push(why);
+                None
+            }
+        }
     }
 
-    /// Both headers Supabase's gateway and storage server check; the refusal when one is wrong.
-    fn unauthorized(&self, request: &Request) -> Option<ResponseTemplate> {
-        let bearer = format!("Bearer {SERVICE_KEY}");
-        if header(request, "authorization") != Some(bearer.as_str()) {
-            return Some(self.refuse(format!(
-                "{} {}: bad Authorization",
-                request.method,
-                request.url.path()
-            )));
-        }
-        if header(request, "apikey") != Some(SERVICE_KEY) {
-            return Some(self.refuse(format!(
-                "{} {}: bad apikey",
-                request.method,
-                request.url.path()
-            )));
-        }
-        None
+    fn bucket_public(&self, bucket: &str) -> Option<bool> {
+        self.0.buckets.lock().unwrap().get(bucket).copied()
     }
 
-    fn download(&self, key: &str) -> ResponseTemplate {
-        match self.0.objects.lock().unwrap().get(key) {
-            Some(object) => ResponseTemplate::new(200)
+    /// The object, or the server's answer for why there is none.
+    fn object(&self, bucket: &str, name: &str) -> Result<Object, Box<ResponseTemplate>> {
+        if self.bucket_public(bucket).is_none() {
+            return Err(Box::new(no_such_bucket()));
+        }
+        let objects = self.0.objects.lock().unwrap();
+        objects
+            .get(&format!("{bucket}/{name}"))
+            .cloned()
+            .ok_or_else(|| Box::new(no_such_key()))
+    }
+
+    fn download(&self, bucket: &str, name: &str) -> ResponseTemplate {
+        match self.object(bucket, name) {
+            Ok(object) => ResponseTemplate::new(200)
                 .insert_header("content-type", object.content_type.as_str())
                 .insert_header("cache-control", object.cache_control.as_str())
                 .set_body_bytes(object.bytes.to_vec()),
-            // Supabase Storage answers a missing object with HTTP 400 and a "404" body.
-            None => supabase_error(400, "404", "not_found", "Object not found"),
+            Err(answer) => *answer,
         }
     }
 
-    fn upload(&self, request: &Request, key: String) -> ResponseTemplate {
+    fn info(&self, bucket: &str, name: &str) -> ResponseTemplate {
+        match self.object(bucket, name) {
+            Ok(object) => ResponseTemplate::new(200).set_body_json(json!({
+                "name": name, "bucket_id": bucket, "size": object.bytes.len(),
+                "content_type": object.content_type, "cache_control": object.cache_control,
+            })),
+            Err(answer) => *answer,
+        }
+    }
+
+    fn upload(&self, request: &Request, bucket: &str, name: &str) -> ResponseTemplate {
         self.0.uploads.fetch_add(1, Ordering::SeqCst);
-        if let Some(refused) = self.unauthorized(request) {
-            return refused;
+        if self.role(request).is_none() {
+            return denied();
         }
-        let content_type = header(request, "content-type")
-            .unwrap_or_default()
-            .to_owned();
-        if content_type != "image/png" {
-            return self.refuse(format!("upload {key}: content-type {content_type:?}"));
-        }
-        let cache_control = header(request, "cache-control")
-            .unwrap_or_default()
-            .to_owned();
-        if cache_control != CACHE_CONTROL {
-            return self.refuse(format!("upload {key}: cache-control {cache_control:?}"));
+        if self.bucket_public(bucket).is_none() {
+            return no_such_bucket();
         }
         let upsert = header(request, "x-upsert") == Some("true");
+        let key = format!("{bucket}/{name}");
         let mut objects = self.0.objects.lock().unwrap();
         if objects.contains_key(&key) && !upsert {
-            return supabase_error(400, "409", "Duplicate", "The resource already exists");
+            return storage_error(
+                "409",
+                "ResourceAlreadyExists",
+                "Duplicate",
+                "The resource already exists",
+            );
         }
-        objects.insert(
-            key.clone(),
-            Object {
-                bytes: Bytes::from(request.body.clone()),
-                content_type,
-                cache_control,
-            },
-        );
+        let text = |name| header(request, name).unwrap_or_default().to_owned();
+        let object = Object {
+            bytes: Bytes::from(request.body.clone()),
+            content_type: text("content-type"),
+            cache_control: text("cache-control"),
+        };
+        objects.insert(key.clone(), object);
         ResponseTemplate::new(200)
             .set_body_json(json!({"Key": key, "Id": uuid::Uuid::new_v4().to_string()}))
     }
 
     fn remove(&self, request: &Request, bucket: &str) -> ResponseTemplate {
-        if let Some(refused) = self.unauthorized(request) {
-            return refused;
-        }
+        let Some(role) = self.role(request) else {
+            return denied();
+        };
         let Ok(body) = serde_json::from_slice::<Value>(&request.body) else {
-            return supabase_error(400, "400", "Invalid JSON", "body must be JSON");
+            return storage_error(
+                "400",
+                "InvalidRequest",
+                "InvalidRequest",
+                "body must be JSON",
+            );
         };
         let Some(prefixes) = body["prefixes"].as_array() else {
-            return supabase_error(400, "400", "Invalid input", "prefixes is required");
+            return storage_error(
+                "400",
+                "InvalidRequest",
+                "InvalidRequest",
+                "body must have required property 'prefixes'",
+            );
         };
+        // The server deletes the rows the key may see, in the bucket named, and answers with
+        // them: a missing bucket or row-level security gives `[]`, with no error.
+        if role == Role::Limited {
+            return ResponseTemplate::new(200).set_body_json(json!([]));
+        }
         let mut objects = self.0.objects.lock().unwrap();
         let removed: Vec<Value> = prefixes
             .iter()
@@ -146,17 +241,57 @@ impl FakeSupabase {
             .collect();
         ResponseTemplate::new(200).set_body_json(removed)
     }
+
+    fn bucket(&self, request: &Request, id: &str) -> ResponseTemplate {
+        if self.role(request).is_none() {
+            return denied();
+        }
+        match self.bucket_public(id) {
+            Some(public) => ResponseTemplate::new(200)
+                .set_body_json(json!({"id": id, "name": id, "public": public})),
+            None => no_such_bucket(),
+        }
+    }
+
+    fn authenticated(
+        &self,
+        request: &Request,
+        answer: impl FnOnce() -> ResponseTemplate,
+    ) -> ResponseTemplate {
+        match self.role(request) {
+            Some(_) => answer(),
+            None => denied(),
+        }
+    }
+}
+
+/// The server's answer to a route it does not have.
+fn unknown_route(request: &Request) -> ResponseTemplate {
+    ResponseTemplate::new(404).set_body_json(json!({
+        "statusCode": "404", "error": "Not Found", "code": "InvalidRequest",
+        "message": format!("Route {}:{} not found", request.method, request.url.path()),
+    }))
 }
 
 impl Respond for FakeSupabase {
     fn respond(&self, request: &Request) -> ResponseTemplate {
+        let method = request.method.as_str();
+        let path = request.url.path().to_owned();
+        self.0
+            .requests
+            .lock()
+            .unwrap()
+            .push(format!("{method} {path}"));
+        if header(request, "authorization").is_some() && header(request, "apikey").is_none() {
+            self.0.without_apikey.fetch_add(1, Ordering::SeqCst);
+        }
         if self.0.down.load(Ordering::SeqCst) {
-            if request.method.as_str() == "POST" {
+            if method == "POST" {
                 self.0.uploads.fetch_add(1, Ordering::SeqCst);
             }
             return ResponseTemplate::new(503).set_body_string("upstream connect error");
         }
-        if request.method.as_str() == "POST"
+        if method == "POST"
             && self
                 .0
                 .failing_uploads
@@ -166,18 +301,34 @@ impl Respond for FakeSupabase {
             self.0.uploads.fetch_add(1, Ordering::SeqCst);
             return ResponseTemplate::new(503).set_body_string("upstream connect error");
         }
-        let path = request.url.path().to_owned();
-        let Some(rest) = path.strip_prefix("/storage/v1/object/") else {
-            return ResponseTemplate::new(404);
+        let Some(rest) = path.strip_prefix("/storage/v1/") else {
+            return unknown_route(request);
         };
-        match (request.method.as_str(), rest.split_once('/')) {
-            ("GET", Some(("public", key))) => self.download(key),
-            ("GET", Some(("authenticated", key))) => self
-                .unauthorized(request)
-                .unwrap_or_else(|| self.download(key)),
-            ("POST", Some((_, _))) => self.upload(request, rest.to_owned()),
-            ("DELETE", None) => self.remove(request, rest),
-            _ => supabase_error(400, "400", "Invalid request", "unknown route"),
+        let segments: Vec<&str> = rest.splitn(4, '/').collect();
+        match (method, segments.as_slice()) {
+            ("GET", ["bucket", id]) => self.bucket(request, id),
+            ("GET", ["object", "public", bucket, name]) => match self.bucket_public(bucket) {
+                Some(true) => self.download(bucket, name),
+                _ => no_such_bucket(),
+            },
+            ("GET", ["object", "authenticated", bucket, name]) => {
+                self.authenticated(request, || self.download(bucket, name))
+            }
+            ("GET", ["object", "info", "authenticated", tail]) => match tail.split_once('/') {
+                Some((bucket, name)) => self.authenticated(request, || self.info(bucket, name)),
+                None => unknown_route(request),
+            },
+            ("POST", ["object", bucket, first, rest @ ..]) => {
+                let name = [*first]
+                    .iter()
+                    .chain(rest)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join("/");
+                self.upload(request, bucket, &name)
+            }
+            ("DELETE", ["object", bucket]) => self.remove(request, bucket),
+            _ => unknown_route(request),
         }
     }
 }
@@ -199,11 +350,22 @@ impl Supabase {
     }
 
     fn configure(&self, settings: &mut Settings) {
+        self.configure_with(settings, SERVICE_KEY);
+    }
+
+    fn configure_with(&self, settings: &mut Settings, key: &str) {
         settings.storage.kind = StorageKind::Supabase;
         settings.storage.public_base_url = String::new();
         settings.storage.request_timeout_secs = 5;
         settings.storage.supabase.url = self.server.uri();
-        settings.secrets.storage.supabase_service_key = Some(SecretString::from(SERVICE_KEY));
+        settings.secrets.storage.supabase_service_key = Some(SecretString::from(key));
+    }
+
+    fn store(&self, key: &str, tweak: impl FnOnce(&mut Settings)) -> Arc<dyn storage::ImageStore> {
+        let mut settings = Settings::defaults().unwrap();
+        self.configure_with(&mut settings, key);
+        tweak(&mut settings);
+        storage::from_settings(&settings.storage, &settings.secrets.storage).unwrap()
     }
 
     fn keys(&self) -> Vec<String> {
@@ -215,6 +377,19 @@ impl Supabase {
     fn refused(&self) -> Vec<String> {
         self.state.refused.lock().unwrap().clone()
     }
+
+    fn uploads(&self) -> u32 {
+        self.state.uploads.load(Ordering::SeqCst)
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.state.requests.lock().unwrap().clone()
+    }
+}
+
+fn a_path(byte: &str) -> StoragePath {
+    let key = CacheKey::parse(&byte.repeat(32)).unwrap();
+    StoragePath::for_key(&key, chrono::Utc::now())
 }
 
 #[tokio::test]
@@ -238,7 +413,8 @@ async fn supabase_miss_uploads_with_the_documented_headers_serves_the_public_url
     assert_eq!(supabase.keys(), vec![format!("{BUCKET}/{path}")]);
     assert!(supabase.refused().is_empty(), "{:?}", supabase.refused());
 
-    // The public URL serves exactly the stored PNG, with its content type and caching.
+    // The public URL serves exactly the stored PNG, with the content type and caching the
+    // upload gave (the server stores what it is sent; it insists on neither).
     let served = env.http.get(&url).send().await.unwrap();
     assert_eq!(served.status(), 200);
     assert_eq!(served.headers()["content-type"], "image/png");
@@ -249,7 +425,7 @@ async fn supabase_miss_uploads_with_the_documented_headers_serves_the_public_url
     let hit = env.run(&env.job("u", json!({}))).await;
     assert_eq!(hit["cached"], true, "{hit}");
     assert_eq!(hit["image_url"], url.as_str());
-    assert_eq!(supabase.state.uploads.load(Ordering::SeqCst), 1);
+    assert_eq!(supabase.uploads(), 1);
 
     // Deleting through the store, as cleanup does.
     let store =
@@ -264,17 +440,16 @@ async fn supabase_miss_uploads_with_the_documented_headers_serves_the_public_url
     assert_eq!(store.delete(&path).await.unwrap(), 0, "absent is fine");
     assert!(supabase.keys().is_empty());
     assert!(supabase.refused().is_empty(), "{:?}", supabase.refused());
+    // `apikey` goes with every request: the server ignores it, a hosted gateway requires it.
+    assert_eq!(supabase.state.without_apikey.load(Ordering::SeqCst), 0);
     env.cleanup().await;
 }
 
 #[tokio::test]
-async fn supabase_upserts_a_replaced_image_and_a_wrong_key_is_a_backend_error() {
+async fn supabase_upserts_a_replaced_image_and_a_wrong_key_is_refused_with_the_servers_fields() {
     let supabase = Supabase::start().await;
-    let mut settings = Settings::defaults().unwrap();
-    supabase.configure(&mut settings);
-    let store = storage::from_settings(&settings.storage, &settings.secrets.storage).unwrap();
-    let key = CacheKey::parse(&"0e".repeat(32)).unwrap();
-    let path = StoragePath::for_key(&key, chrono::Utc::now());
+    let store = supabase.store(SERVICE_KEY, |_| {});
+    let path = a_path("0e");
     store
         .put(&path, Bytes::from_static(b"first"))
         .await
@@ -288,19 +463,81 @@ async fn supabase_upserts_a_replaced_image_and_a_wrong_key_is_a_backend_error() 
         Some(&b"second"[..])
     );
 
-    settings.secrets.storage.supabase_service_key = Some(SecretString::from("not-the-key"));
-    let wrong = storage::from_settings(&settings.storage, &settings.secrets.storage).unwrap();
+    let wrong = supabase.store("not-the-key", |_| {});
     let error = wrong
         .put(&path, Bytes::from_static(b"x"))
         .await
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+    assert!(matches!(error, StorageError::Refused(_)), "{error:?}");
+    let error = error.to_string();
     assert!(
-        error.starts_with("storage backend: supabase upload: HTTP 400"),
+        error.starts_with(
+            "storage backend refused: supabase upload: HTTP 400 Bad Request (statusCode 403, \
+             error Unauthorized, code AccessDenied): signature verification failed"
+        ),
         "{error}"
     );
+    assert!(error.contains("service_role key"), "{error}");
     assert!(!error.contains("not-the-key"), "{error}");
     assert_eq!(supabase.refused().len(), 1);
+}
+
+#[tokio::test]
+async fn supabase_refused_key_fails_the_job_at_once_not_retryable_and_refunded() {
+    let supabase = Supabase::start().await;
+    let mut env = TestEnv::start_with(vec![openai_ok()], |settings| {
+        supabase.configure_with(settings, "not-the-key")
+    })
+    .await;
+    // The look for an image stored earlier is refused: the job fails before paying for one.
+    let result = assert_failed_and_refunded(&mut env, "storage_failed", false, 0).await;
+    let message = result["error"]["message"].as_str().unwrap();
+    assert!(message.contains("statusCode 403"), "{result}");
+    assert!(message.contains("AccessDenied"), "{result}");
+    assert!(message.contains("SUPABASE_SERVICE_ROLE_KEY"), "{result}");
+    assert!(!message.contains("not-the-key"), "{result}");
+    assert_eq!(supabase.uploads(), 0);
+    assert_refused_upload_is_not_retried(&mut env, &supabase, "AccessDenied").await;
+    env.cleanup().await;
+}
+
+/// A `force_refresh` skips the look for an earlier image: it generates, and its upload meets the
+/// refusal — once, not three times — and the job fails, not retryable, refunded.
+async fn assert_refused_upload_is_not_retried(env: &mut TestEnv, supabase: &Supabase, code: &str) {
+    let mut job = env.job("refresher", json!({}));
+    job["force_refresh"] = json!(true);
+    let result = env.run(&job).await;
+    assert_eq!(result["status"], "failed", "{result}");
+    assert_eq!(result["error"]["code"], "storage_failed", "{result}");
+    assert_eq!(result["error"]["retryable"], false, "{result}");
+    assert_eq!(result["credits_remaining"], 100, "refunded: {result}");
+    let message = result["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("supabase upload: "), "{result}");
+    assert!(message.contains(&format!("code {code}")), "{result}");
+    assert_eq!(env.openai.calls(), 1, "generated once");
+    assert_eq!(supabase.uploads(), 1, "a refusal is not retried");
+    assert_eq!(count(&env.db, "SELECT count(*) FROM memoji_cache").await, 0);
+}
+
+#[tokio::test]
+async fn supabase_missing_bucket_fails_the_job_at_once_not_retryable_and_refunded() {
+    let supabase = Supabase::start().await;
+    let mut env = TestEnv::start_with(vec![openai_ok()], |settings| {
+        supabase.configure(settings);
+        settings.storage.supabase.bucket = "no-such-bucket".to_owned();
+    })
+    .await;
+    let result = assert_failed_and_refunded(&mut env, "storage_failed", false, 0).await;
+    let message = result["error"]["message"].as_str().unwrap();
+    assert!(message.contains("code NoSuchBucket"), "{result}");
+    assert!(
+        message.contains("bucket \"no-such-bucket\" does not exist"),
+        "{result}"
+    );
+    assert_eq!(supabase.uploads(), 0, "nothing generated, nothing uploaded");
+    assert_refused_upload_is_not_retried(&mut env, &supabase, "NoSuchBucket").await;
+    assert!(supabase.keys().is_empty());
+    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -317,11 +554,7 @@ async fn supabase_outage_fails_the_job_as_storage_failed_after_three_uploads_and
             .contains("HTTP 503"),
         "{result}"
     );
-    assert_eq!(
-        supabase.state.uploads.load(Ordering::SeqCst),
-        3,
-        "three tries in all"
-    );
+    assert_eq!(supabase.uploads(), 3, "three tries in all");
     env.cleanup().await;
 }
 
@@ -334,7 +567,7 @@ async fn supabase_brief_outage_is_retried_and_the_job_succeeds() {
     let result = env.run(&env.job("u", json!({}))).await;
     assert_eq!(result["status"], "succeeded", "{result}");
     assert_eq!(result["credits_charged"], 1);
-    assert_eq!(supabase.state.uploads.load(Ordering::SeqCst), 3);
+    assert_eq!(supabase.uploads(), 3);
     assert_eq!(env.openai.calls(), 1, "the image is generated once");
     let served = env
         .http
@@ -350,22 +583,127 @@ async fn supabase_brief_outage_is_retried_and_the_job_succeeds() {
     env.cleanup().await;
 }
 
+/// The cleanup through a key that may store but not delete: the server answers the delete with
+/// `200 []`, and the image must be counted as kept (an orphan), not as deleted.
 #[tokio::test]
-async fn storage_check_command_passes_against_supabase() {
+async fn supabase_cleanup_counts_an_image_the_key_could_not_delete_as_kept() {
     let supabase = Supabase::start().await;
-    let vars = [
+    let mut env = TestEnv::start_with(vec![openai_ok()], |settings| {
+        supabase.configure_with(settings, LIMITED_KEY)
+    })
+    .await;
+    let miss = env.run(&env.job("u", json!({}))).await;
+    assert_eq!(miss["status"], "succeeded", "{miss}");
+    let path = miss["storage_path"].as_str().unwrap().to_owned();
+    sqlx::query("UPDATE memoji_cache SET created_at = now() - interval '400 days'")
+        .execute(&env.db)
+        .await
+        .unwrap();
+
+    let (status, report) = env
+        .post_cleanup(&env.http_base(), false, Some(ADMIN_TOKEN))
+        .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["deleted"], 1, "{report}");
+    assert_eq!(report["bytes_freed"], 0, "{report}");
+    assert_eq!(
+        report["images_kept"], 1,
+        "the image stayed on the server: {report}"
+    );
+    assert_eq!(supabase.keys(), vec![format!("{BUCKET}/{path}")]);
+    assert_eq!(count(&env.db, "SELECT count(*) FROM memoji_cache").await, 0);
+    assert!(
+        supabase
+            .requests()
+            .iter()
+            .any(|r| r.starts_with("GET /storage/v1/object/info/authenticated/")),
+        "the empty answer was checked: {:?}",
+        supabase.requests()
+    );
+    env.cleanup().await;
+}
+
+/// A delete is "already gone" only when the server says the object is not there: never for an
+/// unknown route (a wrong URL) or a missing bucket, both of which a delete can meet.
+#[tokio::test]
+async fn supabase_delete_is_done_only_when_the_object_is_really_gone() {
+    let supabase = Supabase::start().await;
+    let path = a_path("1f");
+    let store = supabase.store(SERVICE_KEY, |_| {});
+    store.put(&path, Bytes::from_static(b"png")).await.unwrap();
+
+    // Row-level security: `200 []`, the object still there.
+    let limited = supabase.store(LIMITED_KEY, |_| {});
+    let error = limited.delete(&path).await.unwrap_err();
+    assert!(matches!(error, StorageError::Refused(_)), "{error:?}");
+    assert!(error.to_string().contains("is still in bucket"), "{error}");
+    assert_eq!(supabase.keys().len(), 1);
+
+    // A missing bucket: the delete answers `200 []` too.
+    let missing = supabase.store(SERVICE_KEY, |s| {
+        s.storage.supabase.bucket = "no-such-bucket".to_owned();
+    });
+    let error = missing.delete(&path).await.unwrap_err();
+    assert!(matches!(error, StorageError::Refused(_)), "{error:?}");
+    assert!(error.to_string().contains("code NoSuchBucket"), "{error}");
+    let error = missing.get(&path).await.unwrap_err();
+    assert!(error.to_string().contains("code NoSuchBucket"), "{error}");
+
+    // An unknown route: the URL points below the gateway's storage API.
+    let wrong_url = supabase.store(SERVICE_KEY, |s| {
+        s.storage.supabase.url = format!("{}/elsewhere", supabase.server.uri());
+    });
+    for error in [
+        wrong_url.delete(&path).await.unwrap_err(),
+        wrong_url.get(&path).await.unwrap_err(),
+    ] {
+        assert!(matches!(error, StorageError::Refused(_)), "{error:?}");
+        let error = error.to_string();
+        assert!(error.contains("HTTP 404 Not Found"), "{error}");
+        assert!(
+            error.contains("SUPABASE_URL must be the project URL"),
+            "{error}"
+        );
+    }
+    assert_eq!(supabase.keys().len(), 1, "nothing deleted it");
+
+    // The service key deletes it, and then it is gone: absent is fine.
+    assert_eq!(store.delete(&path).await.unwrap(), 3);
+    assert_eq!(store.delete(&path).await.unwrap(), 0);
+    assert!(supabase.keys().is_empty());
+}
+
+fn check_vars(supabase: &Supabase, key: &str) -> Vec<(&'static str, String)> {
+    vec![
         ("MEMOJI__STORAGE__KIND", "supabase".to_owned()),
         // The usual variable names work.
         ("SUPABASE_URL", supabase.server.uri()),
-        ("SUPABASE_SERVICE_ROLE_KEY", SERVICE_KEY.to_owned()),
-    ];
-    let output = worker_command(&vars)
+        ("SUPABASE_SERVICE_ROLE_KEY", key.to_owned()),
+    ]
+}
+
+fn storage_check(vars: &[(&str, String)]) -> (Option<i32>, String, String) {
+    let output = worker_command(vars)
         .args(["storage", "check"])
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn storage_check_command_passes_against_supabase() {
+    let supabase = Supabase::start().await;
+    let vars = check_vars(&supabase, SERVICE_KEY);
+    let (code, stdout, stderr) = storage_check(&vars);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("bucket  {BUCKET} exists and is public")),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("public  the url serves the image"),
         "{stdout}"
@@ -376,15 +714,67 @@ async fn storage_check_command_passes_against_supabase() {
     assert!(supabase.refused().is_empty(), "{:?}", supabase.refused());
 
     supabase.state.down.store(true, Ordering::SeqCst);
-    let output = worker_command(&vars)
-        .args(["storage", "check"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let (code, _, stderr) = storage_check(&vars);
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(
-        stderr.contains("storage check failed on the supabase backend: writing _memoji-check/"),
+        stderr.contains("storage check failed on the supabase backend: reading the bucket failed"),
         "{stderr}"
     );
     assert!(stderr.contains("HTTP 503"), "{stderr}");
+}
+
+#[tokio::test]
+async fn storage_check_command_fails_on_a_missing_or_private_bucket_a_key_that_cannot_delete_and_a_doubled_url()
+ {
+    let supabase = Supabase::start().await;
+
+    let mut vars = check_vars(&supabase, SERVICE_KEY);
+    vars.push((
+        "MEMOJI__STORAGE__SUPABASE__BUCKET",
+        "no-such-bucket".to_owned(),
+    ));
+    let (code, _, stderr) = storage_check(&vars);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("reading the bucket failed"), "{stderr}");
+    assert!(stderr.contains("code NoSuchBucket"), "{stderr}");
+    assert_eq!(
+        supabase.uploads(),
+        0,
+        "nothing is written to a missing bucket"
+    );
+
+    let mut vars = check_vars(&supabase, SERVICE_KEY);
+    vars.push((
+        "MEMOJI__STORAGE__SUPABASE__BUCKET",
+        PRIVATE_BUCKET.to_owned(),
+    ));
+    let (code, _, stderr) = storage_check(&vars);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("bucket {PRIVATE_BUCKET} is not public")),
+        "{stderr}"
+    );
+    assert!(supabase.keys().is_empty(), "the probe was deleted");
+
+    let (code, _, stderr) = storage_check(&check_vars(&supabase, LIMITED_KEY));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("deleting _memoji-check/"), "{stderr}");
+    assert!(stderr.contains("the key may not delete it"), "{stderr}");
+    assert_eq!(
+        supabase.keys().len(),
+        1,
+        "the key really could not delete it"
+    );
+
+    let before = supabase.requests().len();
+    let mut vars = check_vars(&supabase, SERVICE_KEY);
+    vars[1].1 = format!("{}/storage/v1", supabase.server.uri());
+    let (code, _, stderr) = storage_check(&vars);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("ends in /storage/v1"), "{stderr}");
+    assert_eq!(
+        supabase.requests().len(),
+        before,
+        "refused before any request"
+    );
 }
