@@ -361,7 +361,7 @@ async fn readers_that_stop_reading_are_cut_off_after_the_send_stall_timeout() {
 
 #[tokio::test]
 async fn with_a_remote_backend_the_images_route_serves_the_stored_object_whole() {
-    let s3 = crate::storage_s3::S3Server::get().await;
+    let s3 = crate::storage_s3::S3Server::get(crate::storage_s3::Server::Moto).await;
     let id = format!("s3{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     let bucket = s3.bucket(&id).await;
     let mut env = TestEnv::start_with(vec![crate::helpers::openai_ok()], |settings| {

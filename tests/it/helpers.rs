@@ -671,6 +671,19 @@ pub struct WorkerProcess {
     live: LiveWorkers,
 }
 
+impl WorkerProcess {
+    /// Peak resident memory of the process so far (`VmHWM`), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let pid = self.child.id().expect("the worker is running");
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/<pid>/status")
+    }
+}
+
 impl Drop for WorkerProcess {
     fn drop(&mut self) {
         self.leave();

@@ -19,6 +19,7 @@ mod intake;
 mod leftovers;
 mod metrics;
 mod models;
+mod openai_faults;
 mod pipeline;
 mod poison;
 mod readme;
