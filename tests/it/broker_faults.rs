@@ -10,15 +10,7 @@ use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOpti
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestEnv, count, openai_ok};
-
-fn reason(delivery: &lapin::message::Delivery) -> String {
-    let headers = delivery.properties.headers().clone().unwrap_or_default();
-    match headers.inner().get(memoji_worker::broker::REASON_HEADER) {
-        Some(AMQPValue::LongString(text)) => text.to_string(),
-        other => panic!("no reason header: {other:?}"),
-    }
-}
+use crate::helpers::{TestEnv, count, dead_letter_reason as reason, openai_ok};
 
 fn body(job: &Value) -> Vec<u8> {
     serde_json::to_vec(job).unwrap()

@@ -844,6 +844,15 @@ pub async fn count(db: &PgPool, sql: &str) -> i64 {
         .unwrap()
 }
 
+/// The `x-memoji-reason` header of a dead-lettered message.
+pub fn dead_letter_reason(delivery: &lapin::message::Delivery) -> String {
+    let headers = delivery.properties.headers().as_ref().expect("headers");
+    match headers.inner().get(memoji_worker::broker::REASON_HEADER) {
+        Some(lapin::types::AMQPValue::LongString(text)) => text.to_string(),
+        other => panic!("no reason header: {other:?}"),
+    }
+}
+
 /// The PNG the OpenAI stand-in returns, as bytes: what a stored image must equal.
 pub fn png_bytes() -> Vec<u8> {
     use base64::Engine;

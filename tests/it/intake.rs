@@ -2,17 +2,8 @@
 //! oversized body, a lone surrogate escape) are dead-lettered with a reason *and* answered.
 
 use lapin::BasicProperties;
-use lapin::types::AMQPValue;
 
-use crate::helpers::{TestEnv, openai_ok};
-
-fn reason(delivery: &lapin::message::Delivery) -> String {
-    let headers = delivery.properties.headers().as_ref().expect("headers");
-    match headers.inner().get(memoji_worker::broker::REASON_HEADER) {
-        Some(AMQPValue::LongString(text)) => text.to_string(),
-        other => panic!("no reason header: {other:?}"),
-    }
-}
+use crate::helpers::{TestEnv, dead_letter_reason as reason, openai_ok};
 
 #[tokio::test]
 async fn an_oversized_job_with_readable_ids_is_dead_lettered_and_answered() {

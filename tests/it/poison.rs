@@ -4,15 +4,7 @@ use lapin::BasicProperties;
 use lapin::types::AMQPValue;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestEnv, openai_ok};
-
-fn reason(delivery: &lapin::message::Delivery) -> String {
-    let headers = delivery.properties.headers().as_ref().expect("headers");
-    match headers.inner().get(memoji_worker::broker::REASON_HEADER) {
-        Some(AMQPValue::LongString(text)) => text.to_string(),
-        other => panic!("no reason header: {other:?}"),
-    }
-}
+use crate::helpers::{TestEnv, dead_letter_reason as reason, openai_ok};
 
 #[tokio::test]
 async fn non_jobs_are_dead_lettered_with_a_reason_and_the_worker_goes_on() {
