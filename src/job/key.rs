@@ -10,6 +10,7 @@
 use std::fmt;
 
 use serde::Serialize;
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::AvatarConfig;
@@ -32,32 +33,6 @@ impl GeneratorKind {
     }
 }
 
-/// The normalized configuration in the seed's key order. Field names are the JavaScript ones.
-#[derive(Serialize)]
-struct Canonical<'a> {
-    model: &'a str,
-    size: &'a str,
-    #[serde(rename = "familyType")]
-    family_type: &'a str,
-    gesture: &'a str,
-    hair: &'a str,
-    #[serde(rename = "skinTone")]
-    skin_tone: &'a str,
-    accessories: &'a [String],
-    #[serde(rename = "colorTheme")]
-    color_theme: &'a str,
-    background: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    prompt: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    quality: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    complexity: Option<&'a str>,
-    /// Only for placeholder entries: keeps them apart from real ones.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    generator: Option<&'a str>,
-}
-
 /// A cache key: 64 lowercase hex digits. Only [`CacheKey::of`] makes one from a configuration, and
 /// [`CacheKey::parse`] accepts only that shape, so a key is always safe in a storage path.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -72,26 +47,54 @@ impl CacheKey {
 
     /// The JSON text that is hashed; public so tests and operators can see what a key stands for.
     pub fn canonical_json(config: &AvatarConfig, generator: GeneratorKind) -> String {
-        let canonical = Canonical {
-            model: &config.model,
-            size: &config.size,
-            family_type: &config.family_type,
-            gesture: &config.gesture,
-            hair: &config.hair,
-            skin_tone: &config.skin_tone,
-            accessories: &config.accessories,
-            color_theme: &config.color_theme,
-            background: &config.background,
-            prompt: config.prompt.as_deref(),
-            quality: config.quality.as_deref(),
-            complexity: config.complexity.as_deref(),
-            generator: match generator {
-                GeneratorKind::OpenAi => None,
-                GeneratorKind::Placeholder => Some(GeneratorKind::Placeholder.as_str()),
-            },
+        Self::canonical_value(config, generator).to_string()
+    }
+
+    /// The normalized configuration as a JSON object in the seed's key order (JavaScript's field
+    /// names; `serde_json`'s `preserve_order` keeps insertion order), as recorded in
+    /// `memoji_cache.prompt_config`. Built field by field, so it cannot fail; its text is
+    /// [`CacheKey::canonical_json`].
+    pub fn canonical_value(config: &AvatarConfig, generator: GeneratorKind) -> Value {
+        let mut object = Map::new();
+        let mut put = |name: &str, value: Value| {
+            object.insert(name.to_owned(), value);
         };
-        // Serializing borrowed strings into a String cannot fail.
-        serde_json::to_string(&canonical).unwrap_or_default()
+        put("model", Value::from(config.model.as_str()));
+        put("size", Value::from(config.size.as_str()));
+        put("familyType", Value::from(config.family_type.as_str()));
+        put("gesture", Value::from(config.gesture.as_str()));
+        put("hair", Value::from(config.hair.as_str()));
+        put("skinTone", Value::from(config.skin_tone.as_str()));
+        put(
+            "accessories",
+            Value::Array(
+                config
+                    .accessories
+                    .iter()
+                    .map(|a| Value::from(a.as_str()))
+                    .collect(),
+            ),
+        );
+        put("colorTheme", Value::from(config.color_theme.as_str()));
+        put("background", Value::from(config.background.as_str()));
+        // Extras after the seed's nine, in this order, only when present (CONTRACT.md §3).
+        for (name, value) in [
+            ("prompt", &config.prompt),
+            ("quality", &config.quality),
+            ("complexity", &config.complexity),
+        ] {
+            if let Some(value) = value {
+                put(name, Value::from(value.as_str()));
+            }
+        }
+        // Only for placeholder entries: keeps them apart from real ones.
+        if generator == GeneratorKind::Placeholder {
+            put(
+                "generator",
+                Value::from(GeneratorKind::Placeholder.as_str()),
+            );
+        }
+        Value::Object(object)
     }
 
     /// Accepts a stored key: exactly 64 lowercase hex digits.

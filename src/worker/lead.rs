@@ -104,11 +104,7 @@ impl Context {
                     completed_at: Utc::now(),
                     error: None,
                 };
-                let prompt_config = serde_json::from_str(&CacheKey::canonical_json(
-                    &job.config,
-                    self.generator.kind(),
-                ))
-                .unwrap_or(serde_json::Value::Null);
+                let prompt_config = CacheKey::canonical_value(&job.config, self.generator.kind());
                 let entry = cache::NewEntry {
                     key,
                     image_url: &stored.url,

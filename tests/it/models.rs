@@ -55,13 +55,21 @@ async fn a_seed_job_is_made_by_the_successor_under_the_seeds_key() {
     assert_eq!(safety, memoji_worker::generate::safety_identifier(user));
     assert!(!safety.contains(user));
 
-    // The row records the called model and OpenAI's usage; cost_usd comes from that usage.
-    let (model, usage): (Option<String>, Option<Value>) =
-        sqlx::query_as("SELECT model, usage FROM memoji_cache WHERE prompt_hash = $1")
-            .bind(SEED_KEY)
-            .fetch_one(&env.db)
-            .await
-            .unwrap();
+    // The row records what the key stands for (the model asked for), the called model and
+    // OpenAI's usage; cost_usd comes from that usage.
+    let (prompt_config, model, usage): (Value, Option<String>, Option<Value>) = sqlx::query_as(
+        "SELECT prompt_config, model, usage FROM memoji_cache WHERE prompt_hash = $1",
+    )
+    .bind(SEED_KEY)
+    .fetch_one(&env.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        prompt_config,
+        json!({"model": "gpt-image-1", "size": "1024x1024", "familyType": "father",
+               "gesture": "wave", "hair": "short", "skinTone": "medium", "accessories": [],
+               "colorTheme": "pastel-blue", "background": "auto"})
+    );
     assert_eq!(model.as_deref(), Some("gpt-image-2.6-flare"));
     let usage = usage.expect("usage recorded");
     let text = usage["input_tokens_details"]["text_tokens"]
