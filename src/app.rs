@@ -41,6 +41,7 @@ impl App {
     /// and binds the admin API. The broker is connected by the worker loop, which keeps
     /// reconnecting; a broker that is down at start delays work, it does not stop the process.
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        let models = Arc::new(check_domain(&settings)?);
         let settings = Arc::new(settings);
         telemetry::install_prometheus();
         // What can be refused without touching the database comes first: a missing key or a busy
@@ -79,13 +80,6 @@ impl App {
             settings.cleanup.clone(),
             Some(feed.clone()),
         ));
-        let models = Arc::new(
-            ModelRules::new(
-                &settings.openai.successors,
-                &settings.openai.default_quality,
-            )
-            .context("openai.successors")?,
-        );
         for (retired, successor) in models.successors.pairs() {
             tracing::debug!(retired, %successor, "retired model served by its successor");
         }
@@ -312,6 +306,23 @@ async fn upkeep_metrics(stop: CancellationToken) {
     }
 }
 
+/// The settings' domain rules, each checked by the module it belongs to, before anything starts:
+/// the cleanup's cron schedule, the price table (every model the worker may call), the model
+/// successors and the response cap. Returns the model rules jobs are checked against.
+pub fn check_domain(settings: &Settings) -> anyhow::Result<ModelRules> {
+    schedule::parse(&settings.cleanup.schedule)
+        .map_err(|e| anyhow::anyhow!("cleanup.schedule: {e}"))?;
+    crate::generate::pricing::check(&settings.prices).map_err(|e| anyhow::anyhow!(e))?;
+    if settings.openai.max_response_bytes < storage::MAX_IMAGE_BYTES {
+        bail!("openai.max_response_bytes must be at least the largest image stored (5 MiB)");
+    }
+    ModelRules::new(
+        &settings.openai.successors,
+        &settings.openai.default_quality,
+    )
+    .map_err(|e| anyhow::anyhow!(e))
+}
+
 /// The lifecycle checker, where the worker calls OpenAI (not for the placeholder generator).
 fn model_checker(settings: &Settings) -> anyhow::Result<Option<ModelChecker>> {
     match (&settings.generator.kind, &settings.secrets.openai_api_key) {
@@ -340,4 +351,42 @@ fn generator(settings: &Settings) -> anyhow::Result<Arc<dyn ImageGenerator>> {
             )
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(tweak: impl FnOnce(&mut Settings)) -> String {
+        let mut settings = Settings::defaults().unwrap();
+        tweak(&mut settings);
+        check_domain(&settings).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_defaults_pass_the_domain_rules() {
+        let rules = check_domain(&Settings::defaults().unwrap()).unwrap();
+        assert_eq!(rules.default_quality, None);
+    }
+
+    #[test]
+    fn a_bad_schedule_price_table_successor_or_cap_stops_the_start() {
+        let error = refusal(|s| s.cleanup.schedule = "0 3 * * *".to_owned());
+        assert!(error.contains("cleanup.schedule"), "{error}");
+        let error = refusal(|s| {
+            s.prices.per_image.remove("gpt_image_2");
+        });
+        assert!(error.contains("gpt_image_2"), "{error}");
+        let error = refusal(|s| {
+            s.openai
+                .successors
+                .insert("dall_e_2".to_owned(), "dall-e-3".to_owned());
+        });
+        assert!(
+            error.contains("dall_e_2") && error.contains("not an active model"),
+            "{error}"
+        );
+        let error = refusal(|s| s.openai.max_response_bytes = 1024);
+        assert!(error.contains("max_response_bytes"), "{error}");
+    }
 }

@@ -537,8 +537,6 @@ impl Settings {
             self.http.send_stall_timeout_secs > 0,
             "http.send_stall_timeout_secs must be at least 1",
         )?;
-        crate::maintenance::schedule::parse(&self.cleanup.schedule)
-            .map_err(|e| SettingsError::Rule(format!("cleanup.schedule: {e}")))?;
         rule(
             ["auto", "low"].contains(&self.openai.moderation.as_str()),
             "openai.moderation must be auto or low",
@@ -547,13 +545,8 @@ impl Settings {
             self.openai.lifecycle_check_hours > 0 && self.openai.lifecycle_retry_secs > 0,
             "openai.lifecycle_check_hours and openai.lifecycle_retry_secs must be at least 1",
         )?;
-        rule(
-            self.openai.max_response_bytes >= crate::storage::MAX_IMAGE_BYTES,
-            "openai.max_response_bytes must be at least the largest image stored (5 MiB)",
-        )?;
-        crate::job::ModelRules::new(&self.openai.successors, &self.openai.default_quality)
-            .map_err(|e| SettingsError::Rule(e.to_string()))?;
-        crate::generate::pricing::check(&self.prices).map_err(SettingsError::Rule)?;
+        // Domain rules (the cron schedule, the price table, model successors) are checked where
+        // they live, when the app is built: `app::check_domain`.
         Ok(self)
     }
 }
@@ -858,34 +851,6 @@ mod tests {
         );
         // Nothing else moved.
         assert_eq!(from_env.prices.per_image.len(), defaults.per_image.len());
-    }
-
-    #[test]
-    fn a_successor_that_is_not_an_active_model_stops_the_start() {
-        let mut settings = Settings::defaults().unwrap();
-        settings
-            .openai
-            .successors
-            .insert("dall_e_2".to_owned(), "dall-e-3".to_owned());
-        let error = settings.checked().unwrap_err().to_string();
-        assert!(
-            error.contains("dall_e_2") && error.contains("not an active model"),
-            "{error}"
-        );
-    }
-
-    #[test]
-    fn a_bad_schedule_or_price_table_stops_the_start() {
-        let mut settings = Settings::defaults().unwrap();
-        settings.cleanup.schedule = "0 3 * * *".to_owned();
-        assert!(
-            matches!(settings.checked(), Err(SettingsError::Rule(m)) if m.contains("cleanup.schedule"))
-        );
-        let mut settings = Settings::defaults().unwrap();
-        settings.prices.per_image.remove("gpt_image_2");
-        assert!(
-            matches!(settings.checked(), Err(SettingsError::Rule(m)) if m.contains("gpt_image_2"))
-        );
     }
 
     #[test]
