@@ -97,18 +97,11 @@ async fn a_result_queue_that_disappears_backs_off_and_the_job_is_answered_when_i
         (1..=6).contains(&tries),
         "{tries} deliveries in 3 s: the retries back off"
     );
-    let dead = channel
-        .queue_declare(
-            amqp.dead_letter_queue.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(dead.message_count(), 0, "nothing dead-lettered meanwhile");
+    assert_eq!(
+        env.messages_in(&amqp.dead_letter_queue).await,
+        0,
+        "nothing dead-lettered meanwhile"
+    );
 
     env.broker.declare().await.unwrap();
     let delivery = env
@@ -195,20 +188,8 @@ async fn reply_to_naming_the_workers_own_queues_is_ignored() {
         0
     );
     let dead = env.settings.amqp.dead_letter_queue.clone();
-    let channel = env.broker.channel().await.unwrap();
-    let letters = channel
-        .queue_declare(
-            dead.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
     assert_eq!(
-        letters.message_count(),
+        env.messages_in(&dead).await,
         0,
         "no reply went into the dead-letter queue"
     );

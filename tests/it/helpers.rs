@@ -390,6 +390,20 @@ impl TestEnv {
         terminated
     }
 
+    /// How many messages wait in `queue` (a passive declare: the queue must exist).
+    pub async fn messages_in(&self, queue: &str) -> u32 {
+        let channel = self.broker.channel().await.unwrap();
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+            .unwrap()
+            .message_count()
+    }
+
     /// A job body with a fresh id.
     pub fn job(&self, user: &str, config: Value) -> Value {
         json!({"job_id": uuid::Uuid::new_v4().to_string(), "user_id": user, "tier": "monthly_basic", "config": config})

@@ -83,19 +83,8 @@ async fn a_database_outage_longer_than_the_delivery_budget_loses_no_job_and_no_c
         "the worker paused during the outage"
     );
     // Nothing was given up to the dead-letter queue.
-    let channel = env.broker.channel().await.unwrap();
-    let state = channel
-        .queue_declare(
-            env.settings.amqp.dead_letter_queue.as_str().into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            lapin::types::FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(state.message_count(), 0, "no job dead-lettered");
+    let dead = env.settings.amqp.dead_letter_queue.clone();
+    assert_eq!(env.messages_in(&dead).await, 0, "no job dead-lettered");
     // The worker resumed for good: a new job is served.
     let after = env.run(&env.job("u", json!({"hair": "after"}))).await;
     assert_eq!(after["status"], "succeeded");
