@@ -10,9 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
-
-use crate::job::{GeneratorKind, Tier};
+use serde::{Deserialize, Serialize};
 
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
@@ -224,6 +222,24 @@ pub struct GeneratorSettings {
     pub kind: GeneratorKind,
 }
 
+/// Which generator makes images. Placeholder images get cache keys of their own, so they never
+/// answer a run with the real generator (CONTRACT.md §10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GeneratorKind {
+    OpenAi,
+    Placeholder,
+}
+
+impl GeneratorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GeneratorKind::OpenAi => "openai",
+            GeneratorKind::Placeholder => "placeholder",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StorageKind {
@@ -302,16 +318,6 @@ impl HttpSettings {
 pub struct CreditSettings {
     pub enabled: bool,
     pub allowances: BTreeMap<String, Allowance>,
-}
-
-impl CreditSettings {
-    /// The monthly allowance of a tier; a tier missing from configuration gets nothing.
-    pub fn allowance(&self, tier: Tier) -> Allowance {
-        self.allowances
-            .get(tier.as_str())
-            .copied()
-            .unwrap_or(Allowance::Limited(0))
-    }
 }
 
 /// Credits a tier gets each month.
@@ -690,13 +696,13 @@ mod tests {
         assert!(settings.credits.enabled);
         assert_eq!(settings.stats.interval_secs, 60);
         assert_eq!(settings.cleanup.schedule, "0 0 3 * * *");
-        let allowance = |tier| settings.credits.allowance(tier);
-        assert_eq!(allowance(Tier::Free), Allowance::Limited(2));
-        assert_eq!(allowance(Tier::MonthlyBasic), Allowance::Limited(100));
-        assert_eq!(allowance(Tier::MonthlyStandard), Allowance::Limited(300));
-        assert_eq!(allowance(Tier::MonthlyPro), Allowance::Limited(1000));
+        let allowance = |tier: &str| settings.credits.allowances[tier];
+        assert_eq!(allowance("free"), Allowance::Limited(2));
+        assert_eq!(allowance("monthly_basic"), Allowance::Limited(100));
+        assert_eq!(allowance("monthly_standard"), Allowance::Limited(300));
+        assert_eq!(allowance("monthly_pro"), Allowance::Limited(1000));
         assert_eq!(
-            allowance(Tier::Lifetime),
+            allowance("lifetime"),
             Allowance::Unlimited(UnlimitedWord::Unlimited)
         );
     }
@@ -810,9 +816,15 @@ mod tests {
         let defaults = Settings::defaults().unwrap().prices;
         let image = |p: &PriceSettings, model: &str, quality: &str| p.per_image[model][quality];
         // The defaults are OpenAI's per-token prices for the 2.x models (CONTRACT.md §11).
-        for model in crate::job::Model::active() {
+        for model in [
+            "gpt_image_2_6_flare",
+            "gpt_image_2_6_sunburst",
+            "gpt_image_2_5_flare",
+            "gpt_image_2_5_sunburst",
+            "gpt_image_2",
+        ] {
             assert_eq!(
-                defaults.per_million_tokens[&model.config_key()],
+                defaults.per_million_tokens[model],
                 TokenPrices {
                     text_input: 5.0,
                     cached_text_input: 1.25,

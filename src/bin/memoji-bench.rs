@@ -49,8 +49,14 @@ enum Command {
         keys: usize,
         #[arg(long, default_value_t = 2_000)]
         warmup: usize,
+        /// The rate-limited run's rate, as a fraction of the echo baseline's throughput (of the
+        /// consumer's own with --skip-echo).
         #[arg(long, default_value_t = 0.5)]
         rate_fraction: f64,
+        /// The rate-limited run's rate in jobs/s, instead of --rate-fraction (for before/after
+        /// runs with --skip-echo at the same offered rate).
+        #[arg(long)]
+        rate: Option<f64>,
         #[arg(long, default_value_t = 20.0)]
         rate_secs: f64,
         #[arg(long, default_value_t = 64)]
@@ -137,6 +143,7 @@ async fn main() -> anyhow::Result<()> {
             keys,
             warmup,
             rate_fraction,
+            rate,
             rate_secs,
             prefetch,
             skip_echo,
@@ -146,6 +153,7 @@ async fn main() -> anyhow::Result<()> {
                 keys,
                 warmup,
                 rate_fraction,
+                rate,
                 rate_secs,
                 prefetch,
                 skip_echo,
