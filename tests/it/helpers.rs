@@ -573,107 +573,16 @@ async fn wait_ready(http: &reqwest::Client, base: &str) {
     panic!("the worker at {base} never became ready");
 }
 
-/// The environment variables that configure a worker process like `settings`.
+/// The environment of a worker process configured like `settings`: `PATH`, then every setting and
+/// secret ([`Settings::to_environment`], the one map from settings to variables).
 pub fn worker_environment(settings: &Settings) -> Vec<(String, String)> {
-    let amqp = &settings.amqp;
-    let openai = &settings.openai;
-    let mut vars = vec![
-        ("PATH", std::env::var("PATH").unwrap_or_default()),
-        ("MEMOJI__AMQP__URL", amqp.url.expose_secret().to_owned()),
-        ("MEMOJI__AMQP__PREFETCH", amqp.prefetch.to_string()),
-        ("MEMOJI__AMQP__JOB_QUEUE", amqp.job_queue.clone()),
-        (
-            "MEMOJI__AMQP__RESULT_EXCHANGE",
-            amqp.result_exchange.clone(),
-        ),
-        ("MEMOJI__AMQP__RESULT_QUEUE", amqp.result_queue.clone()),
-        (
-            "MEMOJI__AMQP__METRICS_EXCHANGE",
-            amqp.metrics_exchange.clone(),
-        ),
-        ("MEMOJI__AMQP__METRICS_QUEUE", amqp.metrics_queue.clone()),
-        (
-            "MEMOJI__AMQP__DEAD_LETTER_EXCHANGE",
-            amqp.dead_letter_exchange.clone(),
-        ),
-        (
-            "MEMOJI__AMQP__DEAD_LETTER_QUEUE",
-            amqp.dead_letter_queue.clone(),
-        ),
-        (
-            "MEMOJI__AMQP__DELIVERY_LIMIT",
-            amqp.delivery_limit.to_string(),
-        ),
-        (
-            "MEMOJI__AMQP__RECONNECT_MIN_MS",
-            amqp.reconnect_min_ms.to_string(),
-        ),
-        (
-            "MEMOJI__AMQP__RECONNECT_MAX_MS",
-            amqp.reconnect_max_ms.to_string(),
-        ),
-        (
-            "MEMOJI__DATABASE__URL",
-            settings.database.url.expose_secret().to_owned(),
-        ),
-        (
-            "MEMOJI__DATABASE__MAX_CONNECTIONS",
-            settings.database.max_connections.to_string(),
-        ),
-        ("MEMOJI__OPENAI__BASE_URL", openai.base_url.clone()),
-        (
-            "MEMOJI__OPENAI__MAX_CONCURRENCY",
-            openai.max_concurrency.to_string(),
-        ),
-        (
-            "MEMOJI__OPENAI__MAX_ATTEMPTS",
-            openai.max_attempts.to_string(),
-        ),
-        (
-            "MEMOJI__OPENAI__BACKOFF_MIN_MS",
-            openai.backoff_min_ms.to_string(),
-        ),
-        (
-            "MEMOJI__OPENAI__BACKOFF_MAX_MS",
-            openai.backoff_max_ms.to_string(),
-        ),
-        (
-            "MEMOJI__OPENAI__REQUEST_TIMEOUT_SECS",
-            openai.request_timeout_secs.to_string(),
-        ),
-        (
-            "MEMOJI__GENERATOR__KIND",
-            settings.generator.kind.as_str().to_owned(),
-        ),
-        (
-            "MEMOJI__STORAGE__LOCAL_DIR",
-            settings.storage.local_dir.display().to_string(),
-        ),
-        (
-            "MEMOJI__STORAGE__PUBLIC_BASE_URL",
-            settings.storage.public_base_url.clone(),
-        ),
-        (
-            "MEMOJI__CREDITS__ENABLED",
-            settings.credits.enabled.to_string(),
-        ),
-        (
-            "MEMOJI__WORKER__LEASE_SECS",
-            settings.worker.lease_secs.to_string(),
-        ),
-        (
-            "MEMOJI__WORKER__WAIT_POLL_MS",
-            settings.worker.wait_poll_ms.to_string(),
-        ),
-        (
-            "MEMOJI__WORKER__SHUTDOWN_GRACE_SECS",
-            settings.worker.shutdown_grace_secs.to_string(),
-        ),
-    ];
-    if let Some(key) = &settings.secrets.openai_api_key {
-        vars.push(("OPENAI_API_KEY", key.expose_secret().to_owned()));
-    }
-    vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    let mut vars = vec![("PATH".to_owned(), std::env::var("PATH").unwrap_or_default())];
+    vars.extend(
+        settings
+            .to_environment()
+            .expect("every setting has an environment form"),
+    );
+    vars
 }
 
 /// A `memoji-worker run` child process; killed if dropped.
