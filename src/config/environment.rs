@@ -137,10 +137,7 @@ impl Variables {
         match self {
             Variables::Process => environment,
             Variables::Given(given) => environment.source(Some(
-                given
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
+                given.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             )),
         }
     }
@@ -181,7 +178,8 @@ mod tests {
         settings.amqp.prefix_names("t0123");
         settings.amqp.prefetch = 7;
         settings.amqp.reconnect_min_ms = 50;
-        settings.database.url = SecretString::from("postgres://postgres@127.0.0.1:5432/memoji_it_x");
+        settings.database.url =
+            SecretString::from("postgres://postgres@127.0.0.1:5432/memoji_it_x");
         settings.database.max_connections = 8;
         settings.database.synchronous_commit = "off".into();
         settings.openai.base_url = "http://127.0.0.1:4010/v1".into();
@@ -249,7 +247,8 @@ mod tests {
         assert_eq!(everything(&loaded), everything(&settings));
         // And the defaults alone come back as the defaults.
         let defaults = Settings::defaults().unwrap();
-        let loaded = Settings::load_from_variables(None, &defaults.to_environment().unwrap()).unwrap();
+        let loaded =
+            Settings::load_from_variables(None, &defaults.to_environment().unwrap()).unwrap();
         assert_eq!(everything(&loaded), everything(&defaults));
     }
 
@@ -266,14 +265,23 @@ mod tests {
     #[test]
     fn the_given_variables_stand_for_the_process_environment() {
         let variables = vec![
-            ("AMQP_URL".to_owned(), "amqp://alias@broker:5672/%2f".to_owned()),
+            (
+                "AMQP_URL".to_owned(),
+                "amqp://alias@broker:5672/%2f".to_owned(),
+            ),
             ("MEMOJI__AMQP__PREFETCH".to_owned(), "3".to_owned()),
             ("ADMIN_TOKEN".to_owned(), "".to_owned()),
         ];
         let loaded = Settings::load_from_variables(None, &variables).unwrap();
-        assert_eq!(loaded.amqp.url.expose_secret(), "amqp://alias@broker:5672/%2f");
+        assert_eq!(
+            loaded.amqp.url.expose_secret(),
+            "amqp://alias@broker:5672/%2f"
+        );
         assert_eq!(loaded.amqp.prefetch, 3);
-        assert!(loaded.secrets.admin_token.is_none(), "an empty secret is none");
+        assert!(
+            loaded.secrets.admin_token.is_none(),
+            "an empty secret is none"
+        );
         let unknown = vec![("MEMOJI__AMQP__PREFECH".to_owned(), "3".to_owned())];
         let error = Settings::load_from_variables(None, &unknown).unwrap_err();
         assert!(

@@ -4,6 +4,7 @@
 
 mod helpers;
 mod openai;
+mod support;
 
 mod admin_api;
 mod admin_limits;
