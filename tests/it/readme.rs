@@ -101,8 +101,17 @@ fn cargo_run_picks_the_worker_binary() {
         String::from_utf8_lossy(&output.stderr)
     );
     let metadata: Value = serde_json::from_slice(&output.stdout).unwrap();
-    let package = &metadata["packages"][0];
-    assert_eq!(package["name"], "memoji-worker");
+    // The workspace's packages: the worker (the root) and the bench (bench/).
+    let packages = metadata["packages"].as_array().unwrap();
+    let package = packages
+        .iter()
+        .find(|p| p["name"] == "memoji-worker")
+        .expect("the memoji-worker package");
+    assert_eq!(
+        metadata["workspace_default_members"],
+        serde_json::json!([package["id"]]),
+        "`cargo run` at the root builds the worker's package alone"
+    );
     assert_eq!(
         package["default_run"], "memoji-worker",
         "`cargo run` must run the worker without --bin"
