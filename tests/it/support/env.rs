@@ -156,7 +156,7 @@ impl TestEnv {
         let id = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let openai = OpenAiStub::answering(replies).await;
         let storage = tempfile::tempdir().unwrap();
-        let mut settings = isolated_settings(&id, &openai.server.uri());
+        let mut settings = isolated_settings(&id, &openai.uri());
         settings.storage.local_dir = storage.path().to_owned();
         tweak(&mut settings);
 
