@@ -27,13 +27,26 @@ impl TestEnv {
     }
 }
 
+/// Drops the test's database, and any database a test derived from its name
+/// (`memoji_it_<id>_…`, such as one a failing CLI test should never have created).
 pub async fn drop_database(settings: &Settings) {
     let url = settings.database.url.expose_secret().to_owned();
     let (server, name) = url.rsplit_once('/').unwrap();
     if let Ok(admin) = PgPool::connect(&format!("{server}/postgres")).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-            .execute(&admin)
-            .await;
+        let derived = format!("{}\\_%", name.replace('_', "\\_"));
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT datname FROM pg_database WHERE datname = $1 OR datname LIKE $2",
+        )
+        .bind(name)
+        .bind(&derived)
+        .fetch_all(&admin)
+        .await
+        .unwrap_or_else(|_| vec![name.to_owned()]);
+        for name in names {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .execute(&admin)
+                .await;
+        }
         admin.close().await;
     }
 }
