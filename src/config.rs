@@ -12,6 +12,10 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use environment::Variables;
+
+mod environment;
+
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
 /// Unprefixed variables the usual tools set, and the key each stands for.
@@ -69,7 +73,7 @@ fn origin_text(variable: &Option<String>) -> String {
         .unwrap_or_default()
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Settings {
     pub amqp: AmqpSettings,
     pub database: DatabaseSettings,
@@ -123,7 +127,12 @@ impl StorageSecrets {
     ];
 
     pub fn from_env() -> StorageSecrets {
-        let first = |variables: [&str; 2]| variables.into_iter().find_map(secret_from_env);
+        Self::from_lookup(secret_from_env)
+    }
+
+    /// Each secret from the first of its variables that `secret` finds set (and not empty).
+    fn from_lookup(secret: impl Fn(&str) -> Option<SecretString>) -> StorageSecrets {
+        let first = |variables: [&str; 2]| variables.into_iter().find_map(&secret);
         StorageSecrets {
             s3_access_key_id: first(Self::S3_ACCESS_KEY_ID),
             s3_secret_access_key: first(Self::S3_SECRET_ACCESS_KEY),
@@ -133,8 +142,10 @@ impl StorageSecrets {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct AmqpSettings {
+    /// A secret (it may carry a password): never serialized; see [`Settings::to_environment`].
+    #[serde(skip_serializing)]
     pub url: SecretString,
     pub prefetch: u16,
     pub job_queue: String,
@@ -150,8 +161,10 @@ pub struct AmqpSettings {
     pub reconnect_max_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct DatabaseSettings {
+    /// A secret (it may carry a password): never serialized; see [`Settings::to_environment`].
+    #[serde(skip_serializing)]
     pub url: SecretString,
     pub max_connections: u32,
     pub acquire_timeout_secs: u64,
@@ -162,7 +175,7 @@ pub struct DatabaseSettings {
     pub lock_timeout_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct OpenAiSettings {
     pub base_url: String,
     pub max_concurrency: usize,
@@ -217,7 +230,7 @@ impl OpenAiSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct GeneratorSettings {
     pub kind: GeneratorKind,
 }
@@ -240,7 +253,7 @@ impl GeneratorKind {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StorageKind {
     Local,
@@ -248,7 +261,7 @@ pub enum StorageKind {
     Supabase,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct StorageSettings {
     pub kind: StorageKind,
     pub local_dir: PathBuf,
@@ -269,7 +282,7 @@ impl StorageSettings {
 }
 
 /// An S3-compatible store (AWS S3, MinIO, R2, Supabase's S3 endpoint). Credentials are secrets.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct S3Settings {
     /// Empty for AWS itself (`https://s3.<region>.amazonaws.com`).
     pub endpoint: String,
@@ -280,7 +293,7 @@ pub struct S3Settings {
 }
 
 /// Supabase Storage's REST API. The service role key is a secret.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct SupabaseSettings {
     /// The project URL, e.g. `https://abcd.supabase.co` (also `SUPABASE_URL`).
     pub url: String,
@@ -288,7 +301,7 @@ pub struct SupabaseSettings {
 }
 
 /// The admin API's listener and the limits that keep a hostile client from exhausting it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct HttpSettings {
     pub bind: SocketAddr,
     /// A request's head (and, between keep-alive requests, the next one) must arrive within this.
@@ -314,27 +327,27 @@ impl HttpSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct CreditSettings {
     pub enabled: bool,
     pub allowances: BTreeMap<String, Allowance>,
 }
 
 /// Credits a tier gets each month.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum Allowance {
     Limited(u32),
     Unlimited(UnlimitedWord),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UnlimitedWord {
     Unlimited,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct StatsSettings {
     pub interval_secs: u64,
     pub flush_ms: u64,
@@ -343,7 +356,7 @@ pub struct StatsSettings {
 
 /// What images cost, in US dollars (see `generate::pricing`). Models are keyed with `_` for `-`
 /// and `.` (`gpt_image_2_6_flare`), so that every key also has an environment form.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct PriceSettings {
     /// model → dollars per 1M tokens, from OpenAI's `usage`.
     pub per_million_tokens: BTreeMap<String, TokenPrices>,
@@ -352,7 +365,7 @@ pub struct PriceSettings {
 }
 
 /// Dollars per 1M tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
 pub struct TokenPrices {
     pub text_input: f64,
     pub cached_text_input: f64,
@@ -360,7 +373,7 @@ pub struct TokenPrices {
     pub image_output: f64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct CleanupSettings {
     pub schedule: String,
     pub max_age_days: u32,
@@ -373,7 +386,7 @@ pub struct CleanupSettings {
     pub ledger_retention_days: u32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct WorkerSettings {
     pub lease_secs: u64,
     pub hit_claim_secs: u64,
@@ -388,7 +401,7 @@ pub struct WorkerSettings {
 }
 
 /// The refund sweep (`maintenance::refund`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct RefundSettings {
     /// Seconds between sweeps.
     pub every_secs: u64,
@@ -396,13 +409,13 @@ pub struct RefundSettings {
     pub abandoned_after_secs: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct LogSettings {
     pub format: LogFormat,
     pub level: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Pretty on a terminal, JSON otherwise.
@@ -438,30 +451,42 @@ impl Settings {
     /// Every layer: defaults, then `file` (or `MEMOJI_CONFIG`), then the environment. A key that
     /// no setting reads, in the file or in a `MEMOJI__` variable, is refused by name.
     pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
-        let env_file = std::env::var_os("MEMOJI_CONFIG").map(PathBuf::from);
+        Self::load_from(file, &Variables::Process)
+    }
+
+    /// [`Settings::load`] reading `variables` (see [`environment`]) instead of the process's.
+    fn load_from(file: Option<&Path>, variables: &Variables) -> Result<Settings, SettingsError> {
+        let env_file = variables.var_os("MEMOJI_CONFIG").map(PathBuf::from);
         let mut builder = config::Config::builder()
             .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
         if let Some(path) = file.map(Path::to_path_buf).or(env_file) {
             builder = builder.add_source(read_file(&path)?);
         }
-        builder = builder.add_source(environment());
+        builder = builder.add_source(variables.source(environment()));
         for (variable, key) in ALIASES {
             let prefixed = format!("MEMOJI__{}", key.replace('.', "__").to_uppercase());
-            if std::env::var_os(prefixed).is_none()
-                && let Ok(value) = std::env::var(variable)
+            if variables.var_os(&prefixed).is_none()
+                && let Some(value) = variables.var(variable)
             {
                 builder = builder.set_override(key, value)?;
             }
         }
-        let variables: Vec<String> = std::env::vars_os()
-            .filter_map(|(name, _)| name.into_string().ok())
+        let names: Vec<String> = variables
+            .names()
+            .into_iter()
             .filter(|name| name.starts_with("MEMOJI__"))
             .collect();
-        let mut settings = strict(builder.build()?, &variables)?;
+        let mut settings = strict(builder.build()?, &names)?;
+        let secret = |name: &str| {
+            variables
+                .var(name)
+                .filter(|v| !v.is_empty())
+                .map(SecretString::from)
+        };
         settings.secrets = Secrets {
-            openai_api_key: secret_from_env("OPENAI_API_KEY"),
-            admin_token: secret_from_env("ADMIN_TOKEN"),
-            storage: StorageSecrets::from_env(),
+            openai_api_key: secret("OPENAI_API_KEY"),
+            admin_token: secret("ADMIN_TOKEN"),
+            storage: StorageSecrets::from_lookup(secret),
         };
         settings.checked()
     }

@@ -6,6 +6,7 @@
 
 mod helpers;
 mod openai;
+mod support;
 
 mod admin_api;
 mod admin_limits;

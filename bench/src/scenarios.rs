@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::env::{Bench, Proc, WorkerKnobs};
-use super::load::{self, JobSpec, Measured, fresh_config, hot_config};
-use super::seed;
-use super::stub::{self, Stub};
+use crate::env::{Bench, Proc, WorkerKnobs};
+use crate::load::{self, JobSpec, Measured, fresh_config, hot_config};
+use crate::seed;
+use crate::stub::{self, Stub};
 
 const STOP_GRACE: Duration = Duration::from_secs(15);
 const MIB: f64 = 1024.0;
