@@ -65,6 +65,7 @@ pub type Conn = PoolConnection<Postgres>;
 /// of the same job is at work; never returns [`Seen::Busy`]. The arrival also looks the key up
 /// (unless `force_refresh`). The connection it used comes back for the hit path, unless it had to
 /// wait, which it never does holding a connection.
+#[tracing::instrument(name = "cache lookup", level = "debug", skip_all)]
 pub async fn own_job(
     ctx: &Context,
     job: &Job,
@@ -106,6 +107,7 @@ pub enum Claim {
 
 /// Claims the key's lease or waits until its entry exists. `fresh_since`, for `force_refresh`
 /// jobs, accepts only an entry recorded after that time.
+#[tracing::instrument(name = "single flight", level = "debug", skip_all)]
 pub async fn lead_or_wait(
     ctx: &Context,
     job: &Job,

@@ -258,6 +258,7 @@ impl Context {
     }
 
     /// Storage outages are often brief: three tries with backoff before giving up.
+    #[tracing::instrument(name = "storage upload", level = "debug", skip_all, fields(%path))]
     async fn put_with_retries(
         &self,
         path: &StoragePath,
