@@ -525,7 +525,10 @@ mod tests {
         };
         let json = logged(LogFormat::Json, "info", None, false, emit);
         let line: serde_json::Value = serde_json::from_str(json.trim()).expect("one JSON line");
-        assert_eq!(line["span"]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736", "{json}");
+        assert_eq!(
+            line["span"]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736",
+            "{json}"
+        );
         let plain = logged(LogFormat::Plain, "info", None, false, emit);
         assert!(
             plain.contains("result published trace_id=4bf92f3577b34da6a3ce929d0e0e4736"),

@@ -673,6 +673,14 @@ pub fn worker_environment(settings: &Settings) -> Vec<(String, String)> {
     if let Some(key) = &settings.secrets.openai_api_key {
         vars.push(("OPENAI_API_KEY", key.expose_secret().to_owned()));
     }
+    if !settings.telemetry.otlp_endpoint.is_empty() {
+        vars.push((
+            "MEMOJI__TELEMETRY__OTLP_ENDPOINT",
+            settings.telemetry.otlp_endpoint.clone(),
+        ));
+        // Spans go out a tenth of a second after they end, not the SDK's five seconds.
+        vars.push(("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()));
+    }
     vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
 
@@ -789,6 +797,16 @@ impl MetricsTap {
     /// The next message with `routing_key` whose body satisfies `wanted`; others are consumed
     /// and passed over.
     pub async fn next_with(&mut self, routing_key: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+        let delivery = self.next_delivery_with(routing_key, wanted).await;
+        serde_json::from_slice(&delivery.data).unwrap()
+    }
+
+    /// Like [`MetricsTap::next_with`], with the delivery (for its properties).
+    pub async fn next_delivery_with(
+        &mut self,
+        routing_key: &str,
+        wanted: impl Fn(&Value) -> bool,
+    ) -> Delivery {
         let found = tokio::time::timeout(RESULT_TIMEOUT, async {
             loop {
                 let delivery = self
@@ -811,7 +829,7 @@ impl MetricsTap {
                 );
                 let body: Value = serde_json::from_slice(&delivery.data).unwrap();
                 if wanted(&body) {
-                    return body;
+                    return delivery;
                 }
             }
         })
