@@ -96,6 +96,7 @@ pub fn init(
         .is_ok();
     match exporter {
         Some(exporter) if installed => {
+            trace::exporting_from_now_on();
             tracing::info!(endpoint = %exporter.url(), "exporting traces over OTLP");
             Ok(Some(exporter))
         }

@@ -19,6 +19,7 @@
 //! parsed, and a malformed one is ignored (the job is served as if it had none).
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use lapin::types::{AMQPValue, FieldTable, LongString};
@@ -82,6 +83,12 @@ impl Incoming {
     /// Makes `span` (not entered yet) a child of the incoming context when spans are exported,
     /// and records the trace it belongs to in its `trace_id` field.
     pub fn adopt(&self, span: &Span) {
+        if !exporting() {
+            if let Some(parent) = &self.0 {
+                span.record("trace_id", tracing::field::display(parent.trace_id()));
+            }
+            return;
+        }
         if let Some(parent) = &self.0 {
             let _ = span.set_parent(Context::new().with_remote_span_context(parent.clone()));
         }
@@ -100,6 +107,9 @@ impl Incoming {
     /// span's context when spans are exported, else the incoming context unchanged; `None` when
     /// there is neither.
     pub fn outgoing(&self) -> Option<FieldTable> {
+        if !exporting() {
+            return self.0.as_ref().map(headers_of);
+        }
         let current = Span::current().context().span().span_context().clone();
         let context = if current.is_valid() {
             current
@@ -110,11 +120,29 @@ impl Incoming {
     }
 }
 
+/// Whether this process exports spans: set once the subscriber with the OpenTelemetry layer is
+/// installed. Until then (and for good without an endpoint) nothing asks the subscriber for an
+/// OpenTelemetry context, which keeps a job without a trace context free of any tracing cost.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
+/// Called by `telemetry::init` once the subscriber with the exporter's layer is installed.
+pub(super) fn exporting_from_now_on() {
+    EXPORTING.store(true, Ordering::Relaxed);
+}
+
 /// The trace headers for a message that starts a trace here (`memoji-worker enqueue`): the
 /// current span's context when spans are exported, else a new trace of its own (sampled, so a
 /// worker that exports records it).
 pub fn start() -> FieldTable {
-    let current = Span::current().context().span().span_context().clone();
+    let current = if exporting() {
+        Span::current().context().span().span_context().clone()
+    } else {
+        SpanContext::empty_context()
+    };
     let context = if current.is_valid() {
         current
     } else {
