@@ -144,7 +144,10 @@ fn parts(traceparent: &str) -> (String, String, String) {
 
 /// Publishes `job` with `trace` headers and returns its result's delivery.
 async fn run_with(env: &mut TestEnv, job: &Value, trace: FieldTable) -> Delivery {
-    let properties = BasicProperties::default().with_headers(trace);
+    publish_with(env, job, BasicProperties::default().with_headers(trace)).await
+}
+
+async fn publish_with(env: &mut TestEnv, job: &Value, properties: BasicProperties) -> Delivery {
     env.publish_raw(&serde_json::to_vec(job).unwrap(), properties)
         .await;
     let delivery = env.next_delivery().await;
@@ -306,11 +309,21 @@ async fn without_an_endpoint_a_jobs_trace_context_passes_through_unchanged() {
         ("tracestate", "webapp=1,other=2"),
     ]);
 
+    let (_channel, reply_queue) = env.reply_queue().await;
     let job = env.job("u-pass", config.clone());
-    let result = run_with(&mut env, &job, trace).await;
+    let properties = BasicProperties::default()
+        .with_headers(trace)
+        .with_reply_to(reply_queue.as_str().into());
+    let result = publish_with(&mut env, &job, properties).await;
     assert_eq!(
         header(&result, "traceparent").as_deref(),
         Some(traceparent.as_str())
+    );
+    let reply = env.take_from(&reply_queue).await.expect("a reply");
+    assert_eq!(
+        header(&reply, "traceparent").as_deref(),
+        Some(traceparent.as_str()),
+        "the reply_to copy carries the trace too"
     );
     assert_eq!(
         header(&result, "tracestate").as_deref(),
