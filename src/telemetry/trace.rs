@@ -15,8 +15,9 @@
 //!   result's subscriber, one hop shorter.
 //!
 //! Either way the `job` span records the trace id (`trace_id`), so every log line of the job
-//! carries it. A job without a `traceparent` costs one header lookup; only a present header is
-//! parsed, and a malformed one is ignored (the job is served as if it had none).
+//! carries it. Without an exporter a job without a `traceparent` costs one header lookup and
+//! nothing else (nothing asks the subscriber for an OpenTelemetry context); only a present header
+//! is parsed, and a malformed one is ignored (the job is served as if it had none).
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -164,13 +165,6 @@ fn headers_of(context: &SpanContext) -> FieldTable {
     let cx = Context::new().with_remote_span_context(context.clone());
     TraceContextPropagator::new().inject_context(&cx, &mut Carrier(&mut headers));
     headers
-}
-
-/// Adds `trace` (from [`Incoming::outgoing`] or [`start`]) to `headers`.
-pub fn merge(headers: &mut FieldTable, trace: &FieldTable) {
-    for (key, value) in trace.inner() {
-        headers.insert(key.clone(), value.clone());
-    }
 }
 
 /// AMQP headers as the propagator's carrier: values are long strings (what web apps' AMQP
