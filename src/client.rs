@@ -4,6 +4,9 @@
 //! While it waits it tells its caller what a person needs to know through [`Waiting`] events: at
 //! once whether any worker consumes the job queue (the queue's declare says how many consumers it
 //! has), when one attaches, and a tick every so often for a spinner.
+//!
+//! Each job it publishes starts a trace: a W3C `traceparent` header, continued by the worker onto
+//! the result (`telemetry::trace`).
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +18,7 @@ use serde_json::Value;
 
 use crate::broker::{Broker, BrokerError};
 use crate::config::{AmqpSettings, redacted_url};
+use crate::telemetry::trace;
 
 /// How often the job queue's consumers are counted again while waiting.
 const RECOUNT: Duration = Duration::from_secs(1);
@@ -59,8 +63,10 @@ pub enum Waiting {
     Tick { elapsed: Duration },
 }
 
-/// Publishes `job` (which must carry a `job_id`) to the job queue. With `wait`, returns the
-/// result, waiting at most that long and telling `on_wait` how it goes.
+/// Publishes `job` (which must carry a `job_id`) to the job queue, starting a trace for it (its
+/// `traceparent` header: this span's when spans are exported, else a new trace id). With `wait`,
+/// returns the result, waiting at most that long and telling `on_wait` how it goes.
+#[tracing::instrument(name = "enqueue", skip_all, fields(otel.kind = "producer"))]
 pub async fn enqueue(
     settings: &AmqpSettings,
     job: &Value,
@@ -80,7 +86,9 @@ pub async fn enqueue(
         .unwrap_or_default()
         .to_owned();
     let body = serde_json::to_vec(job)?;
-    let properties = BasicProperties::default().with_message_id(job_id.as_str().into());
+    let properties = BasicProperties::default()
+        .with_message_id(job_id.as_str().into())
+        .with_headers(trace::start());
 
     let Some(wait) = wait else {
         broker

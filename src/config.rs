@@ -88,6 +88,7 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub refunds: RefundSettings,
     pub log: LogSettings,
+    pub telemetry: TelemetrySettings,
     /// From the environment only, never from a file.
     #[serde(skip)]
     pub secrets: Secrets,
@@ -415,6 +416,32 @@ pub struct LogSettings {
     pub level: String,
 }
 
+/// Traces across the queue (`telemetry::trace`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct TelemetrySettings {
+    /// An OTLP/HTTP collector's base URL (`http://collector:4318`); spans go to
+    /// `<otlp_endpoint>/v1/traces`. Empty: no spans are exported, and a job's trace context is
+    /// passed through unchanged.
+    pub otlp_endpoint: String,
+}
+
+impl TelemetrySettings {
+    /// Where spans are posted, if anywhere: the endpoint with `/v1/traces` appended unless it
+    /// already ends so.
+    pub fn traces_url(&self) -> Option<String> {
+        let base = self.otlp_endpoint.trim();
+        if base.is_empty() {
+            return None;
+        }
+        let base = base.trim_end_matches('/');
+        Some(if base.ends_with("/v1/traces") {
+            base.to_owned()
+        } else {
+            format!("{base}/v1/traces")
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -555,6 +582,12 @@ impl Settings {
         rule(
             url_like(&self.database.url),
             "database.url is not a URL (postgres://user:password@host:port/database)",
+        )?;
+        rule(
+            self.telemetry.traces_url().is_none_or(|url| {
+                url::Url::parse(&url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+            }),
+            "telemetry.otlp_endpoint must be empty or an http(s) URL (http://collector:4318)",
         )?;
         rule(
             self.http.header_read_timeout_secs > 0,

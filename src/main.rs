@@ -169,9 +169,18 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let mut settings = Settings::load(cli.config.as_deref())?;
-    telemetry::init(&settings.log);
-    match cli.command {
+    let settings = Settings::load(cli.config.as_deref())?;
+    let exporter = telemetry::init(&settings.log, &settings.telemetry)?;
+    let outcome = command(cli.command, settings).await;
+    if let Some(exporter) = exporter {
+        // Blocks while the last spans go out: off the runtime's threads.
+        let _ = tokio::task::spawn_blocking(move || exporter.shutdown()).await;
+    }
+    outcome
+}
+
+async fn command(command: Command, mut settings: Settings) -> anyhow::Result<ExitCode> {
+    match command {
         Command::Run { generator } => {
             if let Some(kind) = generator {
                 settings.generator.kind = if kind == "placeholder" {

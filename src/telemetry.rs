@@ -1,4 +1,4 @@
-//! Logging and metrics.
+//! Logging, traces and metrics.
 //!
 //! Logging: `tracing` with a level filter from RUST_LOG or configuration; pretty (colours on a
 //! terminal only), plain or JSON lines, `auto` picking pretty on a terminal and JSON elsewhere.
@@ -7,10 +7,16 @@
 //! whatever RUST_LOG says ([`AMQP_CAP`]): at trace it prints the connection's PLAIN response, which
 //! carries the broker password.
 //!
+//! Traces: [`trace`] continues a job's W3C trace context across the queue, and with
+//! `telemetry.otlp_endpoint` set, exports the worker's spans over OTLP; the `job` span records the
+//! trace id (`trace_id`), so a job's log lines carry it.
+//!
 //! Metrics: the `metrics` facade with a Prometheus recorder, rendered by `GET /metrics`. Every
 //! metric name is a constant here, described once in [`install_prometheus`], and recorded through
 //! the small functions below, so call sites in the pipeline stay one line long. Recording never
 //! fails and never blocks: with no recorder installed it does nothing.
+
+pub mod trace;
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -26,7 +32,7 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
-use crate::config::{LogFormat, LogSettings};
+use crate::config::{LogFormat, LogSettings, TelemetrySettings};
 
 pub const JOBS: &str = "memoji_jobs_total";
 pub const JOB_FAILURES: &str = "memoji_job_failures_total";
@@ -76,20 +82,44 @@ pub const QUIET: [&str; 3] = [
 /// trace every frame, including the connection's PLAIN response with the broker password.
 pub const AMQP_CAP: [&str; 2] = ["lapin", "amq_protocol"];
 
-/// Installs the global subscriber, writing to stderr; a second call (tests) is a no-op.
-pub fn init(settings: &LogSettings) {
+/// Installs the global subscriber, writing to stderr, with the span exporter when
+/// `telemetry.otlp_endpoint` is set (call it inside the Tokio runtime). A second call (tests)
+/// installs nothing. The exporter that comes back is to be shut down before the process ends, so
+/// the last spans go out.
+pub fn init(
+    log: &LogSettings,
+    telemetry: &TelemetrySettings,
+) -> Result<Option<trace::Exporter>, trace::TraceError> {
     let rust_log = std::env::var("RUST_LOG").ok();
     let terminal = std::io::stderr().is_terminal();
-    let _ = subscriber(settings, rust_log.as_deref(), terminal, std::io::stderr).try_init();
+    let exporter = trace::Exporter::from_settings(telemetry)?;
+    let tracer = exporter.as_ref().map(trace::Exporter::tracer);
+    let installed = subscriber(log, rust_log.as_deref(), terminal, std::io::stderr, tracer)
+        .try_init()
+        .is_ok();
+    match exporter {
+        Some(exporter) if installed => {
+            trace::exporting_from_now_on();
+            tracing::info!(endpoint = %exporter.url(), "exporting traces over OTLP");
+            Ok(Some(exporter))
+        }
+        Some(exporter) => {
+            exporter.shutdown();
+            Ok(None)
+        }
+        None => Ok(None),
+    }
 }
 
 /// The subscriber [`init`] installs, writing to `writer`; `terminal` says whether that is a
-/// terminal (colours, and what `auto` means).
+/// terminal (colours, and what `auto` means). With a `tracer`, the worker's own spans (and their
+/// info-and-above events) become OpenTelemetry spans too; no other crate's.
 pub fn subscriber<W>(
     settings: &LogSettings,
     rust_log: Option<&str>,
     terminal: bool,
     writer: W,
+    tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
 ) -> impl tracing::Subscriber + Send + Sync + 'static
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
@@ -100,11 +130,27 @@ where
         LogFormat::Pretty => layer.compact().with_ansi(terminal).boxed(),
         LogFormat::Plain | LogFormat::Auto => layer.compact().with_ansi(false).boxed(),
     };
-    tracing_subscriber::registry().with(
-        layer
-            .with_filter(filter(&settings.level, rust_log))
-            .with_filter(amqp_cap()),
-    )
+    let spans = tracer.map(|tracer| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
+            .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+                let level = if meta.is_span() {
+                    tracing::Level::DEBUG
+                } else {
+                    tracing::Level::INFO
+                };
+                meta.target().starts_with("memoji_worker") && *meta.level() <= level
+            }))
+    });
+    tracing_subscriber::registry()
+        .with(
+            layer
+                .with_filter(filter(&settings.level, rust_log))
+                .with_filter(amqp_cap()),
+        )
+        .with(spans)
 }
 
 /// The level filter: RUST_LOG if set and valid, else the configured level, plus [`QUIET`] for the
@@ -396,7 +442,7 @@ mod tests {
             level: level.to_owned(),
         };
         let writer = buffer.clone();
-        let subscriber = subscriber(&settings, rust_log, terminal, move || writer.clone());
+        let subscriber = subscriber(&settings, rust_log, terminal, move || writer.clone(), None);
         tracing::subscriber::with_default(subscriber, emit);
         String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
     }
@@ -482,6 +528,37 @@ mod tests {
         );
         let plain_terminal = logged(LogFormat::Plain, "info", None, true, emit);
         assert!(!plain_terminal.contains('\x1b'), "{plain_terminal:?}");
+    }
+
+    #[test]
+    fn a_jobs_log_lines_carry_its_trace_id_in_json_and_text() {
+        use lapin::types::{AMQPValue, FieldTable};
+        let mut headers = FieldTable::default();
+        headers.insert(
+            trace::TRACEPARENT.into(),
+            AMQPValue::LongString("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+        );
+        let incoming = trace::Incoming::from_headers(Some(&headers));
+        let emit = || {
+            let span = tracing::info_span!(
+                "job",
+                job_id = tracing::field::Empty,
+                trace_id = tracing::field::Empty
+            );
+            incoming.adopt(&span);
+            span.in_scope(|| tracing::info!(target: "memoji_worker::worker", "result published"));
+        };
+        let json = logged(LogFormat::Json, "info", None, false, emit);
+        let line: serde_json::Value = serde_json::from_str(json.trim()).expect("one JSON line");
+        assert_eq!(
+            line["span"]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736",
+            "{json}"
+        );
+        let plain = logged(LogFormat::Plain, "info", None, false, emit);
+        assert!(
+            plain.contains("result published trace_id=4bf92f3577b34da6a3ce929d0e0e4736"),
+            "{plain}"
+        );
     }
 
     #[derive(Debug, thiserror::Error)]

@@ -162,28 +162,35 @@ impl Broker {
         .await
     }
 
-    /// Publishes a job's result to the result exchange; `Ok` once the broker has routed it to a
-    /// queue and confirmed it.
-    pub async fn publish_result(&self, result: &JobResult) -> Result<(), BrokerError> {
+    /// Publishes a job's result to the result exchange, with `trace` headers (the job's trace
+    /// context, `telemetry::trace`) if any; `Ok` once the broker has routed it to a queue and
+    /// confirmed it.
+    pub async fn publish_result(
+        &self,
+        result: &JobResult,
+        trace: Option<&FieldTable>,
+    ) -> Result<(), BrokerError> {
         let body = serde_json::to_vec(result)?;
         self.publish(
             &self.settings.result_exchange,
             result.routing_key(),
             &body,
-            result_properties(result),
+            result_properties(result, trace),
             true,
         )
         .await
     }
 
-    /// Sends a copy of a result to the queue its job named in `reply_to`, on the reply connection.
+    /// Sends a copy of a result to the queue its job named in `reply_to`, on the reply connection,
+    /// with the same `trace` headers as the result.
     pub async fn publish_reply(
         &self,
         result: &JobResult,
         reply: &ReplyTo,
+        trace: Option<&FieldTable>,
     ) -> Result<(), BrokerError> {
         let body = serde_json::to_vec(result)?;
-        let properties = result_properties(result)
+        let properties = result_properties(result, trace)
             .with_correlation_id(reply.correlation_id.clone())
             .with_content_type("application/json".into())
             .with_delivery_mode(2);
@@ -252,10 +259,14 @@ impl Broker {
     }
 }
 
-fn result_properties(result: &JobResult) -> BasicProperties {
-    BasicProperties::default()
+fn result_properties(result: &JobResult, trace: Option<&FieldTable>) -> BasicProperties {
+    let properties = BasicProperties::default()
         .with_message_id(result.job_id.to_string().into())
-        .with_timestamp(result.completed_at.timestamp().max(0) as u64)
+        .with_timestamp(result.completed_at.timestamp().max(0) as u64);
+    match trace {
+        Some(headers) => properties.with_headers(headers.clone()),
+        None => properties,
+    }
 }
 
 /// Publishes on `publisher`'s channel and waits for the confirm. A channel the publish left

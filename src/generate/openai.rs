@@ -155,6 +155,12 @@ impl OpenAiGenerator {
         body
     }
 
+    #[tracing::instrument(
+        name = "openai request",
+        level = "debug",
+        skip_all,
+        fields(otel.kind = "client", http.response.status_code = tracing::field::Empty)
+    )]
     async fn attempt(
         &self,
         body: &Value,
@@ -170,6 +176,7 @@ impl OpenAiGenerator {
             .await
             .map_err(transport)?;
         let status = response.status();
+        tracing::Span::current().record("http.response.status_code", status.as_u16());
         let retry_after = retry_after(response.headers());
         let text = read_capped(response, self.settings.max_response_bytes).await?;
         let model = body["model"].as_str().unwrap_or_default();
@@ -210,6 +217,7 @@ impl ImageGenerator for OpenAiGenerator {
         plan.called.name()
     }
 
+    #[tracing::instrument(name = "openai generate", level = "debug", skip_all, fields(model = plan.called.name()))]
     async fn generate(
         &self,
         config: &AvatarConfig,

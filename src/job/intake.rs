@@ -114,6 +114,7 @@ pub struct Rejection {
 /// Reads a message body. `message_id` is the AMQP property, used as the job id when the body has none.
 /// `rules` are the operator's model settings, which decide what a job's configuration is checked
 /// against.
+#[tracing::instrument(name = "intake", level = "debug", skip_all)]
 pub fn intake(
     body: &[u8],
     message_id: Option<&str>,

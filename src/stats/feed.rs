@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use lapin::BasicProperties;
+use lapin::types::FieldTable;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +35,8 @@ const DRAIN_GRACE: Duration = Duration::from_secs(3);
 pub struct Message {
     routing_key: &'static str,
     body: Vec<u8>,
+    /// A job's trace context (`telemetry::trace`), for `job.completed`.
+    headers: Option<FieldTable>,
 }
 
 /// The sending side; cheap to clone.
@@ -55,6 +58,16 @@ pub fn channel(capacity: usize) -> (Feed, Outbox) {
 impl Feed {
     /// Queues a message for the metrics exchange, or drops it if the queue is full.
     pub fn send(&self, routing_key: &'static str, body: &impl Serialize) {
+        self.send_with(routing_key, body, None);
+    }
+
+    /// [`Feed::send`] with AMQP headers (a job's trace context).
+    pub fn send_with(
+        &self,
+        routing_key: &'static str,
+        body: &impl Serialize,
+        headers: Option<FieldTable>,
+    ) {
         let body = match serde_json::to_vec(body) {
             Ok(body) => body,
             Err(error) => {
@@ -63,7 +76,12 @@ impl Feed {
                 return;
             }
         };
-        if self.sender.try_send(Message { routing_key, body }).is_err() {
+        let message = Message {
+            routing_key,
+            body,
+            headers,
+        };
+        if self.sender.try_send(message).is_err() {
             telemetry::count_feed_dropped(routing_key);
         }
     }
@@ -154,9 +172,12 @@ async fn publish_all(
                 next?
             }
         };
-        let properties = BasicProperties::default()
+        let mut properties = BasicProperties::default()
             .with_message_id(uuid::Uuid::new_v4().to_string().into())
             .with_timestamp(chrono::Utc::now().timestamp().max(0) as u64);
+        if let Some(headers) = &message.headers {
+            properties = properties.with_headers(headers.clone());
+        }
         match broker
             .publish(
                 &settings.metrics_exchange,

@@ -25,6 +25,7 @@ use crate::db::stats::Counts;
 use crate::job::Outcome;
 use crate::job::{ErrorCode, JobId, JobResult, Status};
 use crate::telemetry;
+use crate::telemetry::trace::Incoming;
 
 /// The `job.completed` message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,13 +81,15 @@ impl Observer {
     }
 
     /// Records a delivery's outcome. `received` is when the delivery arrived; `took` how long it
-    /// took; `enqueued_at` the AMQP timestamp (seconds) its publisher set, if any.
+    /// took; `enqueued_at` the AMQP timestamp (seconds) its publisher set, if any; `trace` the
+    /// job's trace context, which its `job.completed` message carries on.
     pub fn settled(
         &self,
         outcome: &Outcome,
         received: DateTime<Utc>,
         took: Duration,
         enqueued_at: Option<u64>,
+        trace: &Incoming,
     ) {
         if let Some(lag) = enqueued_at
             .and_then(|at| i64::try_from(at).ok())
@@ -98,7 +101,7 @@ impl Observer {
             Outcome::Replay(result) => {
                 telemetry::count_job("replayed", None, result.cached, took);
             }
-            Outcome::Answer(result) => self.fresh(result, took),
+            Outcome::Answer(result) => self.fresh(result, took, trace),
             Outcome::Reject { answer, .. } => {
                 telemetry::count_job(
                     "rejected",
@@ -107,15 +110,18 @@ impl Observer {
                     took,
                 );
                 if let Some(result) = answer {
-                    self.feed
-                        .send(feed::JOB_COMPLETED, &JobCompleted::of(result));
+                    self.feed.send_with(
+                        feed::JOB_COMPLETED,
+                        &JobCompleted::of(result),
+                        trace.outgoing(),
+                    );
                 }
             }
             Outcome::Retry { .. } => telemetry::count_job("retried", None, false, took),
         }
     }
 
-    fn fresh(&self, result: &JobResult, took: Duration) {
+    fn fresh(&self, result: &JobResult, took: Duration, trace: &Incoming) {
         let code = result.error_code();
         let (label, counts) = match (result.status, result.cached, code) {
             (Status::Succeeded, true, _) => (
@@ -157,7 +163,10 @@ impl Observer {
             telemetry::set_hit_ratio(hits as f64 / (hits + misses).max(1) as f64);
             telemetry::add_costs(counts.generation_cost_usd, counts.saved_usd);
         }
-        self.feed
-            .send(feed::JOB_COMPLETED, &JobCompleted::of(result));
+        self.feed.send_with(
+            feed::JOB_COMPLETED,
+            &JobCompleted::of(result),
+            trace.outgoing(),
+        );
     }
 }

@@ -68,6 +68,7 @@ impl HitBatcher {
 
     /// Answers `job` from the cache in the next batch: its result, recorded; `None` sends the job
     /// down the one-job path.
+    #[tracing::instrument(name = "cache lookup", level = "debug", skip_all)]
     pub async fn serve(&self, job: &Job, key: &CacheKey, started: Instant) -> Option<JobResult> {
         let asks = self.asks.as_ref()?;
         let (answer, answered) = oneshot::channel();

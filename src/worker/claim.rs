@@ -75,6 +75,7 @@ pub(crate) enum Ownership {
 
 /// Registers this delivery of `job` and makes it the job's owner, waiting while another delivery
 /// of the same job is at work.
+#[tracing::instrument(name = "cache lookup", level = "debug", skip_all)]
 pub(crate) async fn own_job(
     ctx: &Context,
     job: &Job,
@@ -138,6 +139,7 @@ pub(crate) enum Claim {
 
 /// Claims the key's lease or waits until its entry exists. `fresh_since`, for `force_refresh`
 /// jobs, accepts only an entry recorded after that time.
+#[tracing::instrument(name = "single flight", level = "debug", skip_all)]
 pub(crate) async fn lead_or_wait(
     ctx: &Context,
     job: &Job,

@@ -256,6 +256,7 @@ async fn stored_earlier(
 }
 
 /// Storage outages are often brief: three tries with backoff before giving up.
+#[tracing::instrument(name = "storage upload", level = "debug", skip_all, fields(%path))]
 async fn put_with_retries(
     store: &dyn ImageStore,
     path: &StoragePath,

@@ -40,6 +40,7 @@ pub use context::Context;
 
 use crate::broker::{Broker, BrokerError};
 use crate::job::{Intake, Rejection};
+use crate::telemetry::trace::Incoming;
 
 /// Whether the worker can do broker work right now, read by `/readyz`: a session is consuming, and
 /// its connection and publishing channel are open (a channel the broker closed and that could not
@@ -187,7 +188,8 @@ async fn session(
     ended
 }
 
-/// One delivery, from bytes to settlement, in a span carrying its job id. A panic in the pipeline
+/// One delivery, from bytes to settlement, in a span carrying its job id and trace id (the
+/// job's own trace, continued, or with spans exported one the worker starts). A panic in the pipeline
 /// is caught here and treated as a transient failure, so the delivery is handed back (and, if it
 /// keeps panicking, answered `internal` and dead-lettered on its last delivery) instead of being
 /// stranded unacked.
@@ -197,7 +199,14 @@ async fn process(
     delivery: Delivery,
     shutdown: CancellationToken,
 ) {
-    let span = tracing::info_span!("job", job_id = tracing::field::Empty);
+    // The job's trace context, continued in this span and on what is published for the job.
+    let trace = Incoming::from_headers(delivery.properties.headers().as_ref());
+    let span = tracing::info_span!(
+        "job",
+        job_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty
+    );
+    trace.adopt(&span);
     async move {
         let message_id = delivery
             .properties
@@ -215,8 +224,8 @@ async fn process(
             });
         let enqueued_at = *delivery.properties.timestamp();
         ctx.observer
-            .settled(&outcome, received, started.elapsed(), enqueued_at);
-        settle::settle(&broker, &delivery, outcome, &shutdown).await;
+            .settled(&outcome, received, started.elapsed(), enqueued_at, &trace);
+        settle::settle(&broker, &delivery, outcome, &trace, &shutdown).await;
     }
     .instrument(span)
     .await

@@ -16,9 +16,11 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::AMQPValue;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::broker::{Broker, ReplyTo};
 use crate::job::{ErrorCode, JobError, JobResult, Outcome, Recipient};
+use crate::telemetry::trace::Incoming;
 
 /// A delivery that could not be settled this time.
 struct Failure {
@@ -36,11 +38,12 @@ pub async fn settle(
     broker: &Broker,
     delivery: &Delivery,
     outcome: Outcome,
+    trace: &Incoming,
     shutdown: &CancellationToken,
 ) {
     let failed = match outcome {
         Outcome::Answer(result) | Outcome::Replay(result) => {
-            answer(broker, delivery, &result).await.err()
+            answer(broker, delivery, &result, trace).await.err()
         }
         Outcome::Reject {
             reason,
@@ -52,7 +55,7 @@ pub async fn settle(
                 .await
             {
                 Ok(()) => match reply {
-                    Some(result) => answer(broker, delivery, &result).await.err(),
+                    Some(result) => answer(broker, delivery, &result, trace).await.err(),
                     None => None,
                 },
                 Err(error) => Some(Failure {
@@ -78,7 +81,7 @@ pub async fn settle(
     };
     let deliveries = delivery_count(delivery);
     if failure.hopeless || deliveries >= broker.settings().delivery_limit {
-        return give_up(broker, delivery, failure, deliveries + 1).await;
+        return give_up(broker, delivery, failure, deliveries + 1, trace).await;
     }
     let pause = failure.after.unwrap_or_else(|| retry_pause(deliveries));
     tracing::warn!(
@@ -98,7 +101,13 @@ pub async fn settle(
 /// `internal` (retryable: publishing the job again may work) and dead-letter the message with the
 /// reason, then ack. If even the dead-letter
 /// copy fails, the delivery is handed back and the queue's own limit dead-letters it.
-async fn give_up(broker: &Broker, delivery: &Delivery, failure: Failure, deliveries: u32) {
+async fn give_up(
+    broker: &Broker,
+    delivery: &Delivery,
+    failure: Failure,
+    deliveries: u32,
+    trace: &Incoming,
+) {
     let reason = format!("gave up after {deliveries} deliveries: {}", failure.cause);
     tracing::error!(%reason, "delivery budget spent; answering internal and dead-lettering");
     if let Some(job) = &failure.job {
@@ -110,7 +119,7 @@ async fn give_up(broker: &Broker, delivery: &Delivery, failure: Failure, deliver
             retryable: true,
         };
         let result = JobResult::failure(job.job_id, &job.user_id, None, error);
-        if let Err(unsent) = answer(broker, delivery, &result).await {
+        if let Err(unsent) = answer(broker, delivery, &result, trace).await {
             tracing::warn!(cause = %unsent.cause, "could not publish the internal failure either");
         }
     }
@@ -141,33 +150,47 @@ async fn requeue(delivery: &Delivery, cause: &str) {
 }
 
 /// Publishes the result and, once the broker confirmed it, a best-effort copy to `reply_to`: a
-/// reply that cannot be delivered is logged and never makes the job run again.
-async fn answer(broker: &Broker, delivery: &Delivery, result: &JobResult) -> Result<(), Failure> {
-    broker
-        .publish_result(result)
-        .await
-        .map_err(|error| Failure {
-            cause: format!("could not publish the result: {error}"),
-            after: None,
-            hopeless: !error.retryable(),
-            job: Some(Recipient {
-                job_id: result.job_id,
-                user_id: result.user_id.clone(),
-            }),
-        })?;
-    tracing::info!(
-        status = ?result.status,
-        cached = result.cached,
-        error = result.error_code().map(|c| c.as_str()),
-        duration_ms = result.duration_ms,
-        "result published"
-    );
-    if let Some(reply) = reply_to(broker, delivery, result)
-        && let Err(error) = broker.publish_reply(result, &reply).await
-    {
-        tracing::warn!(queue = %reply.queue, %error, "the reply_to copy could not be delivered; the result is on the result queue");
+/// reply that cannot be delivered is logged and never makes the job run again. Both carry the
+/// job's trace, with this step's span as their parent when spans are exported.
+async fn answer(
+    broker: &Broker,
+    delivery: &Delivery,
+    result: &JobResult,
+    trace: &Incoming,
+) -> Result<(), Failure> {
+    let span = tracing::debug_span!("publish result", otel.kind = "producer");
+    async {
+        let headers = trace.outgoing();
+        broker
+            .publish_result(result, headers.as_ref())
+            .await
+            .map_err(|error| Failure {
+                cause: format!("could not publish the result: {error}"),
+                after: None,
+                hopeless: !error.retryable(),
+                job: Some(Recipient {
+                    job_id: result.job_id,
+                    user_id: result.user_id.clone(),
+                }),
+            })?;
+        tracing::info!(
+            status = ?result.status,
+            cached = result.cached,
+            error = result.error_code().map(|c| c.as_str()),
+            duration_ms = result.duration_ms,
+            "result published"
+        );
+        if let Some(reply) = reply_to(broker, delivery, result)
+            && let Err(error) = broker
+                .publish_reply(result, &reply, headers.as_ref())
+                .await
+        {
+            tracing::warn!(queue = %reply.queue, %error, "the reply_to copy could not be delivered; the result is on the result queue");
+        }
+        Ok(())
     }
-    Ok(())
+    .instrument(span)
+    .await
 }
 
 /// The delivery's `reply_to`, unless it is empty or names one of the worker's own queues.

@@ -3,6 +3,7 @@
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
+use lapin::message::Delivery;
 use lapin::{Channel, Consumer};
 use serde_json::Value;
 
@@ -38,6 +39,16 @@ impl MetricsTap {
     /// The next message with `routing_key` whose body satisfies `wanted`; others are consumed
     /// and passed over.
     pub async fn next_with(&mut self, routing_key: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+        let delivery = self.next_delivery_with(routing_key, wanted).await;
+        serde_json::from_slice(&delivery.data).unwrap()
+    }
+
+    /// Like [`MetricsTap::next_with`], with the delivery (for its properties).
+    pub async fn next_delivery_with(
+        &mut self,
+        routing_key: &str,
+        wanted: impl Fn(&Value) -> bool,
+    ) -> Delivery {
         let found = tokio::time::timeout(RESULT_TIMEOUT, async {
             loop {
                 let delivery = self
@@ -60,7 +71,7 @@ impl MetricsTap {
                 );
                 let body: Value = serde_json::from_slice(&delivery.data).unwrap();
                 if wanted(&body) {
-                    return body;
+                    return delivery;
                 }
             }
         })

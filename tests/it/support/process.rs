@@ -87,6 +87,10 @@ pub fn worker_environment(settings: &Settings) -> Vec<(String, String)> {
             .to_environment()
             .expect("every setting has an environment form"),
     );
+    if !settings.telemetry.otlp_endpoint.is_empty() {
+        // Spans go out a tenth of a second after they end, not the SDK's five seconds.
+        vars.push(("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "100".to_owned()));
+    }
     vars
 }
 
