@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::Tally;
 use super::feed::{self, Feed};
 use crate::db::stats::Counts;
-use crate::job::{ErrorCode, JobId, JobResult, Status};
+use crate::job::{AvatarConfig, ErrorCode, JobId, JobResult, Status};
 use crate::telemetry;
 use crate::worker::Outcome;
 
@@ -79,26 +79,32 @@ impl Observer {
         &self.feed
     }
 
-    /// Records a delivery's outcome. `received` is when the delivery arrived; `took` how long it
-    /// took; `enqueued_at` the AMQP timestamp (seconds) its publisher set, if any.
+    /// Records a delivery's outcome. `body` is the delivery's (its configuration is read again
+    /// for the analytics' breakdowns); `received` is when the delivery arrived; `took` how long
+    /// it took; `enqueued_at` the AMQP timestamp (seconds) its publisher set, if any.
     pub fn settled(
         &self,
         outcome: &Outcome,
+        body: &[u8],
         received: DateTime<Utc>,
         took: Duration,
         enqueued_at: Option<u64>,
     ) {
-        if let Some(lag) = enqueued_at
+        let lag = enqueued_at
             .and_then(|at| i64::try_from(at).ok())
-            .and_then(|at| (received.timestamp() - at).try_into().ok())
-        {
-            telemetry::record_queue_lag(Duration::from_secs(lag));
+            .and_then(|at| u64::try_from(received.timestamp() - at).ok())
+            .map(Duration::from_secs);
+        if let Some(lag) = lag {
+            telemetry::record_queue_lag(lag);
         }
         match outcome {
             Outcome::Replay(result) => {
                 telemetry::count_job("replayed", None, result.cached, took);
             }
-            Outcome::Answer(result) => self.fresh(result, took),
+            Outcome::Answer(result) => {
+                self.fresh(result, took);
+                self.tally.add_job(result, config_of(result, body).as_ref(), lag);
+            }
             Outcome::Reject { answer, .. } => {
                 telemetry::count_job(
                     "rejected",
@@ -160,4 +166,14 @@ impl Observer {
         self.feed
             .send(feed::JOB_COMPLETED, &JobCompleted::of(result));
     }
+}
+
+/// The job's configuration, read again from its body (a few microseconds; intake has checked it
+/// already), for a job that reached the cache.
+fn config_of(result: &JobResult, body: &[u8]) -> Option<AvatarConfig> {
+    if result.error_code() == Some(ErrorCode::InvalidJob) {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    AvatarConfig::parse(value.get("config").unwrap_or(&serde_json::Value::Null)).ok()
 }

@@ -209,7 +209,7 @@ async fn process(
             });
         let enqueued_at = *delivery.properties.timestamp();
         ctx.observer
-            .settled(&outcome, received, started.elapsed(), enqueued_at);
+            .settled(&outcome, &delivery.data, received, started.elapsed(), enqueued_at);
         settle::settle(&broker, &delivery, outcome, &shutdown).await;
     }
     .instrument(span)

@@ -6,6 +6,7 @@ mod helpers;
 mod openai;
 
 mod admin_api;
+mod analytics;
 mod admin_limits;
 mod broker_faults;
 mod claims;
