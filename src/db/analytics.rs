@@ -630,7 +630,10 @@ mod tests {
         assert_eq!(bucket_of(1e12), BUCKETS - 1);
         for ms in [3.0, 17.0, 250.0, 4000.0] {
             let i = bucket_of(ms);
-            assert!(bucket_bound_ms(i) >= ms && bucket_bound_ms(i - 1) < ms, "{ms}");
+            assert!(
+                bucket_bound_ms(i) >= ms && bucket_bound_ms(i - 1) < ms,
+                "{ms}"
+            );
         }
     }
 }

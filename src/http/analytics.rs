@@ -133,9 +133,9 @@ async fn top_configs(State(state): State<ApiState>, Query(params): Query<Params>
         Err(refused) => return refused,
     };
     answer(
-        analytics::top_configs(&state.db, by, limit)
-            .await
-            .map(|configs| json!({"by": params.by.as_deref().unwrap_or("uses"), "configs": configs})),
+        analytics::top_configs(&state.db, by, limit).await.map(
+            |configs| json!({"by": params.by.as_deref().unwrap_or("uses"), "configs": configs}),
+        ),
     )
 }
 

@@ -59,7 +59,10 @@ fn with_headers(content_type: &'static str, body: String) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
@@ -216,7 +219,12 @@ fn warnings_html(warnings: &[String]) -> String {
     }
     let items: String = warnings
         .iter()
-        .map(|w| format!("<li class=\"warning\"><strong>Warning:</strong> {}</li>", escape(w)))
+        .map(|w| {
+            format!(
+                "<li class=\"warning\"><strong>Warning:</strong> {}</li>",
+                escape(w)
+            )
+        })
         .collect();
     format!("<ul role=\"alert\" id=\"model-warnings\">{items}</ul>")
 }
@@ -246,7 +254,10 @@ fn cards(summary: &Summary) -> String {
             "hit_ratio_pct",
             "Hit ratio",
             format!("{:.2} %", c.hit_ratio_pct),
-            format!("{:.2} % before, {:+.2} pts", p.hit_ratio_pct, t.hit_ratio_pts),
+            format!(
+                "{:.2} % before, {:+.2} pts",
+                p.hit_ratio_pct, t.hit_ratio_pts
+            ),
         ),
         (
             "hits",

@@ -214,7 +214,13 @@ fn legend(out: &mut String, series: &[Series<'_>], bars: bool) {
 }
 
 /// Lines over time (one value per label; `None` leaves a gap).
-pub fn lines(id: &str, title: &str, unit: &str, labels: &[String], series: &[Series<'_>]) -> String {
+pub fn lines(
+    id: &str,
+    title: &str,
+    unit: &str,
+    labels: &[String],
+    series: &[Series<'_>],
+) -> String {
     let max = series
         .iter()
         .flat_map(|s| s.values.iter().flatten())

@@ -105,18 +105,22 @@ pub fn add_job(
     if let (Status::Succeeded, Some(hash)) = (result.status, &result.prompt_hash)
         && (batch.configs.len() < MAX_KEYS_PER_BATCH || batch.configs.contains_key(hash))
     {
-        batch.configs.entry(hash.clone()).or_default().add(&ConfigCounts {
-            uses: 1,
-            hits: i64::from(hit),
-            generations: i64::from(generated),
-            spend_usd: result.cost_usd,
-            saved_usd: result.saved_usd,
-            label: config.map(label).unwrap_or_default(),
-            model: result.model.clone(),
-            storage_path: result.storage_path.clone(),
-            image_url: result.image_url.clone(),
-            last_used_at: Some(at),
-        });
+        batch
+            .configs
+            .entry(hash.clone())
+            .or_default()
+            .add(&ConfigCounts {
+                uses: 1,
+                hits: i64::from(hit),
+                generations: i64::from(generated),
+                spend_usd: result.cost_usd,
+                saved_usd: result.saved_usd,
+                label: config.map(label).unwrap_or_default(),
+                model: result.model.clone(),
+                storage_path: result.storage_path.clone(),
+                image_url: result.image_url.clone(),
+                last_used_at: Some(at),
+            });
     }
     if batch.users.len() < MAX_KEYS_PER_BATCH || batch.users.contains_key(&result.user_id) {
         batch
@@ -304,7 +308,8 @@ pub fn parse_span(text: &str) -> Result<Duration, SpanError> {
 /// The steps covering the last `span` up to now: the current step is the last one.
 fn range(step: Step, span: Duration, now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
     let to = now.duration_trunc(step.length()).unwrap_or(now) + step.length();
-    let steps = (span.num_seconds() + step.length().num_seconds() - 1) / step.length().num_seconds();
+    let steps =
+        (span.num_seconds() + step.length().num_seconds() - 1) / step.length().num_seconds();
     (to - step.length() * steps.max(1) as i32, to)
 }
 
@@ -315,8 +320,10 @@ async fn steps(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<Vec<(DateTime<Utc>, HourCounts, BTreeMap<String, i64>)>, DbError> {
-    let (hours, failures) =
-        tokio::try_join!(store::hours(pool, from, to), store::failures(pool, from, to))?;
+    let (hours, failures) = tokio::try_join!(
+        store::hours(pool, from, to),
+        store::failures(pool, from, to)
+    )?;
     let start_of = |at: DateTime<Utc>| at.duration_trunc(step.length()).unwrap_or(at);
     let mut out = Vec::new();
     let mut at = from;
@@ -391,11 +398,7 @@ fn change_pct(now: f64, before: f64) -> Option<f64> {
     (before != 0.0).then(|| round(100.0 * (now - before) / before, 1))
 }
 
-async fn total(
-    pool: &PgPool,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-) -> Result<Figures, DbError> {
+async fn total(pool: &PgPool, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Figures, DbError> {
     let mut counts = HourCounts::default();
     let mut failures = BTreeMap::new();
     for (_, c, f) in steps(pool, Step::Hour, from, to).await? {
@@ -696,10 +699,16 @@ mod tests {
         let hair = &batch.values[&(day, "hair", "long".to_owned())];
         assert_eq!((hair.jobs, hair.hits, hair.misses), (3, 1, 2));
         assert_eq!(batch.values[&(day, "accessory", "hat".to_owned())].jobs, 3);
-        assert_eq!(batch.values[&(day, "quality", "default".to_owned())].jobs, 3);
+        assert_eq!(
+            batch.values[&(day, "quality", "default".to_owned())].jobs,
+            3
+        );
         let key = &batch.configs["abc"];
         assert_eq!((key.uses, key.hits, key.generations), (2, 1, 1));
         assert!(key.label.contains("long hair"), "{}", key.label);
-        assert_eq!(batch.users["u1"].jobs, 3, "invalid jobs are not a user's spend");
+        assert_eq!(
+            batch.users["u1"].jobs, 3,
+            "invalid jobs are not a user's spend"
+        );
     }
 }

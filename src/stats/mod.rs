@@ -59,7 +59,10 @@ impl Tally {
         config: Option<&crate::job::AvatarConfig>,
         lag: Option<Duration>,
     ) {
-        let mut batch = self.analytics.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut batch = self
+            .analytics
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         analytics::add_job(&mut batch, result, config, lag);
     }
 
@@ -68,8 +71,12 @@ impl Tally {
     pub async fn flush(&self, pool: &PgPool) -> Result<(), DbError> {
         let taken =
             std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
-        let batch =
-            std::mem::take(&mut *self.analytics.lock().unwrap_or_else(PoisonError::into_inner));
+        let batch = std::mem::take(
+            &mut *self
+                .analytics
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         let buckets: Vec<(DateTime<Utc>, Counts)> =
             taken.into_iter().filter(|(_, c)| !c.is_empty()).collect();
         if buckets.is_empty() && batch.is_empty() {
@@ -83,7 +90,10 @@ impl Tally {
                     pending.entry(*hour).or_default().add(counts);
                 }
                 drop(pending);
-                let mut kept = self.analytics.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut kept = self
+                    .analytics
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
                 let newer = std::mem::replace(&mut *kept, batch);
                 kept.merge(newer);
                 Err(error)

@@ -103,7 +103,8 @@ impl Observer {
             }
             Outcome::Answer(result) => {
                 self.fresh(result, took);
-                self.tally.add_job(result, config_of(result, body).as_ref(), lag);
+                self.tally
+                    .add_job(result, config_of(result, body).as_ref(), lag);
             }
             Outcome::Reject { answer, .. } => {
                 telemetry::count_job(
@@ -176,4 +177,41 @@ fn config_of(result: &JobResult, body: &[u8]) -> Option<AvatarConfig> {
     }
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
     AvatarConfig::parse(value.get("config").unwrap_or(&serde_json::Value::Null)).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the analytics add to each settled job, on this thread: reading the configuration
+    /// again and counting it in the batch. Not a pass/fail test; run it to measure
+    /// (`cargo nextest run --run-ignored only -E 'test(analytics_hook_cost)' --no-capture`).
+    #[test]
+    #[ignore = "a measurement, see BENCHMARKS.md"]
+    fn analytics_hook_cost() {
+        let tally = Tally::default();
+        let body = br#"{"job_id":"6f1c1d7e-4a55-4c4b-9a55-6b1d0b9f1a11","user_id":"u-1","tier":"free",
+            "config":{"model":"gpt-image-1","size":"1024x1024","familyType":"mother","gesture":"wave",
+            "hair":"long","skinTone":"medium","accessories":["glasses","hat"],"colorTheme":"pastel-blue"}}"#;
+        let mut result = JobResult::failure(
+            JobId(uuid::Uuid::nil()),
+            "u-1",
+            None,
+            crate::job::JobError::new(ErrorCode::Internal, "x", true),
+        );
+        result.status = Status::Succeeded;
+        result.error = None;
+        result.cached = true;
+        result.prompt_hash = Some("ab".repeat(32));
+        result.storage_path = Some(format!("2026/11/{}.png", "ab".repeat(32)));
+        let n = 100_000;
+        let started = std::time::Instant::now();
+        for i in 0..n {
+            result.user_id = format!("u-{}", i % 1000);
+            let config = config_of(&result, body);
+            tally.add_job(&result, config.as_ref(), Some(Duration::from_secs(1)));
+        }
+        let per_job = started.elapsed() / n;
+        println!("analytics hook: {per_job:?} per job ({n} jobs)");
+    }
 }

@@ -208,8 +208,13 @@ async fn process(
                 job: recipient(&delivery.data, message_id.as_deref(), &ctx.models),
             });
         let enqueued_at = *delivery.properties.timestamp();
-        ctx.observer
-            .settled(&outcome, &delivery.data, received, started.elapsed(), enqueued_at);
+        ctx.observer.settled(
+            &outcome,
+            &delivery.data,
+            received,
+            started.elapsed(),
+            enqueued_at,
+        );
         settle::settle(&broker, &delivery, outcome, &shutdown).await;
     }
     .instrument(span)

@@ -24,7 +24,10 @@ pub async fn known_traffic(env: &mut TestEnv) -> Traffic {
     let b = json!({"hair": "bob", "quality": "low"});
     let miss_a = env.run(&env.job("u-big", a.clone())).await;
     assert_eq!(miss_a["cached"], false, "{miss_a}");
-    assert_eq!(env.run(&env.job("u-small", a.clone())).await["cached"], true);
+    assert_eq!(
+        env.run(&env.job("u-small", a.clone())).await["cached"],
+        true
+    );
     let stamped = env.job("u-small", a.clone());
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -61,9 +64,7 @@ pub fn replies() -> Vec<crate::helpers::Reply> {
 }
 
 fn close(actual: &Value, expected: f64) -> bool {
-    actual
-        .as_f64()
-        .is_some_and(|a| (a - expected).abs() < 1e-6)
+    actual.as_f64().is_some_and(|a| (a - expected).abs() < 1e-6)
 }
 
 /// The summary once every job has been flushed to Postgres.
@@ -131,7 +132,9 @@ async fn analytics_add_up_to_a_known_sequence_of_jobs() {
     let total: i64 = points.iter().map(|p| p["jobs"].as_i64().unwrap()).sum();
     assert!(total == 7, "{series}");
     assert_eq!(points.last().unwrap()["hits"].as_i64().unwrap() <= 3, true);
-    let (status, days) = env.get_json("/api/analytics/series?step=day&since=30d").await;
+    let (status, days) = env
+        .get_json("/api/analytics/series?step=day&since=30d")
+        .await;
     assert_eq!(status, 200);
     assert_eq!(days["points"].as_array().unwrap().len(), 30);
     assert_eq!(days["points"][29]["jobs"], 7, "{days}");
@@ -149,7 +152,10 @@ async fn analytics_add_up_to_a_known_sequence_of_jobs() {
             .unwrap_or_else(|| panic!("no {dimension}={value}: {breakdowns}"))
     };
     let long = value("hair", "long");
-    assert_eq!((long["jobs"].as_i64(), long["hits"].as_i64()), (Some(3), Some(2)));
+    assert_eq!(
+        (long["jobs"].as_i64(), long["hits"].as_i64()),
+        (Some(3), Some(2))
+    );
     assert_eq!(long["misses"], 1);
     assert!(close(&long["spend_usd"], traffic.cost_a), "{long}");
     assert_eq!(value("hair", "bob")["jobs"], 2);
@@ -158,15 +164,26 @@ async fn analytics_add_up_to_a_known_sequence_of_jobs() {
     assert_eq!(value("accessory", "none")["jobs"], 3);
     assert_eq!(value("quality", "low")["jobs"], 2);
     assert_eq!(value("gesture", "thumbs-up")["jobs"], 3);
-    assert_eq!(value("skin_tone", "medium")["jobs"], 6, "the invalid job is not counted");
+    assert_eq!(
+        value("skin_tone", "medium")["jobs"],
+        6,
+        "the invalid job is not counted"
+    );
     assert!(breakdowns["dimensions"]["model"].as_array().unwrap().len() >= 1);
 
     // Top configurations: A by uses and by saved, with a thumbnail this server serves.
     let (status, top) = env.get_json("/api/analytics/top-configs?by=uses").await;
     assert_eq!(status, 200, "{top}");
     let first = &top["configs"][0];
-    assert_eq!((first["uses"].as_i64(), first["hits"].as_i64()), (Some(3), Some(2)), "{top}");
-    assert!(first["label"].as_str().unwrap().contains("long hair"), "{top}");
+    assert_eq!(
+        (first["uses"].as_i64(), first["hits"].as_i64()),
+        (Some(3), Some(2)),
+        "{top}"
+    );
+    assert!(
+        first["label"].as_str().unwrap().contains("long hair"),
+        "{top}"
+    );
     assert_eq!(top["configs"].as_array().unwrap().len(), 2);
     let thumbnail = first["thumbnail"].as_str().unwrap();
     let image = env
@@ -198,7 +215,10 @@ async fn analytics_add_up_to_a_known_sequence_of_jobs() {
         .unwrap();
     assert_eq!(users["users"][0]["user_id"], "u-big", "{users}");
     assert_eq!(users["users"][0]["generations"], 2, "{users}");
-    assert!(close(&users["users"][0]["spend_usd"], traffic.cost_a + traffic.cost_b));
+    assert!(close(
+        &users["users"][0]["spend_usd"],
+        traffic.cost_a + traffic.cost_b
+    ));
 
     // Bad parameters are refused with the reason.
     for path in [
@@ -215,13 +235,22 @@ async fn analytics_add_up_to_a_known_sequence_of_jobs() {
     // The dashboard: open, strict CSP, and the same figures.
     let page = env.http.get(env.http_base()).send().await.unwrap();
     assert_eq!(page.status(), 200);
-    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_owned();
-    assert!(csp.contains("default-src 'none'") && csp.contains("img-src 'self'"), "{csp}");
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("img-src 'self'"),
+        "{csp}"
+    );
     let html = page.text().await.unwrap();
     assert!(html.contains("<dd data-figure=\"jobs\">7<"), "jobs shown");
     assert!(html.contains("<dd data-figure=\"hit_ratio_pct\">50.00 %<"));
     assert!(html.contains("id=\"chart-by-hair\""));
-    assert!(html.contains(thumbnail), "the top configuration's thumbnail");
+    assert!(
+        html.contains(thumbnail),
+        "the top configuration's thumbnail"
+    );
     assert!(!html.contains("{{"), "every placeholder filled");
     for asset in ["/dashboard/style.css", "/dashboard/actions.js"] {
         let response = env
@@ -265,15 +294,27 @@ async fn report_prints_the_period_its_trend_and_the_top_configurations() {
     assert_eq!(json["top_by_uses"][0]["uses"], 3);
     let md = run("md");
     assert!(md.starts_with("# memoji-worker report: last 7d"), "{md}");
-    assert!(md.contains("| Hit ratio | 50.00 % | 0.00 % | +50.00 pts |"), "{md}");
     assert!(
-        md.contains(&format!("| Spend (USD) | {:.4} |", traffic.cost_a + traffic.cost_b)),
+        md.contains("| Hit ratio | 50.00 % | 0.00 % | +50.00 pts |"),
         "{md}"
     );
-    assert!(md.contains("## Top configurations by uses (all time)"), "{md}");
+    assert!(
+        md.contains(&format!(
+            "| Spend (USD) | {:.4} |",
+            traffic.cost_a + traffic.cost_b
+        )),
+        "{md}"
+    );
+    assert!(
+        md.contains("## Top configurations by uses (all time)"),
+        "{md}"
+    );
     assert!(md.contains("long hair"), "{md}");
     let html = run("html");
-    assert!(html.starts_with("<!doctype html>") && html.contains("<td>Hit ratio</td><td>50.00 %</td>"), "{html}");
+    assert!(
+        html.starts_with("<!doctype html>") && html.contains("<td>Hit ratio</td><td>50.00 %</td>"),
+        "{html}"
+    );
     env.cleanup().await;
 }
 
@@ -315,6 +356,9 @@ async fn the_dashboard_in_chromium_shows_the_api_figures_and_fetches_nothing_els
     assert_eq!(report["figures"]["jobs"], "7", "{report}");
     assert!(report["charts"].as_array().unwrap().len() >= 13, "{report}");
     let png = std::fs::read(&screenshot).unwrap();
-    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a real screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "a real screenshot"
+    );
     env.cleanup().await;
 }

@@ -6,8 +6,8 @@ mod helpers;
 mod openai;
 
 mod admin_api;
-mod analytics;
 mod admin_limits;
+mod analytics;
 mod broker_faults;
 mod claims;
 mod cleanup;
