@@ -69,19 +69,18 @@ fn answer<T: serde::Serialize>(read: Result<T, DbError>) -> Response {
     }
 }
 
-fn span(params: &Params, default: &str) -> Result<(String, chrono::Duration), Response> {
+/// `since` (or `default`) and the span it names; the message of a 400 if it names none.
+fn span(params: &Params, default: &str) -> Result<(String, chrono::Duration), String> {
     let since = params.since.clone().unwrap_or_else(|| default.to_owned());
     analytics::parse_span(&since)
         .map(|span| (since, span))
-        .map_err(|error| bad_request(error.to_string()))
+        .map_err(|error| error.to_string())
 }
 
-fn limit(params: &Params) -> Result<i64, Response> {
+fn limit(params: &Params) -> Result<i64, String> {
     match params.limit.unwrap_or(10) {
         n @ 1..=MAX_LIMIT => Ok(n),
-        n => Err(bad_request(format!(
-            "limit {n} is out of range: from 1 to {MAX_LIMIT}"
-        ))),
+        n => Err(format!("limit {n} is out of range: from 1 to {MAX_LIMIT}")),
     }
 }
 
@@ -93,7 +92,7 @@ async fn series(State(state): State<ApiState>, Query(params): Query<Params>) -> 
     };
     let span = match span(&params, default) {
         Ok((_, span)) => span,
-        Err(refused) => return refused,
+        Err(message) => return bad_request(message),
     };
     answer(analytics::series(&state.db, step, span, Utc::now()).await)
 }
@@ -101,7 +100,7 @@ async fn series(State(state): State<ApiState>, Query(params): Query<Params>) -> 
 async fn summary(State(state): State<ApiState>, Query(params): Query<Params>) -> Response {
     let (since, span) = match span(&params, "7d") {
         Ok(read) => read,
-        Err(refused) => return refused,
+        Err(message) => return bad_request(message),
     };
     answer(analytics::summary(&state.db, &since, span, Utc::now()).await)
 }
@@ -109,13 +108,13 @@ async fn summary(State(state): State<ApiState>, Query(params): Query<Params>) ->
 async fn breakdowns(State(state): State<ApiState>, Query(params): Query<Params>) -> Response {
     let (span, limit) = match (span(&params, "30d"), limit(&params)) {
         (Ok((_, span)), Ok(limit)) => (span, limit),
-        (Err(refused), _) | (_, Err(refused)) => return refused,
+        (Err(message), _) | (_, Err(message)) => return bad_request(message),
     };
     answer(analytics::breakdowns(&state.db, span, limit, Utc::now()).await)
 }
 
 /// `by=uses` (default) or `by=saved`.
-pub(super) fn top_by(by: Option<&str>) -> Result<TopBy, String> {
+fn top_by(by: Option<&str>) -> Result<TopBy, String> {
     match by.unwrap_or("uses") {
         "uses" => Ok(TopBy::Uses),
         "saved" => Ok(TopBy::Saved),
@@ -130,7 +129,7 @@ async fn top_configs(State(state): State<ApiState>, Query(params): Query<Params>
     };
     let limit = match limit(&params) {
         Ok(limit) => limit,
-        Err(refused) => return refused,
+        Err(message) => return bad_request(message),
     };
     answer(
         analytics::top_configs(&state.db, by, limit).await.map(
@@ -149,7 +148,7 @@ async fn top_users(
     }
     let limit = match limit(&params) {
         Ok(limit) => limit,
-        Err(refused) => return refused,
+        Err(message) => return bad_request(message),
     };
     answer(
         analytics::top_users(&state.db, limit)
