@@ -10,6 +10,7 @@ mod support;
 
 mod admin_api;
 mod admin_limits;
+mod analytics;
 mod broker_faults;
 mod claims;
 mod cleanup;
