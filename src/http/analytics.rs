@@ -28,7 +28,7 @@ use crate::stats::analytics::{self, Step};
 /// Longest top list or breakdown asked for.
 const MAX_LIMIT: i64 = 100;
 
-pub fn router() -> Router<ApiState> {
+pub(crate) fn router() -> Router<ApiState> {
     Router::new()
         .route("/api/analytics/series", get(series))
         .route("/api/analytics/summary", get(summary))

@@ -30,7 +30,7 @@ const STYLE: &str = include_str!("dashboard/style.css");
 const SCRIPT: &str = include_str!("dashboard/actions.js");
 
 /// The policy every dashboard response carries: this server only, no inline code or styles.
-pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+pub(crate) const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
                        connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 
 /// The periods the page offers.
@@ -38,7 +38,7 @@ const PERIODS: [&str; 5] = ["24h", "48h", "7d", "30d", "90d"];
 /// Values shown per breakdown, configurations per top list.
 const SHOWN: i64 = 8;
 
-pub fn router() -> Router<ApiState> {
+pub(crate) fn router() -> Router<ApiState> {
     Router::new()
         .route("/", get(page))
         .route("/dashboard/style.css", get(style))
@@ -82,7 +82,7 @@ struct Params {
 
 /// Replaces each `{{name}}` of `template` with its value, in one pass (a value is never scanned
 /// for placeholders itself). An unknown name is left as it is.
-pub fn fill(template: &str, values: &[(&str, &str)]) -> String {
+pub(crate) fn fill(template: &str, values: &[(&str, &str)]) -> String {
     let mut out = String::with_capacity(template.len() * 2);
     let mut rest = template;
     while let Some(start) = rest.find("{{") {

@@ -19,7 +19,7 @@ const BOTTOM: f64 = 40.0;
 
 /// How a series is told apart without colour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Look {
+pub(crate) enum Look {
     /// A solid dark line with round markers; a solid fill.
     Solid,
     /// A dashed line with square markers; a hatched fill.
@@ -91,7 +91,7 @@ impl Look {
 }
 
 /// One line or one bar layer.
-pub struct Series<'a> {
+pub(crate) struct Series<'a> {
     pub name: &'a str,
     pub values: Vec<Option<f64>>,
     pub look: Look,
@@ -121,7 +121,7 @@ fn nice_max(max: f64) -> f64 {
 }
 
 /// A figure as an axis or bar label: no needless decimals.
-pub fn figure(value: f64) -> String {
+pub(crate) fn figure(value: f64) -> String {
     if value == 0.0 {
         "0".to_owned()
     } else if value.abs() >= 100.0 || value.fract() == 0.0 {
@@ -214,7 +214,7 @@ fn legend(out: &mut String, series: &[Series<'_>], bars: bool) {
 }
 
 /// Lines over time (one value per label; `None` leaves a gap).
-pub fn lines(
+pub(crate) fn lines(
     id: &str,
     title: &str,
     unit: &str,
@@ -301,7 +301,7 @@ pub fn lines(
 }
 
 /// Stacked bars over time (one stack per label).
-pub fn stacked(id: &str, title: &str, labels: &[String], series: &[Series<'_>]) -> String {
+pub(crate) fn stacked(id: &str, title: &str, labels: &[String], series: &[Series<'_>]) -> String {
     let totals: Vec<f64> = (0..labels.len())
         .map(|i| {
             series
@@ -361,7 +361,7 @@ pub fn stacked(id: &str, title: &str, labels: &[String], series: &[Series<'_>]) 
 }
 
 /// One row of a horizontal bar chart: a label and two parts (hits, misses).
-pub struct Bar<'a> {
+pub(crate) struct Bar<'a> {
     pub label: &'a str,
     pub first: f64,
     pub second: f64,
@@ -370,7 +370,7 @@ pub struct Bar<'a> {
 }
 
 /// Horizontal bars, one per row, split in two parts told apart by pattern.
-pub fn bars(id: &str, title: &str, names: (&str, &str), rows: &[Bar<'_>]) -> String {
+pub(crate) fn bars(id: &str, title: &str, names: (&str, &str), rows: &[Bar<'_>]) -> String {
     let row_h = 20.0;
     let height = 34.0 + row_h * rows.len().max(1) as f64;
     let label_w = 150.0;

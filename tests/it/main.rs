@@ -2,7 +2,8 @@
 //! Each test has its own database, queue and exchange names, and OpenAI stand-in, so they run in
 //! parallel and in any order.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a test that cannot unwrap is a test that hides its failure
+// A test that cannot unwrap is a test that hides its failure; a test binary has no public API.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 mod helpers;
 mod openai;

@@ -1,9 +1,9 @@
 //! A tap on a test's metrics queue.
 
 use futures_util::StreamExt;
+use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
-use lapin::message::Delivery;
 use lapin::{Channel, Consumer};
 use serde_json::Value;
 
