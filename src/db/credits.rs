@@ -8,7 +8,7 @@ use chrono::{Datelike, NaiveDate, Utc};
 use sqlx::PgPool;
 
 use super::DbError;
-use crate::config::Allowance;
+use crate::config::{Allowance, CreditSettings};
 use crate::job::{JobId, Tier};
 
 /// The period a charge counts against: the first day of the current UTC month.
@@ -23,6 +23,15 @@ pub fn remaining(allowance: Allowance, used: i64) -> Option<i64> {
         Allowance::Limited(limit) => Some((i64::from(limit) - used).max(0)),
         Allowance::Unlimited(_) => None,
     }
+}
+
+/// Credits a user of `tier` has left after using `used` this period; `None` where credits are
+/// off or the tier is unlimited.
+pub fn remaining_after(credits: &CreditSettings, tier: Tier, used: i64) -> Option<i64> {
+    credits
+        .enabled
+        .then(|| remaining(tier.allowance(credits), used))
+        .flatten()
 }
 
 /// The outcome of a charge.

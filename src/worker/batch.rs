@@ -22,7 +22,6 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::context::remaining_after;
 use crate::config::Settings;
 use crate::db::cache::Hit;
 use crate::db::hits::{self, Ask, Found, Served};
@@ -163,7 +162,7 @@ async fn serve_batch(
             Found::Hit(hit) if ids.insert(pending.job_id) => {
                 let url = hit.entry.image_url.clone();
                 let used = hit.credits_used.unwrap_or(0);
-                let remaining = remaining_after(settings, pending.tier, used);
+                let remaining = credits::remaining_after(&settings.credits, pending.tier, used);
                 let result = hit_result(pending.job_id, &pending.user_id, &pending.key, hit)
                     .with_credits_remaining(remaining)
                     .took(pending.started);

@@ -53,15 +53,6 @@ impl Context {
     /// The credits a user of `tier` has left after using `used` this period; `None` where
     /// credits are off or the tier is unlimited.
     pub(crate) fn remaining_after(&self, tier: Tier, used: i64) -> Option<i64> {
-        remaining_after(&self.settings, tier, used)
+        credits::remaining_after(&self.settings.credits, tier, used)
     }
-}
-
-/// [`Context::remaining_after`], for code that holds the settings only.
-pub(crate) fn remaining_after(settings: &Settings, tier: Tier, used: i64) -> Option<i64> {
-    let credits = &settings.credits;
-    credits
-        .enabled
-        .then(|| credits::remaining(tier.allowance(credits), used))
-        .flatten()
 }
