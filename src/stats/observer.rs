@@ -22,9 +22,9 @@ use serde::{Deserialize, Serialize};
 use super::Tally;
 use super::feed::{self, Feed};
 use crate::db::stats::Counts;
+use crate::job::Outcome;
 use crate::job::{AvatarConfig, ErrorCode, JobId, JobResult, Status};
 use crate::telemetry;
-use crate::worker::Outcome;
 
 /// The `job.completed` message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
