@@ -552,20 +552,24 @@ pub async fn periods(
         .collect())
 }
 
-/// Failures per hour and code in `[from, to)`.
+/// Failures per hour (or, with `daily`, per UTC day: summed in the database, one row per day and
+/// code) and code in `[from, to)`.
 pub async fn failures(
     pool: &PgPool,
+    daily: bool,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<Vec<(DateTime<Utc>, String, i64)>, DbError> {
-    Ok(sqlx::query_as(
-        "SELECT hour, code, failures FROM memoji_analytics_failures
-          WHERE hour >= $1 AND hour < $2 ORDER BY hour, code",
-    )
-    .bind(from)
-    .bind(to)
-    .fetch_all(pool)
-    .await?)
+    const HOURLY: &str = "SELECT hour, code, failures FROM memoji_analytics_failures
+          WHERE hour >= $1 AND hour < $2 ORDER BY hour, code";
+    const DAILY: &str = "SELECT date_trunc('day', hour, 'UTC') AS day, code, sum(failures)::int8
+           FROM memoji_analytics_failures
+          WHERE hour >= $1 AND hour < $2 GROUP BY 1, 2 ORDER BY 1, 2";
+    Ok(sqlx::query_as(if daily { DAILY } else { HOURLY })
+        .bind(from)
+        .bind(to)
+        .fetch_all(pool)
+        .await?)
 }
 
 /// One attribute value's jobs over a range of days.

@@ -322,7 +322,7 @@ async fn steps(
 ) -> Result<Vec<(DateTime<Utc>, HourCounts, BTreeMap<String, i64>)>, DbError> {
     let (hours, failures) = tokio::try_join!(
         store::periods(pool, step == Step::Day, from, to),
-        store::failures(pool, from, to)
+        store::failures(pool, step == Step::Day, from, to)
     )?;
     let start_of = |at: DateTime<Utc>| at.duration_trunc(step.length()).unwrap_or(at);
     let mut out = Vec::new();
