@@ -21,6 +21,21 @@ CREATE TABLE memoji_analytics_hourly (
     lag_buckets      bigint[] NOT NULL
 );
 
+-- The same per UTC day, written by the same statement, so that spans of days read one row a day.
+CREATE TABLE memoji_analytics_daily (
+    day              date PRIMARY KEY,
+    jobs             bigint NOT NULL DEFAULT 0,
+    hits             bigint NOT NULL DEFAULT 0,
+    misses           bigint NOT NULL DEFAULT 0,
+    generations      bigint NOT NULL DEFAULT 0,
+    failures         bigint NOT NULL DEFAULT 0,
+    invalid          bigint NOT NULL DEFAULT 0,
+    spend_usd        double precision NOT NULL DEFAULT 0,
+    saved_usd        double precision NOT NULL DEFAULT 0,
+    duration_buckets bigint[] NOT NULL,
+    lag_buckets      bigint[] NOT NULL
+);
+
 -- Failed jobs per hour and error code.
 CREATE TABLE memoji_analytics_failures (
     hour     timestamptz NOT NULL,

@@ -58,6 +58,18 @@ SELECT (now() AT TIME ZONE 'UTC')::date - d, dim, dim || '-' || v, 100 + v, 60 +
        generate_series(1, 40) AS v;
 SQL
 fi
+if [ "$("${PSQL[@]}" -c "SELECT count(*) FROM memoji_analytics_daily")" -lt 90 ]; then
+  "${PSQL[@]}" <<SQL
+TRUNCATE memoji_analytics_daily;
+INSERT INTO memoji_analytics_daily
+SELECT (now() AT TIME ZONE 'UTC')::date - d, 24 * 4630, 24 * 3080, 24 * 1500, 24 * 1480, 24 * 20,
+       24 * 30, 24 * 1480 * 0.042, 24 * 3080 * 0.042,
+       ARRAY(SELECT CASE WHEN i BETWEEN 6 AND 14 THEN 7200 WHEN i BETWEEN 24 AND 28 THEN 4800
+                         ELSE 48 END FROM generate_series(0, 41) AS i),
+       ARRAY(SELECT CASE WHEN i < 12 THEN 9120 ELSE 24 END FROM generate_series(0, 41) AS i)
+  FROM generate_series(0, 89) AS d;
+SQL
+fi
 # One rollup row per cache key (10 M) and per user (1 M).
 seed memoji_analytics_configs "$ROWS" "INSERT INTO memoji_analytics_configs
     (prompt_hash, uses, hits, generations, spend_usd, saved_usd, label, model, storage_path, last_used_at)
@@ -108,7 +120,7 @@ for path in \
   "/api/analytics/summary?since=7d" \
   "/api/analytics/summary?since=90d" \
   "/api/analytics/series?step=hour&since=48h" \
-  "/api/analytics/series?step=hour&since=90d" \
+  "/api/analytics/series?step=hour&since=14d" \
   "/api/analytics/series?step=day&since=90d" \
   "/api/analytics/breakdowns?since=30d" \
   "/api/analytics/breakdowns?since=90d" \

@@ -199,7 +199,7 @@ impl Batch {
     }
 }
 
-/// The upsert of a whole batch: one statement, one round trip, five multi-row upserts.
+/// The upsert of a whole batch: one statement, one round trip, six multi-row upserts.
 const RECORD: &str = "
 WITH h AS (
     INSERT INTO memoji_analytics_hourly AS t
@@ -213,6 +213,25 @@ WITH h AS (
            WITH ORDINALITY AS u(hour, jobs, hits, misses, generations, failures, invalid, spend,
                                 saved, i)
     ON CONFLICT (hour) DO UPDATE SET
+        jobs = t.jobs + EXCLUDED.jobs, hits = t.hits + EXCLUDED.hits,
+        misses = t.misses + EXCLUDED.misses, generations = t.generations + EXCLUDED.generations,
+        failures = t.failures + EXCLUDED.failures, invalid = t.invalid + EXCLUDED.invalid,
+        spend_usd = t.spend_usd + EXCLUDED.spend_usd, saved_usd = t.saved_usd + EXCLUDED.saved_usd,
+        duration_buckets = memoji_analytics_add_buckets(t.duration_buckets, EXCLUDED.duration_buckets),
+        lag_buckets = memoji_analytics_add_buckets(t.lag_buckets, EXCLUDED.lag_buckets)
+    RETURNING 1
+), d AS (
+    INSERT INTO memoji_analytics_daily AS t
+        (day, jobs, hits, misses, generations, failures, invalid, spend_usd, saved_usd,
+         duration_buckets, lag_buckets)
+    SELECT u.day, u.jobs, u.hits, u.misses, u.generations, u.failures, u.invalid, u.spend, u.saved,
+           ($49::int8[])[((u.i - 1) * 42 + 1):(u.i * 42)],
+           ($50::int8[])[((u.i - 1) * 42 + 1):(u.i * 42)]
+      FROM unnest($40::date[], $41::int8[], $42::int8[], $43::int8[], $44::int8[], $45::int8[],
+                  $46::int8[], $47::float8[], $48::float8[])
+           WITH ORDINALITY AS u(day, jobs, hits, misses, generations, failures, invalid, spend,
+                                saved, i)
+    ON CONFLICT (day) DO UPDATE SET
         jobs = t.jobs + EXCLUDED.jobs, hits = t.hits + EXCLUDED.hits,
         misses = t.misses + EXCLUDED.misses, generations = t.generations + EXCLUDED.generations,
         failures = t.failures + EXCLUDED.failures, invalid = t.invalid + EXCLUDED.invalid,
@@ -266,8 +285,57 @@ WITH h AS (
         last_seen_at = GREATEST(t.last_seen_at, EXCLUDED.last_seen_at)
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM h) + (SELECT count(*) FROM f) + (SELECT count(*) FROM b)
+SELECT (SELECT count(*) FROM h) + (SELECT count(*) FROM d) + (SELECT count(*) FROM f) + (SELECT count(*) FROM b)
      + (SELECT count(*) FROM c) + (SELECT count(*) FROM us)";
+
+/// One period table's columns, as the statement's arrays.
+struct Columns<T> {
+    start: Vec<T>,
+    jobs: Vec<i64>,
+    hits: Vec<i64>,
+    misses: Vec<i64>,
+    generations: Vec<i64>,
+    failures: Vec<i64>,
+    invalid: Vec<i64>,
+    spend: Vec<f64>,
+    saved: Vec<f64>,
+    durations: Vec<i64>,
+    lags: Vec<i64>,
+}
+
+impl<T> Default for Columns<T> {
+    fn default() -> Self {
+        Columns {
+            start: Vec::new(),
+            jobs: Vec::new(),
+            hits: Vec::new(),
+            misses: Vec::new(),
+            generations: Vec::new(),
+            failures: Vec::new(),
+            invalid: Vec::new(),
+            spend: Vec::new(),
+            saved: Vec::new(),
+            durations: Vec::new(),
+            lags: Vec::new(),
+        }
+    }
+}
+
+impl<T> Columns<T> {
+    fn push(&mut self, start: T, c: &HourCounts) {
+        self.start.push(start);
+        self.jobs.push(c.jobs);
+        self.hits.push(c.hits);
+        self.misses.push(c.misses);
+        self.generations.push(c.generations);
+        self.failures.push(c.failures);
+        self.invalid.push(c.invalid);
+        self.spend.push(c.spend_usd);
+        self.saved.push(c.saved_usd);
+        self.durations.extend_from_slice(&c.durations);
+        self.lags.extend_from_slice(&c.lags);
+    }
+}
 
 /// Adds a batch to the rollups, in one statement, on the caller's connection (the statistics'
 /// flush transaction, so the figures of both move together).
@@ -276,30 +344,17 @@ pub async fn record(conn: &mut PgConnection, batch: &Batch) -> Result<(), DbErro
         return Ok(());
     }
     let now = Utc::now();
-    let mut h = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    );
-    let (mut durations, mut lags) = (Vec::new(), Vec::new());
+    let mut h = Columns::<DateTime<Utc>>::default();
     for (hour, c) in &batch.hours {
-        h.0.push(*hour);
-        h.1.push(c.jobs);
-        h.2.push(c.hits);
-        h.3.push(c.misses);
-        h.4.push(c.generations);
-        h.5.push(c.failures);
-        h.6.push(c.invalid);
-        h.7.push(c.spend_usd);
-        h.8.push(c.saved_usd);
-        durations.extend_from_slice(&c.durations);
-        lags.extend_from_slice(&c.lags);
+        h.push(*hour, c);
+    }
+    let mut days: HashMap<NaiveDate, HourCounts> = HashMap::new();
+    for (hour, c) in &batch.hours {
+        days.entry(hour.date_naive()).or_default().add(c);
+    }
+    let mut d = Columns::<NaiveDate>::default();
+    for (day, c) in &days {
+        d.push(*day, c);
     }
     let (mut f_hour, mut f_code, mut f_n) = (Vec::new(), Vec::new(), Vec::new());
     for ((hour, code), n) in &batch.failures {
@@ -370,17 +425,17 @@ pub async fn record(conn: &mut PgConnection, batch: &Batch) -> Result<(), DbErro
         u.5.push(k.last_seen_at.unwrap_or(now));
     }
     sqlx::query(RECORD)
-        .bind(h.0)
-        .bind(h.1)
-        .bind(h.2)
-        .bind(h.3)
-        .bind(h.4)
-        .bind(h.5)
-        .bind(h.6)
-        .bind(h.7)
-        .bind(h.8)
-        .bind(durations)
-        .bind(lags)
+        .bind(h.start)
+        .bind(h.jobs)
+        .bind(h.hits)
+        .bind(h.misses)
+        .bind(h.generations)
+        .bind(h.failures)
+        .bind(h.invalid)
+        .bind(h.spend)
+        .bind(h.saved)
+        .bind(h.durations)
+        .bind(h.lags)
         .bind(f_hour)
         .bind(f_code)
         .bind(f_n)
@@ -409,12 +464,23 @@ pub async fn record(conn: &mut PgConnection, batch: &Batch) -> Result<(), DbErro
         .bind(u.3)
         .bind(u.4)
         .bind(u.5)
+        .bind(d.start)
+        .bind(d.jobs)
+        .bind(d.hits)
+        .bind(d.misses)
+        .bind(d.generations)
+        .bind(d.failures)
+        .bind(d.invalid)
+        .bind(d.spend)
+        .bind(d.saved)
+        .bind(d.durations)
+        .bind(d.lags)
         .execute(&mut *conn)
         .await?;
     Ok(())
 }
 
-/// One stored hour.
+/// One stored hour or day (`hour` is its start).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hour {
     pub hour: DateTime<Utc>,
@@ -444,21 +510,28 @@ fn buckets(stored: &[i64]) -> [i64; BUCKETS] {
     out
 }
 
-/// The hours in `[from, to)`, oldest first (a primary-key range: at most 24 rows a day).
-pub async fn hours(
+/// The hours (or, with `daily`, the UTC days) in `[from, to)`, oldest first: a primary-key
+/// range, one row per hour or day.
+pub async fn periods(
     pool: &PgPool,
+    daily: bool,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<Vec<Hour>, DbError> {
-    let rows: Vec<HourRow> = sqlx::query_as(
-        "SELECT hour, jobs, hits, misses, generations, failures, invalid, spend_usd, saved_usd,
-                duration_buckets, lag_buckets
-           FROM memoji_analytics_hourly WHERE hour >= $1 AND hour < $2 ORDER BY hour",
-    )
-    .bind(from)
-    .bind(to)
-    .fetch_all(pool)
-    .await?;
+    const HOURLY: &str = "SELECT hour, jobs, hits, misses, generations, failures, invalid,
+                spend_usd, saved_usd, duration_buckets, lag_buckets
+           FROM memoji_analytics_hourly WHERE hour >= $1 AND hour < $2 ORDER BY hour";
+    const DAILY: &str = "SELECT (day::timestamp AT TIME ZONE 'UTC') AS hour, jobs, hits, misses,
+                generations, failures, invalid, spend_usd, saved_usd, duration_buckets,
+                lag_buckets
+           FROM memoji_analytics_daily
+          WHERE day >= ($1 AT TIME ZONE 'UTC')::date AND day < ($2 AT TIME ZONE 'UTC')::date
+          ORDER BY day";
+    let rows: Vec<HourRow> = sqlx::query_as(if daily { DAILY } else { HOURLY })
+        .bind(from)
+        .bind(to)
+        .fetch_all(pool)
+        .await?;
     Ok(rows
         .into_iter()
         .map(|r| Hour {
@@ -479,20 +552,24 @@ pub async fn hours(
         .collect())
 }
 
-/// Failures per hour and code in `[from, to)`.
+/// Failures per hour (or, with `daily`, per UTC day: summed in the database, one row per day and
+/// code) and code in `[from, to)`.
 pub async fn failures(
     pool: &PgPool,
+    daily: bool,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<Vec<(DateTime<Utc>, String, i64)>, DbError> {
-    Ok(sqlx::query_as(
-        "SELECT hour, code, failures FROM memoji_analytics_failures
-          WHERE hour >= $1 AND hour < $2 ORDER BY hour, code",
-    )
-    .bind(from)
-    .bind(to)
-    .fetch_all(pool)
-    .await?)
+    const HOURLY: &str = "SELECT hour, code, failures FROM memoji_analytics_failures
+          WHERE hour >= $1 AND hour < $2 ORDER BY hour, code";
+    const DAILY: &str = "SELECT date_trunc('day', hour, 'UTC') AS day, code, sum(failures)::int8
+           FROM memoji_analytics_failures
+          WHERE hour >= $1 AND hour < $2 GROUP BY 1, 2 ORDER BY 1, 2";
+    Ok(sqlx::query_as(if daily { DAILY } else { HOURLY })
+        .bind(from)
+        .bind(to)
+        .fetch_all(pool)
+        .await?)
 }
 
 /// One attribute value's jobs over a range of days.

@@ -5,8 +5,10 @@
 //! dashboard shows to anyone who can reach the admin port. The one exception is
 //! `/api/analytics/top-users`, which names users (their ids, nothing else): it needs the token.
 //!
-//! - `series?step=hour|day&since=48h`: every hour (or day) of the span, zeros where nothing ran;
-//! - `summary?since=7d`: the span's totals beside the span before, with the trend;
+//! - `series?step=hour|day&since=48h`: every hour (up to 14 days) or day of the span, zeros where
+//!   nothing ran;
+//! - `summary?since=7d`: the span's totals beside the span before, with the trend (whole hours
+//!   up to 72 h, whole UTC days beyond);
 //! - `breakdowns?since=30d&limit=10`: per attribute, its most used values;
 //! - `top-configs?by=uses|saved&limit=10`: since the beginning, with thumbnails;
 //! - `top-users?limit=10`: by spend, since the beginning (token).
@@ -94,6 +96,12 @@ async fn series(State(state): State<ApiState>, Query(params): Query<Params>) -> 
         Ok((_, span)) => span,
         Err(message) => return bad_request(message),
     };
+    if step == Step::Hour && span > chrono::Duration::hours(analytics::MAX_HOURLY_SERIES) {
+        return bad_request(format!(
+            "an hourly series covers at most {}d: ask for step=day",
+            analytics::MAX_HOURLY_SERIES / 24
+        ));
+    }
     answer(analytics::series(&state.db, step, span, Utc::now()).await)
 }
 

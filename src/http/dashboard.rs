@@ -137,11 +137,7 @@ async fn page(State(state): State<ApiState>, Query(params): Query<Params>) -> Re
 
 async fn render(state: &ApiState, since: &str, span: Duration) -> Result<String, DbError> {
     let now = Utc::now();
-    let step = if span <= Duration::hours(72) {
-        Step::Hour
-    } else {
-        Step::Day
-    };
+    let step = analytics::step_for(span);
     let db = &state.db;
     let (summary, series, breakdowns, top_uses, top_saved, cleanups) = tokio::try_join!(
         analytics::summary(db, since, span, now),

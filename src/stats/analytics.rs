@@ -321,8 +321,8 @@ async fn steps(
     to: DateTime<Utc>,
 ) -> Result<Vec<(DateTime<Utc>, HourCounts, BTreeMap<String, i64>)>, DbError> {
     let (hours, failures) = tokio::try_join!(
-        store::hours(pool, from, to),
-        store::failures(pool, from, to)
+        store::periods(pool, step == Step::Day, from, to),
+        store::failures(pool, step == Step::Day, from, to)
     )?;
     let start_of = |at: DateTime<Utc>| at.duration_trunc(step.length()).unwrap_or(at);
     let mut out = Vec::new();
@@ -398,10 +398,15 @@ fn change_pct(now: f64, before: f64) -> Option<f64> {
     (before != 0.0).then(|| round(100.0 * (now - before) / before, 1))
 }
 
-async fn total(pool: &PgPool, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Figures, DbError> {
+async fn total(
+    pool: &PgPool,
+    step: Step,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Figures, DbError> {
     let mut counts = HourCounts::default();
     let mut failures = BTreeMap::new();
-    for (_, c, f) in steps(pool, Step::Hour, from, to).await? {
+    for (_, c, f) in steps(pool, step, from, to).await? {
         counts.add(&c);
         for (code, n) in f {
             *failures.entry(code).or_default() += n;
@@ -410,16 +415,33 @@ async fn total(pool: &PgPool, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<
     Ok(Figures::of(&counts, failures))
 }
 
-/// The last `span` (whole hours, the current one included) and the same span before it.
+/// The step a span is counted in: hours up to [`HOURLY_UP_TO`] hours, whole UTC days beyond.
+pub fn step_for(span: Duration) -> Step {
+    if span <= Duration::hours(HOURLY_UP_TO) {
+        Step::Hour
+    } else {
+        Step::Day
+    }
+}
+
+/// Longest span (hours) counted in hours by the summary and the dashboard.
+pub const HOURLY_UP_TO: i64 = 72;
+/// Longest span (hours) an hourly series may ask for (a series of days covers more).
+pub const MAX_HOURLY_SERIES: i64 = 14 * 24;
+
+/// The last `span` (whole hours up to 72 h, else whole UTC days, the current one included) and
+/// the same span before it.
 pub async fn summary(
     pool: &PgPool,
     since: &str,
     span: Duration,
     now: DateTime<Utc>,
 ) -> Result<Summary, DbError> {
-    let (from, to) = range(Step::Hour, span, now);
+    let step = step_for(span);
+    let (from, to) = range(step, span, now);
     let before = from - (to - from);
-    let (current, previous) = tokio::try_join!(total(pool, from, to), total(pool, before, from))?;
+    let (current, previous) =
+        tokio::try_join!(total(pool, step, from, to), total(pool, step, before, from))?;
     let trend = Trend {
         hit_ratio_pts: round(current.hit_ratio_pct - previous.hit_ratio_pct, 2),
         jobs_pct: change_pct(current.jobs as f64, previous.jobs as f64),

@@ -234,6 +234,7 @@ async fn analytics_add_up_to_a_known_sequence_of_jobs() {
     for path in [
         "/api/analytics/summary?since=7w",
         "/api/analytics/series?since=500d",
+        "/api/analytics/series?step=hour&since=30d",
         "/api/analytics/top-configs?limit=0",
         "/api/analytics/top-configs?by=cost",
     ] {
