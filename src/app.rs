@@ -306,6 +306,31 @@ async fn upkeep_metrics(stop: CancellationToken) {
     }
 }
 
+/// What a `memoji-worker warm` run works with: the worker's database, store and generator, and
+/// (unless a dry run) the broker, to give way to jobs waiting in the queue.
+pub async fn warmer(settings: &Settings, with_broker: bool) -> anyhow::Result<crate::warm::Warmer> {
+    check_domain(settings)?;
+    let generator = generator(settings)?;
+    let store =
+        storage::from_settings(&settings.storage, &settings.secrets.storage).context("storage")?;
+    let db = connect_database(settings).await?;
+    let broker = if with_broker {
+        let broker = crate::broker::Broker::connect(&settings.amqp, "memoji-worker warm")
+            .await
+            .context("connecting to the broker, to see whether live jobs are waiting")?;
+        Some(Arc::new(broker))
+    } else {
+        None
+    };
+    Ok(crate::warm::Warmer {
+        db,
+        store,
+        generator,
+        settings: Arc::new(settings.clone()),
+        broker,
+    })
+}
+
 /// The settings' domain rules, each checked by the module it belongs to, before anything starts:
 /// the cleanup's cron schedule, the price table (every model the worker may call), the model
 /// successors and the response cap. Returns the model rules jobs are checked against.

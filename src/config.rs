@@ -85,6 +85,7 @@ pub struct Settings {
     pub prices: PriceSettings,
     pub worker: WorkerSettings,
     pub refunds: RefundSettings,
+    pub warm: WarmSettings,
     pub log: LogSettings,
     /// From the environment only, never from a file.
     #[serde(skip)]
@@ -365,6 +366,8 @@ pub struct CleanupSettings {
     pub job_retention_days: u32,
     /// Credit-ledger rows are pruned this many days after the charge; 0 keeps them forever.
     pub ledger_retention_days: u32,
+    /// Request-history rows are pruned this many days after their day; 0 keeps them forever.
+    pub history_retention_days: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -384,6 +387,15 @@ pub struct RefundSettings {
     pub every_secs: u64,
     /// A charged job left processing this long after its claim expired is given up and refunded.
     pub abandoned_after_secs: u64,
+}
+
+/// Cache warming (`warm`, `memoji-worker warm`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct WarmSettings {
+    /// The share of `openai.max_concurrency` a warming run may take (at least one generation).
+    pub max_share: f64,
+    /// How often a warming run that gives way to live jobs looks again (milliseconds).
+    pub yield_poll_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

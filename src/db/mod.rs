@@ -8,6 +8,7 @@
 //! - [`stats`]: counters and rollups behind `GET /api/cache/stats`.
 //! - [`cleanup`]: the cleanup's batches and its single-replica lock.
 //! - [`refunds`]: the refund sweep's batches: charges whose job will never finish.
+//! - [`warm`]: cache warming's entries and the request history.
 
 pub mod cache;
 pub mod cleanup;
@@ -18,6 +19,7 @@ pub mod leases;
 pub mod models;
 pub mod refunds;
 pub mod stats;
+pub mod warm;
 
 use std::time::Duration;
 

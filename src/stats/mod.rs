@@ -12,6 +12,7 @@
 
 pub mod feed;
 pub mod observer;
+pub mod requests;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -33,6 +34,8 @@ use crate::telemetry;
 #[derive(Debug, Default)]
 pub struct Tally {
     pending: Mutex<BTreeMap<DateTime<Utc>, Counts>>,
+    /// Requests per key per day, for the request history (cache warming).
+    pub requests: requests::Requests,
 }
 
 /// The hour bucket of a moment.
@@ -49,6 +52,12 @@ impl Tally {
 
     /// Writes what was counted so far. On failure the counts go back, to be written next time.
     pub async fn flush(&self, pool: &PgPool) -> Result<(), DbError> {
+        let history = self.requests.flush(pool).await;
+        self.flush_counts(pool).await?;
+        history
+    }
+
+    async fn flush_counts(&self, pool: &PgPool) -> Result<(), DbError> {
         let taken =
             std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
         let buckets: Vec<(DateTime<Utc>, Counts)> =

@@ -207,6 +207,7 @@ async fn work(
     conn: Option<Conn>,
     started: Instant,
 ) -> Result<JobResult, StepError> {
+    ctx.observer.asked(key, &job.config, ctx.generator.kind());
     let owner = owned.owner;
     let received = Utc::now();
     let hit = match lookup {

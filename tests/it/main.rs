@@ -29,3 +29,4 @@ mod secrets;
 mod storage_local;
 mod storage_s3;
 mod storage_supabase;
+mod warm;
