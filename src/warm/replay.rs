@@ -260,6 +260,78 @@ pub fn replay(days: &[Vec<Value>], policy: &Policy) -> Vec<Day> {
     out
 }
 
+/// A Markdown table of a replay: each day, then the totals after day 0 (the days warming could
+/// act on).
+pub fn table(shape: &LogShape, policy: &Policy, days: &[Day]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} days × {} requests, Zipf exponents {:?}, trends move every {} days, seed {}; \
+         warm top {} a night within ${:.2} at ${:.3}/image, live ${:.3}/image, half-life {} days\n",
+        shape.days,
+        shape.requests_per_day,
+        shape.exponents,
+        shape.drift_every_days,
+        shape.seed,
+        policy.top,
+        policy.nightly_budget_usd,
+        policy.warm_price_usd,
+        policy.price_usd,
+        policy.model.half_life_days
+    );
+    let _ = writeln!(
+        out,
+        "| day | hit ratio without | hit ratio with | $ without | $ with (live + warm) | warmed | warmed & used |"
+    );
+    let _ = writeln!(out, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let ratio = |hits: u64, n: u64| {
+        if n == 0 {
+            0.0
+        } else {
+            100.0 * hits as f64 / n as f64
+        }
+    };
+    let mut total = Day::default();
+    for (n, day) in days.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "| {n} | {:.1}% | {:.1}% | {:.2} | {:.2} + {:.2} | {} | {} |",
+            ratio(day.hits_without, day.requests),
+            ratio(day.hits_with, day.requests),
+            day.live_usd_without,
+            day.live_usd_with,
+            day.warm_usd,
+            day.warmed,
+            day.warmed_used
+        );
+        if n > 0 {
+            total.requests += day.requests;
+            total.hits_without += day.hits_without;
+            total.hits_with += day.hits_with;
+            total.live_usd_without += day.live_usd_without;
+            total.live_usd_with += day.live_usd_with;
+            total.warm_usd += day.warm_usd;
+            total.warmed += day.warmed;
+            total.warmed_used += day.warmed_used;
+        }
+    }
+    let _ = writeln!(
+        out,
+        "| days 1–{} | **{:.1}%** | **{:.1}%** | **{:.2}** | **{:.2} + {:.2} = {:.2}** | {} | {} |",
+        days.len().saturating_sub(1),
+        ratio(total.hits_without, total.requests),
+        ratio(total.hits_with, total.requests),
+        total.live_usd_without,
+        total.live_usd_with,
+        total.warm_usd,
+        total.live_usd_with + total.warm_usd,
+        total.warmed,
+        total.warmed_used
+    );
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

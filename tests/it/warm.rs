@@ -439,3 +439,82 @@ async fn the_request_history_gives_back_the_most_asked_configurations_not_cached
     );
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn warm_predict_explains_and_warms_popular_combinations_nobody_asked_for_yet() {
+    let env = TestEnv::without_worker(vec![openai_ok()], |_| {}).await;
+    // History: wave and heart are popular gestures, long and short popular hair; wave + long was
+    // never asked for.
+    let rows = [
+        ("wave", "short", 30),
+        ("heart", "long", 25),
+        ("heart", "short", 10),
+        ("clap", "buzz", 1),
+    ];
+    for (gesture, hair, requests) in rows {
+        let config = json!({"model": "gpt-image-1", "size": "1024x1024", "familyType": "father",
+            "gesture": gesture, "hair": hair, "skinTone": "medium", "accessories": [],
+            "colorTheme": "pastel-blue", "background": "auto"});
+        let parsed = memoji_worker::job::AvatarConfig::normalize(&config).unwrap();
+        let key =
+            memoji_worker::job::CacheKey::of(&parsed, memoji_worker::job::GeneratorKind::OpenAi);
+        sqlx::query(
+            "INSERT INTO memoji_request_history (day, prompt_hash, prompt_config, requests)
+             VALUES (current_date - 1, $1, $2, $3)",
+        )
+        .bind(key.as_str())
+        .bind(&config)
+        .bind(requests)
+        .execute(&env.db)
+        .await
+        .unwrap();
+    }
+    let run = |args: &[&str]| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_memoji-worker"));
+        command
+            .args(args)
+            .env_clear()
+            .envs(worker_environment(&env.settings))
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        async move { command.output().await.unwrap() }
+    };
+    let explained = run(&["warm", "--predict", "--explain", "--top", "6"]).await;
+    let stdout = String::from_utf8_lossy(&explained.stdout);
+    assert!(
+        explained.status.success(),
+        "{}",
+        String::from_utf8_lossy(&explained.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 6, "{stdout}");
+    assert!(
+        lines[0].contains("\"gesture\":\"wave\"") && lines[0].contains("\"hair\":\"short\""),
+        "{stdout}"
+    );
+    let unseen = lines
+        .iter()
+        .find(|l| l.contains("\"gesture\":\"wave\"") && l.contains("\"hair\":\"long\""))
+        .unwrap_or_else(|| panic!("wave + long is predicted: {stdout}"));
+    assert!(unseen.contains("never asked"), "{unseen}");
+    assert!(unseen.contains("gesture=wave"), "{unseen}");
+    assert_eq!(env.openai.calls(), 0, "--explain generates nothing");
+
+    let warmed = run(&["warm", "--predict", "--top", "2", "--budget-usd", "1"]).await;
+    assert!(
+        warmed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&warmed.stderr)
+    );
+    let report: Value = serde_json::from_slice(&warmed.stdout).unwrap();
+    assert_eq!(report["generated"], 2, "{report}");
+    assert_eq!(env.openai.calls(), 2);
+    // What is warmed now is predicted no more: the top one was wave + short.
+    let again = run(&["warm", "--predict", "--explain", "--top", "6"]).await;
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        !stdout.contains("\"gesture\":\"wave\",\"hair\":\"short\""),
+        "{stdout}"
+    );
+    env.cleanup().await;
+}
