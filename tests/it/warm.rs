@@ -516,5 +516,39 @@ async fn warm_predict_explains_and_warms_popular_combinations_nobody_asked_for_y
         !stdout.contains("\"gesture\":\"wave\",\"hair\":\"short\""),
         "{stdout}"
     );
+    // The README's other forms, as written.
+    for args in [
+        &[
+            "warm",
+            "--from-history",
+            "--days",
+            "30",
+            "--top",
+            "500",
+            "--budget-usd",
+            "5",
+        ][..],
+        &["warm", "--predict", "--top", "500", "--budget-usd", "5"][..],
+    ] {
+        let output = run(args).await;
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert!(report["spent_usd"].as_f64().unwrap() <= 5.0, "{report}");
+        assert_eq!(report["failed"], 0, "{report}");
+    }
+    // Every history configuration is cached now, and nothing was generated twice.
+    assert_eq!(
+        count(&env.db, "SELECT count(*) FROM memoji_request_history h WHERE NOT EXISTS (SELECT 1 FROM memoji_cache c WHERE c.prompt_hash = h.prompt_hash)").await,
+        0
+    );
+    let requests = env.openai.generation_requests().await.len() as i64;
+    assert_eq!(
+        requests,
+        count(&env.db, "SELECT count(*) FROM memoji_cache").await
+    );
     env.cleanup().await;
 }
