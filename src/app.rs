@@ -123,6 +123,23 @@ impl App {
             .add_refunds(Arc::new(refunder))
             .await
             .context("scheduling the refund sweep")?;
+        if !settings.warm.schedule.is_empty() {
+            let warming = maintenance::warming::ScheduledWarming {
+                warmer: crate::warm::Warmer {
+                    db: db.clone(),
+                    store: self.ctx.store.clone(),
+                    generator: self.ctx.generator.clone(),
+                    settings: settings.clone(),
+                    broker: None,
+                },
+                rules: (*self.ctx.models).clone(),
+                feed: Some(self.feed.clone()),
+            };
+            schedule
+                .add_warming(Arc::new(warming), &settings.warm.schedule)
+                .await
+                .context("scheduling the warming")?;
+        }
         // The metrics feed outlives everything that sends to it, so their last messages go out.
         let feed_stop = CancellationToken::new();
         let publisher = tokio::spawn(feed::run(
@@ -337,6 +354,13 @@ pub async fn warmer(settings: &Settings, with_broker: bool) -> anyhow::Result<cr
 pub fn check_domain(settings: &Settings) -> anyhow::Result<ModelRules> {
     schedule::parse(&settings.cleanup.schedule)
         .map_err(|e| anyhow::anyhow!("cleanup.schedule: {e}"))?;
+    if !settings.warm.schedule.is_empty() {
+        schedule::parse(&settings.warm.schedule)
+            .map_err(|e| anyhow::anyhow!("warm.schedule: {e}"))?;
+    }
+    if !["history", "predict"].contains(&settings.warm.source.as_str()) {
+        bail!("warm.source must be \"history\" or \"predict\"");
+    }
     crate::generate::pricing::check(&settings.prices).map_err(|e| anyhow::anyhow!(e))?;
     if settings.openai.max_response_bytes < storage::MAX_IMAGE_BYTES {
         bail!("openai.max_response_bytes must be at least the largest image stored (5 MiB)");

@@ -396,6 +396,15 @@ pub struct WarmSettings {
     pub max_share: f64,
     /// How often a warming run that gives way to live jobs looks again (milliseconds).
     pub yield_poll_ms: u64,
+    /// Scheduled warming: a six-field cron expression (UTC); empty: off.
+    pub schedule: String,
+    /// What the scheduled warming warms: `history` or `predict`.
+    pub source: String,
+    /// Configurations the scheduled warming considers, and the days of history it reads.
+    pub top: u32,
+    pub days: u32,
+    /// Dollars the scheduled warming may spend a UTC day, all its runs together.
+    pub daily_budget_usd: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -552,3 +552,62 @@ async fn warm_predict_explains_and_warms_popular_combinations_nobody_asked_for_y
     );
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn scheduled_warming_runs_on_one_replica_within_the_daily_budget_and_reports() {
+    // Every second, on two replicas; the day's budget buys two images at list price.
+    let tweak = |s: &mut memoji_worker::config::Settings| {
+        s.warm.schedule = "*/1 * * * * *".to_owned();
+        s.warm.daily_budget_usd = 0.08;
+        s.warm.yield_poll_ms = 50;
+    };
+    let env = TestEnv::start_with(vec![openai_ok()], tweak).await;
+    let mut tap = env.metrics_tap().await;
+    for hair in ["h1", "h2", "h3"] {
+        let config = json!({"hair": hair});
+        let parsed = memoji_worker::job::AvatarConfig::normalize(&config).unwrap();
+        let key =
+            memoji_worker::job::CacheKey::of(&parsed, memoji_worker::job::GeneratorKind::OpenAi);
+        sqlx::query(
+            "INSERT INTO memoji_request_history (day, prompt_hash, prompt_config, requests)
+             VALUES (current_date, $1, $2, 5)",
+        )
+        .bind(key.as_str())
+        .bind(&config)
+        .execute(&env.db)
+        .await
+        .unwrap();
+    }
+    let second = env.second_app().await;
+    let completed = tap
+        .next_with("warm.completed", |m| m["generated"].as_u64() > Some(0))
+        .await;
+    assert_eq!(completed["source"], "history");
+    assert!(
+        completed["spent_usd"].as_f64().unwrap() <= 0.08,
+        "{completed}"
+    );
+    assert_eq!(completed["saved_so_far_usd"], 0.0);
+    // Later runs (on either replica) find the day's budget spent: nothing more is generated.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let warmed = count(
+        &env.db,
+        "SELECT count(*) FROM memoji_cache WHERE warmed_at IS NOT NULL",
+    )
+    .await;
+    assert_eq!(warmed, 2, "{completed}");
+    assert_eq!(
+        env.openai.calls(),
+        2,
+        "each key generated once, by one replica"
+    );
+    let spent: f64 = sqlx::query_scalar(
+        "SELECT sum(generation_cost)::float8 FROM memoji_cache WHERE warmed_at IS NOT NULL",
+    )
+    .fetch_one(&env.db)
+    .await
+    .unwrap();
+    assert!(spent <= 0.08, "{spent}");
+    second.stop().await;
+    env.cleanup().await;
+}
