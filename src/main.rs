@@ -57,6 +57,20 @@ enum Command {
     /// user; gives way to live jobs; single flight with them. Prints the report (JSON) on stdout,
     /// progress on stderr (a bar on a terminal, plain lines otherwise).
     Warm(Box<WarmArgs>),
+    /// Regenerate the most used entries a model made with the model that serves their
+    /// configuration today (its successor, for a retired one); each entry serves its old image
+    /// until the new one is stored under a path of its own. Never charges a user. Prints the
+    /// report (JSON).
+    Refresh {
+        /// The model whose images to replace (as recorded with each entry).
+        #[arg(long, value_name = "MODEL")]
+        generated_by: String,
+        #[arg(long, default_value_t = 100)]
+        top: u32,
+        /// Stop before the spend would pass this many dollars (list prices).
+        #[arg(long, value_name = "X")]
+        budget_usd: Option<f64>,
+    },
     /// Run the cache cleanup now (unless another process is running it) and print its report.
     Cleanup {
         /// Only count what would be archived and deleted; change nothing.
@@ -284,6 +298,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Warm(args) => warm(&settings, &args).await,
+        Command::Refresh {
+            generated_by,
+            top,
+            budget_usd,
+        } => {
+            let warmer = app::warmer(&settings, false).await?;
+            let rules = app::check_domain(&settings)?;
+            let shaping = warm::Shaping {
+                rules: &rules,
+                prices: &settings.prices,
+                generator: warmer.generator.kind(),
+                model: None,
+            };
+            let report =
+                warm::refresh::refresh(&warmer, &shaping, &generated_by, top, budget_usd).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            warmer.db.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Cleanup { dry_run } => match app::cleanup(&settings, dry_run).await? {
             Ran::Completed(report) => {
                 println!("{}", serde_json::to_string_pretty(&report)?);

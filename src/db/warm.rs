@@ -245,3 +245,67 @@ pub async fn spent_today(pool: &PgPool) -> Result<f64, DbError> {
     .await?;
     Ok(spent)
 }
+
+/// An entry a model refresh may regenerate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refreshable {
+    pub key: String,
+    pub config: serde_json::Value,
+    pub image_url: String,
+    pub storage_path: Option<String>,
+    pub usage_count: i64,
+}
+
+/// The `top` most used entries whose image `model` made.
+pub async fn most_used_by_model(
+    pool: &PgPool,
+    model: &str,
+    top: i64,
+) -> Result<Vec<Refreshable>, DbError> {
+    let rows: Vec<(String, serde_json::Value, String, Option<String>, i64)> = sqlx::query_as(
+        "SELECT prompt_hash, prompt_config, image_url, storage_path, COALESCE(usage_count, 0)::int8
+           FROM memoji_cache WHERE model = $1 AND prompt_config IS NOT NULL
+          ORDER BY usage_count DESC NULLS LAST, prompt_hash LIMIT $2",
+    )
+    .bind(model)
+    .bind(top)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(key, config, image_url, storage_path, usage_count)| Refreshable {
+                key,
+                config,
+                image_url,
+                storage_path,
+                usage_count,
+            },
+        )
+        .collect())
+}
+
+/// Moves an entry to its regenerated image, only if it still serves `old_url` (a job's
+/// `force_refresh` meanwhile wins). Its history (uses, creation, archived) stays.
+pub async fn move_to_refreshed(
+    executor: impl PgExecutor<'_>,
+    entry: &NewEntry<'_>,
+    old_url: &str,
+) -> Result<bool, DbError> {
+    let moved = sqlx::query(
+        "UPDATE memoji_cache SET image_url = $2, storage_path = $3, generation_cost = $4,
+                image_bytes = $5, model = $6, usage = $7, updated_at = now()
+          WHERE prompt_hash = $1 AND image_url = $8",
+    )
+    .bind(entry.key.as_str())
+    .bind(entry.image_url)
+    .bind(entry.storage_path)
+    .bind(entry.generation_cost)
+    .bind(entry.image_bytes)
+    .bind(entry.model)
+    .bind(&entry.usage)
+    .bind(old_url)
+    .execute(executor)
+    .await?;
+    Ok(moved.rows_affected() == 1)
+}

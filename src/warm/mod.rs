@@ -15,6 +15,7 @@
 pub mod history;
 pub mod predict;
 pub mod progress;
+pub mod refresh;
 pub mod replay;
 mod run;
 

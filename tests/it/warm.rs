@@ -611,3 +611,92 @@ async fn scheduled_warming_runs_on_one_replica_within_the_daily_budget_and_repor
     second.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn refresh_moves_the_most_used_entries_of_a_model_to_new_images_and_never_points_at_a_missing_one()
+ {
+    let mut env = TestEnv::start(vec![openai_ok()]).await;
+    for hair in ["r1", "r2", "r3"] {
+        env.run(&env.job("user-1", json!({"hair": hair}))).await;
+    }
+    // As if the seed system had made them with gpt-image-1, used 10, 5 and 1 times.
+    sqlx::query(
+        "UPDATE memoji_cache SET model = 'gpt-image-1',
+                usage_count = CASE prompt_config->>'hair' WHEN 'r1' THEN 10 WHEN 'r2' THEN 5 ELSE 1 END",
+    )
+    .execute(&env.db)
+    .await
+    .unwrap();
+    let before: Vec<(String, String)> =
+        sqlx::query_as("SELECT prompt_config->>'hair', storage_path FROM memoji_cache")
+            .fetch_all(&env.db)
+            .await
+            .unwrap();
+    let ledger = count(&env.db, "SELECT count(*) FROM memoji_credit_ledger").await;
+    let calls = env.openai.calls();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_memoji-worker"))
+        .args([
+            "refresh",
+            "--generated-by",
+            "gpt-image-1",
+            "--top",
+            "2",
+            "--budget-usd",
+            "1",
+        ])
+        .env_clear()
+        .envs(worker_environment(&env.settings))
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["refreshed"], 2, "{report}");
+    assert_eq!(report["old_images_deleted"], 2, "{report}");
+    assert!(report["spent_usd"].as_f64().unwrap() <= 1.0);
+    assert_eq!(env.openai.calls(), calls + 2);
+    assert_eq!(
+        count(&env.db, "SELECT count(*) FROM memoji_credit_ledger").await,
+        ledger
+    );
+
+    let after: Vec<(String, String, String, i32)> = sqlx::query_as(
+        "SELECT prompt_config->>'hair', storage_path, model, usage_count FROM memoji_cache ORDER BY 1",
+    )
+    .fetch_all(&env.db)
+    .await
+    .unwrap();
+    for (hair, path, model, uses) in &after {
+        // No row points at a missing image.
+        assert!(
+            env.storage_dir().join(path).is_file(),
+            "{hair}: {path} is missing"
+        );
+        let old = &before.iter().find(|(h, _)| h == hair).unwrap().1;
+        if hair == "r3" {
+            assert_eq!(path, old, "the least used entry is left alone");
+            assert_eq!(model, "gpt-image-1");
+        } else {
+            assert!(path.ends_with("-1.png"), "{path}");
+            assert_eq!(model, "gpt-image-2.6-flare");
+            assert!(
+                !env.storage_dir().join(old).exists(),
+                "the old image {old} is deleted"
+            );
+            assert!(*uses >= 5, "the entry keeps its history");
+        }
+    }
+    let hit = env.run(&env.job("user-2", json!({"hair": "r1"}))).await;
+    assert_eq!(hit["cached"], true);
+    assert!(
+        hit["storage_path"].as_str().unwrap().ends_with("-1.png"),
+        "{hit}"
+    );
+    assert_eq!(hit["model"], "gpt-image-2.6-flare");
+    env.cleanup().await;
+}
