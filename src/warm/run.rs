@@ -133,7 +133,7 @@ pub async fn run(
         per_minute.max(u32::from(warmer.settings.openai.images_per_minute > 0)),
     ));
     let poll = Duration::from_millis(warmer.settings.warm.yield_poll_ms.max(10));
-    let mut running: JoinSet<(Candidate, Done)> = JoinSet::new();
+    let mut running: JoinSet<(Candidate, Uuid, Done)> = JoinSet::new();
     let mut holders: Vec<Uuid> = Vec::new();
     // Spend: what is done (real cost) plus what is in flight (estimates).
     let mut spent = 0.0_f64;
@@ -219,7 +219,7 @@ pub async fn run(
         let (warmer, pacer) = (warmer.clone(), pacer.clone());
         running.spawn(async move {
             let done = warm_one(&warmer, &pacer, &candidate, JobId(holder)).await;
-            (candidate, done)
+            (candidate, holder, done)
         });
         next = queue.next();
     }
@@ -245,7 +245,7 @@ pub async fn run(
 }
 
 async fn wait_one(
-    running: &mut JoinSet<(Candidate, Done)>,
+    running: &mut JoinSet<(Candidate, Uuid, Done)>,
     report: &mut Report,
     spent: &mut f64,
     reserved: &mut f64,
@@ -259,26 +259,26 @@ async fn wait_one(
 
 /// Books one finished generation.
 fn settle(
-    joined: Result<(Candidate, Done), tokio::task::JoinError>,
+    joined: Result<(Candidate, Uuid, Done), tokio::task::JoinError>,
     report: &mut Report,
     spent: &mut f64,
     reserved: &mut f64,
     holders: &mut Vec<Uuid>,
     progress: &mut Progress,
 ) {
-    let (candidate, done) = match joined {
+    let (candidate, holder, done) = match joined {
         Ok(finished) => finished,
         Err(error) => {
-            // A panicked generation: its lease expires; count it as failed.
+            // A panicked generation: its lease expires (its holder stays listed as ours, so it
+            // is not taken for a live job's); count it as failed.
             report.failed += 1;
             tracing::warn!(%error, "a warming generation panicked");
             return;
         }
     };
     *reserved = (*reserved - candidate.estimate_usd).max(0.0);
-    // The holders list only grows per started generation; keep it bounded to those in flight
-    // is not needed for correctness (an old holder has no lease any more).
-    let _ = holders;
+    // What is left are the holders of the generations still in flight.
+    holders.retain(|h| *h != holder);
     match &done {
         Done::Generated { cost_usd } => {
             report.generated += 1;
