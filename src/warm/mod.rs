@@ -222,3 +222,41 @@ pub struct Planned {
     pub config: Value,
     pub estimate_usd: f64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jsonl_lines_become_candidates_each_key_once_with_model_overridden_and_refusals_named() {
+        let text =
+            "{\"hair\":\"Long\"}\n\n# a comment\n{\"hair\":\"long\"}\n[1]\n{\"size\":\"13x13\"}\n";
+        let (configs, refused) = read_jsonl(text);
+        assert_eq!(configs.len(), 3);
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].origin, "line 5");
+        let rules = ModelRules::default();
+        let prices = crate::config::Settings::defaults().unwrap().prices;
+        let shaping = Shaping {
+            rules: &rules,
+            prices: &prices,
+            generator: GeneratorKind::OpenAi,
+            model: None,
+        };
+        let (wanted, refused) = shaping.candidates(configs.clone());
+        // "Long" and "long" are one key (hair is lowercased); 13x13 breaks the size rules.
+        assert_eq!(wanted.len(), 1);
+        assert_eq!(wanted[0].origin, "line 1");
+        assert!((wanted[0].estimate_usd - 0.04).abs() < 1e-9);
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].origin, "line 6");
+        let with_model = Shaping {
+            model: Some("gpt-image-2"),
+            ..shaping
+        };
+        let (other, _) = with_model.candidates(configs);
+        assert_ne!(other[0].key, wanted[0].key, "--model makes keys of its own");
+        assert_eq!(other[0].canonical["model"], "gpt-image-2");
+        assert_eq!(other[0].plan.called.name(), "gpt-image-2");
+    }
+}
