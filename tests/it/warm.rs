@@ -582,6 +582,7 @@ async fn scheduled_warming_runs_on_one_replica_within_the_daily_budget_and_repor
     let completed = tap
         .next_with("warm.completed", |m| m["generated"].as_u64() > Some(0))
         .await;
+    crate::schemas::assert_valid("metrics/warm-completed.schema.json", &completed);
     assert_eq!(completed["source"], "history");
     assert!(
         completed["spent_usd"].as_f64().unwrap() <= 0.08,
