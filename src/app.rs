@@ -126,6 +126,23 @@ impl App {
             .add_refunds(Arc::new(refunder))
             .await
             .context("scheduling the refund sweep")?;
+        if !settings.warm.schedule.is_empty() {
+            let warming = maintenance::warming::ScheduledWarming {
+                warmer: crate::warm::Warmer {
+                    db: db.clone(),
+                    store: self.ctx.store.clone(),
+                    generator: self.ctx.generator.clone(),
+                    settings: settings.clone(),
+                    broker: None,
+                },
+                rules: (*self.ctx.models).clone(),
+                feed: Some(self.feed.clone()),
+            };
+            schedule
+                .add_warming(Arc::new(warming), &settings.warm.schedule)
+                .await
+                .context("scheduling the warming")?;
+        }
         // The metrics feed outlives everything that sends to it, so their last messages go out.
         let feed_stop = CancellationToken::new();
         let publisher = tokio::spawn(feed::run(
@@ -318,12 +335,44 @@ async fn upkeep_metrics(stop: CancellationToken) {
     }
 }
 
+/// What a `memoji-worker warm` run works with: the worker's database, store and generator, and
+/// (unless a dry run) the broker, to give way to jobs waiting in the queue.
+pub async fn warmer(settings: &Settings, with_broker: bool) -> anyhow::Result<crate::warm::Warmer> {
+    check_domain(settings)?;
+    let generator = generator(settings)?;
+    let store =
+        storage::from_settings(&settings.storage, &settings.secrets.storage).context("storage")?;
+    let db = connect_database(settings).await?;
+    let broker = if with_broker {
+        let broker = crate::broker::Broker::connect(&settings.amqp, "memoji-worker warm")
+            .await
+            .context("connecting to the broker, to see whether live jobs are waiting")?;
+        Some(Arc::new(broker))
+    } else {
+        None
+    };
+    Ok(crate::warm::Warmer {
+        db,
+        store,
+        generator,
+        settings: Arc::new(settings.clone()),
+        broker,
+    })
+}
+
 /// The settings' domain rules, each checked by the module it belongs to, before anything starts:
 /// the cleanup's cron schedule, the price table (every model the worker may call), the model
 /// successors and the response cap. Returns the model rules jobs are checked against.
 pub fn check_domain(settings: &Settings) -> anyhow::Result<ModelRules> {
     schedule::parse(&settings.cleanup.schedule)
         .map_err(|e| anyhow::anyhow!("cleanup.schedule: {e}"))?;
+    if !settings.warm.schedule.is_empty() {
+        schedule::parse(&settings.warm.schedule)
+            .map_err(|e| anyhow::anyhow!("warm.schedule: {e}"))?;
+    }
+    if !["history", "predict"].contains(&settings.warm.source.as_str()) {
+        bail!("warm.source must be \"history\" or \"predict\"");
+    }
     crate::generate::pricing::check(&settings.prices).map_err(|e| anyhow::anyhow!(e))?;
     if settings.openai.max_response_bytes < storage::MAX_IMAGE_BYTES {
         bail!("openai.max_response_bytes must be at least the largest image stored (5 MiB)");

@@ -87,6 +87,7 @@ pub struct Settings {
     pub prices: PriceSettings,
     pub worker: WorkerSettings,
     pub refunds: RefundSettings,
+    pub warm: WarmSettings,
     pub log: LogSettings,
     pub telemetry: TelemetrySettings,
     /// From the environment only, never from a file.
@@ -385,6 +386,8 @@ pub struct CleanupSettings {
     pub job_retention_days: u32,
     /// Credit-ledger rows are pruned this many days after the charge; 0 keeps them forever.
     pub ledger_retention_days: u32,
+    /// Request-history rows are pruned this many days after their day; 0 keeps them forever.
+    pub history_retention_days: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -408,6 +411,24 @@ pub struct RefundSettings {
     pub every_secs: u64,
     /// A charged job left processing this long after its claim expired is given up and refunded.
     pub abandoned_after_secs: u64,
+}
+
+/// Cache warming (`warm`, `memoji-worker warm`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct WarmSettings {
+    /// The share of `openai.max_concurrency` a warming run may take (at least one generation).
+    pub max_share: f64,
+    /// How often a warming run that gives way to live jobs looks again (milliseconds).
+    pub yield_poll_ms: u64,
+    /// Scheduled warming: a six-field cron expression (UTC); empty: off.
+    pub schedule: String,
+    /// What the scheduled warming warms: `history` or `predict`.
+    pub source: String,
+    /// Configurations the scheduled warming considers, and the days of history it reads.
+    pub top: u32,
+    pub days: u32,
+    /// Dollars the scheduled warming may spend a UTC day, all its runs together.
+    pub daily_budget_usd: f64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

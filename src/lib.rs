@@ -15,6 +15,8 @@
 //! - [`http`]: the admin API; [`maintenance`]: the scheduled cleanup; [`stats`]: statistics and
 //!   the metrics feed, told about each settled job by `worker::process` through one hook.
 //! - [`app`] wires it all together and runs it until shutdown; [`config`] and [`telemetry`] set it up.
+//! - [`warm`]: cache warming — popular configurations generated ahead of demand, under the same
+//!   single flight as jobs, never charging anyone.
 //! - [`redact`]: the one place secrets are masked in text people see (URLs, error messages).
 
 pub mod app;
@@ -30,4 +32,5 @@ pub mod redact;
 pub mod stats;
 pub mod storage;
 pub mod telemetry;
+pub mod warm;
 pub mod worker;

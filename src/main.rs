@@ -13,7 +13,7 @@ use memoji_worker::config::{Settings, StorageKind};
 use memoji_worker::job::GeneratorKind;
 use memoji_worker::job::models::help;
 use memoji_worker::maintenance::Ran;
-use memoji_worker::{client, stats, storage, telemetry};
+use memoji_worker::{client, stats, storage, telemetry, warm};
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -53,6 +53,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Generate configurations before anyone asks for them (cache warming). Never charges a
+    /// user; gives way to live jobs; single flight with them. Prints the report (JSON) on stdout,
+    /// progress on stderr (a bar on a terminal, plain lines otherwise).
+    Warm(Box<WarmArgs>),
+    /// Regenerate the most used entries a model made with the model that serves their
+    /// configuration today (its successor, for a retired one); each entry serves its old image
+    /// until the new one is stored under a path of its own. Never charges a user. Prints the
+    /// report (JSON).
+    Refresh {
+        /// The model whose images to replace (as recorded with each entry).
+        #[arg(long, value_name = "MODEL")]
+        generated_by: String,
+        #[arg(long, default_value_t = 100)]
+        top: u32,
+        /// Stop before the spend would pass this many dollars (list prices).
+        #[arg(long, value_name = "X")]
+        budget_usd: Option<f64>,
+    },
     /// Run the cache cleanup now (unless another process is running it) and print its report.
     Cleanup {
         /// Only count what would be archived and deleted; change nothing.
@@ -69,6 +87,42 @@ enum Command {
         #[arg(long, value_enum, default_value = "md")]
         format: stats::report::Format,
     },
+}
+
+#[derive(Args)]
+#[command(group = clap::ArgGroup::new("source").required(true).args(["from", "from_history", "predict"]))]
+struct WarmArgs {
+    /// A JSONL file: one avatar configuration a line, as in a job's `config`.
+    #[arg(long, value_name = "FILE.jsonl")]
+    from: Option<PathBuf>,
+    /// The configurations most asked for in the last --days days that are not cached now.
+    #[arg(long)]
+    from_history: bool,
+    /// The popularity model's predictions for tomorrow (decayed counts per key, and per
+    /// attribute for combinations never asked for), not cached now.
+    #[arg(long)]
+    predict: bool,
+    /// With --predict: print the predictions with their scores (and why) instead of warming.
+    #[arg(long, requires = "predict")]
+    explain: bool,
+    /// With --from-history or --predict: how many days of history.
+    #[arg(long, default_value_t = 30)]
+    days: u32,
+    /// With --from-history or --predict: how many configurations at most.
+    #[arg(long, default_value_t = 500)]
+    top: u32,
+    /// Stop before the spend (list prices for what is in flight) would pass this many dollars.
+    #[arg(long, value_name = "X")]
+    budget_usd: Option<f64>,
+    /// Generate at most N images.
+    #[arg(long, value_name = "N")]
+    max: Option<usize>,
+    /// List what would be generated, with its estimated cost; generate nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Warm every configuration for this model (replaces each configuration's `model`).
+    #[arg(long, long_help = help::model(), help = "Model to warm for (any of --help's list)")]
+    model: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -267,6 +321,26 @@ async fn command(command: Command, mut settings: Settings) -> anyhow::Result<Exi
             print!("{}", stats::report::render(&report, format)?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Warm(args) => warm(&settings, &args).await,
+        Command::Refresh {
+            generated_by,
+            top,
+            budget_usd,
+        } => {
+            let warmer = app::warmer(&settings, false).await?;
+            let rules = app::check_domain(&settings)?;
+            let shaping = warm::Shaping {
+                rules: &rules,
+                prices: &settings.prices,
+                generator: warmer.generator.kind(),
+                model: None,
+            };
+            let report =
+                warm::refresh::refresh(&warmer, &shaping, &generated_by, top, budget_usd).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            warmer.db.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Cleanup { dry_run } => match app::cleanup(&settings, dry_run).await? {
             Ran::Completed(report) => {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -277,6 +351,72 @@ async fn command(command: Command, mut settings: Settings) -> anyhow::Result<Exi
             }
         },
     }
+}
+
+/// `memoji-worker warm`: reads the source, runs (or dry-runs) the warming, prints the report.
+async fn warm(settings: &Settings, args: &WarmArgs) -> anyhow::Result<ExitCode> {
+    let warmer = app::warmer(settings, !args.dry_run && !args.explain).await?;
+    let rules = app::check_domain(settings)?;
+    let (configs, mut refused) = if let Some(file) = &args.from {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        warm::read_jsonl(&text)
+    } else if args.predict {
+        let kind = warmer.generator.kind();
+        let predictions = warm::history::predicted(&warmer.db, args.days, args.top, kind).await?;
+        if args.explain {
+            for (rank, p) in predictions.iter().enumerate() {
+                let own = p
+                    .own_rate
+                    .map_or("never asked".to_owned(), |r| format!("{r:.3}/day"));
+                let shares: Vec<String> = p
+                    .shares
+                    .iter()
+                    .map(|(attribute, (value, share))| {
+                        format!("{attribute}={value} {:.0}%", share * 100.0)
+                    })
+                    .collect();
+                println!(
+                    "{:>4}. {:.3}/day (own {own}, attributes {:.3}/day: {}) {}",
+                    rank + 1,
+                    p.score,
+                    p.attribute_rate,
+                    shares.join(", "),
+                    p.config
+                );
+            }
+            warmer.db.close().await;
+            return Ok(ExitCode::SUCCESS);
+        }
+        let configs = predictions
+            .into_iter()
+            .map(|p| (format!("predicted {:.3}/day", p.score), p.config))
+            .collect();
+        (configs, Vec::new())
+    } else {
+        let configs = warm::history::most_asked(&warmer.db, args.days, args.top).await?;
+        (configs, Vec::new())
+    };
+    let shaping = warm::Shaping {
+        rules: &rules,
+        prices: &settings.prices,
+        generator: warmer.generator.kind(),
+        model: args.model.as_deref(),
+    };
+    let (candidates, more_refused) = shaping.candidates(configs);
+    refused.extend(more_refused);
+    let options = warm::Options {
+        budget_usd: args.budget_usd,
+        max: args.max,
+        dry_run: args.dry_run,
+    };
+    let stop = CancellationToken::new();
+    tokio::spawn(stop_on_signal(stop.clone()));
+    let mut progress = warm::Progress::for_stderr();
+    let report = warm::run(&warmer, candidates, refused, &options, &mut progress, &stop).await?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    warmer.db.close().await;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// What `enqueue --wait` shows on stderr while it waits: at once, that no worker consumes the job

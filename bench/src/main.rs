@@ -55,6 +55,32 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// §Warming: replays a synthetic Zipf request log day by day, in process (no broker, database
+    /// or OpenAI: a policy measurement), with and without warming the popularity model's top K
+    /// each night under a budget; prints a Markdown table.
+    WarmReplay {
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        #[arg(long, default_value_t = 2_000)]
+        per_day: u32,
+        /// Configurations warmed each night at most.
+        #[arg(long, default_value_t = 500)]
+        top: usize,
+        #[arg(long, default_value_t = 10.0)]
+        nightly_budget_usd: f64,
+        /// What a live generation costs (list price, gpt-image-2.6-flare 1024x1024 medium).
+        #[arg(long, default_value_t = 0.04)]
+        price_usd: f64,
+        /// What a warmed image costs (0.02: OpenAI's Batch API at half price).
+        #[arg(long, default_value_t = 0.04)]
+        warm_price_usd: f64,
+        #[arg(long, default_value_t = 7.0)]
+        half_life_days: f64,
+        #[arg(long, default_value_t = 7)]
+        drift_every_days: u32,
+        #[arg(long, default_value_t = 14)]
+        seed: u64,
+    },
     /// §1 hit path: echo baseline, then the worker; full speed, then at a fraction of it.
     Hit {
         #[arg(long, default_value_t = 50_000)]
@@ -144,6 +170,43 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Command::Echo = cli.command {
         return echo::run().await;
+    }
+    if let Command::WarmReplay {
+        days,
+        per_day,
+        top,
+        nightly_budget_usd,
+        price_usd,
+        warm_price_usd,
+        half_life_days,
+        drift_every_days,
+        seed,
+    } = cli.command
+    {
+        use memoji_worker::warm::predict::Model;
+        use memoji_worker::warm::replay::{self, LogShape, Policy};
+        let shape = LogShape {
+            days,
+            requests_per_day: per_day,
+            drift_every_days,
+            seed,
+            ..LogShape::default()
+        };
+        let policy = Policy {
+            top,
+            nightly_budget_usd,
+            price_usd,
+            warm_price_usd,
+            model: Model {
+                half_life_days,
+                ..Model::default()
+            },
+        };
+        let started = std::time::Instant::now();
+        let result = replay::replay(&replay::log(&shape), &policy);
+        println!("{}", replay::table(&shape, &policy, &result));
+        println!("replayed in {:.1} s", started.elapsed().as_secs_f64());
+        return Ok(());
     }
     let services = Services {
         amqp_url: cli.amqp_url.clone(),
@@ -240,7 +303,7 @@ async fn main() -> anyhow::Result<()> {
             };
             scenarios::scale_out(&mut run, &args).await
         }
-        Command::Echo => unreachable!("handled above"),
+        Command::Echo | Command::WarmReplay { .. } => unreachable!("handled above"),
     };
     run.cleanup().await;
     outcome

@@ -10,6 +10,7 @@
 //! - [`analytics`]: the rollups behind `GET /api/analytics/…`, the dashboard and `report`.
 //! - [`cleanup`]: the cleanup's batches and its single-replica lock.
 //! - [`refunds`]: the refund sweep's batches: charges whose job will never finish.
+//! - [`warm`]: cache warming's entries and the request history.
 
 pub mod analytics;
 pub mod cache;
@@ -22,6 +23,7 @@ pub mod leases;
 pub mod models;
 pub mod refunds;
 pub mod stats;
+pub mod warm;
 
 use std::time::Duration;
 

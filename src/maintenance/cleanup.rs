@@ -67,6 +67,10 @@ pub struct CleanupReport {
     /// Rows pruned from `memoji_credit_ledger` past `ledger_retention_days` (dry run: that would
     /// be).
     pub ledger_pruned: u64,
+    /// Request-history rows (one per key per day) pruned past `history_retention_days` (dry
+    /// run: that would be).
+    #[serde(default)]
+    pub history_pruned: u64,
     pub duration_ms: u64,
 }
 
@@ -123,6 +127,7 @@ impl Cleaner {
                     images_kept = report.images_kept,
                     jobs_pruned = report.jobs_pruned,
                     ledger_pruned = report.ledger_pruned,
+                    history_pruned = report.history_pruned,
                     duration_ms = report.duration_ms,
                     "cleanup completed"
                 );
@@ -161,6 +166,7 @@ impl Cleaner {
             images_kept: 0,
             jobs_pruned: 0,
             ledger_pruned: 0,
+            history_pruned: 0,
             duration_ms: 0,
         };
 
@@ -237,6 +243,11 @@ impl Cleaner {
                     sql::Retained::Charges => report.ledger_pruned += pruned,
                 }
             }
+        }
+        // The request history: whole days, a small table (one row per key asked that day).
+        if let Some(cutoff) = retention_cutoff(now, self.settings.history_retention_days) {
+            report.history_pruned =
+                crate::db::warm::prune_history(&self.db, cutoff.date_naive(), dry_run).await?;
         }
         Ok(())
     }

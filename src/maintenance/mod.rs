@@ -14,6 +14,7 @@ pub mod cleanup;
 pub mod lifecycle;
 pub mod refund;
 pub mod schedule;
+pub mod warming;
 
 pub use cleanup::{Cleaner, CleanupError, CleanupReport, Ran};
 pub use refund::{RefundReport, Refunder, Swept};

@@ -73,6 +73,26 @@ impl Schedule {
         Ok(())
     }
 
+    /// Adds the scheduled warming on `expression` (UTC). Every replica schedules it; its
+    /// advisory lock lets one of them warm at a time.
+    pub async fn add_warming(
+        &self,
+        warming: Arc<super::warming::ScheduledWarming>,
+        expression: &str,
+    ) -> Result<(), ScheduleError> {
+        let job = Job::new_async(expression, move |_, _| {
+            let warming = warming.clone();
+            Box::pin(async move {
+                if let Err(error) = warming.run().await {
+                    tracing::warn!(%error, "scheduled warming failed; the next one tries again");
+                }
+            })
+        })?;
+        self.0.add(job).await?;
+        tracing::info!(schedule = expression, "warming scheduled (UTC)");
+        Ok(())
+    }
+
     /// Stops scheduling. A run in progress is abandoned with the process; its batches committed
     /// so far stay done, and its lock goes with its connection.
     pub async fn stop(mut self) {

@@ -27,6 +27,8 @@ use crate::telemetry;
 pub const STATS_SNAPSHOT: &str = "stats.snapshot";
 pub const JOB_COMPLETED: &str = "job.completed";
 pub const CLEANUP_COMPLETED: &str = "cleanup.completed";
+/// A scheduled warming run's report (`maintenance::warming`).
+pub const WARM_COMPLETED: &str = "warm.completed";
 
 /// How long a stopping process keeps trying to publish what is still queued.
 const DRAIN_GRACE: Duration = Duration::from_secs(3);

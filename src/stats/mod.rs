@@ -14,6 +14,7 @@ pub mod analytics;
 pub mod feed;
 pub mod observer;
 pub mod report;
+pub mod requests;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -38,6 +39,8 @@ use crate::telemetry;
 pub struct Tally {
     pending: Mutex<BTreeMap<DateTime<Utc>, Counts>>,
     analytics: Mutex<AnalyticsBatch>,
+    /// Requests per key per day, for the request history (cache warming).
+    pub requests: requests::Requests,
 }
 
 /// The hour bucket of a moment.
@@ -69,6 +72,12 @@ impl Tally {
     /// Writes what was counted so far, statistics and analytics in one transaction. On failure
     /// the counts go back, to be written next time.
     pub async fn flush(&self, pool: &PgPool) -> Result<(), DbError> {
+        let history = self.requests.flush(pool).await;
+        self.flush_counts(pool).await?;
+        history
+    }
+
+    async fn flush_counts(&self, pool: &PgPool) -> Result<(), DbError> {
         let taken =
             std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
         let batch = std::mem::take(

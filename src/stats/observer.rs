@@ -23,7 +23,7 @@ use super::Tally;
 use super::feed::{self, Feed};
 use crate::db::stats::Counts;
 use crate::job::Outcome;
-use crate::job::{AvatarConfig, ErrorCode, JobId, JobResult, Status};
+use crate::job::{AvatarConfig, CacheKey, ErrorCode, GeneratorKind, JobId, JobResult, Status};
 use crate::telemetry;
 use crate::telemetry::trace::Incoming;
 
@@ -74,6 +74,12 @@ impl Observer {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
+    }
+
+    /// A job asked for `key` (a delivery that owns its job, before the cache lookup's outcome):
+    /// counted in memory for the request history that cache warming reads.
+    pub fn asked(&self, key: &CacheKey, config: &AvatarConfig, generator: GeneratorKind) {
+        self.tally.requests.asked(key, config, generator);
     }
 
     pub fn feed(&self) -> &Feed {

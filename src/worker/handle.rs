@@ -75,14 +75,28 @@ pub async fn handle(ctx: &Context, body: &[u8], message_id: Option<&str>) -> Out
 
 async fn serve(ctx: &Context, job: &Job, started: Instant) -> Result<Served, StepError> {
     let key = CacheKey::of(&job.config, ctx.generator.kind());
+    let served = serve_key(ctx, job, &key, started).await;
+    if let Ok(Served::Fresh(_)) = &served {
+        // One request for the history cache warming reads; a replay was counted when it was made.
+        ctx.observer.asked(&key, &job.config, ctx.generator.kind());
+    }
+    served
+}
+
+async fn serve_key(
+    ctx: &Context,
+    job: &Job,
+    key: &CacheKey,
+    started: Instant,
+) -> Result<Served, StepError> {
     if !job.force_refresh
-        && let Some(result) = ctx.hits.serve(job, &key, started).await
+        && let Some(result) = ctx.hits.serve(job, key, started).await
     {
         return Ok(Served::Fresh(result));
     }
     // This delivery's identity while it owns the job.
     let owner = Uuid::new_v4();
-    let owned = match claim::own_job(ctx, job, &key, owner).await? {
+    let owned = match claim::own_job(ctx, job, key, owner).await? {
         Ownership::Finished(result) => {
             tracing::info!("job seen before; answering with its recorded result");
             return Ok(Served::Replay(*result));
@@ -103,7 +117,7 @@ async fn serve(ctx: &Context, job: &Job, started: Instant) -> Result<Served, Ste
             conn,
         },
     };
-    let outcome = work(ctx, job, &key, owned, started).await;
+    let outcome = work(ctx, job, key, owned, started).await;
     if outcome.is_err() {
         // Handing the job back: let its next delivery take over at once rather than wait for
         // this claim to expire. If the database is what failed, the claim simply expires.

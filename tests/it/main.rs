@@ -36,3 +36,4 @@ mod storage_local;
 mod storage_s3;
 mod storage_supabase;
 mod traces;
+mod warm;

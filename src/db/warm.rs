@@ -1,0 +1,311 @@
+//! Cache warming's tables (`migrations/0010_warming.sql`): entries warming made, and the request
+//! history the popularity model reads.
+//!
+//! A warmed entry is written with `ON CONFLICT DO NOTHING`: if a live job recorded the key while
+//! warming generated it (possible only after a lease expired), the job's row stands and warming's
+//! copy is dropped, never recorded twice.
+
+use std::collections::HashSet;
+
+use chrono::NaiveDate;
+use sqlx::{PgExecutor, PgPool};
+
+use super::DbError;
+use super::cache::NewEntry;
+
+/// The keys among `keys` that have a cache entry now.
+pub async fn cached_among(pool: &PgPool, keys: &[String]) -> Result<HashSet<String>, DbError> {
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT prompt_hash FROM memoji_cache WHERE prompt_hash = ANY($1)")
+            .bind(keys)
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.into_iter().map(|(key,)| key).collect())
+}
+
+/// Records an image warming made, with no use counted (nobody asked for it yet). `false` when
+/// the key already had an entry: the warmed copy is not recorded.
+pub async fn record_warmed(
+    executor: impl PgExecutor<'_>,
+    entry: &NewEntry<'_>,
+) -> Result<bool, DbError> {
+    let inserted = sqlx::query(
+        "INSERT INTO memoji_cache
+             (prompt_hash, image_url, prompt_config, generation_cost, usage_count, storage_path,
+              image_bytes, generator, model, usage, warmed_at, last_used_at)
+         VALUES ($1, $2, $3, $4, 0, $5, $6, $7, $8, $9, now(), NULL)
+         ON CONFLICT (prompt_hash) DO NOTHING",
+    )
+    .bind(entry.key.as_str())
+    .bind(entry.image_url)
+    .bind(&entry.prompt_config)
+    .bind(entry.generation_cost)
+    .bind(entry.storage_path)
+    .bind(entry.image_bytes)
+    .bind(entry.generator.as_str())
+    .bind(entry.model)
+    .bind(&entry.usage)
+    .execute(executor)
+    .await?;
+    Ok(inserted.rows_affected() == 1)
+}
+
+/// Generation leases held now by anyone but `ours`: live jobs generating (or waiting for a turn
+/// to generate) a key.
+pub async fn live_leases(pool: &PgPool, ours: &[uuid::Uuid]) -> Result<i64, DbError> {
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM memoji_generation_leases
+          WHERE expires_at > now() AND NOT (holder = ANY($1))",
+    )
+    .bind(ours)
+    .fetch_one(pool)
+    .await?;
+    Ok(n)
+}
+
+/// What warming has been worth so far: the entries it made that were asked for later (each
+/// spared its first asker the wait, and was paid ahead of demand), with their cost, and the
+/// warmed entries nobody has asked for yet.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+pub struct Worth {
+    pub warmed_entries: i64,
+    pub warmed_used: i64,
+    pub saved_usd: f64,
+}
+
+pub async fn worth(pool: &PgPool) -> Result<Worth, DbError> {
+    let (warmed_entries, warmed_used, saved_usd): (i64, i64, f64) = sqlx::query_as(
+        "SELECT count(*),
+                count(*) FILTER (WHERE usage_count > 0),
+                COALESCE(sum(generation_cost) FILTER (WHERE usage_count > 0), 0)::float8
+           FROM memoji_cache WHERE warmed_at IS NOT NULL",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Worth {
+        warmed_entries,
+        warmed_used,
+        saved_usd,
+    })
+}
+
+/// One key's requests on one day, as the history keeps them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Asked {
+    pub day: NaiveDate,
+    pub key: String,
+    pub config: serde_json::Value,
+    pub requests: i32,
+}
+
+/// Adds request counts to the history: one statement for any number of keys.
+pub async fn add_history(pool: &PgPool, rows: &[Asked]) -> Result<(), DbError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let days: Vec<NaiveDate> = rows.iter().map(|r| r.day).collect();
+    let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
+    let configs: Vec<&serde_json::Value> = rows.iter().map(|r| &r.config).collect();
+    let counts: Vec<i32> = rows.iter().map(|r| r.requests).collect();
+    sqlx::query(
+        "INSERT INTO memoji_request_history AS h (day, prompt_hash, prompt_config, requests)
+         SELECT * FROM unnest($1::date[], $2::text[], $3::jsonb[], $4::int[])
+         ON CONFLICT (day, prompt_hash) DO UPDATE SET requests = h.requests + EXCLUDED.requests",
+    )
+    .bind(days)
+    .bind(keys)
+    .bind(configs)
+    .bind(counts)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// A key the history has seen, with its configuration and its requests in the window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Popular {
+    pub key: String,
+    pub config: serde_json::Value,
+    pub requests: i64,
+}
+
+/// The `top` keys most asked for since `since` that have no cache entry now.
+pub async fn most_asked_uncached(
+    pool: &PgPool,
+    since: NaiveDate,
+    top: i64,
+) -> Result<Vec<Popular>, DbError> {
+    let rows: Vec<(String, serde_json::Value, i64)> = sqlx::query_as(
+        "SELECT h.prompt_hash, (array_agg(h.prompt_config ORDER BY h.day DESC))[1], sum(h.requests)::int8 AS n
+           FROM memoji_request_history h
+          WHERE h.day >= $1
+            AND NOT EXISTS (SELECT 1 FROM memoji_cache c WHERE c.prompt_hash = h.prompt_hash)
+          GROUP BY h.prompt_hash
+          ORDER BY n DESC, h.prompt_hash
+          LIMIT $2",
+    )
+    .bind(since)
+    .bind(top)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(key, config, requests)| Popular {
+            key,
+            config,
+            requests,
+        })
+        .collect())
+}
+
+/// Every history row since `since`, for the popularity model.
+pub async fn history_since(pool: &PgPool, since: NaiveDate) -> Result<Vec<Asked>, DbError> {
+    let rows: Vec<(NaiveDate, String, serde_json::Value, i32)> = sqlx::query_as(
+        "SELECT day, prompt_hash, prompt_config, requests FROM memoji_request_history
+          WHERE day >= $1",
+    )
+    .bind(since)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(day, key, config, requests)| Asked {
+            day,
+            key,
+            config,
+            requests,
+        })
+        .collect())
+}
+
+/// Deletes history rows older than `before` (with `dry_run`, only counts them); returns how many.
+pub async fn prune_history(
+    pool: &PgPool,
+    before: NaiveDate,
+    dry_run: bool,
+) -> Result<u64, DbError> {
+    if dry_run {
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM memoji_request_history WHERE day < $1")
+                .bind(before)
+                .fetch_one(pool)
+                .await?;
+        return Ok(u64::try_from(n).unwrap_or(0));
+    }
+    let done = sqlx::query("DELETE FROM memoji_request_history WHERE day < $1")
+        .bind(before)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// The scheduled warming's advisory lock key (the ASCII bytes of "MEMOJIWM"): one replica warms.
+const LOCK_KEY: i64 = 0x4d45_4d4f_4a49_574d;
+
+/// Holds the scheduled warming's lock on a connection of its own, as the cleanup's lock does:
+/// dropping it (or the process dying) closes the connection and releases the lock.
+pub struct WarmLock(sqlx::PgConnection);
+
+/// Takes the warming lock if no other process holds it; `None` if one does.
+pub async fn try_lock(pool: &PgPool) -> Result<Option<WarmLock>, DbError> {
+    use sqlx::Connection as _;
+    let options = pool.connect_options();
+    let mut connection = sqlx::PgConnection::connect_with(&options).await?;
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(LOCK_KEY)
+        .fetch_one(&mut connection)
+        .await?;
+    if locked {
+        Ok(Some(WarmLock(connection)))
+    } else {
+        let _ = connection.close().await;
+        Ok(None)
+    }
+}
+
+impl WarmLock {
+    /// Releases the lock and closes its connection.
+    pub async fn release(mut self) {
+        use sqlx::Connection as _;
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(LOCK_KEY)
+            .execute(&mut self.0)
+            .await;
+        let _ = self.0.close().await;
+    }
+}
+
+/// Dollars warming spent today (UTC), from the rows it recorded.
+pub async fn spent_today(pool: &PgPool) -> Result<f64, DbError> {
+    let (spent,): (f64,) = sqlx::query_as(
+        "SELECT COALESCE(sum(generation_cost), 0)::float8 FROM memoji_cache
+          WHERE warmed_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(spent)
+}
+
+/// An entry a model refresh may regenerate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refreshable {
+    pub key: String,
+    pub config: serde_json::Value,
+    pub image_url: String,
+    pub storage_path: Option<String>,
+    pub usage_count: i64,
+}
+
+/// The `top` most used entries whose image `model` made.
+pub async fn most_used_by_model(
+    pool: &PgPool,
+    model: &str,
+    top: i64,
+) -> Result<Vec<Refreshable>, DbError> {
+    let rows: Vec<(String, serde_json::Value, String, Option<String>, i64)> = sqlx::query_as(
+        "SELECT prompt_hash, prompt_config, image_url, storage_path, COALESCE(usage_count, 0)::int8
+           FROM memoji_cache WHERE model = $1 AND prompt_config IS NOT NULL
+          ORDER BY usage_count DESC NULLS LAST, prompt_hash LIMIT $2",
+    )
+    .bind(model)
+    .bind(top)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(key, config, image_url, storage_path, usage_count)| Refreshable {
+                key,
+                config,
+                image_url,
+                storage_path,
+                usage_count,
+            },
+        )
+        .collect())
+}
+
+/// Moves an entry to its regenerated image, only if it still serves `old_url` (a job's
+/// `force_refresh` meanwhile wins). Its history (uses, creation, archived) stays.
+pub async fn move_to_refreshed(
+    executor: impl PgExecutor<'_>,
+    entry: &NewEntry<'_>,
+    old_url: &str,
+) -> Result<bool, DbError> {
+    let moved = sqlx::query(
+        "UPDATE memoji_cache SET image_url = $2, storage_path = $3, generation_cost = $4,
+                image_bytes = $5, model = $6, usage = $7, updated_at = now()
+          WHERE prompt_hash = $1 AND image_url = $8",
+    )
+    .bind(entry.key.as_str())
+    .bind(entry.image_url)
+    .bind(entry.storage_path)
+    .bind(entry.generation_cost)
+    .bind(entry.image_bytes)
+    .bind(entry.model)
+    .bind(&entry.usage)
+    .bind(old_url)
+    .execute(executor)
+    .await?;
+    Ok(moved.rows_affected() == 1)
+}
