@@ -16,6 +16,7 @@ use super::{Shaping, WARM_USER, WarmError, Warmer};
 use crate::db::{self, DbError, cache, leases};
 use crate::job::{CacheKey, JobId};
 use crate::storage::{self, StoragePath};
+use crate::worker::lead::retire_image;
 
 /// What a refresh did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -138,21 +139,10 @@ async fn refresh_one(
             }
             return Ok(None);
         }
-        let deleted = match old_path.as_deref().and_then(StoragePath::parse) {
-            Some(old) if old != stored.path => {
-                if cache::path_in_use(db, key, old.as_str()).await? {
-                    false
-                } else {
-                    match warmer.store.delete(&old).await {
-                        Ok(_) => true,
-                        Err(error) => {
-                            tracing::warn!(path = %old, %error, "could not delete the replaced image; it stays as an orphan");
-                            false
-                        }
-                    }
-                }
-            }
-            _ => false,
+        // The job path's own rule: the old object goes once no row points at it.
+        let deleted = match old_path.as_deref() {
+            Some(old) => retire_image(db, warmer.store.as_ref(), key, old, &stored.path).await,
+            None => false,
         };
         Ok(Some((generated.cost_usd, deleted)))
     }

@@ -162,26 +162,32 @@ async fn record_failure(
 
 /// Deletes the image a refreshed entry served before (`old`, a path), once no row of `key`
 /// points at it; a failure leaves an orphan object (logged), never a row without its image.
+/// Whether it was deleted.
 pub(crate) async fn retire_image(
     db: &PgPool,
     store: &dyn ImageStore,
     key: &CacheKey,
     old: &str,
     new: &StoragePath,
-) {
+) -> bool {
     let Some(old_path) = StoragePath::parse(old).filter(|p| p != new) else {
-        return;
+        return false;
     };
     match cache::path_in_use(db, key, old_path.as_str()).await {
         Ok(false) => match store.delete(&old_path).await {
-            Ok(_) => tracing::info!(path = %old_path, "deleted the image the refresh replaced"),
+            Ok(_) => {
+                tracing::info!(path = %old_path, "deleted the image the refresh replaced");
+                true
+            }
             Err(error) => {
-                tracing::warn!(path = %old_path, %error, "could not delete the replaced image; it stays as an orphan")
+                tracing::warn!(path = %old_path, %error, "could not delete the replaced image; it stays as an orphan");
+                false
             }
         },
-        Ok(true) => {}
+        Ok(true) => false,
         Err(error) => {
-            tracing::warn!(path = %old_path, %error, "could not check the replaced image; it stays")
+            tracing::warn!(path = %old_path, %error, "could not check the replaced image; it stays");
+            false
         }
     }
 }
