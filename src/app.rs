@@ -20,6 +20,7 @@ use crate::job::{GeneratorKind, ModelRules};
 use crate::maintenance::{self, Cleaner, Ran, Refunder, schedule};
 use crate::stats::feed::{self, Feed, Outbox};
 use crate::stats::{Observer, Stats, Tally};
+use crate::worker::batch::HitBatcher;
 use crate::worker::{self, BrokerHealth, Context};
 use crate::{db, stats, storage, telemetry};
 
@@ -83,7 +84,9 @@ impl App {
         for (retired, successor) in models.successors.pairs() {
             tracing::debug!(retired, %successor, "retired model served by its successor");
         }
+        let hits = HitBatcher::start(db.clone(), settings.clone());
         let ctx = Arc::new(Context {
+            hits,
             db,
             store,
             generator,

@@ -376,6 +376,10 @@ pub struct WorkerSettings {
     pub shutdown_grace_secs: u64,
     /// How long a job id derived from a message body is remembered after its job finished.
     pub derived_id_ttl_secs: u64,
+    /// Group commit: the most hits one batch answers (`worker::batch`); 0 turns batching off.
+    pub hit_batch_max: u32,
+    /// Group commit: how many batches may be at the database at once.
+    pub hit_batches_in_flight: usize,
 }
 
 /// The refund sweep (`maintenance::refund`).

@@ -55,6 +55,9 @@ pub const CLEANUP_RUNS: &str = "memoji_cleanup_runs_total";
 pub const CLEANUP_DELETED: &str = "memoji_cleanup_deleted_total";
 pub const CLEANUP_ARCHIVED: &str = "memoji_cleanup_archived_total";
 pub const CLEANUP_BYTES_FREED: &str = "memoji_cleanup_bytes_freed_total";
+pub const HIT_BATCHES: &str = "memoji_hit_batches_total";
+pub const HIT_BATCH_JOBS: &str = "memoji_hit_batch_jobs_total";
+pub const HIT_BATCH_FALLBACKS: &str = "memoji_hit_batch_fallbacks_total";
 
 /// Seconds: from a cache hit (milliseconds) to a slow generation with retries (minutes).
 const SECONDS_BUCKETS: [f64; 15] = [
@@ -226,6 +229,18 @@ pub fn install_prometheus() -> Option<&'static PrometheusHandle> {
 
 fn describe() {
     describe_counter!(
+        HIT_BATCHES,
+        "Batches of hits written with one commit (group commit); jobs ÷ batches is the mean size"
+    );
+    describe_counter!(
+        HIT_BATCH_JOBS,
+        "Deliveries that went through a batch of hits"
+    );
+    describe_counter!(
+        HIT_BATCH_FALLBACKS,
+        "Batches the database refused, whose jobs took the one-job path"
+    );
+    describe_counter!(
         JOBS,
         "Jobs settled, by outcome: hit, generated, failed, invalid, rejected, retried, replayed"
     );
@@ -315,6 +330,15 @@ pub fn count_job(
     }
     let cached = if cached { "true" } else { "false" };
     histogram!(JOB_DURATION, "cached" => cached).record(took.as_secs_f64());
+}
+
+/// One batch of `jobs` deliveries through group commit; `failed` when its jobs fell back.
+pub fn count_hit_batch(jobs: usize, failed: bool) {
+    counter!(HIT_BATCHES).increment(1);
+    counter!(HIT_BATCH_JOBS).increment(jobs as u64);
+    if failed {
+        counter!(HIT_BATCH_FALLBACKS).increment(1);
+    }
 }
 
 pub fn record_queue_lag(lag: Duration) {

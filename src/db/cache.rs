@@ -28,51 +28,71 @@ pub struct Hit {
     pub credits_used: Option<i64>,
 }
 
+/// The columns of a cache row that a hit serves, as [`EntryRow`] reads them, for `concat!` into
+/// the statements that serve hits. Rows imported from the JavaScript system may have NULLs; these
+/// COALESCE them.
+macro_rules! entry_columns {
+    () => {
+        "image_url, storage_path, COALESCE(generation_cost, 0)::float8 AS cost, \
+         COALESCE(updated_at, created_at, now()) AS updated_at, model"
+    };
+}
+pub(super) use entry_columns;
+
+/// A row of [`entry_columns`], with the user's credit use read beside it.
 #[derive(sqlx::FromRow)]
-struct HitRow {
-    image_url: String,
-    storage_path: Option<String>,
-    cost: f64,
-    updated_at: DateTime<Utc>,
-    model: Option<String>,
-    used: Option<i32>,
+pub(super) struct EntryRow {
+    pub(super) image_url: String,
+    pub(super) storage_path: Option<String>,
+    pub(super) cost: f64,
+    pub(super) updated_at: DateTime<Utc>,
+    pub(super) model: Option<String>,
+    pub(super) used: Option<i32>,
+}
+
+impl From<EntryRow> for Hit {
+    fn from(row: EntryRow) -> Hit {
+        Hit {
+            entry: Entry {
+                image_url: row.image_url,
+                storage_path: row.storage_path,
+                generation_cost: row.cost,
+                updated_at: row.updated_at,
+                model: row.model,
+            },
+            credits_used: row.used.map(i64::from),
+        }
+    }
 }
 
 /// Serves a hit: counts the use and returns the entry, or `None` on a miss. One statement, which
-/// also reads the user's credit use for `credits_remaining`.
+/// also reads the user's credit use for `credits_remaining`. (Hits of new jobs are served in
+/// batches by [`super::hits`], on the same columns.)
 pub async fn hit(
     executor: impl PgExecutor<'_>,
     key: &CacheKey,
     user_id: &str,
     period: NaiveDate,
 ) -> Result<Option<Hit>, DbError> {
-    let row: Option<HitRow> = sqlx::query_as(
+    let row: Option<EntryRow> = sqlx::query_as(concat!(
         "WITH hit AS (
              UPDATE memoji_cache
                 SET usage_count = COALESCE(usage_count, 0) + 1, last_used_at = now()
               WHERE prompt_hash = $1
-          RETURNING image_url, storage_path, COALESCE(generation_cost, 0)::float8 AS cost,
-                    COALESCE(updated_at, created_at, now()) AS updated_at, model)
-         SELECT hit.image_url, hit.storage_path, hit.cost, hit.updated_at, hit.model, balance.used
+          RETURNING ",
+        entry_columns!(),
+        ")
+         SELECT hit.*, balance.used
            FROM hit
            LEFT JOIN memoji_credit_balances balance
-             ON balance.user_id = $2 AND balance.period = $3",
-    )
+             ON balance.user_id = $2 AND balance.period = $3"
+    ))
     .bind(key.as_str())
     .bind(user_id)
     .bind(period)
     .fetch_optional(executor)
     .await?;
-    Ok(row.map(|row| Hit {
-        entry: Entry {
-            image_url: row.image_url,
-            storage_path: row.storage_path,
-            generation_cost: row.cost,
-            updated_at: row.updated_at,
-            model: row.model,
-        },
-        credits_used: row.used.map(i64::from),
-    }))
+    Ok(row.map(Hit::from))
 }
 
 /// A freshly generated image to record.

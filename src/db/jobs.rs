@@ -8,11 +8,10 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
-use super::{DbError, cache};
+use super::DbError;
 use crate::job::{CacheKey, JobId, JobResult};
 
 /// What the table knew about a job when a delivery of it arrived.
@@ -36,21 +35,6 @@ struct ArrivalRow {
     result: Option<serde_json::Value>,
     deliveries: i32,
     owned: bool,
-    image_url: Option<String>,
-    storage_path: Option<String>,
-    cost: Option<f64>,
-    updated_at: Option<DateTime<Utc>>,
-    model: Option<String>,
-    used: Option<i32>,
-}
-
-/// The cache's answer, when the arrival looked the key up.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Lookup {
-    Hit(cache::Hit),
-    Miss,
-    /// Not looked up: `force_refresh`, or the delivery does not own the job.
-    Skipped,
 }
 
 /// Who is arriving: the job, its key, and this delivery's identity as owner.
@@ -61,89 +45,47 @@ pub struct Arrival<'a> {
     pub key: &'a CacheKey,
     pub owner: Uuid,
     pub ttl: Duration,
-    /// Look the key up (counting a use on a hit) for a delivery that owns an unfinished job; the
-    /// period is the user's credit month, for `credits_remaining`.
-    pub look_up: Option<NaiveDate>,
 }
 
-/// Registers a delivery of a job, tries to take ownership of it, and — where it got ownership of
-/// an unfinished job of its own user — looks the key up, all in one statement: a hit costs this
-/// and the statement that records its result. A finished job, a busy one or another user's counts
-/// no use.
-pub async fn arrive(
-    executor: impl PgExecutor<'_>,
-    arrival: Arrival<'_>,
-) -> Result<(Seen, Lookup), DbError> {
+/// Registers a delivery of a job and tries to take ownership of it, in one statement. Another
+/// user's job id is never touched.
+pub async fn arrive(executor: impl PgExecutor<'_>, arrival: Arrival<'_>) -> Result<Seen, DbError> {
     let row: Option<ArrivalRow> = sqlx::query_as(
-        "WITH arrived AS (
-             INSERT INTO memoji_jobs (job_id, user_id, prompt_hash, status, owner, owner_expires_at)
-             VALUES ($1, $2, $3, 'processing', $4, now() + $5 * interval '1 millisecond')
-             ON CONFLICT (job_id) DO UPDATE SET
-                 deliveries = memoji_jobs.deliveries + 1,
-                 updated_at = now(),
-                 owner = CASE WHEN memoji_jobs.status = 'processing'
-                               AND COALESCE(memoji_jobs.owner_expires_at < now(), true)
-                              THEN EXCLUDED.owner ELSE memoji_jobs.owner END,
-                 owner_expires_at = CASE WHEN memoji_jobs.status = 'processing'
-                               AND COALESCE(memoji_jobs.owner_expires_at < now(), true)
-                              THEN EXCLUDED.owner_expires_at ELSE memoji_jobs.owner_expires_at END
-              -- Another user's job id is never touched: no row comes back, and that is a conflict.
-              WHERE memoji_jobs.user_id = EXCLUDED.user_id
-             RETURNING user_id, result, deliveries, owner IS NOT DISTINCT FROM $4 AS owned),
-         hit AS (
-             UPDATE memoji_cache
-                SET usage_count = COALESCE(usage_count, 0) + 1, last_used_at = now()
-              WHERE prompt_hash = $3 AND $6::date IS NOT NULL
-                AND EXISTS (SELECT 1 FROM arrived
-                             WHERE arrived.owned AND arrived.result IS NULL AND arrived.user_id = $2)
-          RETURNING image_url, storage_path, COALESCE(generation_cost, 0)::float8 AS cost,
-                    COALESCE(updated_at, created_at, now()) AS updated_at, model)
-         SELECT arrived.user_id, arrived.result, arrived.deliveries, arrived.owned,
-                hit.image_url, hit.storage_path, hit.cost, hit.updated_at, hit.model, balance.used
-           FROM arrived
-           LEFT JOIN hit ON true
-           LEFT JOIN memoji_credit_balances balance
-             ON hit.image_url IS NOT NULL AND balance.user_id = $2 AND balance.period = $6",
+        "INSERT INTO memoji_jobs (job_id, user_id, prompt_hash, status, owner, owner_expires_at)
+         VALUES ($1, $2, $3, 'processing', $4, now() + $5 * interval '1 millisecond')
+         ON CONFLICT (job_id) DO UPDATE SET
+             deliveries = memoji_jobs.deliveries + 1,
+             updated_at = now(),
+             owner = CASE WHEN memoji_jobs.status = 'processing'
+                           AND COALESCE(memoji_jobs.owner_expires_at < now(), true)
+                          THEN EXCLUDED.owner ELSE memoji_jobs.owner END,
+             owner_expires_at = CASE WHEN memoji_jobs.status = 'processing'
+                           AND COALESCE(memoji_jobs.owner_expires_at < now(), true)
+                          THEN EXCLUDED.owner_expires_at ELSE memoji_jobs.owner_expires_at END
+          -- Another user's job id is never touched: no row comes back, and that is a conflict.
+          WHERE memoji_jobs.user_id = EXCLUDED.user_id
+         RETURNING user_id, result, deliveries, owner IS NOT DISTINCT FROM $4 AS owned",
     )
     .bind(arrival.id.0)
     .bind(arrival.user_id)
     .bind(arrival.key.as_str())
     .bind(arrival.owner)
     .bind(millis(arrival.ttl))
-    .bind(arrival.look_up)
     .fetch_optional(executor)
     .await?;
     // The id belongs to another user's job: that job is left exactly as it was (no delivery
     // counted, no takeover of its claim), and this delivery is answered on its own.
     let Some(row) = row.filter(|row| row.user_id == arrival.user_id) else {
-        return Ok((Seen::Conflict, Lookup::Skipped));
+        return Ok(Seen::Conflict);
     };
     if let Some(result) = row.result {
-        return Ok((
-            Seen::Finished(Box::new(parse(arrival.id, result)?)),
-            Lookup::Skipped,
-        ));
+        return Ok(Seen::Finished(Box::new(parse(arrival.id, result)?)));
     }
-    let seen = match (row.owned, row.deliveries) {
+    Ok(match (row.owned, row.deliveries) {
         (true, 1) => Seen::New,
         (true, deliveries) => Seen::Unfinished { deliveries },
-        (false, _) => return Ok((Seen::Busy, Lookup::Skipped)),
-    };
-    let lookup = match (arrival.look_up, row.image_url) {
-        (None, _) => Lookup::Skipped,
-        (Some(_), None) => Lookup::Miss,
-        (Some(_), Some(image_url)) => Lookup::Hit(cache::Hit {
-            entry: cache::Entry {
-                image_url,
-                storage_path: row.storage_path,
-                generation_cost: row.cost.unwrap_or(0.0),
-                updated_at: row.updated_at.unwrap_or_else(Utc::now),
-                model: row.model,
-            },
-            credits_used: row.used.map(i64::from),
-        }),
-    };
-    Ok((seen, lookup))
+        (false, _) => Seen::Busy,
+    })
 }
 
 /// For a delivery waiting on a busy job: the job's result once finished, or ownership once the
@@ -265,7 +207,7 @@ pub async fn record_answer(
     }
 }
 
-fn parse(id: JobId, result: serde_json::Value) -> Result<JobResult, DbError> {
+pub(super) fn parse(id: JobId, result: serde_json::Value) -> Result<JobResult, DbError> {
     serde_json::from_value(result).map_err(|e| DbError::Corrupt(format!("job {id}: {e}")))
 }
 

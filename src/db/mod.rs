@@ -2,6 +2,7 @@
 //!
 //! - [`cache`]: `memoji_cache`, the table shared with the JavaScript system.
 //! - [`jobs`]: every job's state and result, for idempotency.
+//! - [`hits`]: group commit for hits of new jobs: one read and one write per batch.
 //! - [`derived`]: which job a body without a job id stands for now.
 //! - [`credits`]: monthly balances and the per-job ledger.
 //! - [`leases`]: who may generate a key right now (single flight across processes).
@@ -13,6 +14,7 @@ pub mod cache;
 pub mod cleanup;
 pub mod credits;
 pub mod derived;
+pub mod hits;
 pub mod jobs;
 pub mod leases;
 pub mod models;

@@ -9,10 +9,12 @@ mod intake;
 mod key;
 mod lenient;
 pub mod models;
+mod outcome;
 mod result;
 
 pub use avatar::{AvatarConfig, ConfigError, ModelRules};
 pub use intake::{Intake, Job, JobId, MAX_MESSAGE_BYTES, Rejection, Tier, intake};
 pub use key::{CacheKey, GeneratorKind};
 pub use models::{Model, Plan};
-pub use result::{ErrorCode, JobError, JobResult, Status};
+pub use outcome::{Outcome, Recipient};
+pub use result::{ErrorCode, Image, JobError, JobResult, Spent, Status};

@@ -113,7 +113,81 @@ fn millis_utc<S: Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok,
     serializer.serialize_str(&at.to_rfc3339_opts(SecondsFormat::Millis, true))
 }
 
+/// The image a succeeded result serves: where it is and what made it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Image {
+    pub image_url: String,
+    /// `None` for a cache row imported without one.
+    pub storage_path: Option<String>,
+    /// `None` for a cache row imported without one.
+    pub model: Option<String>,
+}
+
+/// What a generation spent, for [`JobResult::generated`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spent {
+    pub cost_usd: f64,
+    pub attempts: u32,
+    pub credits_charged: u32,
+}
+
 impl JobResult {
+    /// A hit: the cached image, nothing charged, the entry's generation cost saved.
+    pub fn hit(
+        job_id: JobId,
+        user_id: &str,
+        key: &CacheKey,
+        image: Image,
+        saved_usd: f64,
+    ) -> JobResult {
+        JobResult {
+            job_id,
+            user_id: user_id.to_owned(),
+            status: Status::Succeeded,
+            cached: true,
+            prompt_hash: Some(key.to_string()),
+            image_url: Some(image.image_url),
+            storage_path: image.storage_path,
+            credits_charged: 0,
+            credits_remaining: None,
+            cost_usd: 0.0,
+            saved_usd,
+            attempts: 1,
+            model: image.model,
+            duration_ms: 0,
+            completed_at: Utc::now(),
+            error: None,
+        }
+    }
+
+    /// A miss generated and stored now.
+    pub fn generated(
+        job_id: JobId,
+        user_id: &str,
+        key: &CacheKey,
+        image: Image,
+        spent: Spent,
+    ) -> JobResult {
+        JobResult {
+            job_id,
+            user_id: user_id.to_owned(),
+            status: Status::Succeeded,
+            cached: false,
+            prompt_hash: Some(key.to_string()),
+            image_url: Some(image.image_url),
+            storage_path: image.storage_path,
+            credits_charged: spent.credits_charged,
+            credits_remaining: None,
+            cost_usd: spent.cost_usd,
+            saved_usd: 0.0,
+            attempts: spent.attempts,
+            model: image.model,
+            duration_ms: 0,
+            completed_at: Utc::now(),
+            error: None,
+        }
+    }
+
     /// A failed result; image fields empty, nothing charged.
     pub fn failure(
         job_id: JobId,
@@ -139,6 +213,29 @@ impl JobResult {
             completed_at: Utc::now(),
             error: Some(error),
         }
+    }
+
+    /// The user's credits left after this job (`None` where credits are off or unknown).
+    #[must_use]
+    pub fn with_credits_remaining(mut self, remaining: Option<i64>) -> JobResult {
+        self.credits_remaining = remaining;
+        self
+    }
+
+    /// The generation attempts a failed job made, and the model they called (none if none was).
+    #[must_use]
+    pub fn with_attempts(mut self, attempts: u32, model: &str) -> JobResult {
+        self.attempts = attempts;
+        self.model = (attempts > 0).then(|| model.to_owned());
+        self
+    }
+
+    /// Stamps how long the job took, from its delivery's start, and when it completed.
+    #[must_use]
+    pub fn took(mut self, started: tokio::time::Instant) -> JobResult {
+        self.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.completed_at = Utc::now();
+        self
     }
 
     /// The `invalid_job` answer to a job that broke a rule.

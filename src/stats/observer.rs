@@ -22,10 +22,10 @@ use serde::{Deserialize, Serialize};
 use super::Tally;
 use super::feed::{self, Feed};
 use crate::db::stats::Counts;
+use crate::job::Outcome;
 use crate::job::{ErrorCode, JobId, JobResult, Status};
 use crate::telemetry;
 use crate::telemetry::trace::Incoming;
-use crate::worker::Outcome;
 
 /// The `job.completed` message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

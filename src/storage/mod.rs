@@ -83,6 +83,14 @@ impl StoragePath {
             .unwrap_or(0)
     }
 
+    /// The `YYYY/MM/<hash>.png` tail of an image URL, for cache rows imported without a storage
+    /// path.
+    pub fn in_url(url: &str) -> Option<StoragePath> {
+        let parts: Vec<&str> = url.rsplitn(4, '/').collect();
+        let tail = format!("{}/{}/{}", parts.get(2)?, parts.get(1)?, parts.first()?);
+        StoragePath::parse(&tail)
+    }
+
     /// Accepts only the exact shapes `for_key` and `revision` produce, so a parsed path can never
     /// leave its store.
     pub fn parse(text: &str) -> Option<StoragePath> {
@@ -258,6 +266,19 @@ mod tests {
         let path = StoragePath::for_key(&key, at);
         assert_eq!(path.as_str(), format!("2026/03/{KEY}.png"));
         assert_eq!(StoragePath::parse(path.as_str()), Some(path));
+    }
+
+    #[test]
+    fn finds_the_storage_path_in_an_imported_url() {
+        let url = format!(
+            "https://x.supabase.co/storage/v1/object/public/memoji-images/2025/07/{KEY}.png"
+        );
+        let path = StoragePath::in_url(&url).map(|p| p.to_string());
+        assert_eq!(path, Some(format!("2025/07/{KEY}.png")));
+        assert_eq!(
+            StoragePath::in_url("https://cdn.example.com/avatar.png"),
+            None
+        );
     }
 
     #[test]

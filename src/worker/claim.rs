@@ -16,11 +16,11 @@ use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 use uuid::Uuid;
 
-use super::handle::{Context, StepError};
-use crate::db::jobs::{self, Arrival, Lookup, Seen};
-use crate::db::{self, cache};
-use crate::db::{DbError, credits};
-use crate::job::{CacheKey, Job};
+use super::context::Context;
+use super::step::StepError;
+use crate::db::jobs::{self, Arrival, Seen};
+use crate::db::{self, DbError, cache, credits};
+use crate::job::{CacheKey, Job, JobResult};
 
 /// Longest pause between two looks while waiting.
 const MAX_POLL: Duration = Duration::from_secs(1);
@@ -61,17 +61,27 @@ impl Patience {
 /// A pooled connection, held across the hit path's statements (each acquire costs a round trip).
 pub type Conn = PoolConnection<Postgres>;
 
+/// What a delivery may do with its job.
+pub enum Ownership {
+    /// This delivery owns the job; `resumed` when an earlier delivery worked on it and did not
+    /// finish. `conn`, the connection the claim was made on, comes back for the hit path unless
+    /// the claim had to wait, which it never does holding a connection.
+    Owned { resumed: bool, conn: Option<Conn> },
+    /// The job has its result: publish it again.
+    Finished(Box<JobResult>),
+    /// The id belongs to another user's job, which this delivery did not touch.
+    Conflict,
+}
+
 /// Registers this delivery of `job` and makes it the job's owner, waiting while another delivery
-/// of the same job is at work; never returns [`Seen::Busy`]. The arrival also looks the key up
-/// (unless `force_refresh`). The connection it used comes back for the hit path, unless it had to
-/// wait, which it never does holding a connection.
-#[tracing::instrument(name = "cache lookup", level = "debug", skip_all)]
+/// of the same job is at work.
+#[tracing::instrument(name = "claim job", level = "debug", skip_all)]
 pub async fn own_job(
     ctx: &Context,
     job: &Job,
     key: &CacheKey,
     owner: Uuid,
-) -> Result<(Seen, Lookup, Option<Conn>), StepError> {
+) -> Result<Ownership, StepError> {
     let ttl = ctx.hit_claim_ttl();
     let arrival = Arrival {
         id: job.id,
@@ -79,12 +89,11 @@ pub async fn own_job(
         key,
         owner,
         ttl,
-        look_up: (!job.force_refresh).then(credits::current_period),
     };
     let mut conn = ctx.db.acquire().await.map_err(DbError::from)?;
-    let (seen, lookup) = jobs::arrive(&mut *conn, arrival).await?;
+    let seen = jobs::arrive(&mut *conn, arrival).await?;
     if seen != Seen::Busy {
-        return Ok((seen, lookup, Some(conn)));
+        return ownership(seen, Some(conn));
     }
     drop(conn);
     tracing::info!("another delivery of this job is at work; waiting for its result");
@@ -92,9 +101,32 @@ pub async fn own_job(
     loop {
         patience.pause("another delivery of this job").await?;
         if let Some(seen) = jobs::wait_turn(&ctx.db, job.id, owner, ttl).await? {
-            return Ok((seen, Lookup::Skipped, None));
+            return ownership(seen, None);
         }
     }
+}
+
+fn ownership(seen: Seen, conn: Option<Conn>) -> Result<Ownership, StepError> {
+    Ok(match seen {
+        Seen::Finished(result) => Ownership::Finished(result),
+        Seen::Conflict => Ownership::Conflict,
+        // Not from a wait (`wait_turn` returns `None` instead); handled like one that gave up.
+        Seen::Busy => return Err(StepError::retry("the job is busy elsewhere")),
+        Seen::New => Ownership::Owned {
+            resumed: false,
+            conn,
+        },
+        Seen::Unfinished { deliveries } => {
+            tracing::info!(
+                deliveries,
+                "resuming a job an earlier delivery did not finish"
+            );
+            Ownership::Owned {
+                resumed: true,
+                conn,
+            }
+        }
+    })
 }
 
 /// What a missing job gets to do.
@@ -120,7 +152,7 @@ pub async fn lead_or_wait(
         if db::leases::claim(&ctx.db, key, job.id, ctx.lease_ttl()).await? {
             // The holder before us may have recorded the entry just before releasing.
             if fresh_since.is_none()
-                && let Some(hit) = ctx.serve_hit(job, key).await?
+                && let Some(hit) = serve_hit(ctx, job, key).await?
             {
                 db::leases::release(&ctx.db, key, job.id).await?;
                 return Ok(Claim::Served(hit));
@@ -137,11 +169,20 @@ pub async fn lead_or_wait(
         patience.pause("another worker's generation").await?;
         let recorded = cache::recorded_at(&ctx.db, key).await?;
         if recorded.is_some_and(|at| fresh_since.is_none_or(|since| at >= since))
-            && let Some(hit) = ctx.serve_hit(job, key).await?
+            && let Some(hit) = serve_hit(ctx, job, key).await?
         {
             return Ok(Claim::Served(hit));
         }
     }
+}
+
+/// Counts a use of the key's entry and returns it; `None` on a miss.
+async fn serve_hit(
+    ctx: &Context,
+    job: &Job,
+    key: &CacheKey,
+) -> Result<Option<cache::Hit>, DbError> {
+    cache::hit(&ctx.db, key, &job.user_id, credits::current_period()).await
 }
 
 /// Renews a delivery's claims on its job and key until dropped. The first renewal is at once: it

@@ -10,277 +10,274 @@ use chrono::Utc;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::handle::{Context, StepError, elapsed_ms, path_in_url};
+use sqlx::PgPool;
+
+use super::context::Context;
+use super::step::StepError;
 use crate::db::credits::{self, Account, Charge};
 use crate::db::{DbError, cache, jobs, leases};
 use crate::generate::{GenerateError, Generated, pricing};
-use crate::job::{CacheKey, ErrorCode, GeneratorKind, Job, JobError, JobResult, Status};
-use crate::storage::{self, StorageError, StoragePath, Stored};
+use crate::job::{CacheKey, ErrorCode, GeneratorKind, Image, Job, JobError, JobResult, Spent};
+use crate::storage::{self, ImageStore, StorageError, StoragePath, Stored};
 
-impl Context {
-    /// The leader's path: wait for a turn, charge, generate, store, record — or refund and fail.
-    pub(super) async fn generate(
-        &self,
-        job: &Job,
-        key: &CacheKey,
-        owner: Uuid,
-        started: Instant,
-    ) -> Result<JobResult, StepError> {
-        // Waiting for a turn comes before the charge, and a shutdown ends the wait: the job goes
-        // back to the queue uncharged, with the key free for whoever takes it next.
-        let _turn = tokio::select! {
-            turn = self.pacer.turn() => turn,
-            () = self.stopping.cancelled() => {
-                leases::release(&self.db, key, job.id).await?;
-                return Err(StepError::retry("shutting down before the generation started"));
-            }
+/// The leader's path: wait for a turn, charge, generate, store, record — or refund and fail.
+pub(super) async fn run(
+    ctx: &Context,
+    job: &Job,
+    key: &CacheKey,
+    owner: Uuid,
+    started: Instant,
+) -> Result<JobResult, StepError> {
+    // Waiting for a turn comes before the charge, and a shutdown ends the wait: the job goes
+    // back to the queue uncharged, with the key free for whoever takes it next.
+    let _turn = tokio::select! {
+        turn = ctx.pacer.turn() => turn,
+        () = ctx.stopping.cancelled() => {
+            leases::release(&ctx.db, key, job.id).await?;
+            return Err(StepError::retry("shutting down before the generation started"));
+        }
+    };
+    let credits = &ctx.settings.credits;
+    let remaining = if credits.enabled {
+        let account = Account {
+            job: job.id,
+            user_id: &job.user_id,
+            tier: job.tier,
+            allowance: credits.allowance(job.tier),
+            period: credits::current_period(),
         };
-        let credits = &self.settings.credits;
-        let remaining = if credits.enabled {
-            let account = Account {
-                job: job.id,
-                user_id: &job.user_id,
-                tier: job.tier,
-                allowance: credits.allowance(job.tier),
-                period: credits::current_period(),
-            };
-            match credits::charge(&self.db, account).await? {
-                Charge::Charged { remaining } => remaining,
-                Charge::OutOfCredits => {
-                    let message = format!(
-                        "no credits left this month on the {} tier",
-                        job.tier.as_str()
-                    );
-                    let error = JobError {
-                        code: ErrorCode::OutOfCredits,
-                        message,
-                        retryable: false,
-                    };
-                    let mut result = JobResult::failure(job.id, &job.user_id, Some(key), error);
-                    result.credits_remaining = Some(0);
-                    result.duration_ms = elapsed_ms(started);
-                    self.record_failure(job, key, owner, &result).await?;
-                    return Ok(result);
-                }
-            }
-        } else {
-            None
-        };
-
-        let generated_at = Utc::now();
-        // A regenerated image never overwrites a served one (CONTRACT.md §5): it gets the next
-        // revision's path, and the image it replaces goes once nothing points at it.
-        let replaced = if job.force_refresh {
-            cache::current_image(&self.db, key).await?.map(|current| {
-                current
-                    .storage_path
-                    .or_else(|| path_in_url(&current.image_url))
-            })
-        } else {
-            None
-        };
-        let path = match &replaced {
-            Some(current) => StoragePath::replacing(key, generated_at, current.as_deref()),
-            None => StoragePath::for_key(key, generated_at),
-        };
-        let model = self.generator.model_name(&job.plan);
-        match self.make_image(job, &path).await {
-            Ok((generated, stored)) => {
-                let result = JobResult {
-                    job_id: job.id,
-                    user_id: job.user_id.clone(),
-                    status: Status::Succeeded,
-                    cached: false,
-                    prompt_hash: Some(key.to_string()),
-                    image_url: Some(stored.url.clone()),
-                    storage_path: Some(stored.path.to_string()),
-                    credits_charged: u32::from(credits.enabled),
-                    credits_remaining: remaining,
-                    cost_usd: generated.cost_usd,
-                    saved_usd: 0.0,
-                    attempts: generated.attempts,
-                    model: Some(model.to_owned()),
-                    duration_ms: elapsed_ms(started),
-                    completed_at: Utc::now(),
-                    error: None,
-                };
-                let prompt_config = CacheKey::canonical_value(&job.config, self.generator.kind());
-                let entry = cache::NewEntry {
-                    key,
-                    image_url: &stored.url,
-                    storage_path: stored.path.as_str(),
-                    prompt_config,
-                    generation_cost: generated.cost_usd,
-                    image_bytes: i64::try_from(stored.bytes).unwrap_or(i64::MAX),
-                    generator: self.generator.kind(),
-                    model,
-                    usage: generated
-                        .usage
-                        .as_ref()
-                        .and_then(|usage| serde_json::to_value(usage).ok()),
-                };
-                let mut tx = self.db.begin().await.map_err(DbError::from)?;
-                cache::record(&mut *tx, &entry).await?;
-                leases::release(&mut *tx, key, job.id).await?;
-                jobs::finish(&mut *tx, &result, owner).await?;
-                tx.commit().await.map_err(DbError::from)?;
-                tracing::info!(
-                    attempts = generated.attempts,
-                    cost_usd = generated.cost_usd,
-                    bytes = stored.bytes,
-                    model,
-                    "generated and stored"
+        match credits::charge(&ctx.db, account).await? {
+            Charge::Charged { remaining } => remaining,
+            Charge::OutOfCredits => {
+                let message = format!(
+                    "no credits left this month on the {} tier",
+                    job.tier.as_str()
                 );
-                if let Some(old) = replaced.flatten() {
-                    self.retire_image(key, &old, &stored.path).await;
-                }
-                Ok(result)
-            }
-            Err((error, attempts)) => {
-                tracing::warn!(code = error.code.as_str(), message = %error.message, attempts, "generation failed; refunding");
-                let mut result = JobResult::failure(job.id, &job.user_id, Some(key), error);
-                result.attempts = attempts;
-                // The model was called where the generator made an attempt.
-                result.model = (attempts > 0).then(|| model.to_owned());
-                result.credits_remaining = remaining.map(|r| r + 1);
-                result.duration_ms = elapsed_ms(started);
-                self.record_failure(job, key, owner, &result).await?;
-                Ok(result)
+                let error = JobError::new(ErrorCode::OutOfCredits, message, false);
+                let result = JobResult::failure(job.id, &job.user_id, Some(key), error)
+                    .with_credits_remaining(Some(0))
+                    .took(started);
+                record_failure(ctx, job, key, owner, &result).await?;
+                return Ok(result);
             }
         }
-    }
+    } else {
+        None
+    };
 
-    /// Writes a failed result, refunding any charge and freeing the key for the next job.
-    async fn record_failure(
-        &self,
-        job: &Job,
-        key: &CacheKey,
-        owner: Uuid,
-        result: &JobResult,
-    ) -> Result<(), StepError> {
-        let mut tx = self.db.begin().await.map_err(DbError::from)?;
-        credits::refund(&mut *tx, job.id).await?;
-        leases::release(&mut *tx, key, job.id).await?;
-        jobs::finish(&mut *tx, result, owner).await?;
-        tx.commit().await.map_err(DbError::from)?;
-        Ok(())
+    let generated_at = Utc::now();
+    // A regenerated image never overwrites a served one (CONTRACT.md §5): it gets the next
+    // revision's path, and the image it replaces goes once nothing points at it.
+    let replaced = if job.force_refresh {
+        cache::current_image(&ctx.db, key).await?.map(|current| {
+            current
+                .storage_path
+                .or_else(|| StoragePath::in_url(&current.image_url).map(|p| p.to_string()))
+        })
+    } else {
+        None
+    };
+    let path = match &replaced {
+        Some(current) => StoragePath::replacing(key, generated_at, current.as_deref()),
+        None => StoragePath::for_key(key, generated_at),
+    };
+    let model = ctx.generator.model_name(&job.plan);
+    let (generated, stored) = match make_image(ctx, job, &path).await {
+        Ok(made) => made,
+        Err((error, attempts)) => {
+            tracing::warn!(code = error.code.as_str(), message = %error.message, attempts, "generation failed; refunding");
+            let result = JobResult::failure(job.id, &job.user_id, Some(key), error)
+                .with_attempts(attempts, model)
+                .with_credits_remaining(remaining.map(|r| r + 1))
+                .took(started);
+            record_failure(ctx, job, key, owner, &result).await?;
+            return Ok(result);
+        }
+    };
+    let image = Image {
+        image_url: stored.url.clone(),
+        storage_path: Some(stored.path.to_string()),
+        model: Some(model.to_owned()),
+    };
+    let spent = Spent {
+        cost_usd: generated.cost_usd,
+        attempts: generated.attempts,
+        credits_charged: u32::from(credits.enabled),
+    };
+    let result = JobResult::generated(job.id, &job.user_id, key, image, spent)
+        .with_credits_remaining(remaining)
+        .took(started);
+    let usage = match generated.usage.as_ref().map(serde_json::to_value) {
+        Some(Ok(usage)) => Some(usage),
+        Some(Err(error)) => {
+            tracing::warn!(%error, "could not encode the token usage; the entry is recorded without it");
+            None
+        }
+        None => None,
+    };
+    let entry = cache::NewEntry {
+        key,
+        image_url: &stored.url,
+        storage_path: stored.path.as_str(),
+        prompt_config: CacheKey::canonical_value(&job.config, ctx.generator.kind()),
+        generation_cost: generated.cost_usd,
+        image_bytes: i64::try_from(stored.bytes).unwrap_or(i64::MAX),
+        generator: ctx.generator.kind(),
+        model,
+        usage,
+    };
+    let mut tx = ctx.db.begin().await.map_err(DbError::from)?;
+    cache::record(&mut *tx, &entry).await?;
+    leases::release(&mut *tx, key, job.id).await?;
+    jobs::finish(&mut *tx, &result, owner).await?;
+    tx.commit().await.map_err(DbError::from)?;
+    tracing::info!(
+        attempts = generated.attempts,
+        cost_usd = generated.cost_usd,
+        bytes = stored.bytes,
+        model,
+        "generated and stored"
+    );
+    if let Some(old) = replaced.flatten() {
+        retire_image(&ctx.db, ctx.store.as_ref(), key, &old, &stored.path).await;
     }
+    Ok(result)
+}
 
-    /// Deletes the image a refreshed entry served before, once no row points at it; a failure
-    /// leaves an orphan object (logged), never a row without its image.
-    async fn retire_image(&self, key: &CacheKey, old: &str, new: &StoragePath) {
-        let Some(old_path) = StoragePath::parse(old).filter(|p| p != new) else {
-            return;
-        };
-        match cache::path_in_use(&self.db, key, old_path.as_str()).await {
-            Ok(false) => match self.store.delete(&old_path).await {
-                Ok(_) => tracing::info!(path = %old_path, "deleted the image the refresh replaced"),
-                Err(error) => {
-                    tracing::warn!(path = %old_path, %error, "could not delete the replaced image; it stays as an orphan")
-                }
-            },
-            Ok(true) => {}
+/// Writes a failed result, refunding any charge and freeing the key for the next job.
+async fn record_failure(
+    ctx: &Context,
+    job: &Job,
+    key: &CacheKey,
+    owner: Uuid,
+    result: &JobResult,
+) -> Result<(), StepError> {
+    let mut tx = ctx.db.begin().await.map_err(DbError::from)?;
+    credits::refund(&mut *tx, job.id).await?;
+    leases::release(&mut *tx, key, job.id).await?;
+    jobs::finish(&mut *tx, result, owner).await?;
+    tx.commit().await.map_err(DbError::from)?;
+    Ok(())
+}
+
+/// Deletes the image a refreshed entry served before (`old`, a path), once no row of `key`
+/// points at it; a failure leaves an orphan object (logged), never a row without its image.
+pub(crate) async fn retire_image(
+    db: &PgPool,
+    store: &dyn ImageStore,
+    key: &CacheKey,
+    old: &str,
+    new: &StoragePath,
+) {
+    let Some(old_path) = StoragePath::parse(old).filter(|p| p != new) else {
+        return;
+    };
+    match cache::path_in_use(db, key, old_path.as_str()).await {
+        Ok(false) => match store.delete(&old_path).await {
+            Ok(_) => tracing::info!(path = %old_path, "deleted the image the refresh replaced"),
             Err(error) => {
-                tracing::warn!(path = %old_path, %error, "could not check the replaced image; it stays")
+                tracing::warn!(path = %old_path, %error, "could not delete the replaced image; it stays as an orphan")
             }
+        },
+        Ok(true) => {}
+        Err(error) => {
+            tracing::warn!(path = %old_path, %error, "could not check the replaced image; it stays")
         }
     }
+}
 
-    /// Generates, checks and stores the image at `path`. Errors carry the attempts the generator
-    /// made.
-    async fn make_image(
-        &self,
-        job: &Job,
-        path: &StoragePath,
-    ) -> Result<(Generated, Stored), (JobError, u32)> {
-        if let Some(earlier) = self
-            .stored_earlier(job, path)
-            .await
-            .map_err(|e| (storage_error(e), 0))?
-        {
-            return Ok(earlier);
-        }
-        let generated = self
-            .generator
-            .generate(&job.config, &job.plan, &job.user_id)
-            .await
-            .map_err(|e| {
-                let attempts = e.attempts();
-                (generation_error(e), attempts)
-            })?;
-        let attempts = generated.attempts;
-        storage::check_png(&generated.png).map_err(|e| (storage_error(e), attempts))?;
-        let stored = self
-            .put_with_retries(path, generated.png.clone())
-            .await
-            .map_err(|e| (storage_error(e), attempts))?;
-        Ok((generated, stored))
+/// Generates, checks and stores the image at `path`. Errors carry the attempts the generator
+/// made.
+async fn make_image(
+    ctx: &Context,
+    job: &Job,
+    path: &StoragePath,
+) -> Result<(Generated, Stored), (JobError, u32)> {
+    if let Some(earlier) = stored_earlier(ctx, job, path)
+        .await
+        .map_err(|e| (storage_error(e), 0))?
+    {
+        return Ok(earlier);
     }
+    let generated = ctx
+        .generator
+        .generate(&job.config, &job.plan, &job.user_id)
+        .await
+        .map_err(|e| {
+            let attempts = e.attempts();
+            (generation_error(e), attempts)
+        })?;
+    let attempts = generated.attempts;
+    storage::check_png(&generated.png).map_err(|e| (storage_error(e), attempts))?;
+    let stored = put_with_retries(ctx.store.as_ref(), path, generated.png.clone())
+        .await
+        .map_err(|e| (storage_error(e), attempts))?;
+    Ok((generated, stored))
+}
 
-    /// The image an earlier attempt at this miss generated and stored but could not record (the
-    /// database failed, the process died): using it saves paying for the same image twice. For a
-    /// `force_refresh` the path is the new revision's, which no entry has served, so what is there
-    /// is a fresh image too. Any doubt (a read error, a bad PNG) means generating — but a refusal
-    /// (a key refused, a bucket missing) fails the job before it pays for an image that the
-    /// upload would meet the same refusal with.
-    async fn stored_earlier(
-        &self,
-        job: &Job,
-        path: &StoragePath,
-    ) -> Result<Option<(Generated, Stored)>, StorageError> {
-        let png = match self.store.get(path).await {
-            Ok(Some(png)) => png,
-            Err(refused @ StorageError::Refused(_)) => return Err(refused),
-            Ok(None) | Err(_) => return Ok(None),
-        };
-        if storage::check_png(&png).is_err() {
-            return Ok(None);
-        }
-        tracing::info!(%path, "reusing the image an earlier attempt stored");
-        let cost_usd = match self.generator.kind() {
-            GeneratorKind::OpenAi => pricing::list_price(&self.settings.prices, &job.plan),
-            GeneratorKind::Placeholder => 0.0,
-        };
-        let stored = Stored {
-            url: self.store.url(path),
-            path: path.clone(),
-            bytes: png.len() as u64,
-        };
-        Ok(Some((
-            Generated {
-                png,
-                attempts: 1,
-                cost_usd,
-                usage: None,
+/// The image an earlier attempt at this miss generated and stored but could not record (the
+/// database failed, the process died): using it saves paying for the same image twice. For a
+/// `force_refresh` the path is the new revision's, which no entry has served, so what is there
+/// is a fresh image too. Any doubt (a read error, a bad PNG) means generating — but a refusal
+/// (a key refused, a bucket missing) fails the job before it pays for an image that the
+/// upload would meet the same refusal with.
+async fn stored_earlier(
+    ctx: &Context,
+    job: &Job,
+    path: &StoragePath,
+) -> Result<Option<(Generated, Stored)>, StorageError> {
+    let png = match ctx.store.get(path).await {
+        Ok(Some(png)) => png,
+        Err(refused @ StorageError::Refused(_)) => return Err(refused),
+        Ok(None) | Err(_) => return Ok(None),
+    };
+    if storage::check_png(&png).is_err() {
+        return Ok(None);
+    }
+    tracing::info!(%path, "reusing the image an earlier attempt stored");
+    let cost_usd = match ctx.generator.kind() {
+        GeneratorKind::OpenAi => pricing::list_price(&ctx.settings.prices, &job.plan),
+        GeneratorKind::Placeholder => 0.0,
+    };
+    let stored = Stored {
+        url: ctx.store.url(path),
+        path: path.clone(),
+        bytes: png.len() as u64,
+    };
+    Ok(Some((
+        Generated {
+            png,
+            attempts: 1,
+            cost_usd,
+            usage: None,
+        },
+        stored,
+    )))
+}
+
+/// Storage outages are often brief: three tries with backoff before giving up.
+#[tracing::instrument(name = "storage upload", level = "debug", skip_all, fields(%path))]
+async fn put_with_retries(
+    store: &dyn ImageStore,
+    path: &StoragePath,
+    png: Bytes,
+) -> Result<Stored, StorageError> {
+    let mut pauses = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(2))
+        .with_jitter()
+        .with_max_times(2)
+        .build();
+    loop {
+        match store.put(path, png.clone()).await {
+            Err(StorageError::Backend(message)) => match pauses.next() {
+                Some(pause) => {
+                    tracing::warn!(%message, "storing the image failed; retrying");
+                    tokio::time::sleep(pause).await;
+                }
+                None => return Err(StorageError::Backend(message)),
             },
-            stored,
-        )))
-    }
-
-    /// Storage outages are often brief: three tries with backoff before giving up.
-    #[tracing::instrument(name = "storage upload", level = "debug", skip_all, fields(%path))]
-    async fn put_with_retries(
-        &self,
-        path: &StoragePath,
-        png: Bytes,
-    ) -> Result<Stored, StorageError> {
-        let mut pauses = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(2))
-            .with_jitter()
-            .with_max_times(2)
-            .build();
-        loop {
-            match self.store.put(path, png.clone()).await {
-                Err(StorageError::Backend(message)) => match pauses.next() {
-                    Some(pause) => {
-                        tracing::warn!(%message, "storing the image failed; retrying");
-                        tokio::time::sleep(pause).await;
-                    }
-                    None => return Err(StorageError::Backend(message)),
-                },
-                other => return other,
-            }
+            other => return other,
         }
     }
 }

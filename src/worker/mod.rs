@@ -1,20 +1,26 @@
 //! The consume loop: one task per delivery, at most `prefetch` at once, reconnecting with backoff
 //! whenever the broker connection drops.
 //!
-//! - [`handle`]: a job's journey, from bytes to an [`Outcome`].
-//! - [`claim`]: who may work on a job, and who may generate a key (single flight).
+//! - [`context`]: what every job's journey shares (pool, store, generator, settings, signals).
+//! - [`handle`]: a job's journey, top to bottom, from bytes to an [`Outcome`].
+//! - [`batch`]: group commit — hits of new jobs answered in batches, one commit per batch.
+//! - `claim`: who may work on a job, and who may generate a key (single flight); decisions only.
 //! - `lead`: the leader's path — turn, charge, generate, store, record.
+//! - `step`: why a step stopped short, and whether another delivery can help.
 //! - [`settle`]: the only place that acks, requeues or dead-letters.
 //!
 //! Correctness does not rest on shutting down cleanly: a delivery is acked only after its result is
 //! recorded and confirmed by the broker, so a crash anywhere means a redelivery that is answered
 //! from the job table.
 
+pub mod batch;
 mod claim;
+pub mod context;
 pub mod handle;
-mod lead;
+pub(crate) mod lead;
 pub mod outage;
 pub mod settle;
+mod step;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -28,9 +34,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-pub use handle::Context;
-pub use settle::Outcome;
-use settle::Recipient;
+pub use crate::job::Outcome;
+use crate::job::Recipient;
+pub use context::Context;
 
 use crate::broker::{Broker, BrokerError};
 use crate::job::{Intake, Rejection};

@@ -113,21 +113,37 @@ async fn after_a_broker_drop_hits_are_answered_at_once_while_a_slow_generation_f
 /// (a hit's claim is short), not after the full generation lease.
 #[tokio::test]
 async fn after_kill_9_redelivered_hits_are_taken_over_within_seconds() {
+    // The one-job path (group commit off): each hit claims its job, then records its result.
+    kill_9_while_hits_are_stalled(0, "UPDATE").await;
+}
+
+#[tokio::test]
+async fn after_kill_9_hits_stalled_in_a_batch_are_answered_at_once() {
+    // Group commit: a batch records finished results in one INSERT; nothing is claimed, so
+    // nothing has to expire.
+    kill_9_while_hits_are_stalled(64, "INSERT").await;
+}
+
+/// Stalls every hit's recording statement (`stalled`: the statement kind) on a worker process,
+/// kills it, and checks a new process answers them all within seconds, with no second
+/// generation.
+async fn kill_9_while_hits_are_stalled(hit_batch_max: u32, stalled: &str) {
     const HITS: usize = 4;
     let mut env = TestEnv::without_worker(vec![openai_ok()], |s| {
         s.worker.lease_secs = 60;
+        s.worker.hit_batch_max = hit_batch_max;
     })
     .await;
     let first = env.spawn_worker().await;
     let primed = env.run(&env.job("u", json!({"hair": "cached"}))).await;
     assert_eq!(primed["status"], "succeeded");
-    // Hold every hit between its claim and its result: the statement recording a result stalls.
-    sqlx::raw_sql(
+    // Hold every hit before its result: the statement recording a result stalls.
+    sqlx::raw_sql(&format!(
         "CREATE FUNCTION it_stall() RETURNS trigger LANGUAGE plpgsql AS
              $$ BEGIN PERFORM pg_sleep(600); RETURN NEW; END $$;
-         CREATE TRIGGER it_stall BEFORE UPDATE ON memoji_jobs FOR EACH ROW
-             WHEN (NEW.status <> 'processing') EXECUTE FUNCTION it_stall();",
-    )
+         CREATE TRIGGER it_stall BEFORE {stalled} ON memoji_jobs FOR EACH ROW
+             WHEN (NEW.status <> 'processing') EXECUTE FUNCTION it_stall();"
+    ))
     .execute(&env.db)
     .await
     .unwrap();
@@ -137,9 +153,18 @@ async fn after_kill_9_redelivered_hits_are_taken_over_within_seconds() {
     for job in &hits {
         env.publish(job).await;
     }
+    // Every hit is held: the one-job path's claims are in, or a batch is asleep in the trigger
+    // with all of them delivered (none left ready in the queue).
+    let stalled_sessions = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep'";
     let claimed = "SELECT count(*) FROM memoji_jobs WHERE status = 'processing'";
-    eventually("the hits to be claimed", || async {
-        (count(&env.db, claimed).await == HITS as i64).then_some(())
+    eventually("the hits to be held", || async {
+        let held = if hit_batch_max == 0 {
+            count(&env.db, claimed).await == HITS as i64
+        } else {
+            count(&env.db, stalled_sessions).await >= 1
+                && env.messages_in(&env.settings.amqp.job_queue).await == 0
+        };
+        held.then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -152,7 +177,11 @@ async fn after_kill_9_redelivered_hits_are_taken_over_within_seconds() {
     .fetch_one(&env.db)
     .await
     .unwrap();
-    assert_eq!(ended, HITS as i64, "every hit was stalled");
+    if hit_batch_max == 0 {
+        assert_eq!(ended, HITS as i64, "every hit was stalled");
+    } else {
+        assert!(ended >= 1, "the batch was stalled");
+    }
     sqlx::raw_sql("DROP TRIGGER it_stall ON memoji_jobs; DROP FUNCTION it_stall();")
         .execute(&env.db)
         .await

@@ -669,6 +669,10 @@ pub fn worker_environment(settings: &Settings) -> Vec<(String, String)> {
             "MEMOJI__WORKER__SHUTDOWN_GRACE_SECS",
             settings.worker.shutdown_grace_secs.to_string(),
         ),
+        (
+            "MEMOJI__WORKER__HIT_BATCH_MAX",
+            settings.worker.hit_batch_max.to_string(),
+        ),
     ];
     if let Some(key) = &settings.secrets.openai_api_key {
         vars.push(("OPENAI_API_KEY", key.expose_secret().to_owned()));

@@ -12,6 +12,7 @@ mod claims;
 mod cleanup;
 mod cli;
 mod failures;
+mod group_commit;
 mod guarantees;
 mod hit_path;
 mod idempotency;
