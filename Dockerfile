@@ -3,6 +3,8 @@ FROM rust:1.88-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# The benchmark tool is a workspace member: cargo reads its manifest, never builds it here.
+COPY bench ./bench
 COPY migrations ./migrations
 COPY config ./config
 RUN cargo build --release --locked --bin memoji-worker

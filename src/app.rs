@@ -1,6 +1,6 @@
 //! Wiring: [`App::build`] connects everything from settings; [`App::run_until_stopped`] runs the
 //! worker, the admin API, the cleanup schedule, the statistics and the metrics feed until the
-//! shutdown token is cancelled. [`cleanup`] and [`stats`] are the one-shot commands.
+//! shutdown token is cancelled. [`cleanup`], [`stats`] and [`report`] are the one-shot commands.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -294,6 +294,15 @@ pub async fn stats(settings: &Settings) -> anyhow::Result<(Stats, Vec<String>)> 
         .filter_map(|status| status.warning(today, settings.openai.shutdown_warning_days))
         .collect();
     Ok((stats?, warnings))
+}
+
+/// `memoji-worker report`: the analytics of the last `since` (`7d`) beside the period before.
+pub async fn report(settings: &Settings, since: &str) -> anyhow::Result<stats::report::Report> {
+    let span = stats::analytics::parse_span(since)?;
+    let db = connect_database(settings).await?;
+    let report = stats::report::build(&db, since, span, chrono::Utc::now()).await;
+    db.close().await;
+    Ok(report?)
 }
 
 async fn upkeep_metrics(stop: CancellationToken) {

@@ -10,9 +10,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::job::{GeneratorKind, Tier};
+use environment::Variables;
+
+mod environment;
 
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
@@ -71,7 +73,7 @@ fn origin_text(variable: &Option<String>) -> String {
         .unwrap_or_default()
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Settings {
     pub amqp: AmqpSettings,
     pub database: DatabaseSettings,
@@ -126,7 +128,12 @@ impl StorageSecrets {
     ];
 
     pub fn from_env() -> StorageSecrets {
-        let first = |variables: [&str; 2]| variables.into_iter().find_map(secret_from_env);
+        Self::from_lookup(secret_from_env)
+    }
+
+    /// Each secret from the first of its variables that `secret` finds set (and not empty).
+    fn from_lookup(secret: impl Fn(&str) -> Option<SecretString>) -> StorageSecrets {
+        let first = |variables: [&str; 2]| variables.into_iter().find_map(&secret);
         StorageSecrets {
             s3_access_key_id: first(Self::S3_ACCESS_KEY_ID),
             s3_secret_access_key: first(Self::S3_SECRET_ACCESS_KEY),
@@ -136,8 +143,10 @@ impl StorageSecrets {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct AmqpSettings {
+    /// A secret (it may carry a password): never serialized; see [`Settings::to_environment`].
+    #[serde(skip_serializing)]
     pub url: SecretString,
     pub prefetch: u16,
     pub job_queue: String,
@@ -153,8 +162,10 @@ pub struct AmqpSettings {
     pub reconnect_max_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct DatabaseSettings {
+    /// A secret (it may carry a password): never serialized; see [`Settings::to_environment`].
+    #[serde(skip_serializing)]
     pub url: SecretString,
     pub max_connections: u32,
     pub acquire_timeout_secs: u64,
@@ -165,7 +176,7 @@ pub struct DatabaseSettings {
     pub lock_timeout_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct OpenAiSettings {
     pub base_url: String,
     pub max_concurrency: usize,
@@ -220,12 +231,30 @@ impl OpenAiSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct GeneratorSettings {
     pub kind: GeneratorKind,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// Which generator makes images. Placeholder images get cache keys of their own, so they never
+/// answer a run with the real generator (CONTRACT.md §10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GeneratorKind {
+    OpenAi,
+    Placeholder,
+}
+
+impl GeneratorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GeneratorKind::OpenAi => "openai",
+            GeneratorKind::Placeholder => "placeholder",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StorageKind {
     Local,
@@ -233,7 +262,7 @@ pub enum StorageKind {
     Supabase,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct StorageSettings {
     pub kind: StorageKind,
     pub local_dir: PathBuf,
@@ -254,7 +283,7 @@ impl StorageSettings {
 }
 
 /// An S3-compatible store (AWS S3, MinIO, R2, Supabase's S3 endpoint). Credentials are secrets.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct S3Settings {
     /// Empty for AWS itself (`https://s3.<region>.amazonaws.com`).
     pub endpoint: String,
@@ -265,7 +294,7 @@ pub struct S3Settings {
 }
 
 /// Supabase Storage's REST API. The service role key is a secret.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct SupabaseSettings {
     /// The project URL, e.g. `https://abcd.supabase.co` (also `SUPABASE_URL`).
     pub url: String,
@@ -273,7 +302,7 @@ pub struct SupabaseSettings {
 }
 
 /// The admin API's listener and the limits that keep a hostile client from exhausting it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct HttpSettings {
     pub bind: SocketAddr,
     /// A request's head (and, between keep-alive requests, the next one) must arrive within this.
@@ -299,37 +328,27 @@ impl HttpSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct CreditSettings {
     pub enabled: bool,
     pub allowances: BTreeMap<String, Allowance>,
 }
 
-impl CreditSettings {
-    /// The monthly allowance of a tier; a tier missing from configuration gets nothing.
-    pub fn allowance(&self, tier: Tier) -> Allowance {
-        self.allowances
-            .get(tier.as_str())
-            .copied()
-            .unwrap_or(Allowance::Limited(0))
-    }
-}
-
 /// Credits a tier gets each month.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum Allowance {
     Limited(u32),
     Unlimited(UnlimitedWord),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UnlimitedWord {
     Unlimited,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct StatsSettings {
     pub interval_secs: u64,
     pub flush_ms: u64,
@@ -338,7 +357,7 @@ pub struct StatsSettings {
 
 /// What images cost, in US dollars (see `generate::pricing`). Models are keyed with `_` for `-`
 /// and `.` (`gpt_image_2_6_flare`), so that every key also has an environment form.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct PriceSettings {
     /// model → dollars per 1M tokens, from OpenAI's `usage`.
     pub per_million_tokens: BTreeMap<String, TokenPrices>,
@@ -347,7 +366,7 @@ pub struct PriceSettings {
 }
 
 /// Dollars per 1M tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
 pub struct TokenPrices {
     pub text_input: f64,
     pub cached_text_input: f64,
@@ -355,7 +374,7 @@ pub struct TokenPrices {
     pub image_output: f64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct CleanupSettings {
     pub schedule: String,
     pub max_age_days: u32,
@@ -368,7 +387,7 @@ pub struct CleanupSettings {
     pub ledger_retention_days: u32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct WorkerSettings {
     pub lease_secs: u64,
     pub hit_claim_secs: u64,
@@ -383,7 +402,7 @@ pub struct WorkerSettings {
 }
 
 /// The refund sweep (`maintenance::refund`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct RefundSettings {
     /// Seconds between sweeps.
     pub every_secs: u64,
@@ -391,14 +410,14 @@ pub struct RefundSettings {
     pub abandoned_after_secs: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct LogSettings {
     pub format: LogFormat,
     pub level: String,
 }
 
 /// Traces across the queue (`telemetry::trace`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct TelemetrySettings {
     /// An OTLP/HTTP collector's base URL (`http://collector:4318`); spans go to
     /// `<otlp_endpoint>/v1/traces`. Empty: no spans are exported, and a job's trace context is
@@ -423,7 +442,7 @@ impl TelemetrySettings {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Pretty on a terminal, JSON otherwise.
@@ -459,30 +478,42 @@ impl Settings {
     /// Every layer: defaults, then `file` (or `MEMOJI_CONFIG`), then the environment. A key that
     /// no setting reads, in the file or in a `MEMOJI__` variable, is refused by name.
     pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
-        let env_file = std::env::var_os("MEMOJI_CONFIG").map(PathBuf::from);
+        Self::load_from(file, &Variables::Process)
+    }
+
+    /// [`Settings::load`] reading `variables` (see [`environment`]) instead of the process's.
+    fn load_from(file: Option<&Path>, variables: &Variables) -> Result<Settings, SettingsError> {
+        let env_file = variables.var_os("MEMOJI_CONFIG").map(PathBuf::from);
         let mut builder = config::Config::builder()
             .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
         if let Some(path) = file.map(Path::to_path_buf).or(env_file) {
             builder = builder.add_source(read_file(&path)?);
         }
-        builder = builder.add_source(environment());
+        builder = builder.add_source(variables.source(environment()));
         for (variable, key) in ALIASES {
             let prefixed = format!("MEMOJI__{}", key.replace('.', "__").to_uppercase());
-            if std::env::var_os(prefixed).is_none()
-                && let Ok(value) = std::env::var(variable)
+            if variables.var_os(&prefixed).is_none()
+                && let Some(value) = variables.var(variable)
             {
                 builder = builder.set_override(key, value)?;
             }
         }
-        let variables: Vec<String> = std::env::vars_os()
-            .filter_map(|(name, _)| name.into_string().ok())
+        let names: Vec<String> = variables
+            .names()
+            .into_iter()
             .filter(|name| name.starts_with("MEMOJI__"))
             .collect();
-        let mut settings = strict(builder.build()?, &variables)?;
+        let mut settings = strict(builder.build()?, &names)?;
+        let secret = |name: &str| {
+            variables
+                .var(name)
+                .filter(|v| !v.is_empty())
+                .map(SecretString::from)
+        };
         settings.secrets = Secrets {
-            openai_api_key: secret_from_env("OPENAI_API_KEY"),
-            admin_token: secret_from_env("ADMIN_TOKEN"),
-            storage: StorageSecrets::from_env(),
+            openai_api_key: secret("OPENAI_API_KEY"),
+            admin_token: secret("ADMIN_TOKEN"),
+            storage: StorageSecrets::from_lookup(secret),
         };
         settings.checked()
     }
@@ -723,13 +754,13 @@ mod tests {
         assert!(settings.credits.enabled);
         assert_eq!(settings.stats.interval_secs, 60);
         assert_eq!(settings.cleanup.schedule, "0 0 3 * * *");
-        let allowance = |tier| settings.credits.allowance(tier);
-        assert_eq!(allowance(Tier::Free), Allowance::Limited(2));
-        assert_eq!(allowance(Tier::MonthlyBasic), Allowance::Limited(100));
-        assert_eq!(allowance(Tier::MonthlyStandard), Allowance::Limited(300));
-        assert_eq!(allowance(Tier::MonthlyPro), Allowance::Limited(1000));
+        let allowance = |tier: &str| settings.credits.allowances[tier];
+        assert_eq!(allowance("free"), Allowance::Limited(2));
+        assert_eq!(allowance("monthly_basic"), Allowance::Limited(100));
+        assert_eq!(allowance("monthly_standard"), Allowance::Limited(300));
+        assert_eq!(allowance("monthly_pro"), Allowance::Limited(1000));
         assert_eq!(
-            allowance(Tier::Lifetime),
+            allowance("lifetime"),
             Allowance::Unlimited(UnlimitedWord::Unlimited)
         );
     }
@@ -843,9 +874,15 @@ mod tests {
         let defaults = Settings::defaults().unwrap().prices;
         let image = |p: &PriceSettings, model: &str, quality: &str| p.per_image[model][quality];
         // The defaults are OpenAI's per-token prices for the 2.x models (CONTRACT.md §11).
-        for model in crate::job::Model::active() {
+        for model in [
+            "gpt_image_2_6_flare",
+            "gpt_image_2_6_sunburst",
+            "gpt_image_2_5_flare",
+            "gpt_image_2_5_sunburst",
+            "gpt_image_2",
+        ] {
             assert_eq!(
-                defaults.per_million_tokens[&model.config_key()],
+                defaults.per_million_tokens[model],
                 TokenPrices {
                     text_input: 5.0,
                     cached_text_input: 1.25,

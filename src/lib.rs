@@ -3,9 +3,10 @@
 //! A job's journey, and where each step lives:
 //!
 //! ```text
-//! broker::consume ─► job::intake ─► job::CacheKey ─► db::cache (hit?) ─┬─► publish ─► settle (ack)
-//!                                                                      └─► worker::claim (single flight)
-//!                                  ─► db::credits (charge) ─► generate ─► storage ─► db (record) ─┘
+//! broker ─► worker::process ─► job::intake ─► job::CacheKey
+//!   ─► worker::batch (hits of new jobs, group commit) ──────────────────────────────┬─► settle
+//!   ─► worker::claim (own the job) ─► db::cache (hit?) ─────────────────────────────┤   (publish,
+//!        miss ─► claim (single flight) ─► worker::lead: charge ─► generate ─► store ─┘    then ack)
 //! ```
 //!
 //! - [`job`]: pure domain — parsing, validation, the cache key, the result message.

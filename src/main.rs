@@ -59,6 +59,16 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Print a report of the last period — hit ratio, spend, saved, the trend against the period
+    /// before, the top configurations — from the analytics rollups.
+    Report {
+        /// The period: hours or days, `48h`, `7d`, `30d` (1h to 400d).
+        #[arg(long, default_value = "7d")]
+        since: String,
+        /// `md` (Markdown, for a chat), `json`, or `html` (a standalone page, for a mail).
+        #[arg(long, value_enum, default_value = "md")]
+        format: stats::report::Format,
+    },
 }
 
 #[derive(Subcommand)]
@@ -250,6 +260,11 @@ async fn command(command: Command, mut settings: Settings) -> anyhow::Result<Exi
                     println!("model warning: {warning}");
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report { since, format } => {
+            let report = app::report(&settings, &since).await?;
+            print!("{}", stats::report::render(&report, format)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Cleanup { dry_run } => match app::cleanup(&settings, dry_run).await? {

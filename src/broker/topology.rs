@@ -145,7 +145,7 @@ pub async fn declare(channel: &Channel, names: &AmqpSettings) -> Result<(), Brok
 
 /// Deletes every queue and exchange of the topology, messages included: for tools and tests that
 /// set up a topology of their own under prefixed names. Best effort: what is already gone is fine.
-pub async fn remove(channel: &Channel, names: &AmqpSettings) {
+pub(crate) async fn remove(channel: &Channel, names: &AmqpSettings) {
     for queue in [
         &names.job_queue,
         &names.result_queue,

@@ -7,9 +7,11 @@
 //! - [`credits`]: monthly balances and the per-job ledger.
 //! - [`leases`]: who may generate a key right now (single flight across processes).
 //! - [`stats`]: counters and rollups behind `GET /api/cache/stats`.
+//! - [`analytics`]: the rollups behind `GET /api/analytics/…`, the dashboard and `report`.
 //! - [`cleanup`]: the cleanup's batches and its single-replica lock.
 //! - [`refunds`]: the refund sweep's batches: charges whose job will never finish.
 
+pub mod analytics;
 pub mod cache;
 pub mod cleanup;
 pub mod credits;

@@ -35,9 +35,14 @@ impl Counts {
     }
 }
 
-/// Adds counts to their hour buckets and to the lifetime row, in one transaction: either all of
-/// a flush counts or none of it does (and the caller keeps it for the next try).
-pub async fn add(pool: &PgPool, buckets: &[(DateTime<Utc>, Counts)]) -> Result<(), DbError> {
+/// Adds counts to their hour buckets and to the lifetime row, and the analytics batch to its
+/// rollups ([`super::analytics::record`]), in one transaction: either all of a flush counts or
+/// none of it does (and the caller keeps it for the next try).
+pub async fn add(
+    pool: &PgPool,
+    buckets: &[(DateTime<Utc>, Counts)],
+    analytics: &super::analytics::Batch,
+) -> Result<(), DbError> {
     let mut total = Counts::default();
     let mut tx = pool.begin().await?;
     for (hour, counts) in buckets {
@@ -79,6 +84,7 @@ pub async fn add(pool: &PgPool, buckets: &[(DateTime<Utc>, Counts)]) -> Result<(
     .bind(total.saved_usd)
     .execute(&mut *tx)
     .await?;
+    super::analytics::record(&mut tx, analytics).await?;
     tx.commit().await?;
     Ok(())
 }

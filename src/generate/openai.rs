@@ -179,21 +179,32 @@ impl OpenAiGenerator {
         tracing::Span::current().record("http.response.status_code", status.as_u16());
         let retry_after = retry_after(response.headers());
         let text = read_capped(response, self.settings.max_response_bytes).await?;
-        if status.is_success() {
-            return decode(&text);
-        }
-        let error = serde_json::from_slice::<ErrorBody>(&text)
-            .unwrap_or_default()
-            .error;
         let model = body["model"].as_str().unwrap_or_default();
-        Err(classify(
+        judge(
             status,
-            error,
             retry_after,
+            &text,
             self.api_key.expose_secret(),
             model,
-        ))
+        )
     }
+}
+
+/// What one whole answer means: the image, or why not and whether another attempt may help.
+fn judge(
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    text: &[u8],
+    api_key: &str,
+    model: &str,
+) -> Result<(Bytes, Option<Usage>), AttemptError> {
+    if status.is_success() {
+        return decode(text);
+    }
+    let error = serde_json::from_slice::<ErrorBody>(text)
+        .unwrap_or_default()
+        .error;
+    Err(classify(status, error, retry_after, api_key, model))
 }
 
 #[async_trait]
@@ -482,17 +493,21 @@ mod tests {
         json!({"error": {"message": message, "type": "invalid_request_error", "code": code, "param": null}})
     }
 
-    async fn generator(
-        server: &MockServer,
-        tweak: impl FnOnce(&mut OpenAiSettings),
-    ) -> OpenAiGenerator {
+    fn settings_for(base: &str, tweak: impl FnOnce(&mut OpenAiSettings)) -> OpenAiGenerator {
         let defaults = Settings::defaults().unwrap();
         let mut settings = defaults.openai;
-        settings.base_url = format!("{}/v1", server.uri());
+        settings.base_url = format!("{base}/v1");
         settings.backoff_min_ms = 10;
         settings.backoff_max_ms = 50;
         tweak(&mut settings);
         OpenAiGenerator::new(&settings, &defaults.prices, SecretString::from(KEY)).unwrap()
+    }
+
+    async fn generator(
+        server: &MockServer,
+        tweak: impl FnOnce(&mut OpenAiSettings),
+    ) -> OpenAiGenerator {
+        settings_for(&server.uri(), tweak)
     }
 
     /// Generates the job `config` with default model rules.
@@ -552,7 +567,9 @@ mod tests {
             .expect(1)
             .mount(&server)
             .await;
-        let generated = run(&generator(&server, |_| {}).await, job()).await.unwrap();
+        let generator = generator(&server, |_| {}).await;
+        assert!(!format!("{generator:?}").contains(KEY), "{generator:?}");
+        let generated = run(&generator, job()).await.unwrap();
         assert!(crate::storage::check_png(&generated.png).is_ok());
         assert_eq!(generated.attempts, 1);
         assert_eq!(generated.usage.map(|u| u.output_tokens), Some(1056));
@@ -566,328 +583,328 @@ mod tests {
         assert!(!id.contains("user-1") && id.len() == 32, "{id}");
     }
 
+    /// Job → what the request says (and the size of the image the job gets).
     #[tokio::test]
-    async fn background_and_complexity_are_sent_when_the_job_sets_them() {
-        let server = MockServer::start().await;
-        sequence(
-            &server,
-            vec![ResponseTemplate::new(200).set_body_json(ok_body())],
-        )
-        .await;
-        let config = json!({"model": "gpt-image-2.6-sunburst", "size": "1024x1024",
-                            "background": "transparent", "complexity": "high", "quality": "max"});
-        run(
-            &generator(&server, |s| s.moderation = "low".into()).await,
-            config,
-        )
-        .await
-        .unwrap();
-        let body = request_body(&server).await;
-        assert_eq!(body["model"], "gpt-image-2.6-sunburst");
-        assert_eq!(body["background"], "transparent");
-        assert_eq!(body["complexity"], "high");
-        assert_eq!(body["quality"], "max");
-        assert_eq!(body["moderation"], "low");
-    }
-
-    #[tokio::test]
-    async fn dall_e_jobs_go_to_the_successor_in_its_words() {
-        let server = MockServer::start().await;
-        sequence(
-            &server,
-            vec![ResponseTemplate::new(200).set_body_json(ok_body())],
-        )
-        .await;
-        run(
-            &generator(&server, |_| {}).await,
-            json!({"model": "dall-e-3", "size": "1024x1024", "quality": "hd"}),
-        )
-        .await
-        .unwrap();
-        let body = request_body(&server).await;
-        assert_eq!(body["model"], "gpt-image-2.6-flare");
-        assert_eq!(body["quality"], "high");
-        assert_eq!(body.get("response_format"), None);
-    }
-
-    #[tokio::test]
-    async fn a_small_dall_e_2_size_is_made_at_1024_and_scaled_down() {
-        let server = MockServer::start().await;
-        sequence(
-            &server,
-            vec![ResponseTemplate::new(200).set_body_json(ok_body())],
-        )
-        .await;
-        let generated = run(
-            &generator(&server, |_| {}).await,
-            json!({"model": "dall-e-2", "size": "256x256"}),
-        )
-        .await
-        .unwrap();
-        assert_eq!(request_body(&server).await["size"], "1024x1024");
-        assert_eq!(
-            crate::storage::check_png(&generated.png).unwrap(),
-            (256, 256)
-        );
-    }
-
-    #[tokio::test]
-    async fn retries_429_5xx_and_a_cut_off_body_then_succeeds() {
-        let server = MockServer::start().await;
-        let whole = serde_json::to_string(&ok_body()).unwrap();
-        let calls = sequence(
-            &server,
-            vec![
-                ResponseTemplate::new(429).set_body_json(error_body(
-                    "Rate limit reached",
-                    Some("rate_limit_exceeded"),
-                )),
-                ResponseTemplate::new(503),
-                ResponseTemplate::new(500).set_body_json(error_body("server error", None)),
-                // The connection dropped mid-body: what arrived is the start of the JSON.
-                ResponseTemplate::new(200).set_body_string(&whole[..whole.len() / 2]),
-                ResponseTemplate::new(200).set_body_json(ok_body()),
-            ],
-        )
-        .await;
-        let generated = run(&generator(&server, |s| s.max_attempts = 5).await, job())
-            .await
-            .unwrap();
-        assert_eq!(generated.attempts, 5);
-        assert_eq!(calls.load(Ordering::SeqCst), 5);
-    }
-
-    #[tokio::test]
-    async fn gives_up_after_max_attempts_as_retryable_generation_failed() {
-        let server = MockServer::start().await;
-        let calls = sequence(&server, vec![ResponseTemplate::new(502)]).await;
-        let error = run(&generator(&server, |s| s.max_attempts = 3).await, job())
-            .await
-            .unwrap_err();
-        assert_eq!(error.code(), crate::job::ErrorCode::GenerationFailed);
-        assert!(error.retryable());
-        assert_eq!(error.attempts(), 3);
-        assert_eq!(calls.load(Ordering::SeqCst), 3);
-    }
-
-    #[tokio::test]
-    async fn honours_retry_after() {
-        let server = MockServer::start().await;
-        sequence(
-            &server,
-            vec![
-                ResponseTemplate::new(429).insert_header("retry-after", "1"),
-                ResponseTemplate::new(200).set_body_json(ok_body()),
-            ],
-        )
-        .await;
-        let started = std::time::Instant::now();
-        run(&generator(&server, |_| {}).await, job()).await.unwrap();
-        assert!(
-            started.elapsed() >= Duration::from_secs(1),
-            "waited {:?}",
-            started.elapsed()
-        );
-    }
-
-    #[tokio::test]
-    async fn a_retry_after_beyond_the_budget_ends_the_generation() {
-        let server = MockServer::start().await;
-        let calls = sequence(
-            &server,
-            vec![ResponseTemplate::new(429).insert_header("retry-after", "3600")],
-        )
-        .await;
-        let error = run(
-            &generator(&server, |s| s.total_timeout_secs = 5).await,
-            job(),
-        )
-        .await
-        .unwrap_err();
-        assert!(error.retryable());
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
-    }
-
-    #[tokio::test]
-    async fn timeouts_are_retried() {
-        let server = MockServer::start().await;
-        let calls = sequence(
-            &server,
-            vec![
-                ResponseTemplate::new(200)
-                    .set_body_json(ok_body())
-                    .set_delay(Duration::from_secs(3)),
-                ResponseTemplate::new(200).set_body_json(ok_body()),
-            ],
-        )
-        .await;
-        let generated = run(
-            &generator(&server, |s| s.request_timeout_secs = 1).await,
-            job(),
-        )
-        .await
-        .unwrap();
-        assert_eq!(generated.attempts, 2);
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
-    }
-
-    #[tokio::test]
-    async fn connection_errors_are_retried_and_reported() {
-        // A port nothing listens on.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        drop(listener);
-        let mut settings = Settings::defaults().unwrap().openai;
-        settings.base_url = format!("http://127.0.0.1:{port}/v1");
-        settings.backoff_min_ms = 1;
-        settings.backoff_max_ms = 5;
-        settings.max_attempts = 2;
-        let prices = Settings::defaults().unwrap().prices;
-        let generator = OpenAiGenerator::new(&settings, &prices, SecretString::from(KEY)).unwrap();
-        let error = run(&generator, job()).await.unwrap_err();
-        assert_eq!(error.attempts(), 2);
-        assert!(error.retryable());
-        assert!(error.to_string().contains("connect"), "{error}");
-    }
-
-    /// Status (and code) → whether it is retried and how it ends.
-    #[tokio::test]
-    async fn each_answer_is_classified_once() {
-        use crate::job::ErrorCode::{ContentPolicy, GenerationFailed, ImageInvalid};
-        let refused = "Your request was rejected by the safety system.";
-        let table: Vec<(u16, Value, crate::job::ErrorCode, bool)> = vec![
+    async fn each_job_is_asked_in_the_called_models_words() {
+        type Row = (Value, &'static str, Value, (u32, u32));
+        let rows: Vec<Row> = vec![
             (
-                400,
-                error_body(refused, Some("content_policy_violation")),
-                ContentPolicy,
-                false,
+                json!({"model": "gpt-image-2.6-sunburst", "size": "1024x1024",
+                       "background": "transparent", "complexity": "high", "quality": "max"}),
+                "low",
+                json!({"model": "gpt-image-2.6-sunburst", "background": "transparent",
+                       "complexity": "high", "quality": "max", "moderation": "low"}),
+                (1024, 1024),
             ),
+            // A retired model goes to its successor, in the successor's words.
             (
-                400,
-                error_body(refused, Some("moderation_blocked")),
-                ContentPolicy,
-                false,
+                json!({"model": "dall-e-3", "size": "1024x1024", "quality": "hd"}),
+                "auto",
+                json!({"model": "gpt-image-2.6-flare", "quality": "high"}),
+                (1024, 1024),
             ),
+            // A size the successor cannot make is made at 1024 and scaled down.
             (
-                400,
-                error_body(
-                    "Unknown parameter: 'response_format'.",
-                    Some("unknown_parameter"),
-                ),
-                GenerationFailed,
-                false,
-            ),
-            (
-                404,
-                error_body("The model does not exist", Some("model_not_found")),
-                GenerationFailed,
-                false,
-            ),
-            (404, error_body("nope", None), GenerationFailed, false),
-            (
-                429,
-                error_body("quota", Some("insufficient_quota")),
-                GenerationFailed,
-                false,
-            ),
-            (200, json!({"data": []}), ImageInvalid, false),
-            (
-                200,
-                json!({"data": [{"b64_json": "@@not base64@@"}]}),
-                ImageInvalid,
-                false,
+                json!({"model": "dall-e-2", "size": "256x256"}),
+                "auto",
+                json!({"model": "gpt-image-2.6-flare", "size": "1024x1024"}),
+                (256, 256),
             ),
         ];
-        for (status, body, code, retryable) in table {
-            let server = MockServer::start().await;
-            let calls = sequence(
-                &server,
-                vec![ResponseTemplate::new(status).set_body_json(body.clone())],
-            )
-            .await;
-            let error = run(&generator(&server, |_| {}).await, job())
-                .await
-                .unwrap_err();
-            assert_eq!(error.code(), code, "{status} {body}");
-            assert_eq!(error.retryable(), retryable, "{status} {body}");
-            assert_eq!(calls.load(Ordering::SeqCst), 1, "{status} {body}");
-        }
-    }
-
-    #[tokio::test]
-    async fn model_not_found_names_the_model() {
-        let server = MockServer::start().await;
-        sequence(
-            &server,
-            vec![ResponseTemplate::new(404).set_body_json(error_body(
-                "The model `gpt-image-2` does not exist or you do not have access to it.",
-                Some("model_not_found"),
-            ))],
-        )
-        .await;
-        let error = run(
-            &generator(&server, |_| {}).await,
-            json!({"model": "gpt-image-2"}),
-        )
-        .await
-        .unwrap_err();
-        let text = error.to_string();
-        assert!(
-            text.contains("gpt-image-2") && text.contains("model_not_found"),
-            "{text}"
-        );
-    }
-
-    #[tokio::test]
-    async fn the_key_never_appears_in_errors() {
-        for (status, message) in [
-            (401, format!("Incorrect API key provided: {KEY}")),
-            (
-                403,
-                "Project key sk-proj-Zx81**********Qa is not allowed".to_owned(),
-            ),
-        ] {
+        for (config, moderation, asked, size) in rows {
             let server = MockServer::start().await;
             sequence(
                 &server,
-                vec![ResponseTemplate::new(status).set_body_json(error_body(&message, None))],
+                vec![ResponseTemplate::new(200).set_body_json(ok_body())],
             )
             .await;
-            let generator = generator(&server, |_| {}).await;
-            let error = run(&generator, job()).await.unwrap_err();
-            assert!(!error.to_string().contains("sk-test"), "{error}");
-            assert!(!error.to_string().contains("Zx81"), "{error}");
-            assert!(!format!("{error:?}").contains("sk-test"));
-            assert!(!format!("{generator:?}").contains("sk-test"));
+            let generator = generator(&server, |s| s.moderation = moderation.into()).await;
+            let generated = run(&generator, config.clone()).await.unwrap();
+            let body = request_body(&server).await;
+            for (field, value) in asked.as_object().unwrap() {
+                assert_eq!(&body[field], value, "{field} for {config}: {body}");
+            }
+            assert_eq!(body.get("response_format"), None, "{config}");
+            let made = crate::storage::check_png(&generated.png).unwrap();
+            assert_eq!(made, size, "{config}");
         }
     }
 
-    #[tokio::test]
-    async fn a_body_larger_than_the_cap_is_refused_without_being_kept() {
-        let server = MockServer::start().await;
-        sequence(
-            &server,
-            vec![ResponseTemplate::new(200).set_body_json(ok_body())],
-        )
-        .await;
-        let small_cap = png_b64().len() / 2;
-        let error = run(
-            &generator(&server, |s| s.max_response_bytes = small_cap).await,
-            job(),
-        )
-        .await
-        .unwrap_err();
-        assert_eq!(error.code(), crate::job::ErrorCode::ImageInvalid);
-        assert!(error.to_string().contains("max_response_bytes"), "{error}");
+    /// How one answer is taken, without a server: retried (after how long), final (as what), or
+    /// an image. `attempt` reads the status, headers and body and hands them to `judge`.
+    #[derive(Debug, PartialEq)]
+    enum Class {
+        Image,
+        Retry(Option<Duration>),
+        ContentPolicy,
+        /// Final and not worth retrying.
+        Permanent,
+        BadImage,
+    }
+
+    fn class(answer: Result<(Bytes, Option<Usage>), AttemptError>) -> (Class, String) {
+        match answer {
+            Ok(_) => (Class::Image, String::new()),
+            Err(AttemptError::Retry {
+                message,
+                retry_after,
+            }) => (Class::Retry(retry_after), message),
+            Err(AttemptError::Final(FinalError::ContentPolicy(message))) => {
+                (Class::ContentPolicy, message)
+            }
+            Err(AttemptError::Final(FinalError::BadImage(message))) => (Class::BadImage, message),
+            Err(AttemptError::Final(FinalError::Failed { message, retryable })) => {
+                assert!(!retryable, "a final failure is never retryable: {message}");
+                (Class::Permanent, message)
+            }
+        }
     }
 
     #[test]
-    fn retry_after_reads_every_form() {
-        let mut headers = HeaderMap::new();
-        headers.insert("retry-after", "2".parse().unwrap());
-        assert_eq!(retry_after(&headers), Some(Duration::from_secs(2)));
-        headers.insert("retry-after-ms", "250".parse().unwrap());
-        assert_eq!(retry_after(&headers), Some(Duration::from_millis(250)));
+    fn each_answer_is_classified_once() {
+        let refused = "Your request was rejected by the safety system.";
+        let json = |value: Value| value.to_string();
+        let whole = json(ok_body());
+        let ms = Duration::from_millis;
+        // (status, headers, body, class, the message contains, the message never contains)
+        type Row<'a> = (
+            u16,
+            Vec<(&'a str, &'a str)>,
+            String,
+            Class,
+            &'a str,
+            &'a str,
+        );
+        let rows: Vec<Row> = vec![
+            (200, vec![], whole.clone(), Class::Image, "", ""),
+            // Worth another attempt: rate limits, conflicts, timeouts, the server's errors…
+            (
+                429,
+                vec![],
+                json(error_body(
+                    "Rate limit reached",
+                    Some("rate_limit_exceeded"),
+                )),
+                Class::Retry(None),
+                "429",
+                "",
+            ),
+            (408, vec![], String::new(), Class::Retry(None), "408", ""),
+            (409, vec![], String::new(), Class::Retry(None), "409", ""),
+            (
+                500,
+                vec![],
+                json(error_body("server error", None)),
+                Class::Retry(None),
+                "server error",
+                "",
+            ),
+            (
+                503,
+                vec![],
+                String::new(),
+                Class::Retry(None),
+                "no message",
+                "",
+            ),
+            // …after the pause the answer asks for, in either form (OpenAI's own first).
+            (
+                429,
+                vec![("retry-after", "2")],
+                String::new(),
+                Class::Retry(Some(ms(2000))),
+                "",
+                "",
+            ),
+            (
+                503,
+                vec![("retry-after", "0.5")],
+                String::new(),
+                Class::Retry(Some(ms(500))),
+                "",
+                "",
+            ),
+            (
+                429,
+                vec![("retry-after-ms", "250"), ("retry-after", "2")],
+                String::new(),
+                Class::Retry(Some(ms(250))),
+                "",
+                "",
+            ),
+            (
+                429,
+                vec![("retry-after", "soon")],
+                String::new(),
+                Class::Retry(None),
+                "",
+                "",
+            ),
+            // …and a body cut off in transit: the image never arrived.
+            (
+                200,
+                vec![],
+                whole[..whole.len() / 2].to_owned(),
+                Class::Retry(None),
+                "cut off",
+                "",
+            ),
+            // Final: refusals by the safety system…
+            (
+                400,
+                vec![],
+                json(error_body(refused, Some("content_policy_violation"))),
+                Class::ContentPolicy,
+                "safety",
+                "",
+            ),
+            (
+                400,
+                vec![],
+                json(error_body(refused, Some("moderation_blocked"))),
+                Class::ContentPolicy,
+                "safety",
+                "",
+            ),
+            (
+                400,
+                vec![],
+                json(json!({"error": {"message": refused, "type": "image_generation_user_error"}})),
+                Class::ContentPolicy,
+                "safety",
+                "",
+            ),
+            // …what waiting will not fix…
+            (
+                429,
+                vec![("retry-after", "2")],
+                json(error_body("quota", Some("insufficient_quota"))),
+                Class::Permanent,
+                "quota",
+                "",
+            ),
+            (
+                429,
+                vec![],
+                json(error_body("billing", Some("billing_hard_limit_reached"))),
+                Class::Permanent,
+                "billing",
+                "",
+            ),
+            (
+                400,
+                vec![],
+                json(error_body(
+                    "Unknown parameter: 'response_format'.",
+                    Some("unknown_parameter"),
+                )),
+                Class::Permanent,
+                "response_format",
+                "",
+            ),
+            (
+                404,
+                vec![],
+                json(error_body(
+                    "The model does not exist",
+                    Some("model_not_found"),
+                )),
+                Class::Permanent,
+                "gpt-image-2.6-flare (404 model_not_found)",
+                "",
+            ),
+            (
+                404,
+                vec![],
+                json(error_body("nope", None)),
+                Class::Permanent,
+                "404: nope",
+                "",
+            ),
+            // …never echoing the key: OpenAI's 401 message is replaced, key shapes are masked.
+            (
+                401,
+                vec![],
+                json(error_body(
+                    &format!("Incorrect API key provided: {KEY}"),
+                    None,
+                )),
+                Class::Permanent,
+                "rejected the API key",
+                "sk-test",
+            ),
+            (
+                403,
+                vec![],
+                json(error_body(
+                    "Project key sk-proj-Zx81**********Qa is not allowed",
+                    None,
+                )),
+                Class::Permanent,
+                "403",
+                "Zx81",
+            ),
+            (
+                400,
+                vec![],
+                json(error_body(&format!("bad {KEY}"), None)),
+                Class::Permanent,
+                "400",
+                "abcdef123456",
+            ),
+            // An answer that is not an image.
+            (
+                200,
+                vec![],
+                json(json!({"data": []})),
+                Class::BadImage,
+                "no b64_json",
+                "",
+            ),
+            (
+                200,
+                vec![],
+                json(json!({"data": [{"b64_json": "@@not base64@@"}]})),
+                Class::BadImage,
+                "base64",
+                "",
+            ),
+            (
+                200,
+                vec![],
+                "<html>".to_owned(),
+                Class::BadImage,
+                "unreadable",
+                "",
+            ),
+        ];
+        for (status, headers, body, want, says, never) in rows {
+            let mut map = HeaderMap::new();
+            for (name, value) in &headers {
+                let name = reqwest::header::HeaderName::from_bytes(name.as_bytes()).unwrap();
+                map.insert(name, value.parse().unwrap());
+            }
+            let status = StatusCode::from_u16(status).unwrap();
+            let answer = judge(
+                status,
+                retry_after(&map),
+                body.as_bytes(),
+                KEY,
+                "gpt-image-2.6-flare",
+            );
+            let (got, message) = class(answer);
+            let row = format!("{status} {headers:?} {body:.80}");
+            assert_eq!(got, want, "{row}");
+            assert!(message.contains(says), "{row}: {message}");
+            assert!(
+                never.is_empty() || !message.contains(never),
+                "{row}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_reads_an_http_date() {
         let mut dated = HeaderMap::new();
         let at = chrono::Utc::now() + chrono::Duration::seconds(30);
         dated.insert("retry-after", at.to_rfc2822().parse().unwrap());
@@ -896,5 +913,117 @@ mod tests {
             wait > Duration::from_secs(25) && wait <= Duration::from_secs(30),
             "{wait:?}"
         );
+    }
+
+    /// A sequence of answers → how the retry loop ends, within `max_attempts` and the budget.
+    /// (A slow OpenAI's timeout, and a body larger than the cap, are tested end to end in
+    /// tests/it: failures.rs and openai_faults.rs.)
+    #[tokio::test]
+    async fn the_retry_loop_ends_as_attempts_and_budget_say() {
+        let whole = serde_json::to_string(&ok_body()).unwrap();
+        let ok = || ResponseTemplate::new(200).set_body_json(ok_body());
+        struct Row {
+            what: &'static str,
+            replies: Vec<ResponseTemplate>,
+            max_attempts: u32,
+            total_timeout_secs: u64,
+            /// `Ok(attempts)` or `Err(attempts)` (a retryable generation_failed).
+            ends: Result<u32, u32>,
+            calls: u32,
+            at_least: Duration,
+        }
+        let rows = vec![
+            Row {
+                what: "429, 5xx and a cut-off body, then an image",
+                replies: vec![
+                    ResponseTemplate::new(429).set_body_json(error_body(
+                        "Rate limit reached",
+                        Some("rate_limit_exceeded"),
+                    )),
+                    ResponseTemplate::new(503),
+                    ResponseTemplate::new(500).set_body_json(error_body("server error", None)),
+                    ResponseTemplate::new(200).set_body_string(&whole[..whole.len() / 2]),
+                    ok(),
+                ],
+                max_attempts: 5,
+                total_timeout_secs: 60,
+                ends: Ok(5),
+                calls: 5,
+                at_least: Duration::ZERO,
+            },
+            Row {
+                what: "502 until the attempts are spent",
+                replies: vec![ResponseTemplate::new(502)],
+                max_attempts: 3,
+                total_timeout_secs: 60,
+                ends: Err(3),
+                calls: 3,
+                at_least: Duration::ZERO,
+            },
+            Row {
+                // Above the backoff's 50 ms: the pause is the header's.
+                what: "retry-after-ms is waited out",
+                replies: vec![
+                    ResponseTemplate::new(429).insert_header("retry-after-ms", "300"),
+                    ok(),
+                ],
+                max_attempts: 3,
+                total_timeout_secs: 60,
+                ends: Ok(2),
+                calls: 2,
+                at_least: Duration::from_millis(300),
+            },
+            Row {
+                what: "a retry-after beyond the budget ends it at once",
+                replies: vec![ResponseTemplate::new(429).insert_header("retry-after", "3600")],
+                max_attempts: 3,
+                total_timeout_secs: 5,
+                ends: Err(1),
+                calls: 1,
+                at_least: Duration::ZERO,
+            },
+        ];
+        for row in rows {
+            let server = MockServer::start().await;
+            let calls = sequence(&server, row.replies).await;
+            let generator = generator(&server, |s| {
+                s.max_attempts = row.max_attempts;
+                s.total_timeout_secs = row.total_timeout_secs;
+            })
+            .await;
+            let started = std::time::Instant::now();
+            let outcome = run(&generator, job()).await;
+            let took = started.elapsed();
+            match (outcome, row.ends) {
+                (Ok(generated), Ok(attempts)) => {
+                    assert_eq!(generated.attempts, attempts, "{}", row.what);
+                }
+                (Err(error), Err(attempts)) => {
+                    assert_eq!(error.code(), crate::job::ErrorCode::GenerationFailed);
+                    assert!(error.retryable(), "{}: {error}", row.what);
+                    assert_eq!(error.attempts(), attempts, "{}", row.what);
+                }
+                (outcome, _) => panic!("{}: {:?}", row.what, outcome.map(|g| g.attempts)),
+            }
+            assert_eq!(calls.load(Ordering::SeqCst), row.calls, "{}", row.what);
+            assert!(took >= row.at_least, "{}: took {took:?}", row.what);
+        }
+    }
+
+    #[tokio::test]
+    async fn connection_errors_are_retried_and_reported() {
+        // A port nothing listens on.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let generator = settings_for(&format!("http://127.0.0.1:{port}"), |s| {
+            s.backoff_min_ms = 1;
+            s.backoff_max_ms = 5;
+            s.max_attempts = 2;
+        });
+        let error = run(&generator, job()).await.unwrap_err();
+        assert_eq!(error.attempts(), 2);
+        assert!(error.retryable());
+        assert!(error.to_string().contains("connect"), "{error}");
     }
 }

@@ -11,10 +11,10 @@ use image::imageops::FilterType;
 /// Why an image could not be scaled.
 #[derive(Debug, thiserror::Error)]
 #[error("scaling the image failed: {0}")]
-pub struct ResizeError(#[from] image::ImageError);
+pub(crate) struct ResizeError(#[from] image::ImageError);
 
 /// Decodes `png`, scales it to exactly `width`×`height` and encodes it as PNG again.
-pub fn png_to(png: &[u8], width: u32, height: u32) -> Result<Bytes, ResizeError> {
+pub(crate) fn png_to(png: &[u8], width: u32, height: u32) -> Result<Bytes, ResizeError> {
     let decoded = image::load_from_memory_with_format(png, ImageFormat::Png)?;
     let scaled = decoded.resize_exact(width, height, FilterType::Lanczos3);
     let mut out = Cursor::new(Vec::new());

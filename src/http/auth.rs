@@ -17,7 +17,7 @@ use subtle::ConstantTimeEq;
 
 /// Why a write was refused; answers as JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// No admin token is configured: writes are off (403).
     Disabled,
     /// No bearer token in the request (401).
@@ -41,7 +41,7 @@ impl IntoResponse for Refusal {
 }
 
 /// `Ok` if `headers` carry the admin token.
-pub fn authorize(headers: &HeaderMap, token: Option<&SecretString>) -> Result<(), Refusal> {
+pub(crate) fn authorize(headers: &HeaderMap, token: Option<&SecretString>) -> Result<(), Refusal> {
     let Some(token) = token
         .map(|t| t.expose_secret().trim())
         .filter(|t| !t.is_empty())

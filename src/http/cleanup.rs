@@ -13,7 +13,7 @@ use serde_json::json;
 use super::{ApiState, auth};
 use crate::maintenance::Ran;
 
-pub fn router() -> Router<ApiState> {
+pub(crate) fn router() -> Router<ApiState> {
     Router::new().route("/api/cache/cleanup", post(cleanup))
 }
 

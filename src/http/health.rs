@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::ApiState;
 
-pub fn router() -> Router<ApiState> {
+pub(crate) fn router() -> Router<ApiState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -30,7 +30,7 @@ const CHUNK_BYTES: usize = 16 * 1024;
 const REMOTE_READS: usize = 8;
 static REMOTE_SLOTS: Semaphore = Semaphore::const_new(REMOTE_READS);
 
-pub fn router() -> Router<ApiState> {
+pub(crate) fn router() -> Router<ApiState> {
     Router::new().route("/images/{year}/{month}/{file}", get(image))
 }
 

@@ -8,7 +8,7 @@ use axum::routing::get;
 use super::ApiState;
 use crate::telemetry;
 
-pub fn router() -> Router<ApiState> {
+pub(crate) fn router() -> Router<ApiState> {
     Router::new().route("/metrics", get(metrics))
 }
 

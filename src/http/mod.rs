@@ -1,14 +1,17 @@
-//! The admin HTTP API (CONTRACT.md §8), on axum: one `router()` per file, merged here, served by
+//! The admin HTTP API (CONTRACT.md §8) and the dashboard at `/`, on axum: one `router()` per file, merged here, served by
 //! `server` (hyper, with a header-read timeout and a connection cap). Every route but the cleanup
 //! answers within `http.request_timeout_secs` or gets a 408.
 
+mod analytics;
 mod auth;
 mod cleanup;
+mod dashboard;
 mod health;
 mod images;
 mod metrics;
 mod server;
 mod stats;
+mod svg;
 
 use std::sync::Arc;
 
@@ -48,6 +51,8 @@ pub fn router(state: ApiState) -> Router {
         .merge(images::router())
         .merge(stats::router())
         .merge(metrics::router())
+        .merge(analytics::router())
+        .merge(dashboard::router())
         .layer(timeout);
     Router::new()
         .merge(timed)

@@ -35,12 +35,12 @@ use tokio_util::sync::CancellationToken;
 use crate::config::HttpSettings;
 
 /// How long open connections may take to finish once the server is told to stop.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// The pause after a failed accept (out of file descriptors, typically), so the loop does not spin.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// Serves `app` on `listener` under `limits` until `shutdown` is cancelled.
-pub async fn run(
+pub(crate) async fn run(
     listener: TcpListener,
     app: Router,
     limits: &HttpSettings,

@@ -11,7 +11,7 @@ use serde_json::json;
 use super::ApiState;
 use crate::stats;
 
-pub fn router() -> Router<ApiState> {
+pub(crate) fn router() -> Router<ApiState> {
     Router::new().route("/api/cache/stats", get(cache_stats))
 }
 

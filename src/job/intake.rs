@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::lenient;
 use super::{AvatarConfig, ModelRules, Plan};
+use crate::config::{Allowance, CreditSettings};
 
 /// Largest message body accepted as a job.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -62,6 +63,16 @@ impl Tier {
 
     pub fn from_name(name: &str) -> Option<Tier> {
         Tier::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+
+    /// The tier's monthly allowance under `credits`; a tier missing from configuration gets
+    /// nothing.
+    pub fn allowance(self, credits: &CreditSettings) -> Allowance {
+        credits
+            .allowances
+            .get(self.as_str())
+            .copied()
+            .unwrap_or(Allowance::Limited(0))
     }
 }
 
@@ -250,6 +261,31 @@ mod tests {
 
     fn read(body: Value) -> Result<Intake, Rejection> {
         intake(body.to_string().as_bytes(), None, &ModelRules::default())
+    }
+
+    #[test]
+    fn each_tier_gets_its_configured_allowance_and_a_missing_one_gets_nothing() {
+        use crate::config::{Settings, UnlimitedWord};
+        let mut credits = Settings::defaults().unwrap().credits;
+        assert_eq!(Tier::Free.allowance(&credits), Allowance::Limited(2));
+        assert_eq!(
+            Tier::MonthlyBasic.allowance(&credits),
+            Allowance::Limited(100)
+        );
+        assert_eq!(
+            Tier::MonthlyStandard.allowance(&credits),
+            Allowance::Limited(300)
+        );
+        assert_eq!(
+            Tier::MonthlyPro.allowance(&credits),
+            Allowance::Limited(1000)
+        );
+        assert_eq!(
+            Tier::Lifetime.allowance(&credits),
+            Allowance::Unlimited(UnlimitedWord::Unlimited)
+        );
+        credits.allowances.remove("monthly_pro");
+        assert_eq!(Tier::MonthlyPro.allowance(&credits), Allowance::Limited(0));
     }
 
     #[test]

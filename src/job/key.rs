@@ -9,29 +9,13 @@
 
 use std::fmt;
 
-use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::AvatarConfig;
 
-/// Which generator an entry comes from. Placeholder images get keys of their own, so they never
-/// answer a run with the real generator (CONTRACT.md §10).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum GeneratorKind {
-    OpenAi,
-    Placeholder,
-}
-
-impl GeneratorKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GeneratorKind::OpenAi => "openai",
-            GeneratorKind::Placeholder => "placeholder",
-        }
-    }
-}
+/// Which generator an entry comes from (a setting, `generator.kind`).
+pub use crate::config::GeneratorKind;
 
 /// A cache key: 64 lowercase hex digits. Only [`CacheKey::of`] makes one from a configuration, and
 /// [`CacheKey::parse`] accepts only that shape, so a key is always safe in a storage path.

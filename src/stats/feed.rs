@@ -217,7 +217,8 @@ mod tests {
         assert!(receiver.try_recv().is_err(), "the rest were dropped");
     }
 
-    #[tokio::test]
+    /// On paused time: the grace period passes without being waited for in real time.
+    #[tokio::test(start_paused = true)]
     async fn a_missing_broker_never_holds_up_shutdown_for_long() {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()

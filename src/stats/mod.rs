@@ -10,8 +10,10 @@
 //! - [`read`] turns the stored counters into [`Stats`], the body of `GET /api/cache/stats` and of
 //!   `stats.snapshot`, without scanning the cache table.
 
+pub mod analytics;
 pub mod feed;
 pub mod observer;
+pub mod report;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -26,13 +28,16 @@ pub use feed::Feed;
 pub use observer::Observer;
 
 use crate::db::DbError;
+use crate::db::analytics::Batch as AnalyticsBatch;
 use crate::db::stats::{self as store, Counts, Raw};
 use crate::telemetry;
 
-/// Job events not yet written to Postgres, per UTC hour.
+/// Job events not yet written to Postgres: the statistics' counts per UTC hour, and the
+/// analytics rollups' batch.
 #[derive(Debug, Default)]
 pub struct Tally {
     pending: Mutex<BTreeMap<DateTime<Utc>, Counts>>,
+    analytics: Mutex<AnalyticsBatch>,
 }
 
 /// The hour bucket of a moment.
@@ -47,22 +52,50 @@ impl Tally {
         pending.entry(hour_of(at)).or_default().add(counts);
     }
 
-    /// Writes what was counted so far. On failure the counts go back, to be written next time.
+    /// Adds one answered job to the analytics batch (see [`analytics::add_job`]).
+    pub fn add_job(
+        &self,
+        result: &crate::job::JobResult,
+        config: Option<&crate::job::AvatarConfig>,
+        lag: Option<Duration>,
+    ) {
+        let mut batch = self
+            .analytics
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        analytics::add_job(&mut batch, result, config, lag);
+    }
+
+    /// Writes what was counted so far, statistics and analytics in one transaction. On failure
+    /// the counts go back, to be written next time.
     pub async fn flush(&self, pool: &PgPool) -> Result<(), DbError> {
         let taken =
             std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        let batch = std::mem::take(
+            &mut *self
+                .analytics
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         let buckets: Vec<(DateTime<Utc>, Counts)> =
             taken.into_iter().filter(|(_, c)| !c.is_empty()).collect();
-        if buckets.is_empty() {
+        if buckets.is_empty() && batch.is_empty() {
             return Ok(());
         }
-        match store::add(pool, &buckets).await {
+        match store::add(pool, &buckets, &batch).await {
             Ok(()) => Ok(()),
             Err(error) => {
                 let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
                 for (hour, counts) in &buckets {
                     pending.entry(*hour).or_default().add(counts);
                 }
+                drop(pending);
+                let mut kept = self
+                    .analytics
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let newer = std::mem::replace(&mut *kept, batch);
+                kept.merge(newer);
                 Err(error)
             }
         }

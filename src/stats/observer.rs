@@ -23,7 +23,7 @@ use super::Tally;
 use super::feed::{self, Feed};
 use crate::db::stats::Counts;
 use crate::job::Outcome;
-use crate::job::{ErrorCode, JobId, JobResult, Status};
+use crate::job::{AvatarConfig, ErrorCode, JobId, JobResult, Status};
 use crate::telemetry;
 use crate::telemetry::trace::Incoming;
 
@@ -80,28 +80,35 @@ impl Observer {
         &self.feed
     }
 
-    /// Records a delivery's outcome. `received` is when the delivery arrived; `took` how long it
-    /// took; `enqueued_at` the AMQP timestamp (seconds) its publisher set, if any; `trace` the
+    /// Records a delivery's outcome. `body` is the delivery's (its configuration is read again
+    /// for the analytics' breakdowns); `received` is when the delivery arrived; `took` how long
+    /// it took; `enqueued_at` the AMQP timestamp (seconds) its publisher set, if any; `trace` the
     /// job's trace context, which its `job.completed` message carries on.
     pub fn settled(
         &self,
         outcome: &Outcome,
+        body: &[u8],
         received: DateTime<Utc>,
         took: Duration,
         enqueued_at: Option<u64>,
         trace: &Incoming,
     ) {
-        if let Some(lag) = enqueued_at
+        let lag = enqueued_at
             .and_then(|at| i64::try_from(at).ok())
-            .and_then(|at| (received.timestamp() - at).try_into().ok())
-        {
-            telemetry::record_queue_lag(Duration::from_secs(lag));
+            .and_then(|at| u64::try_from(received.timestamp() - at).ok())
+            .map(Duration::from_secs);
+        if let Some(lag) = lag {
+            telemetry::record_queue_lag(lag);
         }
         match outcome {
             Outcome::Replay(result) => {
                 telemetry::count_job("replayed", None, result.cached, took);
             }
-            Outcome::Answer(result) => self.fresh(result, took, trace),
+            Outcome::Answer(result) => {
+                self.fresh(result, took, trace);
+                self.tally
+                    .add_job(result, config_of(result, body).as_ref(), lag);
+            }
             Outcome::Reject { answer, .. } => {
                 telemetry::count_job(
                     "rejected",
@@ -168,5 +175,52 @@ impl Observer {
             &JobCompleted::of(result),
             trace.outgoing(),
         );
+    }
+}
+
+/// The job's configuration, read again from its body (a few microseconds; intake has checked it
+/// already), for a job that reached the cache.
+fn config_of(result: &JobResult, body: &[u8]) -> Option<AvatarConfig> {
+    if result.error_code() == Some(ErrorCode::InvalidJob) {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    AvatarConfig::parse(value.get("config").unwrap_or(&serde_json::Value::Null)).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the analytics add to each settled job, on this thread: reading the configuration
+    /// again and counting it in the batch. Not a pass/fail test; run it to measure
+    /// (`cargo nextest run --run-ignored only -E 'test(analytics_hook_cost)' --no-capture`).
+    #[test]
+    #[ignore = "a measurement, see BENCHMARKS.md"]
+    fn analytics_hook_cost() {
+        let tally = Tally::default();
+        let body = br#"{"job_id":"6f1c1d7e-4a55-4c4b-9a55-6b1d0b9f1a11","user_id":"u-1","tier":"free",
+            "config":{"model":"gpt-image-1","size":"1024x1024","familyType":"mother","gesture":"wave",
+            "hair":"long","skinTone":"medium","accessories":["glasses","hat"],"colorTheme":"pastel-blue"}}"#;
+        let mut result = JobResult::failure(
+            JobId(uuid::Uuid::nil()),
+            "u-1",
+            None,
+            crate::job::JobError::new(ErrorCode::Internal, "x", true),
+        );
+        result.status = Status::Succeeded;
+        result.error = None;
+        result.cached = true;
+        result.prompt_hash = Some("ab".repeat(32));
+        result.storage_path = Some(format!("2026/11/{}.png", "ab".repeat(32)));
+        let n = 100_000;
+        let started = std::time::Instant::now();
+        for i in 0..n {
+            result.user_id = format!("u-{}", i % 1000);
+            let config = config_of(&result, body);
+            tally.add_job(&result, config.as_ref(), Some(Duration::from_secs(1)));
+        }
+        let per_job = started.elapsed() / n;
+        println!("analytics hook: {per_job:?} per job ({n} jobs)");
     }
 }

@@ -9,7 +9,7 @@
 //! - `supabase` uses Supabase Storage's REST API, as the JavaScript system did.
 //!
 //! Whatever the backend, an upload has returned before the cache row naming it is written
-//! (`worker::handle`), and [`check::run`] proves a configuration end to end.
+//! (`worker::lead`), and [`check::run`] proves a configuration end to end.
 
 pub mod check;
 mod local;

@@ -8,7 +8,7 @@
 //!   ask instance-metadata endpoints on the network when keys are missing, and a missing key should
 //!   stop the process at start with a clear message, not after the first miss;
 //! - `object_store` retries a request at most twice, quickly: the worker retries a failed upload
-//!   itself (`worker::handle`), so an outage fails a job in seconds, not minutes.
+//!   itself (`worker::lead`), so an outage fails a job in seconds, not minutes.
 
 use std::fmt;
 use std::sync::Arc;

@@ -59,10 +59,10 @@ impl Patience {
 }
 
 /// A pooled connection, held across the hit path's statements (each acquire costs a round trip).
-pub type Conn = PoolConnection<Postgres>;
+pub(crate) type Conn = PoolConnection<Postgres>;
 
 /// What a delivery may do with its job.
-pub enum Ownership {
+pub(crate) enum Ownership {
     /// This delivery owns the job; `resumed` when an earlier delivery worked on it and did not
     /// finish. `conn`, the connection the claim was made on, comes back for the hit path unless
     /// the claim had to wait, which it never does holding a connection.
@@ -76,7 +76,7 @@ pub enum Ownership {
 /// Registers this delivery of `job` and makes it the job's owner, waiting while another delivery
 /// of the same job is at work.
 #[tracing::instrument(name = "claim job", level = "debug", skip_all)]
-pub async fn own_job(
+pub(crate) async fn own_job(
     ctx: &Context,
     job: &Job,
     key: &CacheKey,
@@ -130,7 +130,7 @@ fn ownership(seen: Seen, conn: Option<Conn>) -> Result<Ownership, StepError> {
 }
 
 /// What a missing job gets to do.
-pub enum Claim {
+pub(crate) enum Claim {
     /// This job generates the key.
     Leader,
     /// Another job generated it meanwhile.
@@ -140,7 +140,7 @@ pub enum Claim {
 /// Claims the key's lease or waits until its entry exists. `fresh_since`, for `force_refresh`
 /// jobs, accepts only an entry recorded after that time.
 #[tracing::instrument(name = "single flight", level = "debug", skip_all)]
-pub async fn lead_or_wait(
+pub(crate) async fn lead_or_wait(
     ctx: &Context,
     job: &Job,
     key: &CacheKey,
@@ -187,12 +187,18 @@ async fn serve_hit(
 
 /// Renews a delivery's claims on its job and key until dropped. The first renewal is at once: it
 /// extends the job's short first claim to the full lease.
-pub struct Heartbeat {
+pub(crate) struct Heartbeat {
     _task: AbortOnDropHandle<()>,
 }
 
 impl Heartbeat {
-    pub fn start(pool: PgPool, job: &Job, key: &CacheKey, owner: Uuid, ttl: Duration) -> Heartbeat {
+    pub(crate) fn start(
+        pool: PgPool,
+        job: &Job,
+        key: &CacheKey,
+        owner: Uuid,
+        ttl: Duration,
+    ) -> Heartbeat {
         let (id, key) = (job.id, key.clone());
         let task = tokio::spawn(async move {
             let mut every = tokio::time::interval(ttl / 3);

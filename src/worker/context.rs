@@ -62,6 +62,6 @@ pub(crate) fn remaining_after(settings: &Settings, tier: Tier, used: i64) -> Opt
     let credits = &settings.credits;
     credits
         .enabled
-        .then(|| credits::remaining(credits.allowance(tier), used))
+        .then(|| credits::remaining(tier.allowance(credits), used))
         .flatten()
 }

@@ -43,7 +43,7 @@ pub(super) async fn run(
             job: job.id,
             user_id: &job.user_id,
             tier: job.tier,
-            allowance: credits.allowance(job.tier),
+            allowance: job.tier.allowance(credits),
             period: credits::current_period(),
         };
         match credits::charge(&ctx.db, account).await? {

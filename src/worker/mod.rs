@@ -223,8 +223,14 @@ async fn process(
                 job: recipient(&delivery.data, message_id.as_deref(), &ctx.models),
             });
         let enqueued_at = *delivery.properties.timestamp();
-        ctx.observer
-            .settled(&outcome, received, started.elapsed(), enqueued_at, &trace);
+        ctx.observer.settled(
+            &outcome,
+            &delivery.data,
+            received,
+            started.elapsed(),
+            enqueued_at,
+            &trace,
+        );
         settle::settle(&broker, &delivery, outcome, &trace, &shutdown).await;
     }
     .instrument(span)

@@ -7,7 +7,7 @@ use crate::job::ErrorCode;
 
 /// Worth another delivery, or never.
 #[derive(Debug, thiserror::Error)]
-pub enum StepError {
+pub(crate) enum StepError {
     /// Cannot finish now but may later: the delivery goes back to the queue, after `after` if
     /// the cause knows how long (else a pause growing with the deliveries).
     #[error("{cause}")]
@@ -27,7 +27,7 @@ pub enum StepError {
 }
 
 impl StepError {
-    pub fn retry(cause: impl Into<String>) -> StepError {
+    pub(crate) fn retry(cause: impl Into<String>) -> StepError {
         StepError::Retry {
             cause: cause.into(),
             after: None,

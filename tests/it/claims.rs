@@ -19,18 +19,13 @@ fn id_of(job: &Value) -> uuid::Uuid {
 /// published: the job has one result, the one recorded first.
 #[tokio::test]
 async fn a_delivery_that_lost_its_claim_does_not_publish_a_result_of_its_own() {
-    let mut env = TestEnv::start_with(
-        vec![openai_ok().set_delay(Duration::from_millis(1500))],
-        |s| s.credits.enabled = false,
-    )
-    .await;
+    let mut env =
+        TestEnv::start_with(vec![openai_ok().held()], |s| s.credits.enabled = false).await;
     let job = env.job("u", json!({"hair": "contested"}));
     let id = id_of(&job);
     env.publish(&job).await;
-    eventually("the generation to start", || async {
-        (env.openai.calls() == 1).then_some(())
-    })
-    .await;
+    // The generation is held in flight while the job is taken over.
+    env.openai.gate().wait_for(1).await;
     let elsewhere = JobResult::failure(
         JobId(id),
         "u",
@@ -52,6 +47,7 @@ async fn a_delivery_that_lost_its_claim_does_not_publish_a_result_of_its_own() {
     .await
     .unwrap();
     assert_eq!(taken.rows_affected(), 1, "taken over mid-generation");
+    env.openai.gate().open();
 
     let published = env.result_of(&id.to_string()).await;
     assert_eq!(
@@ -74,23 +70,16 @@ async fn a_delivery_that_lost_its_claim_does_not_publish_a_result_of_its_own() {
 /// time, and the slow job still ends in one result, generated once.
 #[tokio::test]
 async fn after_a_broker_drop_hits_are_answered_at_once_while_a_slow_generation_finishes() {
-    let mut env = TestEnv::start_with(
-        vec![
-            openai_ok(),
-            openai_ok().set_delay(Duration::from_secs(8)),
-            openai_ok(),
-        ],
-        |s| s.worker.shutdown_grace_secs = 30,
-    )
+    let mut env = TestEnv::start_with(vec![openai_ok(), openai_ok().held(), openai_ok()], |s| {
+        s.worker.shutdown_grace_secs = 30
+    })
     .await;
     let primed = env.run(&env.job("u", json!({"hair": "cached"}))).await;
     assert_eq!(primed["status"], "succeeded");
     let slow = env.job("u", json!({"hair": "slow"}));
     env.publish(&slow).await;
-    eventually("the slow generation to start", || async {
-        (env.openai.calls() == 2).then_some(())
-    })
-    .await;
+    // The slow generation is held in flight until the hit has been answered.
+    env.openai.gate().wait_for(1).await;
     assert!(env.close_worker_connections().await >= 1);
 
     let started = Instant::now();
@@ -99,6 +88,7 @@ async fn after_a_broker_drop_hits_are_answered_at_once_while_a_slow_generation_f
     eprintln!("hit answered {took:?} after the broker drop");
     assert_eq!(hit["cached"], true, "{hit}");
     assert!(took < Duration::from_secs(3), "the hit waited {took:?}");
+    env.openai.gate().open();
 
     let result = env.result_of(slow["job_id"].as_str().unwrap()).await;
     assert_eq!(result["status"], "succeeded", "{result}");

@@ -7,7 +7,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestEnv, count, openai_ok};
+use crate::helpers::{TestEnv, count, eventually, openai_ok};
 
 const USERS: usize = 10;
 
@@ -60,11 +60,10 @@ async fn assert_consistent(env: &TestEnv, results: &HashMap<String, Vec<Value>>)
 
 #[tokio::test]
 async fn forty_identical_jobs_on_three_processes_call_openai_once_and_charge_once() {
-    let mut env =
-        TestEnv::without_worker(vec![openai_ok().set_delay(Duration::from_secs(1))], |s| {
-            s.amqp.prefetch = 5;
-        })
-        .await;
+    let mut env = TestEnv::without_worker(vec![openai_ok().held()], |s| {
+        s.amqp.prefetch = 5;
+    })
+    .await;
     let workers = [
         env.spawn_worker().await,
         env.spawn_worker().await,
@@ -76,6 +75,16 @@ async fn forty_identical_jobs_on_three_processes_call_openai_once_and_charge_onc
     for job in &jobs {
         env.publish(job).await;
     }
+    // The one generation is held mid-flight until every process has filled its prefetch with
+    // jobs waiting for it (3 × 5 in hand, 25 still queued): none of them calls OpenAI.
+    env.openai.gate().wait_for(1).await;
+    let queue = env.settings.amqp.job_queue.clone();
+    eventually("every process holding five jobs", || async {
+        (env.messages_in(&queue).await == 25).then_some(())
+    })
+    .await;
+    assert_eq!(env.openai.calls(), 1, "the waiting jobs call no one");
+    env.openai.gate().open();
     let results = env
         .results_for_all(&ids(&jobs), Duration::from_secs(60))
         .await;
@@ -104,10 +113,18 @@ async fn forty_identical_jobs_on_three_processes_call_openai_once_and_charge_onc
 
 #[tokio::test]
 async fn the_same_job_published_twice_at_once_is_generated_and_charged_once() {
-    let mut env = TestEnv::start(vec![openai_ok().set_delay(Duration::from_millis(800))]).await;
+    let mut env = TestEnv::start(vec![openai_ok().held()]).await;
     let job = env.job("u", json!({"hair": "curly"}));
     env.publish(&job).await;
     env.publish(&job).await;
+    // The first copy's generation is held until the second copy is in the worker's hands too.
+    env.openai.gate().wait_for(1).await;
+    let queue = env.settings.amqp.job_queue.clone();
+    eventually("both copies delivered", || async {
+        (env.messages_in(&queue).await == 0).then_some(())
+    })
+    .await;
+    env.openai.gate().open();
     let mut copies = Vec::new();
     while copies.len() < 2 {
         let delivery = env.next_delivery().await;
@@ -265,12 +282,11 @@ async fn broker_connection_loss_and_database_session_kills_mid_run_lose_nothing(
 
 #[tokio::test]
 async fn sigterm_with_slow_generations_in_flight_finishes_them_and_exits_within_the_grace_period() {
-    let mut env =
-        TestEnv::without_worker(vec![openai_ok().set_delay(Duration::from_secs(2))], |s| {
-            s.openai.max_concurrency = 4;
-            s.worker.shutdown_grace_secs = 10;
-        })
-        .await;
+    let mut env = TestEnv::without_worker(vec![openai_ok().held()], |s| {
+        s.openai.max_concurrency = 4;
+        s.worker.shutdown_grace_secs = 10;
+    })
+    .await;
     let worker = env.spawn_worker().await;
     let jobs: Vec<Value> = (0..8)
         .map(|i| env.job("u", json!({"hair": format!("slow-{i}")})))
@@ -278,15 +294,22 @@ async fn sigterm_with_slow_generations_in_flight_finishes_them_and_exits_within_
     for job in &jobs {
         env.publish(job).await;
     }
-    // Wait until four generations are in flight.
-    for _ in 0..100 {
-        if env.openai.calls() >= 4 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Four generations in flight, held there; four jobs waiting for a turn.
+    env.openai.gate().wait_for(4).await;
     assert_eq!(env.openai.calls(), 4);
-    let (status, took) = worker.terminate(Duration::from_secs(20)).await;
+    let terminated = tokio::spawn(worker.terminate(Duration::from_secs(20)));
+    // The four waiting go back to the queue at once, while the four in flight are still held.
+    let queue = env.settings.amqp.job_queue.clone();
+    eventually("the waiting jobs handed back", || async {
+        (env.messages_in(&queue).await == 4).then_some(())
+    })
+    .await;
+    assert!(
+        !terminated.is_finished(),
+        "it waits for the generations in flight"
+    );
+    env.openai.gate().open();
+    let (status, took) = terminated.await.unwrap();
     assert!(status.success(), "exit status {status:?}");
     assert!(took < Duration::from_secs(10), "took {took:?}");
     // The four in flight finished before the exit; the four waiting for a turn went back.

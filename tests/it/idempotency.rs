@@ -10,13 +10,20 @@ use crate::helpers::{TestEnv, count, eventually, openai_error, openai_ok};
 
 #[tokio::test]
 async fn a_duplicate_delivery_is_answered_again_but_counted_once() {
-    let mut env = TestEnv::start(vec![openai_ok().set_delay(Duration::from_millis(1500))]).await;
+    let mut env = TestEnv::start(vec![openai_ok().held()]).await;
     let job = env.job("u", json!({"hair": "duplicate"}));
     let id = job["job_id"].as_str().unwrap().to_owned();
     env.publish(&job).await;
-    // The twin arrives while the first is still generating: it waits for its result.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The twin arrives while the first is still generating (held there): it waits for its result.
+    env.openai.gate().wait_for(1).await;
     env.publish(&job).await;
+    let queue = env.settings.amqp.job_queue.clone();
+    eventually("the twin delivered", || async {
+        (env.messages_in(&queue).await == 0).then_some(())
+    })
+    .await;
+    // One answer let through: a second generation would never get one.
+    env.openai.gate().release(1);
     let first = env.result_of(&id).await;
     let second = env.result_of(&id).await;
     assert_eq!(first, second, "the twin gets the same result");

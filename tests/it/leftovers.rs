@@ -117,3 +117,28 @@ async fn a_test_that_fails_half_way_still_removes_what_it_created() {
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     assert_eq!(what_is_left(&settings).await, (vec![], false));
 }
+
+#[tokio::test]
+async fn a_database_derived_from_the_tests_name_goes_with_it() {
+    // As a CLI test pointing a command at `<its database>_nokey` would leave one if it failed.
+    let env = TestEnv::without_worker(vec![], |_| {}).await;
+    let url = secrecy::ExposeSecret::expose_secret(&env.settings.database.url).to_owned();
+    let (server, name) = url.rsplit_once('/').unwrap();
+    let admin = PgPool::connect(&format!("{server}/postgres"))
+        .await
+        .unwrap();
+    let derived = format!("{name}_derived");
+    sqlx::query(&format!("CREATE DATABASE \"{derived}\""))
+        .execute(&admin)
+        .await
+        .unwrap();
+    env.cleanup().await;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&derived)
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+    admin.close().await;
+    assert!(!exists, "{derived} is left behind");
+}

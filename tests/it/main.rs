@@ -2,11 +2,15 @@
 //! Each test has its own database, queue and exchange names, and OpenAI stand-in, so they run in
 //! parallel and in any order.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test that cannot unwrap is a test that hides its failure
+
 mod helpers;
 mod openai;
+mod support;
 
 mod admin_api;
 mod admin_limits;
+mod analytics;
 mod broker_faults;
 mod claims;
 mod cleanup;

@@ -9,9 +9,14 @@
 //!
 //! Its rules are written here from the contract, not taken from the worker's catalogue, so a
 //! mistake in the worker's table shows up as a refusal.
+//!
+//! A reply can be held ([`Reply::held`]): the stand-in then answers through a [`Gate`] in front
+//! of it, which keeps each held answer until the test lets it go, and lets the test wait until N
+//! generations are held. A test holds a generation mid-flight for exactly as long as it needs
+//! (single flight, shutdown, redelivery) instead of sleeping and hoping.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +31,8 @@ pub enum Reply {
     Image { delay: Duration },
     /// Exactly this response.
     Template(ResponseTemplate),
+    /// This reply, held at the stand-in's [`Gate`] until the test releases it.
+    Held(Box<Reply>),
 }
 
 impl Reply {
@@ -34,9 +41,32 @@ impl Reply {
         match self {
             Reply::Image { .. } => Reply::Image { delay },
             Reply::Template(template) => Reply::Template(template.set_delay(delay)),
+            Reply::Held(reply) => Reply::Held(Box::new(reply.set_delay(delay))),
+        }
+    }
+
+    /// The same reply, held until the test releases it ([`OpenAiStub::gate`]): the request has
+    /// arrived (and is counted in [`OpenAiStub::calls`]), the answer has not.
+    pub fn held(self) -> Reply {
+        Reply::Held(Box::new(self))
+    }
+
+    fn is_held(&self) -> bool {
+        matches!(self, Reply::Held(_))
+    }
+
+    /// The response, marked for the gate if held.
+    fn answer(self, body: &Value) -> ResponseTemplate {
+        match self {
+            Reply::Image { delay } => image_for(body).set_delay(delay),
+            Reply::Template(template) => template,
+            Reply::Held(reply) => reply.answer(body).insert_header(HELD, "1"),
         }
     }
 }
+
+/// The header by which the stand-in tells its gate to hold an answer (never passed on).
+const HELD: &str = "x-stand-in-held";
 
 impl From<ResponseTemplate> for Reply {
     fn from(template: ResponseTemplate) -> Reply {
@@ -261,10 +291,7 @@ impl Respond for Generations {
             0 => openai_ok(),
             len => self.replies[n.min(len - 1)].clone(),
         };
-        match reply {
-            Reply::Image { delay } => image_for(&body).set_delay(delay),
-            Reply::Template(template) => template,
-        }
+        reply.answer(&body)
     }
 }
 
@@ -307,10 +334,13 @@ pub struct OpenAiStub {
     pub calls: Arc<AtomicU32>,
     shutdowns: Arc<Mutex<HashMap<String, String>>>,
     models_down: Arc<AtomicBool>,
+    /// In front of `server` when a reply is held.
+    gate: Option<Gate>,
 }
 
 impl OpenAiStub {
     pub async fn answering(replies: Vec<Reply>) -> OpenAiStub {
+        let held = replies.iter().any(Reply::is_held);
         let server = MockServer::start().await;
         let calls = Arc::new(AtomicU32::new(0));
         let shutdowns = Arc::new(Mutex::new(HashMap::new()));
@@ -332,12 +362,34 @@ impl OpenAiStub {
             })
             .mount(&server)
             .await;
+        let gate = if held {
+            Some(Gate::in_front_of(&server.uri()).await)
+        } else {
+            None
+        };
         OpenAiStub {
             server,
             calls,
             shutdowns,
             models_down,
+            gate,
         }
+    }
+
+    /// The root URL the worker is given (`{uri}/v1` is its `openai.base_url`): the gate's when a
+    /// reply is held, else the server's.
+    pub fn uri(&self) -> String {
+        match &self.gate {
+            Some(gate) => gate.uri.clone(),
+            None => self.server.uri(),
+        }
+    }
+
+    /// The gate that holds the held replies.
+    pub fn gate(&self) -> &Gate {
+        self.gate
+            .as_ref()
+            .expect("a stand-in with a held reply (Reply::held) has a gate")
     }
 
     /// Makes `GET /v1/models/…` answer 503 (`true`) or normally again.
@@ -386,4 +438,133 @@ impl OpenAiStub {
             .filter(|r| r.url.path().starts_with("/v1/models/"))
             .count()
     }
+}
+
+/// An HTTP front for the stand-in that passes every request through and keeps each answer marked
+/// held until the test releases it. Held answers go in the order they arrived.
+pub struct Gate {
+    uri: String,
+    state: Arc<GateState>,
+    _task: tokio_util::task::AbortOnDropHandle<()>,
+}
+
+struct GateState {
+    /// Answers that reached the gate so far (released or not).
+    arrived: AtomicUsize,
+    arrival: tokio::sync::Notify,
+    /// One permit per answer allowed through.
+    open: tokio::sync::Semaphore,
+}
+
+#[derive(Clone)]
+struct Front {
+    upstream: String,
+    http: reqwest::Client,
+    state: Arc<GateState>,
+}
+
+impl Gate {
+    async fn in_front_of(upstream: &str) -> Gate {
+        let state = Arc::new(GateState {
+            arrived: AtomicUsize::new(0),
+            arrival: tokio::sync::Notify::new(),
+            open: tokio::sync::Semaphore::new(0),
+        });
+        let front = Front {
+            upstream: upstream.to_owned(),
+            http: reqwest::Client::new(),
+            state: state.clone(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new().fallback(pass).with_state(front);
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Gate {
+            uri,
+            state,
+            _task: tokio_util::task::AbortOnDropHandle::new(task),
+        }
+    }
+
+    /// How many held answers have reached the gate so far.
+    pub fn arrived(&self) -> usize {
+        self.state.arrived.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `n` held answers have reached the gate in all (at most 30 s).
+    pub async fn wait_for(&self, n: usize) {
+        let reached = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let arrival = self.state.arrival.notified();
+                if self.arrived() >= n {
+                    return;
+                }
+                arrival.await;
+            }
+        })
+        .await;
+        assert!(
+            reached.is_ok(),
+            "only {} of {n} generations reached the gate",
+            self.arrived()
+        );
+    }
+
+    /// Lets the next `n` held answers go.
+    pub fn release(&self, n: usize) {
+        self.state.open.add_permits(n);
+    }
+
+    /// Lets every held answer go, now and from now on.
+    pub fn open(&self) {
+        self.state
+            .open
+            .add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
+    }
+}
+
+/// Passes a request to the stand-in and its answer back, holding it if the stand-in marked it.
+async fn pass(
+    axum::extract::State(front): axum::extract::State<Front>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (parts, body) = request.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, usize::MAX).await else {
+        return http::StatusCode::BAD_REQUEST.into_response();
+    };
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut headers = parts.headers;
+    headers.remove(http::header::HOST);
+    let answer = front
+        .http
+        .request(parts.method, format!("{}{path}", front.upstream))
+        .headers(headers)
+        .body(body)
+        .send()
+        .await;
+    let Ok(answer) = answer else {
+        return http::StatusCode::BAD_GATEWAY.into_response();
+    };
+    let status = answer.status();
+    let mut headers = answer.headers().clone();
+    let Ok(body) = answer.bytes().await else {
+        return http::StatusCode::BAD_GATEWAY.into_response();
+    };
+    if headers.remove(HELD).is_some() {
+        front.state.arrived.fetch_add(1, Ordering::SeqCst);
+        front.state.arrival.notify_waiters();
+        if let Ok(permit) = front.state.open.acquire().await {
+            permit.forget();
+        }
+    }
+    for hop in [
+        http::header::CONTENT_LENGTH,
+        http::header::TRANSFER_ENCODING,
+    ] {
+        headers.remove(hop);
+    }
+    (status, headers, body).into_response()
 }

@@ -13,8 +13,9 @@
 //! with (`CARGO_BIN_EXE_memoji-worker`), through a `cargo` stand-in first on `PATH`. A release build
 //! is a second full build of every dependency (20+ minutes cold on a 2-core CI machine, against a
 //! 2-minute budget for this test), and which binary `cargo run` picks is checked separately: the
-//! package's `default-run`, as `cargo metadata` reports it, must be `memoji-worker` (without it,
-//! `cargo run` refuses to choose between memoji-worker and memoji-bench). The stand-in refuses any
+//! package's `default-run`, as `cargo metadata` reports it, must be `memoji-worker` (the root
+//! package's only binary today — the benchmark tool is the workspace member `bench/` — but a second
+//! binary added beside it would make `cargo run` refuse to choose). The stand-in refuses any
 //! other `cargo` invocation, so a README line it does not understand fails the test.
 //!
 //! Isolation: the commands get this test's queue names, database and admin port through
@@ -100,8 +101,17 @@ fn cargo_run_picks_the_worker_binary() {
         String::from_utf8_lossy(&output.stderr)
     );
     let metadata: Value = serde_json::from_slice(&output.stdout).unwrap();
-    let package = &metadata["packages"][0];
-    assert_eq!(package["name"], "memoji-worker");
+    // The workspace's packages: the worker (the root) and the bench (bench/).
+    let packages = metadata["packages"].as_array().unwrap();
+    let package = packages
+        .iter()
+        .find(|p| p["name"] == "memoji-worker")
+        .expect("the memoji-worker package");
+    assert_eq!(
+        metadata["workspace_default_members"],
+        serde_json::json!([package["id"]]),
+        "`cargo run` at the root builds the worker's package alone"
+    );
     assert_eq!(
         package["default_run"], "memoji-worker",
         "`cargo run` must run the worker without --bin"

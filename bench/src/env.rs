@@ -16,7 +16,7 @@ use lapin::types::FieldTable;
 use memoji_worker::broker::Broker;
 use memoji_worker::config::Settings;
 use memoji_worker::job::GeneratorKind;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use sqlx::PgPool;
 
 /// Where the services are, from the command line.
@@ -175,62 +175,24 @@ impl Bench {
         })
     }
 
-    /// The environment a worker (or echo) process gets: nothing but this run's configuration.
-    fn child_env(&self, knobs: &WorkerKnobs, http_port: u16) -> Vec<(String, String)> {
-        let s = &self.settings;
-        let mut env = vec![
-            ("PATH".to_owned(), std::env::var("PATH").unwrap_or_default()),
-            (
-                "MEMOJI__AMQP__URL".to_owned(),
-                s.amqp.url.expose_secret().to_owned(),
-            ),
-            (
-                "MEMOJI__DATABASE__URL".to_owned(),
-                s.database.url.expose_secret().to_owned(),
-            ),
-            (
-                "MEMOJI__AMQP__PREFETCH".to_owned(),
-                knobs.prefetch.to_string(),
-            ),
-            (
-                "MEMOJI__OPENAI__MAX_CONCURRENCY".to_owned(),
-                knobs.max_concurrency.to_string(),
-            ),
-            (
-                "MEMOJI__OPENAI__BASE_URL".to_owned(),
-                format!("{}/v1", knobs.openai_root),
-            ),
-            ("OPENAI_API_KEY".to_owned(), "sk-bench-not-a-key".to_owned()),
-            (
-                "MEMOJI__HTTP__BIND".to_owned(),
-                format!("127.0.0.1:{http_port}"),
-            ),
-            (
-                "MEMOJI__STORAGE__LOCAL_DIR".to_owned(),
-                s.storage.local_dir.display().to_string(),
-            ),
-            (
-                "MEMOJI__STORAGE__PUBLIC_BASE_URL".to_owned(),
-                format!("http://127.0.0.1:{http_port}/images"),
-            ),
-            (
-                "MEMOJI__WORKER__SHUTDOWN_GRACE_SECS".to_owned(),
-                "5".to_owned(),
-            ),
-        ];
-        let names = [
-            ("JOB_QUEUE", &s.amqp.job_queue),
-            ("RESULT_EXCHANGE", &s.amqp.result_exchange),
-            ("RESULT_QUEUE", &s.amqp.result_queue),
-            ("METRICS_EXCHANGE", &s.amqp.metrics_exchange),
-            ("METRICS_QUEUE", &s.amqp.metrics_queue),
-            ("DEAD_LETTER_EXCHANGE", &s.amqp.dead_letter_exchange),
-            ("DEAD_LETTER_QUEUE", &s.amqp.dead_letter_queue),
-        ];
-        for (key, value) in names {
-            env.push((format!("MEMOJI__AMQP__{key}"), value.clone()));
-        }
-        env
+    /// The environment a worker (or echo) process gets: nothing but this run's configuration
+    /// (every setting, through the library's one map from settings to variables).
+    fn child_env(
+        &self,
+        knobs: &WorkerKnobs,
+        http_port: u16,
+    ) -> anyhow::Result<Vec<(String, String)>> {
+        let mut settings = self.settings.clone();
+        settings.amqp.prefetch = knobs.prefetch;
+        settings.openai.max_concurrency = knobs.max_concurrency;
+        settings.openai.base_url = format!("{}/v1", knobs.openai_root);
+        settings.secrets.openai_api_key = Some(SecretString::from("sk-bench-not-a-key"));
+        settings.http.bind = ([127, 0, 0, 1], http_port).into();
+        settings.storage.public_base_url = format!("http://127.0.0.1:{http_port}/images");
+        settings.worker.shutdown_grace_secs = 5;
+        let mut env = vec![("PATH".to_owned(), std::env::var("PATH").unwrap_or_default())];
+        env.extend(settings.to_environment()?);
+        Ok(env)
     }
 
     fn spawn(
@@ -246,7 +208,7 @@ impl Bench {
         let child = Command::new(program)
             .arg(arg)
             .env_clear()
-            .envs(self.child_env(knobs, port))
+            .envs(self.child_env(knobs, port)?)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

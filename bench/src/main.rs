@@ -2,17 +2,31 @@
 //!
 //! Each subcommand sets up an isolated run (its own database and queue names), starts
 //! `memoji-worker run` processes from the release build beside it, drives them, prints a Markdown
-//! table, and removes everything it created. Not part of the test suite.
+//! table, and removes everything it created. Not part of the test suite, and not part of the
+//! worker: a crate of its own (`bench/`), so its dependencies never reach the worker's build.
+//!
+//! - [`env`]: an isolated run — its own database (`memoji_bench_<id>`), queue and exchange names
+//!   (`bench-<id>.…`) and scratch directory; spawning worker (and echo) processes and reading
+//!   their memory from `/proc`.
+//! - [`load`]: the load generator — pipelined confirmed publishing, optionally rate-limited, and a
+//!   result collector recording end-to-end latency in an HDR histogram.
+//! - [`stub`]: a local OpenAI stand-in with a fixed latency and a fixed PNG.
+//! - [`echo`]: the baseline consumer: the broker's own limit, with the worker's settle protocol.
+//! - [`seed`]: fast bulk seeding of `memoji_cache`, and the stats/cleanup hooks for the scale runs.
+//! - [`scenarios`]: the figures of BENCHMARKS.md, one function per section.
 
-#[path = "../bench/mod.rs"]
-mod bench;
+mod echo;
+mod env;
+mod load;
+mod scenarios;
+mod seed;
+mod stub;
 
 use std::path::PathBuf;
 
-use bench::env::{Bench, Bins, Services};
-use bench::scenarios::{self, HitArgs, MemoryArgs, MissArgs, ScaleArgs, ScaleOutArgs};
 use clap::{Parser, Subcommand};
-
+use env::{Bench, Bins, Services};
+use scenarios::{HitArgs, MemoryArgs, MissArgs, ScaleArgs, ScaleOutArgs};
 #[derive(Parser)]
 #[command(
     name = "memoji-bench",
@@ -49,8 +63,14 @@ enum Command {
         keys: usize,
         #[arg(long, default_value_t = 2_000)]
         warmup: usize,
+        /// The rate-limited run's rate, as a fraction of the echo baseline's throughput (of the
+        /// consumer's own with --skip-echo).
         #[arg(long, default_value_t = 0.5)]
         rate_fraction: f64,
+        /// The rate-limited run's rate in jobs/s, instead of --rate-fraction (for before/after
+        /// runs with --skip-echo at the same offered rate).
+        #[arg(long)]
+        rate: Option<f64>,
         #[arg(long, default_value_t = 20.0)]
         rate_secs: f64,
         #[arg(long, default_value_t = 64)]
@@ -123,7 +143,7 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Command::Echo = cli.command {
-        return bench::echo::run().await;
+        return echo::run().await;
     }
     let services = Services {
         amqp_url: cli.amqp_url.clone(),
@@ -137,6 +157,7 @@ async fn main() -> anyhow::Result<()> {
             keys,
             warmup,
             rate_fraction,
+            rate,
             rate_secs,
             prefetch,
             skip_echo,
@@ -146,6 +167,7 @@ async fn main() -> anyhow::Result<()> {
                 keys,
                 warmup,
                 rate_fraction,
+                rate,
                 rate_secs,
                 prefetch,
                 skip_echo,

@@ -16,7 +16,7 @@ use memoji_worker::maintenance::{Cleaner, Ran};
 use memoji_worker::storage::LocalStore;
 use sqlx::PgPool;
 
-use super::load::hot_config;
+use crate::load::hot_config;
 
 /// Rows per seeding statement.
 const SEED_CHUNK: i64 = 1_000_000;

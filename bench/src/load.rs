@@ -26,7 +26,7 @@ use lapin::{BasicProperties, Confirmation};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::env::Bench;
+use crate::env::Bench;
 
 /// Publishes awaiting their confirm at once.
 const CONFIRM_WINDOW: usize = 4096;
