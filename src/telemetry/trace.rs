@@ -5,11 +5,11 @@
 //!
 //! Two modes, chosen by `telemetry.otlp_endpoint`:
 //! - **Exporting** (an endpoint is set): [`Exporter`] adds an OpenTelemetry layer to the
-//!   subscriber, and the worker's own spans — `job`, with `intake`, `cache lookup`, `single
-//!   flight`, `openai generate`/`openai request`, `storage upload` and `publish result` inside it —
-//!   become OpenTelemetry spans, batched and posted over OTLP/HTTP (protobuf) through our
-//!   reqwest. The `job` span continues the job's trace, or starts one when the job has none (or a
-//!   malformed one); a message published for the job carries the span that published it.
+//!   subscriber, and the worker's own spans — `job`, with `intake`, `cache lookup`, `claim job`,
+//!   `single flight`, `openai generate`/`openai request`, `storage upload` and `publish result`
+//!   inside it — become OpenTelemetry spans, batched and posted over OTLP/HTTP (protobuf) through
+//!   our reqwest. The `job` span continues the job's trace, or starts one when the job has none
+//!   (or a malformed one); a message published for the job carries the span that published it.
 //! - **Passing through** (the default): no spans are made or sent. A job's trace context is
 //!   copied unchanged onto what is published for it, so the web app's trace still reaches the
 //!   result's subscriber, one hop shorter.

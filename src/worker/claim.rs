@@ -75,7 +75,7 @@ pub(crate) enum Ownership {
 
 /// Registers this delivery of `job` and makes it the job's owner, waiting while another delivery
 /// of the same job is at work.
-#[tracing::instrument(name = "cache lookup", level = "debug", skip_all)]
+#[tracing::instrument(name = "claim job", level = "debug", skip_all)]
 pub(crate) async fn own_job(
     ctx: &Context,
     job: &Job,

@@ -199,6 +199,7 @@ async fn with_an_endpoint_a_jobs_trace_runs_through_the_worker_spans_to_its_resu
         "job",
         "intake",
         "cache lookup",
+        "claim job",
         "single flight",
         "openai generate",
         "openai request",
@@ -215,6 +216,7 @@ async fn with_an_endpoint_a_jobs_trace_runs_through_the_worker_spans_to_its_resu
     for name in [
         "intake",
         "cache lookup",
+        "claim job",
         "single flight",
         "openai generate",
         "storage upload",
