@@ -23,6 +23,7 @@ use crate::stats::{Observer, Stats, Tally};
 use crate::worker::batch::HitBatcher;
 use crate::worker::{self, BrokerHealth, Context};
 use crate::{db, stats, storage, telemetry};
+use tracing::Instrument;
 
 /// How often the Prometheus recorder's histograms are tidied.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
@@ -145,26 +146,35 @@ impl App {
         }
         // The metrics feed outlives everything that sends to it, so their last messages go out.
         let feed_stop = CancellationToken::new();
-        let publisher = tokio::spawn(feed::run(
-            settings.amqp.clone(),
-            self.outbox,
-            feed_stop.clone(),
-        ));
+        let publisher = tokio::spawn(
+            feed::run(settings.amqp.clone(), self.outbox, feed_stop.clone())
+                .instrument(telemetry::task("metrics feed")),
+        );
         let background_stop = CancellationToken::new();
         let background = TaskTracker::new();
-        background.spawn(self.tally.clone().run(
-            db.clone(),
-            Duration::from_millis(settings.stats.flush_ms),
-            background_stop.clone(),
-        ));
-        background.spawn(stats::publish_snapshots(
-            self.tally.clone(),
-            db.clone(),
-            self.feed.clone(),
-            Duration::from_secs(settings.stats.interval_secs),
-            background_stop.clone(),
-        ));
-        background.spawn(upkeep_metrics(background_stop.clone()));
+        background.spawn(
+            self.tally
+                .clone()
+                .run(
+                    db.clone(),
+                    Duration::from_millis(settings.stats.flush_ms),
+                    background_stop.clone(),
+                )
+                .instrument(telemetry::task("stats flush")),
+        );
+        background.spawn(
+            stats::publish_snapshots(
+                self.tally.clone(),
+                db.clone(),
+                self.feed.clone(),
+                Duration::from_secs(settings.stats.interval_secs),
+                background_stop.clone(),
+            )
+            .instrument(telemetry::task("stats snapshots")),
+        );
+        background.spawn(
+            upkeep_metrics(background_stop.clone()).instrument(telemetry::task("metrics upkeep")),
+        );
         let lifecycle = Arc::new(Lifecycle::new(settings.openai.shutdown_warning_days));
         if let Some(checker) = model_checker(&settings)? {
             let plan = maintenance::lifecycle::Plan {
@@ -179,13 +189,16 @@ impl App {
                 every: Duration::from_secs(settings.openai.lifecycle_check_hours * 3600),
                 retry_after: Duration::from_secs(settings.openai.lifecycle_retry_secs),
             };
-            background.spawn(maintenance::lifecycle::run(
-                checker,
-                plan,
-                lifecycle.clone(),
-                db.clone(),
-                background_stop.clone(),
-            ));
+            background.spawn(
+                maintenance::lifecycle::run(
+                    checker,
+                    plan,
+                    lifecycle.clone(),
+                    db.clone(),
+                    background_stop.clone(),
+                )
+                .instrument(telemetry::task("model lifecycle")),
+            );
         }
         background.close();
 
@@ -199,18 +212,27 @@ impl App {
             lifecycle,
         };
         let api_stop = CancellationToken::new();
-        let server = tokio::spawn(http::serve(self.listener, api, api_stop.clone()));
+        let server = tokio::spawn(
+            http::serve(self.listener, api, api_stop.clone())
+                .instrument(telemetry::task("admin api")),
+        );
         // Jobs waiting for a turn or for another worker see the shutdown through the context.
         let stopping = self.ctx.stopping.clone();
-        tokio::spawn(async move {
-            shutdown.cancelled().await;
-            stopping.cancel();
-        });
-        tasks.spawn(worker::run(
-            self.ctx.clone(),
-            self.health.clone(),
-            self.ctx.stopping.clone(),
-        ));
+        tokio::spawn(
+            async move {
+                shutdown.cancelled().await;
+                stopping.cancel();
+            }
+            .instrument(telemetry::task("shutdown relay")),
+        );
+        tasks.spawn(
+            worker::run(
+                self.ctx.clone(),
+                self.health.clone(),
+                self.ctx.stopping.clone(),
+            )
+            .instrument(telemetry::task("consumer")),
+        );
         tasks.close();
         tasks.wait().await;
         schedule.stop().await;

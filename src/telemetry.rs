@@ -332,6 +332,12 @@ pub fn count_job(
     histogram!(JOB_DURATION, "cached" => cached).record(took.as_secs_f64());
 }
 
+/// The span a spawned task runs in, so its log lines (and its traces) say which task wrote them:
+/// `task{name="stats flush"}`. Tokio's own task names need an unstable build; this needs none.
+pub fn task(name: &'static str) -> tracing::Span {
+    tracing::info_span!("task", name)
+}
+
 /// One batch of `jobs` deliveries through group commit; `failed` when its jobs fell back.
 pub fn count_hit_batch(jobs: usize, failed: bool) {
     counter!(HIT_BATCHES).increment(1);

@@ -9,6 +9,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
+use tracing::Instrument;
 
 use super::{ApiState, auth};
 use crate::maintenance::Ran;
@@ -34,7 +35,10 @@ async fn cleanup(
     // A run of its own: a caller that hangs up does not cut a cleanup short (its report is still
     // logged and published).
     let cleaner = state.cleaner.clone();
-    let run = tokio::spawn(async move { cleaner.run(params.dry_run).await });
+    let run = tokio::spawn(
+        async move { cleaner.run(params.dry_run).await }
+            .instrument(crate::telemetry::task("cleanup (admin api)")),
+    );
     let ran = match run.await {
         Ok(ran) => ran,
         Err(error) => {

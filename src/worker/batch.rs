@@ -60,7 +60,7 @@ impl HitBatcher {
         let in_flight = Arc::new(Semaphore::new(settings.worker.hit_batches_in_flight.max(1)));
         tokio::spawn(
             gather(waiting, db, settings, max, in_flight)
-                .instrument(tracing::info_span!("hit_batcher")),
+                .instrument(crate::telemetry::task("hit batcher")),
         );
         HitBatcher { asks: Some(asks) }
     }

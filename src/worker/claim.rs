@@ -8,6 +8,7 @@
 //!   process holding them is gone.
 
 use std::time::Duration;
+use tracing::Instrument;
 
 use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
@@ -200,7 +201,7 @@ impl Heartbeat {
         ttl: Duration,
     ) -> Heartbeat {
         let (id, key) = (job.id, key.clone());
-        let task = tokio::spawn(async move {
+        let task = async move {
             let mut every = tokio::time::interval(ttl / 3);
             loop {
                 every.tick().await;
@@ -216,7 +217,9 @@ impl Heartbeat {
                     tracing::warn!(%error, "could not renew the generation lease");
                 }
             }
-        });
+        }
+        .instrument(tracing::info_span!(parent: &tracing::Span::current(), "task", name = "claim heartbeat"));
+        let task = tokio::spawn(task);
         Heartbeat {
             _task: AbortOnDropHandle::new(task),
         }

@@ -311,7 +311,11 @@ async fn report_prints_the_period_its_trend_and_the_top_configurations() {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         api = strip(env.get_json("/api/analytics/summary?since=7d").await.1);
     }
-    assert_eq!(strip(json["summary"].clone()), api, "the report reads the API's figures");
+    assert_eq!(
+        strip(json["summary"].clone()),
+        api,
+        "the report reads the API's figures"
+    );
     assert_eq!(json["top_by_uses"][0]["uses"], 3);
     let md = run("md");
     assert!(md.starts_with("# memoji-worker report: last 7d"), "{md}");
