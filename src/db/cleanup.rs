@@ -9,7 +9,7 @@
 //! entry that a hit made popular a moment ago is not deleted.
 
 use chrono::{DateTime, Utc};
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::DbError;
@@ -19,36 +19,12 @@ use super::DbError;
 /// database share the lock.
 const LOCK_KEY: i64 = 0x4d45_4d4f_4a49_434c;
 
-/// Holds the cleanup lock on a connection of its own (outside the pool, so the lock cannot leak
-/// into a pooled connection). Dropping it closes the connection, which releases the lock too;
-/// a crashed replica's lock is released by Postgres when its connection goes.
-pub struct CleanupLock(PgConnection);
+/// Held while a cleanup runs (`db::advisory`).
+pub type CleanupLock = super::advisory::AdvisoryLock;
 
 /// Takes the cleanup lock if no other process holds it; `None` if one does.
 pub async fn try_lock(pool: &PgPool) -> Result<Option<CleanupLock>, DbError> {
-    let options = pool.connect_options();
-    let mut connection = PgConnection::connect_with(&options).await?;
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(LOCK_KEY)
-        .fetch_one(&mut connection)
-        .await?;
-    if locked {
-        Ok(Some(CleanupLock(connection)))
-    } else {
-        let _ = connection.close().await;
-        Ok(None)
-    }
-}
-
-impl CleanupLock {
-    /// Releases the lock and closes its connection.
-    pub async fn release(mut self) {
-        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-            .bind(LOCK_KEY)
-            .execute(&mut self.0)
-            .await;
-        let _ = self.0.close().await;
-    }
+    super::advisory::try_lock(pool, LOCK_KEY).await
 }
 
 /// Whether some process holds the cleanup lock right now (for tests and diagnostics).

@@ -12,6 +12,7 @@
 //! - [`refunds`]: the refund sweep's batches: charges whose job will never finish.
 //! - [`warm`]: cache warming's entries and the request history.
 
+pub mod advisory;
 pub mod analytics;
 pub mod cache;
 pub mod cleanup;

@@ -202,37 +202,12 @@ pub async fn prune_history(
 /// The scheduled warming's advisory lock key (the ASCII bytes of "MEMOJIWM"): one replica warms.
 const LOCK_KEY: i64 = 0x4d45_4d4f_4a49_574d;
 
-/// Holds the scheduled warming's lock on a connection of its own, as the cleanup's lock does:
-/// dropping it (or the process dying) closes the connection and releases the lock.
-pub struct WarmLock(sqlx::PgConnection);
+/// Held while the scheduled warming runs (`db::advisory`).
+pub type WarmLock = super::advisory::AdvisoryLock;
 
 /// Takes the warming lock if no other process holds it; `None` if one does.
 pub async fn try_lock(pool: &PgPool) -> Result<Option<WarmLock>, DbError> {
-    use sqlx::Connection as _;
-    let options = pool.connect_options();
-    let mut connection = sqlx::PgConnection::connect_with(&options).await?;
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(LOCK_KEY)
-        .fetch_one(&mut connection)
-        .await?;
-    if locked {
-        Ok(Some(WarmLock(connection)))
-    } else {
-        let _ = connection.close().await;
-        Ok(None)
-    }
-}
-
-impl WarmLock {
-    /// Releases the lock and closes its connection.
-    pub async fn release(mut self) {
-        use sqlx::Connection as _;
-        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-            .bind(LOCK_KEY)
-            .execute(&mut self.0)
-            .await;
-        let _ = self.0.close().await;
-    }
+    super::advisory::try_lock(pool, LOCK_KEY).await
 }
 
 /// Dollars warming spent today (UTC), from the rows it recorded.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use lapin::types::FieldTable;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestEnv, count, eventually, openai_ok};
+use crate::helpers::{TestEnv, count, eventually, openai_ok, usage_count};
 
 /// The value of a counter on the worker's `/metrics`, 0 when not there yet.
 async fn counter(env: &TestEnv, name: &str) -> f64 {
@@ -36,14 +36,6 @@ async fn warm(env: &mut TestEnv, configs: &[Value]) -> Vec<String> {
         hashes.push(miss["prompt_hash"].as_str().unwrap().to_owned());
     }
     hashes
-}
-
-async fn uses(env: &TestEnv, hash: &str) -> i64 {
-    count(
-        &env.db,
-        &format!("SELECT usage_count::bigint FROM memoji_cache WHERE prompt_hash = '{hash}'"),
-    )
-    .await
 }
 
 #[tokio::test]
@@ -89,7 +81,11 @@ async fn a_burst_of_hits_is_answered_in_batches_and_each_job_is_recorded_once() 
     }
     // One use per job, on the right entry; the warming misses counted one each.
     for hash in &hashes {
-        assert_eq!(uses(&env, hash).await, 1 + (JOBS / 4) as i64, "{hash}");
+        assert_eq!(
+            usage_count(&env.db, hash).await,
+            1 + (JOBS / 4) as i64,
+            "{hash}"
+        );
     }
     assert_eq!(env.openai.calls(), 4, "no hit generated anything");
     let batches = counter(&env, "memoji_hit_batches_total").await - batches_before;
@@ -105,7 +101,10 @@ async fn a_burst_of_hits_is_answered_in_batches_and_each_job_is_recorded_once() 
     // A job delivered again is answered from its record, unchanged, and counts no use.
     let again = env.run(&jobs[0]).await;
     assert_eq!(again, results[jobs[0]["job_id"].as_str().unwrap()][0]);
-    assert_eq!(uses(&env, &hashes[0]).await, 1 + (JOBS / 4) as i64);
+    assert_eq!(
+        usage_count(&env.db, &hashes[0]).await,
+        1 + (JOBS / 4) as i64
+    );
     env.cleanup().await;
 }
 
@@ -151,7 +150,7 @@ async fn a_batch_the_database_refuses_sends_its_jobs_down_the_one_job_path() {
     }
     assert!(counter(&env, "memoji_hit_batch_fallbacks_total").await > fallbacks_before);
     assert_eq!(
-        uses(&env, &hash).await,
+        usage_count(&env.db, &hash).await,
         61,
         "one use per job, none lost or doubled"
     );
@@ -200,7 +199,7 @@ async fn hits_wait_while_the_database_is_slow_and_are_all_answered_once_it_is_no
         assert_eq!(results[id].len(), 1, "{id}");
         assert_eq!(results[id][0]["cached"], true, "{:?}", results[id]);
     }
-    assert_eq!(uses(&env, &hash).await, 101);
+    assert_eq!(usage_count(&env.db, &hash).await, 101);
     env.cleanup().await;
 }
 
@@ -241,7 +240,7 @@ async fn a_crash_between_a_batch_commit_and_the_ack_is_answered_again_with_the_s
     })
     .await;
     worker.kill().await;
-    assert_eq!(uses(&env, &hash).await, 2);
+    assert_eq!(usage_count(&env.db, &hash).await, 2);
 
     // The topology back, and a new worker: the delivery comes again and is answered from its
     // record, counting no second use.
@@ -250,6 +249,6 @@ async fn a_crash_between_a_batch_commit_and_the_ack_is_answered_again_with_the_s
     let answered = env.result_of(&id).await;
     assert_eq!(answered, recorded);
     assert_eq!(answered["cached"], true);
-    assert_eq!(uses(&env, &hash).await, 2);
+    assert_eq!(usage_count(&env.db, &hash).await, 2);
     env.cleanup().await;
 }

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::helpers::{TestEnv, count, openai_ok};
+use crate::helpers::{TestEnv, count, openai_ok, usage_count};
 
 #[tokio::test]
 async fn a_resumed_job_charged_by_its_earlier_delivery_is_refunded_when_served_as_a_hit() {
@@ -55,30 +55,22 @@ async fn a_resumed_job_charged_by_its_earlier_delivery_is_refunded_when_served_a
     env.cleanup().await;
 }
 
-async fn uses(env: &TestEnv, hash: &str) -> i64 {
-    count(
-        &env.db,
-        &format!("SELECT usage_count::bigint FROM memoji_cache WHERE prompt_hash = '{hash}'"),
-    )
-    .await
-}
-
 #[tokio::test]
 async fn a_hit_counts_one_use_however_often_its_job_is_delivered() {
     let mut env = TestEnv::start(vec![openai_ok()]).await;
     let config = json!({"gesture": "thumbs-up"});
     let miss = env.run(&env.job("user-1", config.clone())).await;
     let hash = miss["prompt_hash"].as_str().unwrap().to_owned();
-    assert_eq!(uses(&env, &hash).await, 1);
+    assert_eq!(usage_count(&env.db, &hash).await, 1);
 
     let job = env.job("user-1", config);
     let hit = env.run(&job).await;
     assert_eq!(hit["cached"], true);
-    assert_eq!(uses(&env, &hash).await, 2);
+    assert_eq!(usage_count(&env.db, &hash).await, 2);
     let again = env.run(&job).await;
     assert_eq!(again, hit, "answered from the job's record");
     assert_eq!(
-        uses(&env, &hash).await,
+        usage_count(&env.db, &hash).await,
         2,
         "a finished job counts no second use"
     );
@@ -99,7 +91,7 @@ async fn another_users_job_id_is_refused_without_counting_a_use() {
     assert_eq!(refused["status"], "failed");
     assert_eq!(refused["error"]["code"], "invalid_job");
     assert_eq!(refused["user_id"], "user-2");
-    assert_eq!(uses(&env, &hash).await, 1);
+    assert_eq!(usage_count(&env.db, &hash).await, 1);
     env.cleanup().await;
 }
 
@@ -119,7 +111,7 @@ async fn force_refresh_regenerates_a_cached_key_and_charges_it() {
     assert_eq!(fresh["credits_remaining"], 98);
     assert_eq!(env.openai.calls(), 2);
     assert_eq!(
-        uses(&env, &hash).await,
+        usage_count(&env.db, &hash).await,
         2,
         "the refresh counts as a use, not as a hit"
     );

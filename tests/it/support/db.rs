@@ -58,3 +58,12 @@ pub async fn count(db: &PgPool, sql: &str) -> i64 {
         .await
         .unwrap()
 }
+
+/// The uses the cache entry of `hash` has counted.
+pub async fn usage_count(db: &PgPool, hash: &str) -> i64 {
+    sqlx::query_scalar("SELECT usage_count::bigint FROM memoji_cache WHERE prompt_hash = $1")
+        .bind(hash)
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
