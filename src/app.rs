@@ -158,7 +158,6 @@ impl App {
                 .run(
                     db.clone(),
                     Duration::from_millis(settings.stats.flush_ms),
-                    Duration::from_millis(settings.stats.rollup_flush_ms),
                     background_stop.clone(),
                 )
                 .instrument(telemetry::task("stats flush")),

@@ -353,9 +353,6 @@ pub enum UnlimitedWord {
 pub struct StatsSettings {
     pub interval_secs: u64,
     pub flush_ms: u64,
-    /// The analytics rollups and the request history are written this often (with a counters'
-    /// flush), not at every one: they upsert a row per key, user and attribute value seen.
-    pub rollup_flush_ms: u64,
     pub feed_capacity: usize,
 }
 

@@ -69,30 +69,23 @@ impl Tally {
         analytics::add_job(&mut batch, result, config, lag);
     }
 
-    /// Writes what was counted so far, statistics and (with `Rollups::Too`) analytics in one
-    /// transaction, then the request history. On failure the counts go back, to be written next
-    /// time.
-    pub async fn flush(&self, pool: &PgPool, rollups: Rollups) -> Result<(), DbError> {
-        let history = match rollups {
-            Rollups::Too => self.requests.flush(pool).await,
-            Rollups::Later => Ok(()),
-        };
-        self.flush_counts(pool, rollups).await?;
+    /// Writes what was counted so far, statistics and analytics in one transaction. On failure
+    /// the counts go back, to be written next time.
+    pub async fn flush(&self, pool: &PgPool) -> Result<(), DbError> {
+        let history = self.requests.flush(pool).await;
+        self.flush_counts(pool).await?;
         history
     }
 
-    async fn flush_counts(&self, pool: &PgPool, rollups: Rollups) -> Result<(), DbError> {
+    async fn flush_counts(&self, pool: &PgPool) -> Result<(), DbError> {
         let taken =
             std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
-        let batch = match rollups {
-            Rollups::Too => std::mem::take(
-                &mut *self
-                    .analytics
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner),
-            ),
-            Rollups::Later => AnalyticsBatch::default(),
-        };
+        let batch = std::mem::take(
+            &mut *self
+                .analytics
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         let buckets: Vec<(DateTime<Utc>, Counts)> =
             taken.into_iter().filter(|(_, c)| !c.is_empty()).collect();
         if buckets.is_empty() && batch.is_empty() {
@@ -118,44 +111,23 @@ impl Tally {
     }
 
     /// Flushes every `every` until `shutdown`, then once more.
-    pub async fn run(
-        self: Arc<Self>,
-        pool: PgPool,
-        every: Duration,
-        rollups_every: Duration,
-        shutdown: CancellationToken,
-    ) {
+    pub async fn run(self: Arc<Self>, pool: PgPool, every: Duration, shutdown: CancellationToken) {
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut rolled_up = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = ticks.tick() => {}
                 () = shutdown.cancelled() => break,
             }
-            let rollups = if rolled_up.elapsed() >= rollups_every {
-                rolled_up = tokio::time::Instant::now();
-                Rollups::Too
-            } else {
-                Rollups::Later
-            };
-            if let Err(error) = self.flush(&pool, rollups).await {
+            if let Err(error) = self.flush(&pool).await {
                 telemetry::count_stats_flush_failure();
                 tracing::warn!(%error, "could not write statistics; keeping them for the next try");
             }
         }
-        if let Err(error) = self.flush(&pool, Rollups::Too).await {
+        if let Err(error) = self.flush(&pool).await {
             tracing::warn!(%error, "could not write the last statistics before stopping");
         }
     }
-}
-
-/// Whether a flush writes the analytics rollups and the request history too, or only the
-/// counters (`stats.rollup_flush_ms`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rollups {
-    Too,
-    Later,
 }
 
 /// The figures of one period.
@@ -266,7 +238,7 @@ pub async fn publish_snapshots(
             _ = ticks.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        if let Err(error) = tally.flush(&pool, Rollups::Later).await {
+        if let Err(error) = tally.flush(&pool).await {
             tracing::warn!(%error, "could not write statistics before a snapshot");
         }
         match read(&pool).await {

@@ -72,7 +72,6 @@ pub fn isolated_settings(id: &str, openai_base: &str) -> Settings {
     settings.secrets.admin_token = Some(SecretString::from(ADMIN_TOKEN));
     // Statistics reach Postgres quickly, so tests poll for them briefly.
     settings.stats.flush_ms = 50;
-    settings.stats.rollup_flush_ms = 50;
     settings
 }
 
