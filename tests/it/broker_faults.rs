@@ -10,7 +10,7 @@ use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOpti
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestEnv, count, dead_letter_reason as reason, openai_ok};
+use crate::helpers::{TestEnv, count, dead_letter_reason as reason, job_ids, openai_ok};
 
 fn body(job: &Value) -> Vec<u8> {
     serde_json::to_vec(job).unwrap()
@@ -240,10 +240,7 @@ async fn a_poisoning_reply_to_cannot_close_the_job_connection() {
     for job in &others {
         env.publish(job).await;
     }
-    let mut ids: std::collections::HashSet<String> = others
-        .iter()
-        .map(|j| j["job_id"].as_str().unwrap().to_owned())
-        .collect();
+    let mut ids = job_ids(&others);
     ids.insert(poisoned["job_id"].as_str().unwrap().to_owned());
     let mut results = env.results_for_all(&ids, Duration::from_secs(30)).await;
     for copy in env.drain(Duration::from_millis(1500)).await {

@@ -2,13 +2,12 @@
 //! own, a broker drop does not hold back the jobs after it, and a process killed with hits in hand
 //! has them taken over in seconds.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use memoji_worker::job::{ErrorCode, JobError, JobId, JobResult};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestEnv, count, eventually, openai_ok};
+use crate::helpers::{TestEnv, count, eventually, job_ids, openai_ok};
 
 fn id_of(job: &Value) -> uuid::Uuid {
     job["job_id"].as_str().unwrap().parse().unwrap()
@@ -179,10 +178,7 @@ async fn kill_9_while_hits_are_stalled(hit_batch_max: u32, stalled: &str) {
 
     let started = Instant::now();
     let _second = env.spawn_worker().await;
-    let ids: HashSet<String> = hits
-        .iter()
-        .map(|j| j["job_id"].as_str().unwrap().to_owned())
-        .collect();
+    let ids = job_ids(&hits);
     let results = env.results_for_all(&ids, Duration::from_secs(40)).await;
     let took = started.elapsed();
     eprintln!("redelivered hits answered {took:?} after the restart");

@@ -3,13 +3,12 @@
 //! jobs down the one-job path without losing one; a slow database makes jobs wait, not fail; and
 //! a crash between a batch's commit and the acks is answered again with the same result.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use lapin::types::FieldTable;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestEnv, count, eventually, openai_ok, usage_count};
+use crate::helpers::{TestEnv, count, eventually, job_ids, openai_ok, usage_count};
 
 /// The value of a counter on the worker's `/metrics`, 0 when not there yet.
 async fn counter(env: &TestEnv, name: &str) -> f64 {
@@ -56,10 +55,7 @@ async fn a_burst_of_hits_is_answered_in_batches_and_each_job_is_recorded_once() 
     for job in &jobs {
         env.publish(job).await;
     }
-    let ids: HashSet<String> = jobs
-        .iter()
-        .map(|job| job["job_id"].as_str().unwrap().to_owned())
-        .collect();
+    let ids = job_ids(&jobs);
     let results = env.results_for_all(&ids, Duration::from_secs(60)).await;
     for job in &jobs {
         let id = job["job_id"].as_str().unwrap();
@@ -139,10 +135,7 @@ async fn a_batch_the_database_refuses_sends_its_jobs_down_the_one_job_path() {
     for job in &jobs {
         env.publish(job).await;
     }
-    let ids: HashSet<String> = jobs
-        .iter()
-        .map(|job| job["job_id"].as_str().unwrap().to_owned())
-        .collect();
+    let ids = job_ids(&jobs);
     let results = env.results_for_all(&ids, Duration::from_secs(60)).await;
     for id in &ids {
         assert_eq!(results[id].len(), 1, "{id}");
@@ -190,10 +183,7 @@ async fn hits_wait_while_the_database_is_slow_and_are_all_answered_once_it_is_no
         "nothing is answered while the row is held"
     );
     blocker.rollback().await.unwrap();
-    let ids: HashSet<String> = jobs
-        .iter()
-        .map(|job| job["job_id"].as_str().unwrap().to_owned())
-        .collect();
+    let ids = job_ids(&jobs);
     let results = env.results_for_all(&ids, Duration::from_secs(60)).await;
     for id in &ids {
         assert_eq!(results[id].len(), 1, "{id}");

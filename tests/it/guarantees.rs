@@ -7,7 +7,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestEnv, count, eventually, openai_ok};
+use crate::helpers::{TestEnv, count, eventually, job_ids, openai_ok};
 
 const USERS: usize = 10;
 
@@ -22,12 +22,6 @@ fn mixed_jobs(n: usize, keys: usize) -> Vec<Value> {
                 "config": {"hair": format!("style-{}", i % keys), "accessories": ["hat"]}
             })
         })
-        .collect()
-}
-
-fn ids(jobs: &[Value]) -> HashSet<String> {
-    jobs.iter()
-        .map(|job| job["job_id"].as_str().unwrap().to_owned())
         .collect()
 }
 
@@ -86,7 +80,7 @@ async fn forty_identical_jobs_on_three_processes_call_openai_once_and_charge_onc
     assert_eq!(env.openai.calls(), 1, "the waiting jobs call no one");
     env.openai.gate().open();
     let results = env
-        .results_for_all(&ids(&jobs), Duration::from_secs(60))
+        .results_for_all(&job_ids(&jobs), Duration::from_secs(60))
         .await;
     assert_eq!(results.len(), 40);
     assert!(
@@ -217,7 +211,7 @@ async fn sigkill_in_the_middle_of_a_thousand_jobs_loses_nothing_and_charges_nobo
 
     let _restarted = env.spawn_worker().await;
     let results = env
-        .results_for_all(&ids(&jobs), Duration::from_secs(120))
+        .results_for_all(&job_ids(&jobs), Duration::from_secs(120))
         .await;
     assert_eq!(results.len(), JOBS, "every job has a result");
     assert!(results.values().all(|r| r[0]["status"] == "succeeded"));
@@ -266,7 +260,7 @@ async fn broker_connection_loss_and_database_session_kills_mid_run_lose_nothing(
     env.terminate_database_sessions().await;
 
     let results = env
-        .results_for_all(&ids(&jobs), Duration::from_secs(120))
+        .results_for_all(&job_ids(&jobs), Duration::from_secs(120))
         .await;
     assert_eq!(results.len(), JOBS);
     assert!(
@@ -319,7 +313,7 @@ async fn sigterm_with_slow_generations_in_flight_finishes_them_and_exits_within_
         .iter()
         .map(|r| r["job_id"].as_str().unwrap().to_owned())
         .collect();
-    let handed_back: HashSet<String> = ids(&jobs).difference(&finished_ids).cloned().collect();
+    let handed_back: HashSet<String> = job_ids(&jobs).difference(&finished_ids).cloned().collect();
 
     let _restarted = env.spawn_worker().await;
     let results = env
@@ -398,7 +392,7 @@ async fn a_database_outage_hands_jobs_back_and_they_all_complete_once_it_returns
     proxy.restore();
 
     let results = env
-        .results_for_all(&ids(&jobs), Duration::from_secs(90))
+        .results_for_all(&job_ids(&jobs), Duration::from_secs(90))
         .await;
     assert_eq!(results.len(), JOBS, "every job completes after the outage");
     assert!(

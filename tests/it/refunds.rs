@@ -1,13 +1,12 @@
 //! Money under faults: a database outage longer than the delivery budget loses no job and no
 //! credit, and the refund sweep gives back the charges of jobs that will never finish.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
-use crate::helpers::{FaultyProxy, TestEnv, count, eventually, openai_ok};
+use crate::helpers::{FaultyProxy, TestEnv, count, eventually, job_ids, openai_ok};
 
 #[tokio::test]
 async fn a_database_outage_longer_than_the_delivery_budget_loses_no_job_and_no_credit() {
@@ -52,10 +51,7 @@ async fn a_database_outage_longer_than_the_delivery_budget_loses_no_job_and_no_c
     tokio::time::sleep(Duration::from_secs(10)).await;
     proxy.restore();
 
-    let ids: HashSet<String> = jobs
-        .iter()
-        .map(|j| j["job_id"].as_str().unwrap().to_owned())
-        .collect();
+    let ids = job_ids(&jobs);
     let results = env.results_for_all(&ids, Duration::from_secs(60)).await;
     assert_eq!(results.len(), JOBS, "no job lost");
     assert!(

@@ -1,7 +1,7 @@
 //! Results: waiting for a job's result (others kept for later), for many, or for quiet; polling
 //! until something holds; and the assertions that several tests share about failed jobs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -160,4 +160,11 @@ pub async fn assert_failed_and_refunded(
 /// regenerate), refunded, with no cache row pointing at an image that is not there.
 pub async fn assert_storage_outage_fails_cleanly(env: &mut TestEnv) -> Value {
     assert_failed_and_refunded(env, "storage_failed", true, 1).await
+}
+
+/// The job ids of `jobs`, as [`TestEnv::results_for_all`] takes them.
+pub fn job_ids(jobs: &[Value]) -> HashSet<String> {
+    jobs.iter()
+        .map(|job| job["job_id"].as_str().unwrap().to_owned())
+        .collect()
 }
