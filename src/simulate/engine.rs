@@ -134,8 +134,8 @@ impl Cache<'_> {
     fn remove(&mut self, id: u32, catalogue: &Catalogue, tally: &mut Tally) {
         if let Some(entry) = self.entries.remove(&id) {
             let bytes = catalogue.get(id).image_bytes * entry.made.len() as u64;
-            self.images -= entry.made.len() as u64;
-            self.bytes -= bytes;
+            self.images = self.images.saturating_sub(entry.made.len() as u64);
+            self.bytes = self.bytes.saturating_sub(bytes);
             tally.evictions += 1;
             tally.evicted_bytes += bytes;
         }

@@ -38,6 +38,7 @@ impl Gdsf {
     }
 
     /// The inflation `L` now.
+    #[cfg(test)]
     pub(crate) fn inflation(&self) -> f64 {
         self.inflation
     }

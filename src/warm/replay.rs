@@ -427,6 +427,25 @@ mod tests {
     }
 
     #[test]
+    fn requests_add_users_and_orders_without_changing_the_logs_draws() {
+        let shape = LogShape {
+            days: 1,
+            requests_per_day: 4_000,
+            ..LogShape::default()
+        };
+        let plain = log(&shape);
+        let full = requests(&shape, &People::default());
+        for (config, (ordered, _)) in plain[0].iter().zip(&full[0]) {
+            assert_eq!(config["gesture"], ordered["gesture"]);
+            assert_eq!(config["accessories"], ordered["accessories"]);
+        }
+        let count = |user: &str| full[0].iter().filter(|(_, u)| u == user).count();
+        assert!(count("user-1") > 4 * count("user-1000").max(1));
+        let dear = full[0].iter().filter(|(c, _)| c["quality"] == "max").count();
+        assert!((80..=240).contains(&dear), "about 4% at max quality: {dear}");
+    }
+
+    #[test]
     fn warming_the_predicted_top_raises_the_next_days_hit_ratio() {
         let shape = LogShape {
             days: 8,
