@@ -109,7 +109,11 @@ pub async fn history(settings: &Settings, command: HistoryCommand) -> anyhow::Re
             };
             let people = People::default();
             let lines = log::generated(&shape, &people, start);
-            emit(out.as_deref(), &log::describe(&shape, &people, start), &lines)
+            emit(
+                out.as_deref(),
+                &log::describe(&shape, &people, start),
+                &lines,
+            )
         }
     }
 }

@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use super::gdsf::Gdsf;
 use super::policy::{Budget, Policy, Retention, SeedRules};
-use super::prepared::{Askers, Catalogue, Pricing, Prepared, anonymous_hash};
+use super::prepared::{Askers, Catalogue, Prepared, Pricing, anonymous_hash};
 use crate::warm::predict::{self, Model, Row};
 
 /// One day of a replay (and, summed, the whole).
@@ -279,7 +279,11 @@ pub fn run(log: &Prepared, policy: &Policy, pricing: &Pricing<'_>) -> Outcome {
                 &history,
                 date,
                 warm.top,
-                &|key| catalogue.find(key).is_some_and(|id| cache.entries.contains_key(&id)),
+                &|key| {
+                    catalogue
+                        .find(key)
+                        .is_some_and(|id| cache.entries.contains_key(&id))
+                },
                 &super::log::key_of,
             );
             for prediction in ranked {

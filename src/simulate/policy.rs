@@ -209,7 +209,10 @@ impl Policy {
             .max_age_days
             .map_or("no max age".to_owned(), |d| format!("max age {d} days"));
         let warm = self.warm.map_or("no warming".to_owned(), |w| {
-            format!("warming the top {} a night within ${:.2}", w.top, w.budget_usd)
+            format!(
+                "warming the top {} a night within ${:.2}",
+                w.top, w.budget_usd
+            )
         });
         let retention = match self.retention {
             Retention::None => "nothing evicted".to_owned(),
@@ -237,7 +240,9 @@ fn parse_warm(value: &str) -> Result<Option<Warm>, String> {
         .unwrap_or(budget);
     let budget_usd: f64 = dollars.trim().parse().map_err(|_| expected())?;
     if !budget_usd.is_finite() || budget_usd < 0.0 {
-        return Err(format!("warm={value}: the budget must be 0 or more dollars"));
+        return Err(format!(
+            "warm={value}: the budget must be 0 or more dollars"
+        ));
     }
     Ok(Some(Warm { top, budget_usd }))
 }

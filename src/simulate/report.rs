@@ -162,7 +162,11 @@ impl Report {
                     "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
                 );
                 for day in &policy.days {
-                    row(&mut out, &day.date.map_or(String::new(), |d| d.to_string()), day);
+                    row(
+                        &mut out,
+                        &day.date.map_or(String::new(), |d| d.to_string()),
+                        day,
+                    );
                 }
                 row(&mut out, "**total**", &policy.total);
                 out.push('\n');

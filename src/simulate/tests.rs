@@ -100,7 +100,10 @@ fn gdsf_evicts_the_cheap_big_entry_before_the_expensive_small_one() {
     assert_eq!(t.evicted_bytes, 6_000_000);
     assert_eq!((t.entries, t.bytes), (1, 1_000_000), "dear stays");
     assert_eq!(gdsf.days[1].hits, 1);
-    assert_eq!(gdsf.peak_bytes, 1_000_000, "at the end of each day, within budget");
+    assert_eq!(
+        gdsf.peak_bytes, 1_000_000,
+        "at the end of each day, within budget"
+    );
 
     // Counted in entries (budget 1), GDSF weighs cost alone: the same choice.
     let entries = replay(&lines, "retention=gdsf:1");
@@ -115,7 +118,11 @@ fn gdsf_evicts_the_cheap_big_entry_before_the_expensive_small_one() {
 #[test]
 fn gdsf_keeps_the_frequently_asked_entry_and_ages_the_others_out() {
     // Same price ($0.04) and size: frequency decides. Budget two entries (size 1 each).
-    let (a, b, c) = (config("wave", "a"), config("wave", "b"), config("wave", "c"));
+    let (a, b, c) = (
+        config("wave", "a"),
+        config("wave", "b"),
+        config("wave", "c"),
+    );
     let lines = [
         line(0, a.clone(), 3),
         line(0, b.clone(), 1),
@@ -127,11 +134,17 @@ fn gdsf_keeps_the_frequently_asked_entry_and_ages_the_others_out() {
     let o = replay(&lines, "retention=gdsf:2");
     // Day 0: a made, then 2 hits (F = 3, H = 0.12); b made (H = 0.04); c made (H = 0.04): three
     // entries, so the lowest goes — b and c tie, the first key (b) goes; L = 0.04.
-    assert_eq!((o.days[0].hits, o.days[0].generations, o.days[0].evictions), (2, 3, 1));
+    assert_eq!(
+        (o.days[0].hits, o.days[0].generations, o.days[0].evictions),
+        (2, 3, 1)
+    );
     // Day 1: a hits (H = 0.04 + 4 × 0.04 = 0.20). b is made again (H = L + 0.04 = 0.08), and c
     // (still H = 0.04 from day 0) goes; c is made again (0.08), and b (0.08, the first key on
     // the tie) goes: L = 0.08. a was never made twice.
-    assert_eq!((o.days[1].hits, o.days[1].generations, o.days[1].evictions), (1, 2, 2));
+    assert_eq!(
+        (o.days[1].hits, o.days[1].generations, o.days[1].evictions),
+        (1, 2, 2)
+    );
     assert_eq!(o.total.entries, 2);
 }
 
@@ -180,10 +193,7 @@ fn the_seed_rule_deletes_exactly_what_the_seeds_cleanup_deletes() {
     assert!(!r.deletes(90, 2, false), "used enough");
     assert!(!r.deletes(400, 0, true), "archived");
     assert!(r.archives(101, false) && !r.archives(100, false) && !r.archives(500, true));
-    let odd = SeedRules {
-        min_uses: 200,
-        ..r
-    };
+    let odd = SeedRules { min_uses: 200, ..r };
     assert!(
         !odd.deletes(90, 150, false),
         "never one that qualifies for archiving, even with min_uses above it"
@@ -243,7 +253,10 @@ fn warming_serves_tomorrows_first_askers_within_the_nightly_budget() {
     assert_eq!(o.days[0].warmed, 2);
     assert!(close(o.days[0].warm_usd, 0.08));
     assert_eq!(o.days[1].hits, 2, "both warmed images were asked for");
-    assert!(close(o.total.spend_usd(), 0.08 + 0.08), "two live, two warmed");
+    assert!(
+        close(o.total.spend_usd(), 0.08 + 0.08),
+        "two live, two warmed"
+    );
     // Without warming both are misses.
     assert_eq!(replay(&lines, "retention=none").days[1].hits, 0);
 }

@@ -194,7 +194,7 @@ pub const ORDERS: [(f64, &[(&str, &str)]); 5] = [
 /// [`log`]'s requests, each with its order ([`ORDERS`]) merged into the configuration and the
 /// user who asked.
 pub fn requests(shape: &LogShape, people: &People) -> Vec<Vec<(Value, String)>> {
-    let mut rng = Rng(shape.seed ^ 0x5EED_0F_0EE5);
+    let mut rng = Rng(shape.seed ^ 0x005E_ED0F_0EE5);
     let users = zipf(people.users.max(1) as usize, people.user_exponent);
     let total: f64 = ORDERS.iter().map(|(share, _)| share).sum();
     let mut cumulative = 0.0;
@@ -441,8 +441,14 @@ mod tests {
         }
         let count = |user: &str| full[0].iter().filter(|(_, u)| u == user).count();
         assert!(count("user-1") > 4 * count("user-1000").max(1));
-        let dear = full[0].iter().filter(|(c, _)| c["quality"] == "max").count();
-        assert!((80..=240).contains(&dear), "about 4% at max quality: {dear}");
+        let dear = full[0]
+            .iter()
+            .filter(|(c, _)| c["quality"] == "max")
+            .count();
+        assert!(
+            (80..=240).contains(&dear),
+            "about 4% at max quality: {dear}"
+        );
     }
 
     #[test]

@@ -87,7 +87,12 @@ async fn the_exported_history_replays_under_two_policies_with_totals_that_add_up
     let dir = dir.path();
     let file = dir.join("history.jsonl");
     let path = "history.jsonl";
-    let exported = run(&env, dir, &["history", "export", "--days", "30", "--out", path]).await;
+    let exported = run(
+        &env,
+        dir,
+        &["history", "export", "--days", "30", "--out", path],
+    )
+    .await;
     assert!(
         exported.status.success(),
         "{}",
@@ -104,7 +109,11 @@ async fn the_exported_history_replays_under_two_policies_with_totals_that_add_up
     assert_eq!(lines.last().unwrap().day, today);
     for line in &lines {
         assert!(line.users.is_none(), "the history keeps no users");
-        assert_eq!(line.key, log::key_of(&line.config), "the config makes the key");
+        assert_eq!(
+            line.key,
+            log::key_of(&line.config),
+            "the config makes the key"
+        );
         let expected = (line.key.as_deref() == Some(cached.as_str())).then_some(1_234_567);
         assert_eq!(line.image_bytes, expected);
     }
@@ -211,7 +220,15 @@ async fn the_exported_history_replays_under_two_policies_with_totals_that_add_up
     let replayed = run(
         &env,
         dir,
-        &["simulate", "--log", "zipf.jsonl", "--policy", "variants=3", "--format", "json"],
+        &[
+            "simulate",
+            "--log",
+            "zipf.jsonl",
+            "--policy",
+            "variants=3",
+            "--format",
+            "json",
+        ],
     )
     .await;
     let report: Value = serde_json::from_slice(&replayed.stdout).unwrap();
