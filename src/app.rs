@@ -144,6 +144,27 @@ impl App {
                 .await
                 .context("scheduling the warming")?;
         }
+        if let Ok(client) = batch_client(&settings) {
+            let sweep = maintenance::warming::BatchSweep {
+                warmer: crate::warm::Warmer {
+                    db: db.clone(),
+                    store: self.ctx.store.clone(),
+                    generator: self.ctx.generator.clone(),
+                    settings: settings.clone(),
+                    broker: None,
+                },
+                client,
+                rules: (*self.ctx.models).clone(),
+                feed: Some(self.feed.clone()),
+            };
+            schedule
+                .add_batch_sweep(
+                    Arc::new(sweep),
+                    Duration::from_millis(settings.warm.batch_poll_ms.max(100)),
+                )
+                .await
+                .context("scheduling the warming batch sweep")?;
+        }
         // The metrics feed outlives everything that sends to it, so their last messages go out.
         let feed_stop = CancellationToken::new();
         let publisher = tokio::spawn(
@@ -380,6 +401,19 @@ pub async fn warmer(settings: &Settings, with_broker: bool) -> anyhow::Result<cr
         settings: Arc::new(settings.clone()),
         broker,
     })
+}
+
+/// The OpenAI Batch API client `warm --batch` uses: refused for the placeholder generator (it has
+/// no batches) and without an OpenAI key.
+pub fn batch_client(settings: &Settings) -> anyhow::Result<crate::generate::batch::BatchClient> {
+    if settings.generator.kind != GeneratorKind::OpenAi {
+        bail!("--batch needs the openai generator: the placeholder draws images at once");
+    }
+    let Some(key) = settings.secrets.openai_api_key.clone() else {
+        bail!("--batch needs an OpenAI key: set OPENAI_API_KEY");
+    };
+    crate::generate::batch::BatchClient::new(&settings.openai, &settings.prices, key)
+        .context("building the OpenAI Batch API client")
 }
 
 /// The settings' domain rules, each checked by the module it belongs to, before anything starts:

@@ -73,6 +73,28 @@ impl Progress {
         }
     }
 
+    /// Where a batch is at OpenAI (each poll).
+    pub(super) fn batch(&mut self, batch: &crate::generate::batch::Batch) {
+        let counts = batch.request_counts;
+        let text = format!(
+            "warm: batch {} {}: {}/{} answered, {} failed",
+            batch.id,
+            batch.status.as_str(),
+            counts.completed,
+            counts.total,
+            counts.failed
+        );
+        match self {
+            Progress::Bar(bar) => bar.set_message(text),
+            Progress::Lines { out, .. } => {
+                let _ = writeln!(out, "{text}");
+            }
+            Progress::Quiet => {
+                tracing::debug!(batch = %batch.id, status = batch.status.as_str(), "warming batch polled")
+            }
+        }
+    }
+
     pub(super) fn step(&mut self, line: &Line, spent: f64) {
         let what = match &line.done {
             Done::Generated { cost_usd } => format!("generated ${cost_usd:.4}"),
