@@ -57,8 +57,7 @@ pub async fn insert(
     let holders: Vec<Uuid> = items.iter().map(|i| i.holder).collect();
     let estimates: Vec<f64> = items.iter().map(|i| i.estimate_usd).collect();
     let old_urls: Vec<Option<String>> = items.iter().map(|i| i.old_image_url.clone()).collect();
-    let old_paths: Vec<Option<String>> =
-        items.iter().map(|i| i.old_storage_path.clone()).collect();
+    let old_paths: Vec<Option<String>> = items.iter().map(|i| i.old_storage_path.clone()).collect();
     sqlx::query(
         "INSERT INTO memoji_warm_batch_items
              (batch_id, custom_id, prompt_hash, prompt_config, origin, holder, estimate_usd,

@@ -130,6 +130,7 @@ pub struct RequestCounts {
 /// A batch as `GET /v1/batches/{id}` describes it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
+    /// OpenAI's id (`batch_…`).
     pub id: String,
     pub status: BatchStatus,
     pub request_counts: RequestCounts,
@@ -187,6 +188,7 @@ struct LineResponse {
 /// What a batch answered for one line.
 #[derive(Debug)]
 pub struct Answered {
+    /// The id the line was submitted under.
     pub custom_id: String,
     pub answer: Answer,
 }
@@ -194,7 +196,9 @@ pub struct Answered {
 /// An answer: an images response (not yet decoded), or why the line failed.
 #[derive(Debug)]
 pub enum Answer {
+    /// A 200: the images response, as the live API answers it.
     Image(Value),
+    /// Why the line failed (redacted: never the key).
     Failed(String),
 }
 
@@ -308,21 +312,16 @@ impl BatchClient {
                 let error = serde_json::from_value::<ErrorBody>(response.body)
                     .unwrap_or_default()
                     .error;
-                let message = match openai::classify(
-                    status,
-                    error,
-                    None,
-                    self.api_key.expose_secret(),
-                    "",
-                ) {
-                    AttemptError::Retry { message, .. } => message,
-                    AttemptError::Final(FinalError::ContentPolicy(message)) => {
-                        format!("refused by the content policy: {message}")
-                    }
-                    AttemptError::Final(
-                        FinalError::BadImage(message) | FinalError::Failed { message, .. },
-                    ) => message,
-                };
+                let message =
+                    match openai::classify(status, error, None, self.api_key.expose_secret(), "") {
+                        AttemptError::Retry { message, .. } => message,
+                        AttemptError::Final(FinalError::ContentPolicy(message)) => {
+                            format!("refused by the content policy: {message}")
+                        }
+                        AttemptError::Final(
+                            FinalError::BadImage(message) | FinalError::Failed { message, .. },
+                        ) => message,
+                    };
                 Answer::Failed(message)
             }
             (None, Some(error)) => Answer::Failed(self.masked(&format!(
@@ -346,12 +345,11 @@ impl BatchClient {
         plan: &Plan,
     ) -> Result<(Bytes, Option<Usage>, f64), GenerateError> {
         let final_error = |error: FinalError| error.into_generate_error(1);
-        let response: ImagesResponse = serde_json::from_value(body).map_err(|e| {
-            GenerateError::BadImage {
+        let response: ImagesResponse =
+            serde_json::from_value(body).map_err(|e| GenerateError::BadImage {
                 message: format!("unreadable response from OpenAI: {e}"),
                 attempts: 1,
-            }
-        })?;
+            })?;
         let (png, usage) = openai::image_of(response).map_err(|error| match error {
             AttemptError::Final(error) => final_error(error),
             AttemptError::Retry { message, .. } => GenerateError::BadImage {
@@ -495,10 +493,7 @@ impl FileLines {
                 Ok(None) => self.done = true,
                 Err(error) => {
                     return Err(BatchError::Api {
-                        message: format!(
-                            "downloading a batch's file: {}",
-                            error.without_url()
-                        ),
+                        message: format!("downloading a batch's file: {}", error.without_url()),
                         retryable: true,
                     });
                 }
@@ -659,7 +654,9 @@ mod tests {
     fn the_upload_is_a_multipart_form_with_purpose_batch() {
         let body = multipart("B", "warm.jsonl", b"{}\n{}\n");
         let text = String::from_utf8(body.to_vec()).unwrap();
-        assert!(text.starts_with("--B\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--B\r\n"));
+        assert!(text.starts_with(
+            "--B\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--B\r\n"
+        ));
         assert!(text.contains("filename=\"warm.jsonl\""));
         assert!(text.ends_with("{}\n{}\n\r\n--B--\r\n"));
     }

@@ -137,7 +137,6 @@ impl OpenAiGenerator {
         request_body(&self.settings, config, plan, user)
     }
 
-
     #[tracing::instrument(
         name = "openai request",
         level = "debug",

@@ -528,7 +528,11 @@ fn warming_html(since: &str, figures: &WarmFigures, runs: &[WarmRun]) -> String 
         (
             "warming_spent_usd",
             "Warming spend (this period)".to_owned(),
-            format!("{} ({} wasted)", usd(figures.spent_usd), usd(figures.wasted_usd)),
+            format!(
+                "{} ({} wasted)",
+                usd(figures.spent_usd),
+                usd(figures.wasted_usd)
+            ),
         ),
         (
             "warmed_hits",
@@ -650,7 +654,10 @@ mod warming_tests {
         };
         let html = warming_html("7d", &WarmFigures::default(), &[run]);
         assert!(html.contains("id=\"warming-history\""), "{html}");
-        assert!(html.contains("&lt;from&gt;") && !html.contains("<from>"), "{html}");
+        assert!(
+            html.contains("&lt;from&gt;") && !html.contains("<from>"),
+            "{html}"
+        );
         assert!(html.contains("<td>batch</td>"), "{html}");
         assert!(html.contains("$0.0500"), "{html}");
         let empty = warming_html("7d", &WarmFigures::default(), &[]);

@@ -113,7 +113,10 @@ impl Schedule {
             })
         })?;
         self.0.add(job).await?;
-        tracing::info!(every_ms = every.as_millis() as u64, "warming batch sweep scheduled");
+        tracing::info!(
+            every_ms = every.as_millis() as u64,
+            "warming batch sweep scheduled"
+        );
         Ok(())
     }
 

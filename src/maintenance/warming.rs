@@ -152,9 +152,13 @@ impl ScheduledWarming {
 
 /// The batch sweep's parts (see the module).
 pub struct BatchSweep {
+    /// The worker's database, store and settings.
     pub warmer: Warmer,
+    /// OpenAI's Batch API, with the worker's key.
     pub client: crate::generate::batch::BatchClient,
+    /// The rules lines are checked with again.
     pub rules: ModelRules,
+    /// Where `warm.completed` goes.
     pub feed: Option<Feed>,
 }
 

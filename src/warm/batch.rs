@@ -58,9 +58,12 @@ pub struct BatchSummary {
 /// A line of a batch that produced no entry.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FailedLine {
+    /// The line's id in the batch (its cache key).
     pub custom_id: String,
+    /// Where its configuration came from (`line 3`, `history: …`).
     pub origin: String,
     pub key: String,
+    /// Why: OpenAI's error (redacted), the image check's, or that no answer came.
     pub message: String,
 }
 
@@ -73,8 +76,11 @@ pub(super) struct ToSubmit {
 /// What batch warming works with.
 #[derive(Clone, Copy)]
 pub struct Batching<'a> {
+    /// The database, store and settings a live run uses (its generator is not called).
     pub warmer: &'a Warmer,
+    /// OpenAI's Batch API.
     pub client: &'a BatchClient,
+    /// The rules a line's configuration is checked with again when its answer comes.
     pub rules: &'a ModelRules,
 }
 

@@ -209,7 +209,13 @@ async fn store_and_record(
     made: &Made<'_>,
 ) -> Result<bool, KeepError> {
     let db = &warmer.db;
-    let path = free_path(warmer, made.key, item.old_storage_path.as_deref(), &made.png).await?;
+    let path = free_path(
+        warmer,
+        made.key,
+        item.old_storage_path.as_deref(),
+        &made.png,
+    )
+    .await?;
     let stored = warmer.store.put(&path, made.png.clone()).await?;
     let entry = cache::NewEntry {
         key: made.key,

@@ -86,13 +86,24 @@ async fn a_batch_completes_at_half_price_within_the_budget_and_charges_nobody() 
     // At the batch price each image is $0.02 (half of $0.04): $0.06 buys three.
     let (_, dry) = cli(
         &env,
-        &["warm", "--from", &file, "--batch", "--dry-run", "--budget-usd", "0.06"],
+        &[
+            "warm",
+            "--from",
+            &file,
+            "--batch",
+            "--dry-run",
+            "--budget-usd",
+            "0.06",
+        ],
     )
     .await;
     assert_eq!(dry["mode"], "batch", "{dry}");
     assert_eq!(dry["planned"], 3, "{dry}");
     assert_eq!(dry["over_budget"], 1, "{dry}");
-    assert!((dry["estimated_usd"].as_f64().unwrap() - 0.06).abs() < 1e-9, "{dry}");
+    assert!(
+        (dry["estimated_usd"].as_f64().unwrap() - 0.06).abs() < 1e-9,
+        "{dry}"
+    );
     assert!((dry["would_generate"][0]["estimate_usd"].as_f64().unwrap() - 0.02).abs() < 1e-9);
     assert_eq!(env.openai.batches.created(), 0, "a dry run submits nothing");
 
@@ -111,7 +122,10 @@ async fn a_batch_completes_at_half_price_within_the_budget_and_charges_nobody() 
     assert!(spent > 0.0 && spent <= 0.06, "the budget holds: {report}");
     assert_eq!(env.openai.calls(), 0, "no live generation");
     assert_eq!(env.openai.batches.created(), 1);
-    assert!(env.openai.batches.polls() >= 5, "polled over several statuses");
+    assert!(
+        env.openai.batches.polls() >= 5,
+        "polled over several statuses"
+    );
 
     // Rows at the batch price, from their usage; no use counted; nobody charged.
     let rows: Vec<(String, f64, Value, String, i32)> = sqlx::query_as(
@@ -132,8 +146,14 @@ async fn a_batch_completes_at_half_price_within_the_budget_and_charges_nobody() 
         recorded += cost;
     }
     assert!((recorded - spent).abs() < 1e-9, "{recorded} vs {spent}");
-    assert_eq!(count(&env.db, "SELECT count(*) FROM memoji_credit_ledger").await, 0);
-    assert_eq!(count(&env.db, "SELECT count(*) FROM memoji_generation_leases").await, 0);
+    assert_eq!(
+        count(&env.db, "SELECT count(*) FROM memoji_credit_ledger").await,
+        0
+    );
+    assert_eq!(
+        count(&env.db, "SELECT count(*) FROM memoji_generation_leases").await,
+        0
+    );
 
     // Each line is the live request's body under its key.
     let lines = env.openai.batches.uploaded_lines();
@@ -155,7 +175,10 @@ async fn a_batch_completes_at_half_price_within_the_budget_and_charges_nobody() 
     let all = text(&output);
     let stderr = String::from_utf8_lossy(&output.stderr);
     for status in ["validating", "in_progress", "finalizing", "completed"] {
-        assert!(stderr.contains(&format!(" {status}: ")), "{status}: {stderr}");
+        assert!(
+            stderr.contains(&format!(" {status}: ")),
+            "{status}: {stderr}"
+        );
     }
     assert!(stderr.contains("warm: 3 to generate"), "{stderr}");
     assert!(stderr.contains("warm: 3/3 "), "{stderr}");
@@ -229,11 +252,19 @@ async fn failed_lines_are_reported_and_the_others_recorded() {
 async fn an_expired_or_cancelled_batch_keeps_its_partial_output_and_reports_the_rest() {
     let env = TestEnv::without_worker(vec![openai_ok()], fast).await;
     for (end, hairs, status) in [
-        (End::Expired { answered: 2 }, ["e1", "e2", "e3", "e4"], "expired"),
-        (End::Cancelled { answered: 1 }, ["c1", "c2", "c3", "c4"], "cancelled"),
+        (
+            End::Expired { answered: 2 },
+            ["e1", "e2", "e3", "e4"],
+            "expired",
+        ),
+        (
+            End::Cancelled { answered: 1 },
+            ["c1", "c2", "c3", "c4"],
+            "cancelled",
+        ),
     ] {
-        let answered = match end {
-            End::Expired { answered } | End::Cancelled { answered } => answered,
+        let answered = match &end {
+            End::Expired { answered } | End::Cancelled { answered } => *answered,
             _ => unreachable!(),
         };
         env.openai.batches.script(BatchScript {
@@ -352,7 +383,9 @@ async fn a_worker_finishes_a_batch_whose_command_died_and_reports_it() {
 async fn a_key_a_live_job_made_while_the_batch_ran_is_recorded_once_and_the_copy_is_wasted() {
     let mut env = TestEnv::start_with(vec![openai_ok()], fast).await;
     env.openai.batches.hold();
-    let warmer = memoji_worker::app::warmer(&env.settings, false).await.unwrap();
+    let warmer = memoji_worker::app::warmer(&env.settings, false)
+        .await
+        .unwrap();
     let rules = memoji_worker::app::check_domain(&env.settings).unwrap();
     let client = memoji_worker::app::batch_client(&env.settings).unwrap();
     let (configs, _) = warm::read_jsonl(&[line("lv1"), line("lv2")].join("\n"));

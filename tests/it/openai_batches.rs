@@ -26,11 +26,17 @@ const KEY: &str = "sk-test-key";
 pub enum End {
     Completed,
     /// The 24 h window passed with the first `answered` lines done.
-    Expired { answered: usize },
+    Expired {
+        answered: usize,
+    },
     /// Cancelled with the first `answered` lines done.
-    Cancelled { answered: usize },
+    Cancelled {
+        answered: usize,
+    },
     /// Failed as a whole (its input was refused), with this message.
-    Failed { message: String },
+    Failed {
+        message: String,
+    },
 }
 
 /// What the next batches do.
@@ -124,11 +130,6 @@ impl Batches {
             })
             .collect()
     }
-
-    /// What a batch's `POST /v1/batches` asked for, in order of creation.
-    pub fn created_ids(&self) -> Vec<String> {
-        self.0.lock().unwrap().order.clone()
-    }
 }
 
 fn error(status: u16, message: &str, code: Option<&str>) -> ResponseTemplate {
@@ -148,7 +149,9 @@ impl Respond for Batches {
             let given = auth.trim_start_matches("Bearer ");
             return error(
                 401,
-                &format!("Incorrect API key provided: {given}. You can find your API key at https://platform.openai.com/account/api-keys."),
+                &format!(
+                    "Incorrect API key provided: {given}. You can find your API key at https://platform.openai.com/account/api-keys."
+                ),
                 Some("invalid_api_key"),
             );
         }
@@ -199,7 +202,12 @@ fn form_fields(request: &Request) -> Option<HashMap<String, Vec<u8>>> {
         let headers = String::from_utf8_lossy(&part[..split]);
         let content = &part[split + 4..];
         let content = content.strip_suffix(b"\r\n").unwrap_or(content);
-        let name = headers.split("name=\"").nth(1)?.split('"').next()?.to_owned();
+        let name = headers
+            .split("name=\"")
+            .nth(1)?
+            .split('"')
+            .next()?
+            .to_owned();
         fields.insert(name, content.to_vec());
     }
     Some(fields)
@@ -230,9 +238,16 @@ fn create(state: &mut State, request: &Request) -> ResponseTemplate {
         return error(400, "We could not parse the JSON body.", None);
     };
     if body["endpoint"] != "/v1/images/generations" || body["completion_window"] != "24h" {
-        return error(400, "Invalid endpoint or completion_window", Some("invalid_value"));
+        return error(
+            400,
+            "Invalid endpoint or completion_window",
+            Some("invalid_value"),
+        );
     }
-    let input = body["input_file_id"].as_str().unwrap_or_default().to_owned();
+    let input = body["input_file_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let Some(content) = state.files.get(&input) else {
         return error(404, &format!("No such File object: {input}"), None);
     };
