@@ -144,27 +144,6 @@ impl App {
                 .await
                 .context("scheduling the warming")?;
         }
-        if let Ok(client) = batch_client(&settings) {
-            let sweep = maintenance::warming::BatchSweep {
-                warmer: crate::warm::Warmer {
-                    db: db.clone(),
-                    store: self.ctx.store.clone(),
-                    generator: self.ctx.generator.clone(),
-                    settings: settings.clone(),
-                    broker: None,
-                },
-                client,
-                rules: (*self.ctx.models).clone(),
-                feed: Some(self.feed.clone()),
-            };
-            schedule
-                .add_batch_sweep(
-                    Arc::new(sweep),
-                    Duration::from_millis(settings.warm.batch_poll_ms.max(100)),
-                )
-                .await
-                .context("scheduling the warming batch sweep")?;
-        }
         // The metrics feed outlives everything that sends to it, so their last messages go out.
         let feed_stop = CancellationToken::new();
         let publisher = tokio::spawn(
@@ -196,6 +175,28 @@ impl App {
         background.spawn(
             upkeep_metrics(background_stop.clone()).instrument(telemetry::task("metrics upkeep")),
         );
+        if let Ok(client) = batch_client(&settings) {
+            let sweep = maintenance::warming::BatchSweep {
+                warmer: crate::warm::Warmer {
+                    db: db.clone(),
+                    store: self.ctx.store.clone(),
+                    generator: self.ctx.generator.clone(),
+                    settings: settings.clone(),
+                    broker: None,
+                },
+                client,
+                rules: (*self.ctx.models).clone(),
+                feed: Some(self.feed.clone()),
+            };
+            background.spawn(
+                sweep
+                    .run_every(
+                        Duration::from_millis(settings.warm.batch_poll_ms.max(10)),
+                        background_stop.clone(),
+                    )
+                    .instrument(telemetry::task("warming batch sweep")),
+            );
+        }
         let lifecycle = Arc::new(Lifecycle::new(settings.openai.shutdown_warning_days));
         if let Some(checker) = model_checker(&settings)? {
             let plan = maintenance::lifecycle::Plan {

@@ -163,6 +163,25 @@ pub struct BatchSweep {
 }
 
 impl BatchSweep {
+    /// Sweeps every `every` until `stop`. A failed sweep is logged; the next one tries again.
+    pub async fn run_every(self, every: std::time::Duration, stop: CancellationToken) {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            match self.run().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(finished = n, "warming batch sweep finished batches"),
+                Err(error) => {
+                    tracing::warn!(%error, "warming batch sweep failed; the next one tries again");
+                }
+            }
+        }
+    }
+
     /// One sweep; how many batches it finished. Nothing when another replica holds the lock.
     pub async fn run(&self) -> Result<usize, WarmError> {
         let batching = warm::batch::Batching {
