@@ -100,6 +100,7 @@ pub async fn refresh(
     top: u32,
     budget_usd: Option<f64>,
 ) -> Result<RefreshReport, WarmError> {
+    let started_at = Utc::now();
     let entries = db::warm::most_used_by_model(&warmer.db, generated_by, i64::from(top)).await?;
     let mut report = RefreshReport {
         considered: entries.len(),
@@ -141,6 +142,25 @@ pub async fn refresh(
                 report.failed += 1;
                 report.failures.push(format!("{}: {error}", entry.key));
             }
+        }
+    }
+    if report.refreshed + report.skipped + report.failed > 0 {
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let run = db::warm::Run {
+            source: "refresh".to_owned(),
+            mode: super::Mode::Live.as_str().to_owned(),
+            generated: count(report.refreshed),
+            skipped: count(report.skipped),
+            failed: count(report.failed),
+            wasted: 0,
+            spent_usd: report.spent_usd,
+            wasted_usd: 0.0,
+            batch_id: None,
+            started_at,
+            finished_at: Utc::now(),
+        };
+        if let Err(error) = db::warm::record_run(&warmer.db, &run).await {
+            tracing::warn!(%error, "could not add the refresh to the warming history");
         }
     }
     Ok(report)

@@ -526,3 +526,74 @@ async fn the_api_key_never_appears_in_the_output_of_a_refused_batch() {
     assert!(!errors.unwrap_or_default().contains("wrongSecret4242"));
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn refresh_batch_moves_entries_to_new_images_at_half_price_and_deletes_the_old_ones() {
+    let mut env = TestEnv::start_with(vec![openai_ok()], fast).await;
+    for hair in ["r1", "r2", "r3"] {
+        env.run(&env.job("user-1", json!({"hair": hair}))).await;
+    }
+    sqlx::query(
+        "UPDATE memoji_cache SET model = 'gpt-image-1',
+                usage_count = CASE prompt_config->>'hair' WHEN 'r1' THEN 10 WHEN 'r2' THEN 5 ELSE 1 END",
+    )
+    .execute(&env.db)
+    .await
+    .unwrap();
+    let before: Vec<(String, String)> =
+        sqlx::query_as("SELECT prompt_config->>'hair', storage_path FROM memoji_cache")
+            .fetch_all(&env.db)
+            .await
+            .unwrap();
+    let ledger = count(&env.db, "SELECT count(*) FROM memoji_credit_ledger").await;
+    let calls = env.openai.calls();
+    let (output, report) = cli(
+        &env,
+        &[
+            "refresh",
+            "--generated-by",
+            "gpt-image-1",
+            "--top",
+            "2",
+            "--budget-usd",
+            "1",
+            "--batch",
+        ],
+    )
+    .await;
+    assert_eq!(report["mode"], "batch", "{report}");
+    assert_eq!(report["generated"], 2, "{report}");
+    assert_eq!(report["batch"]["status"], "completed", "{report}");
+    assert_eq!(env.openai.calls(), calls, "no live generation");
+    assert_eq!(
+        count(&env.db, "SELECT count(*) FROM memoji_credit_ledger").await,
+        ledger
+    );
+    let after: Vec<(String, String, String, f64, Value)> = sqlx::query_as(
+        "SELECT prompt_config->>'hair', storage_path, model, generation_cost::float8, usage
+           FROM memoji_cache ORDER BY 1",
+    )
+    .fetch_all(&env.db)
+    .await
+    .unwrap();
+    for (hair, path, model, cost, usage) in &after {
+        assert!(
+            env.storage_dir().join(path).is_file(),
+            "{hair}: {path} is missing"
+        );
+        let old = &before.iter().find(|(h, _)| h == hair).unwrap().1;
+        if hair == "r3" {
+            assert_eq!(path, old, "the least used entry is left alone");
+        } else {
+            assert!(path.ends_with("-1.png"), "{path}");
+            assert_eq!(model, "gpt-image-2.6-flare");
+            assert!(
+                (cost - half_price_of(usage)).abs() < 5.1e-5,
+                "{cost} {usage}"
+            );
+            assert!(!env.storage_dir().join(old).exists(), "{old} is deleted");
+        }
+    }
+    assert!(!text(&output).contains(KEY));
+    env.cleanup().await;
+}
