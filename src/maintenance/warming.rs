@@ -172,7 +172,13 @@ impl BatchSweep {
                 _ = ticks.tick() => {}
                 () = stop.cancelled() => return,
             }
-            match self.run().await {
+            // Stopping mid-sweep is safe: each line's entry and outcome commit together, and
+            // an image stored but not recorded is found again at its path by the next sweep.
+            let swept = tokio::select! {
+                swept = self.run() => swept,
+                () = stop.cancelled() => return,
+            };
+            match swept {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(finished = n, "warming batch sweep finished batches"),
                 Err(error) => {

@@ -597,3 +597,55 @@ async fn refresh_batch_moves_entries_to_new_images_at_half_price_and_deletes_the
     assert!(!text(&output).contains(KEY));
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_command_killed_while_it_reads_the_output_is_resumed_where_it_stopped() {
+    let env = TestEnv::without_worker(vec![openai_ok()], fast).await;
+    // Lines 1 and 2 are answered in the output file, line 3 fails into the error file, whose
+    // download hangs: the command is killed after the output file, before the error file.
+    env.openai.batches.script(BatchScript {
+        polls: vec!["in_progress"],
+        error_lines: vec![3],
+        ..BatchScript::default()
+    });
+    env.openai
+        .batches
+        .delay_error_files(Some(Duration::from_secs(60)));
+    let file = jsonl(&env, "m.jsonl", &["m1", "m2", "m3"]);
+    let mut child = command(&env, &["warm", "--from", &file, "--batch"])
+        .spawn()
+        .unwrap();
+    let db = &env.db;
+    eventually("the output file's lines to be recorded", || async {
+        (count(db, "SELECT count(*) FROM memoji_cache").await == 2).then_some(())
+    })
+    .await;
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    assert_eq!(
+        count(
+            db,
+            "SELECT count(*) FROM memoji_warm_batches WHERE finished_at IS NULL"
+        )
+        .await,
+        1,
+        "the batch is still open"
+    );
+    env.openai.batches.delay_error_files(None);
+    let (_, resumed) = cli(&env, &["warm", "--batch", "--resume"]).await;
+    let report = &resumed["resumed"][0];
+    assert_eq!(report["generated"], 2, "{resumed}");
+    assert_eq!(report["failed"], 1, "{resumed}");
+    assert_eq!(
+        report["dropped"], 0,
+        "the handled lines are not handled again: {resumed}"
+    );
+    assert_eq!(count(db, "SELECT count(*) FROM memoji_cache").await, 2);
+    let objects = walk(env.storage_dir())
+        .into_iter()
+        .filter(|p| p.ends_with(".png"))
+        .count();
+    assert_eq!(objects, 2, "one object per recorded key");
+    assert_eq!(count(db, "SELECT count(*) FROM memoji_warm_runs").await, 1);
+    env.cleanup().await;
+}

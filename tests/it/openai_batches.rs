@@ -84,6 +84,9 @@ struct State {
     order: Vec<String>,
     next: u32,
     polls: u32,
+    /// Error files, and how long their download takes to start.
+    error_files: Vec<String>,
+    error_file_delay: Option<std::time::Duration>,
 }
 
 /// The Batch API's state, shared by the test and the server.
@@ -103,6 +106,12 @@ impl Batches {
 
     pub fn release(&self) {
         self.0.lock().unwrap().held = false;
+    }
+
+    /// Makes every error file's download wait `delay` before it starts (`None`: at once), so a
+    /// test can stop a process between a batch's output file and its error file.
+    pub fn delay_error_files(&self, delay: Option<std::time::Duration>) {
+        self.0.lock().unwrap().error_file_delay = delay;
     }
 
     /// Batches created so far.
@@ -169,10 +178,15 @@ impl Respond for Batches {
                 let id = p
                     .trim_start_matches("/v1/files/")
                     .trim_end_matches("/content");
+                let delay = state
+                    .error_file_delay
+                    .filter(|_| state.error_files.iter().any(|f| f == id))
+                    .unwrap_or_default();
                 match state.files.get(id) {
                     Some(content) => ResponseTemplate::new(200)
                         .insert_header("content-type", "application/octet-stream")
-                        .set_body_bytes(content.clone()),
+                        .set_body_bytes(content.clone())
+                        .set_delay(delay),
                     None => error(404, &format!("No such File object: {id}"), None),
                 }
             }
@@ -390,6 +404,9 @@ fn poll(state: &mut State, id: &str) -> ResponseTemplate {
     .flatten()
     .collect();
     state.next = next;
+    if let Some(id) = files["error_file_id"].as_str() {
+        state.error_files.push(id.to_owned());
+    }
     for (id, content) in stored {
         state.files.insert(id, content);
     }
