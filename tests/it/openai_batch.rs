@@ -198,6 +198,44 @@ async fn a_batch_completes_at_half_price_within_the_budget_and_charges_nobody() 
             .await
             .unwrap();
     assert_eq!((mode.as_str(), generated), ("batch", 3));
+
+    // The other sources go the same way: the history's top, as a batch.
+    let config = json!({"hair": "from-history", "gesture": "heart"});
+    let parsed = memoji_worker::job::AvatarConfig::normalize(&config).unwrap();
+    let key = memoji_worker::job::CacheKey::of(&parsed, memoji_worker::job::GeneratorKind::OpenAi);
+    sqlx::query(
+        "INSERT INTO memoji_request_history (day, prompt_hash, prompt_config, requests)
+         VALUES (current_date, $1, $2, 7)",
+    )
+    .bind(key.as_str())
+    .bind(&config)
+    .execute(&env.db)
+    .await
+    .unwrap();
+    let (_, report) = cli(
+        &env,
+        &[
+            "warm",
+            "--from-history",
+            "--days",
+            "30",
+            "--top",
+            "5",
+            "--batch",
+            "--budget-usd",
+            "1",
+        ],
+    )
+    .await;
+    assert_eq!(report["generated"], 1, "{report}");
+    assert_eq!(report["lines"][0]["key"], key.as_str(), "{report}");
+    let source: String = sqlx::query_scalar(
+        "SELECT source FROM memoji_warm_batches ORDER BY created_at DESC LIMIT 1",
+    )
+    .fetch_one(&env.db)
+    .await
+    .unwrap();
+    assert_eq!(source, "history");
     env.cleanup().await;
 }
 
