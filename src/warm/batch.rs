@@ -331,6 +331,7 @@ impl Batching<'_> {
             .filter(|i| i.outcome.is_none())
             .map(|i| (i.custom_id.as_str(), i))
             .collect();
+        progress.answers(&batch.id, pending.len());
         for file in [&batch.output_file_id, &batch.error_file_id]
             .into_iter()
             .flatten()

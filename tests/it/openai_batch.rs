@@ -189,6 +189,10 @@ async fn a_batch_completes_at_half_price_within_the_budget_and_charges_nobody() 
     }
     assert!(stderr.contains("warm: 3 to generate"), "{stderr}");
     assert!(stderr.contains("warm: 3/3 "), "{stderr}");
+    assert!(
+        stderr.contains("handling the answers of 3 line(s)"),
+        "{stderr}"
+    );
     assert!(!all.contains(KEY), "{all}");
 
     // The warming history has the run.
