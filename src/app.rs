@@ -138,6 +138,7 @@ impl App {
                 },
                 rules: (*self.ctx.models).clone(),
                 feed: Some(self.feed.clone()),
+                batch: batch_client(&settings).ok(),
             };
             schedule
                 .add_warming(Arc::new(warming), &settings.warm.schedule)
@@ -426,6 +427,9 @@ pub fn check_domain(settings: &Settings) -> anyhow::Result<ModelRules> {
     if !settings.warm.schedule.is_empty() {
         schedule::parse(&settings.warm.schedule)
             .map_err(|e| anyhow::anyhow!("warm.schedule: {e}"))?;
+    }
+    if settings.warm.batch && !settings.warm.schedule.is_empty() {
+        batch_client(settings).context("warm.batch")?;
     }
     if !["history", "predict"].contains(&settings.warm.source.as_str()) {
         bail!("warm.source must be \"history\" or \"predict\"");

@@ -432,6 +432,8 @@ pub struct WarmSettings {
     /// `warm --batch`: how often a batch is polled at OpenAI (milliseconds); also how often each
     /// worker's batch sweep looks for open batches (one replica at a time).
     pub batch_poll_ms: u64,
+    /// Scheduled warming submits its run as one OpenAI batch (half price, within 24 hours).
+    pub batch: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

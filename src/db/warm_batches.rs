@@ -341,3 +341,20 @@ pub async fn open_estimates(pool: &PgPool) -> Result<f64, DbError> {
     .await?;
     Ok(sum)
 }
+
+/// The keys among `keys` that a line of an open batch is still to answer: another warming is
+/// making them.
+pub async fn pending_among(
+    pool: &PgPool,
+    keys: &[String],
+) -> Result<std::collections::HashSet<String>, DbError> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT DISTINCT i.prompt_hash FROM memoji_warm_batch_items i
+           JOIN memoji_warm_batches b ON b.id = i.batch_id
+          WHERE b.finished_at IS NULL AND i.outcome IS NULL AND i.prompt_hash = ANY($1)",
+    )
+    .bind(keys)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|(key,)| key).collect())
+}

@@ -3,6 +3,9 @@
 //! configurations within what is left of `warm.daily_budget_usd` today, and publishes
 //! `warm.completed` on the metrics exchange.
 //!
+//! With `warm.batch`, a scheduled run is submitted as one OpenAI batch instead (half price,
+//! within 24 hours), its estimate counted against the day's budget at once.
+//!
 //! The batch sweep ([`BatchSweep`]), every `warm.batch_poll_ms` in every worker with an OpenAI
 //! key, one replica at a time (the batch lock): open warming batches (`warm --batch`) are polled
 //! and those OpenAI is done with are finished, whoever submitted them, each publishing its
@@ -55,6 +58,8 @@ pub struct ScheduledWarming {
     pub warmer: Warmer,
     pub rules: ModelRules,
     pub feed: Option<Feed>,
+    /// With `warm.batch`: OpenAI's Batch API, to submit the run as a batch (half price).
+    pub batch: Option<crate::generate::batch::BatchClient>,
 }
 
 impl ScheduledWarming {
@@ -77,7 +82,10 @@ impl ScheduledWarming {
     async fn locked_run(&self) -> Result<Option<WarmCompleted>, WarmError> {
         let settings = &self.warmer.settings.warm;
         let db = &self.warmer.db;
-        let left = settings.daily_budget_usd - db::warm::spent_today(db).await?;
+        // Open batches are money committed today, whenever their rows are recorded.
+        let left = settings.daily_budget_usd
+            - db::warm::spent_today(db).await?
+            - db::warm_batches::open_estimates(db).await?;
         if left <= 0.0 {
             tracing::info!("scheduled warming: today's budget is spent");
             return Ok(None);
@@ -99,15 +107,45 @@ impl ScheduledWarming {
             model: None,
         };
         let (candidates, refused) = shaping.candidates(configs);
-        // Live jobs first: without the broker, warming cannot see the queue, so it does not run.
-        let broker = Broker::connect(&self.warmer.settings.amqp, "memoji-worker warming").await?;
-        let mut warmer = self.warmer.clone();
-        warmer.broker = Some(Arc::new(broker));
         let options = Options {
             budget_usd: Some(left),
             source: format!("schedule:{}", settings.source),
             ..Options::default()
         };
+        if settings.batch {
+            // Half price, answers within 24 h: submitted now, finished by the batch sweep (which
+            // publishes its warm.completed).
+            let Some(client) = &self.batch else {
+                return Err(WarmError::Refused(
+                    "warm.batch needs the openai generator and an OpenAI key".to_owned(),
+                ));
+            };
+            let batching = warm::batch::Batching {
+                warmer: &self.warmer,
+                client,
+                rules: &self.rules,
+            };
+            let report = batching
+                .warm(
+                    candidates,
+                    refused,
+                    &options,
+                    &mut Progress::Quiet,
+                    &CancellationToken::new(),
+                    false,
+                )
+                .await?;
+            tracing::info!(
+                lines = report.planned,
+                estimated_usd = report.estimated_usd,
+                "scheduled warming submitted a batch"
+            );
+            return Ok(None);
+        }
+        // Live jobs first: without the broker, warming cannot see the queue, so it does not run.
+        let broker = Broker::connect(&self.warmer.settings.amqp, "memoji-worker warming").await?;
+        let mut warmer = self.warmer.clone();
+        warmer.broker = Some(Arc::new(broker));
         let report = warm::run(
             &warmer,
             candidates,

@@ -104,8 +104,16 @@ impl Batching<'_> {
             candidate.estimate_usd =
                 pricing::batch_list_price(&self.warmer.settings.prices, &candidate.plan);
         }
+        // A key a line of an open batch is still to answer is another warming's: skipped.
+        let keys: Vec<String> = candidates.iter().map(|c| c.key.to_string()).collect();
+        let pending = warm_batches::pending_among(&self.warmer.db, &keys).await?;
+        let before = candidates.len();
+        candidates.retain(|c| !pending.contains(c.key.as_str()));
+        let skipped = before - candidates.len();
         let (mut planned, todo) = plan(&self.warmer.db, candidates, refused, options).await?;
         planned.mode = Mode::Batch;
+        planned.skipped = skipped;
+        planned.considered += skipped;
         if options.dry_run || todo.is_empty() {
             return Ok(planned);
         }
@@ -123,6 +131,7 @@ impl Batching<'_> {
             self.report(id).await?
         };
         report.considered = planned.considered;
+        report.skipped = planned.skipped;
         report.already_cached = planned.already_cached;
         report.refused = planned.refused;
         report.over_budget = planned.over_budget;

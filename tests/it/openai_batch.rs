@@ -691,3 +691,55 @@ async fn a_command_killed_while_it_reads_the_output_is_resumed_where_it_stopped(
     assert_eq!(count(db, "SELECT count(*) FROM memoji_warm_runs").await, 1);
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn scheduled_warming_with_warm_batch_submits_one_batch_within_the_daily_budget() {
+    // Every second; the day's budget buys two images at the batch price ($0.02 each).
+    let tweak = |s: &mut Settings| {
+        fast(s);
+        s.warm.schedule = "*/1 * * * * *".to_owned();
+        s.warm.batch = true;
+        s.warm.daily_budget_usd = 0.04;
+    };
+    let env = TestEnv::start_with(vec![openai_ok()], tweak).await;
+    let mut tap = env.metrics_tap().await;
+    for hair in ["sh1", "sh2", "sh3"] {
+        let config = json!({"hair": hair});
+        let parsed = memoji_worker::job::AvatarConfig::normalize(&config).unwrap();
+        let key =
+            memoji_worker::job::CacheKey::of(&parsed, memoji_worker::job::GeneratorKind::OpenAi);
+        sqlx::query(
+            "INSERT INTO memoji_request_history (day, prompt_hash, prompt_config, requests)
+             VALUES (current_date, $1, $2, 5)",
+        )
+        .bind(key.as_str())
+        .bind(&config)
+        .execute(&env.db)
+        .await
+        .unwrap();
+    }
+    let completed = tap
+        .next_with("warm.completed", |m| m["mode"] == "batch")
+        .await;
+    crate::schemas::assert_valid("metrics/warm-completed.schema.json", &completed);
+    assert_eq!(completed["source"], "schedule:history", "{completed}");
+    assert_eq!(completed["generated"], 2, "{completed}");
+    assert!(
+        completed["spent_usd"].as_f64().unwrap() <= 0.04,
+        "{completed}"
+    );
+    // Later runs find the day's budget spent (or committed): no second batch, no live call.
+    // (Two more scheduled runs, a second apart: nothing to wait for but the clock.)
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(env.openai.batches.created(), 1, "one batch a day's budget");
+    assert_eq!(env.openai.calls(), 0, "nothing generated live");
+    assert_eq!(
+        count(
+            &env.db,
+            "SELECT count(*) FROM memoji_cache WHERE warmed_at IS NOT NULL"
+        )
+        .await,
+        2
+    );
+    env.cleanup().await;
+}
