@@ -38,6 +38,9 @@ use crate::generate::batch::{Batch, BatchClient, BatchStatus};
 use crate::generate::pricing;
 use crate::job::ModelRules;
 
+/// The most requests OpenAI takes in one batch.
+const MAX_LINES: usize = 50_000;
+
 /// What the report says of the batch itself.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BatchSummary {
@@ -147,6 +150,13 @@ impl Batching<'_> {
         progress: &mut Progress,
     ) -> Result<Uuid, WarmError> {
         let db = &self.warmer.db;
+        if lines.len() > MAX_LINES {
+            return Err(WarmError::Refused(format!(
+                "a batch holds at most {MAX_LINES} requests (OpenAI's limit), this one {}: \
+                 use --max or --top",
+                lines.len()
+            )));
+        }
         let id = Uuid::new_v4();
         let mut jsonl = Vec::new();
         let mut items = Vec::with_capacity(lines.len());
