@@ -90,6 +90,9 @@ pub struct Settings {
     pub warm: WarmSettings,
     pub log: LogSettings,
     pub telemetry: TelemetrySettings,
+    /// A/B tests of cache strategies, by name (`[experiments.<name>]`); none by default.
+    #[serde(default)]
+    pub experiments: BTreeMap<String, ExperimentSettings>,
     /// From the environment only, never from a file.
     #[serde(skip)]
     pub secrets: Secrets,
@@ -468,6 +471,40 @@ impl TelemetrySettings {
     }
 }
 
+/// One A/B test of cache strategies (`[experiments.<name>]`): users are split between its arms
+/// by a stable hash of their `user_id` and the experiment's name (`job::experiment`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct ExperimentSettings {
+    /// Off: nobody is assigned, every job runs on the configuration's own settings.
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+    /// The arms, by name (`[experiments.<name>.arms.<arm>]`), in name order.
+    pub arms: BTreeMap<String, ArmSettings>,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+/// One arm of an experiment: the share of users it takes and the cache settings it changes for
+/// them. A setting left out is the configuration's own (or the user's preference).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct ArmSettings {
+    /// Percent of all users in this arm (0 < share <= 100). The arms' shares add up to at most
+    /// 100; users beyond them are in no arm and run on the configuration's settings.
+    pub share: f64,
+    /// Images kept per key for this arm's users (`cache.variants`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variants: Option<u32>,
+    /// Cached images older than this many days are not served to this arm's users.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_days: Option<u32>,
+    /// Whether warmed entries are served to this arm's users (false: an entry warming made is
+    /// treated as not cached until a live job has used it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warming: Option<bool>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -639,10 +676,71 @@ impl Settings {
             self.openai.lifecycle_check_hours > 0 && self.openai.lifecycle_retry_secs > 0,
             "openai.lifecycle_check_hours and openai.lifecycle_retry_secs must be at least 1",
         )?;
+        check_experiments(&self.experiments).map_err(SettingsError::Rule)?;
         // Domain rules (the cron schedule, the price table, model successors) are checked where
         // they live, when the app is built: `app::check_domain`.
         Ok(self)
     }
+}
+
+/// The experiments' rules: names the environment can spell (lowercase), at most one enabled at a
+/// time (so every job names at most one experiment and arms never interact), at least two arms,
+/// shares in (0, 100] adding up to at most 100, and arm settings of at least 1.
+fn check_experiments(experiments: &BTreeMap<String, ExperimentSettings>) -> Result<(), String> {
+    let spelled = |name: &str| {
+        !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+    };
+    let enabled: Vec<&String> = experiments
+        .iter()
+        .filter(|(_, experiment)| experiment.enabled)
+        .map(|(name, _)| name)
+        .collect();
+    if enabled.len() > 1 {
+        return Err(format!(
+            "at most one experiment may be enabled at a time; enabled: {}",
+            enabled
+                .iter()
+                .map(|name| name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    for (name, experiment) in experiments {
+        if !spelled(name) {
+            return Err(format!(
+                "experiments.{name}: a name is 1-64 of a-z, 0-9, _ and -"
+            ));
+        }
+        if experiment.arms.len() < 2 {
+            return Err(format!("experiments.{name} needs at least two arms"));
+        }
+        let mut total = 0.0;
+        for (arm_name, arm) in &experiment.arms {
+            let at = format!("experiments.{name}.arms.{arm_name}");
+            if !spelled(arm_name) {
+                return Err(format!("{at}: a name is 1-64 of a-z, 0-9, _ and -"));
+            }
+            if !(arm.share > 0.0 && arm.share <= 100.0) {
+                return Err(format!("{at}.share must be more than 0 and at most 100"));
+            }
+            if arm.variants == Some(0) || arm.max_age_days == Some(0) {
+                return Err(format!(
+                    "{at}: variants and max_age_days must be at least 1"
+                ));
+            }
+            total += arm.share;
+        }
+        if total > 100.0 + 1e-9 {
+            return Err(format!(
+                "experiments.{name}: the arms' shares add up to {total}, more than 100"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A configuration file (TOML), read here rather than by the `config` crate so that errors show

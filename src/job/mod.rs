@@ -5,6 +5,7 @@
 //! is the one message every job ends in. Error codes are stable strings from CONTRACT.md §2.3.
 
 mod avatar;
+pub mod experiment;
 mod intake;
 mod key;
 mod lenient;
@@ -13,6 +14,7 @@ mod outcome;
 mod result;
 
 pub use avatar::{AvatarConfig, ConfigError, ModelRules};
+pub use experiment::Assignment;
 pub use intake::{Intake, Job, JobId, MAX_MESSAGE_BYTES, Rejection, Tier, intake};
 pub use key::{CacheKey, GeneratorKind};
 pub use models::{Model, Plan};
