@@ -495,7 +495,9 @@ impl CacheMode {
 
     /// The mode named `name`, if any.
     pub fn from_name(name: &str) -> Option<CacheMode> {
-        CacheMode::ALL.into_iter().find(|mode| mode.as_str() == name)
+        CacheMode::ALL
+            .into_iter()
+            .find(|mode| mode.as_str() == name)
     }
 }
 

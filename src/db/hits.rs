@@ -67,22 +67,24 @@ impl FoundRow {
                 .preferences()
             })
             .transpose()?;
-        Ok(match (self.known, self.image_url, self.cost, self.updated_at) {
-            (true, ..) => Found::Known,
-            (false, Some(image_url), Some(cost), Some(updated_at)) => Found::Hit(
-                Hit::from(EntryRow {
-                    image_url,
-                    storage_path: self.storage_path,
-                    cost,
-                    updated_at,
-                    model: self.model,
-                    warmed_unused: self.warmed_unused.unwrap_or(false),
-                    used: self.used,
-                }),
-                preferences,
-            ),
-            (false, ..) => Found::Miss,
-        })
+        Ok(
+            match (self.known, self.image_url, self.cost, self.updated_at) {
+                (true, ..) => Found::Known,
+                (false, Some(image_url), Some(cost), Some(updated_at)) => Found::Hit(
+                    Hit::from(EntryRow {
+                        image_url,
+                        storage_path: self.storage_path,
+                        cost,
+                        updated_at,
+                        model: self.model,
+                        warmed_unused: self.warmed_unused.unwrap_or(false),
+                        used: self.used,
+                    }),
+                    preferences,
+                ),
+                (false, ..) => Found::Miss,
+            },
+        )
     }
 }
 

@@ -49,18 +49,18 @@ fn unavailable(error: &DbError) -> Response {
     )
 }
 
-/// The token and the user id, checked; the refusal to answer with otherwise.
-fn admitted(state: &ApiState, headers: &HeaderMap, user_id: &str) -> Result<(), Response> {
-    auth::authorize(headers, state.settings.secrets.admin_token.as_ref())
-        .map_err(IntoResponse::into_response)?;
-    if !valid_user_id(user_id) {
-        return Err(refused(
+/// The token and the user id, checked: the refusal to answer with, if either is wrong.
+fn refusal(state: &ApiState, headers: &HeaderMap, user_id: &str) -> Option<Response> {
+    if let Err(refusal) = auth::authorize(headers, state.settings.secrets.admin_token.as_ref()) {
+        return Some(refusal.into_response());
+    }
+    (!valid_user_id(user_id)).then(|| {
+        refused(
             StatusCode::BAD_REQUEST,
             "bad_request",
             "user_id must be 1-128 printable characters".to_owned(),
-        ));
-    }
-    Ok(())
+        )
+    })
 }
 
 async fn show(
@@ -68,7 +68,7 @@ async fn show(
     headers: HeaderMap,
     Path(user_id): Path<String>,
 ) -> Response {
-    if let Err(refusal) = admitted(&state, &headers, &user_id) {
+    if let Some(refusal) = refusal(&state, &headers, &user_id) {
         return refusal;
     }
     match preferences::get(&state.db, &user_id).await {
@@ -83,7 +83,7 @@ async fn replace(
     Path(user_id): Path<String>,
     request: Bytes,
 ) -> Response {
-    if let Err(refusal) = admitted(&state, &headers, &user_id) {
+    if let Some(refusal) = refusal(&state, &headers, &user_id) {
         return refusal;
     }
     let parsed = serde_json::from_slice::<UserPreferences>(&request)
@@ -109,7 +109,7 @@ async fn clear(
     headers: HeaderMap,
     Path(user_id): Path<String>,
 ) -> Response {
-    if let Err(refusal) = admitted(&state, &headers, &user_id) {
+    if let Some(refusal) = refusal(&state, &headers, &user_id) {
         return refusal;
     }
     match preferences::clear(&state.db, &user_id).await {

@@ -248,7 +248,11 @@ fn cache_request(value: Option<&Value>) -> Result<CacheRequest, String> {
         None | Some(Value::Null) => None,
         Some(value) => match value.as_u64().and_then(|n| u32::try_from(n).ok()) {
             Some(days) if days >= 1 => Some(days),
-            _ => return Err("cache.max_age_days must be a whole number of days, at least 1".to_owned()),
+            _ => {
+                return Err(
+                    "cache.max_age_days must be a whole number of days, at least 1".to_owned(),
+                );
+            }
         },
     };
     let mode = match fields.get("mode") {
@@ -551,7 +555,9 @@ mod tests {
             assert_eq!(job.cache.mode, Some(mode));
         }
         let nulls = json!({"user_id": "u", "cache": {"max_age_days": null, "mode": null}});
-        assert!(matches!(read(nulls), Ok(Intake::Job(job)) if job.cache == CacheRequest::default()));
+        assert!(
+            matches!(read(nulls), Ok(Intake::Job(job)) if job.cache == CacheRequest::default())
+        );
     }
 
     #[test]

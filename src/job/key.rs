@@ -235,8 +235,9 @@ mod tests {
         // Vectors: the seed's default configuration in the namespace "tenant-a", computed
         // independently (`printf '%s' '<canonical>' | sha256sum`).
         let seed = AvatarConfig::normalize(&json!({})).unwrap();
-        let canonical = CacheKey::canonical_value_in(&seed, GeneratorKind::OpenAi, Some("tenant-a"))
-            .to_string();
+        let canonical =
+            CacheKey::canonical_value_in(&seed, GeneratorKind::OpenAi, Some("tenant-a"))
+                .to_string();
         assert_eq!(
             canonical,
             r#"{"model":"gpt-image-1","size":"1024x1024","familyType":"father","gesture":"wave","hair":"short","skinTone":"medium","accessories":[],"colorTheme":"pastel-blue","background":"auto","namespace":"tenant-a"}"#

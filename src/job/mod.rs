@@ -16,9 +16,7 @@ mod result;
 
 pub use avatar::{AvatarConfig, ConfigError, ModelRules};
 pub use experiment::Assignment;
-pub use intake::{
-    Intake, Job, JobId, MAX_MESSAGE_BYTES, Rejection, Tier, intake, valid_user_id,
-};
+pub use intake::{Intake, Job, JobId, MAX_MESSAGE_BYTES, Rejection, Tier, intake, valid_user_id};
 pub use key::{CacheKey, GeneratorKind};
 pub use models::{Model, Plan};
 pub use outcome::{Outcome, Recipient};

@@ -80,7 +80,12 @@ pub struct CachePolicy {
 impl CachePolicy {
     /// The policy of a seed-shaped job under default settings: today's behaviour.
     pub fn seed() -> CachePolicy {
-        resolve(&CacheRequest::default(), None, None, &CacheSettings::default())
+        resolve(
+            &CacheRequest::default(),
+            None,
+            None,
+            &CacheSettings::default(),
+        )
     }
 
     /// What an entry must be to serve this job, for a job received at `received`. A refresh
@@ -200,11 +205,7 @@ mod tests {
     }
 
     fn config(max_age_days: Option<u32>, mode: CacheMode) -> CacheSettings {
-        CacheSettings {
-            max_age_days,
-            mode,
-            ..CacheSettings::default()
-        }
+        CacheSettings { max_age_days, mode }
     }
 
     #[test]
@@ -225,11 +226,29 @@ mod tests {
         // (job, user, arm max age, config) → (mode, max_age_days)
         let table = [
             // Nothing set anywhere: the configuration's defaults.
-            (job(None, None), None, None, config(None, Default), (Default, None)),
+            (
+                job(None, None),
+                None,
+                None,
+                config(None, Default),
+                (Default, None),
+            ),
             // The configuration alone.
-            (job(None, None), None, None, config(Some(90), Bypass), (Bypass, Some(90))),
+            (
+                job(None, None),
+                None,
+                None,
+                config(Some(90), Bypass),
+                (Bypass, Some(90)),
+            ),
             // The arm over the configuration (max age only; the arm has no mode).
-            (job(None, None), None, Some(30), config(Some(90), Bypass), (Bypass, Some(30))),
+            (
+                job(None, None),
+                None,
+                Some(30),
+                config(Some(90), Bypass),
+                (Bypass, Some(30)),
+            ),
             // The user over the arm and the configuration.
             (
                 job(None, None),
@@ -273,8 +292,15 @@ mod tests {
         for (n, (job, user, arm_age, config, (mode, max_age))) in table.into_iter().enumerate() {
             let assignment = arm_age.map(|days| arm(Some(days), None));
             let policy = resolve(&job, user.as_ref(), assignment.clone(), &config);
-            assert_eq!((policy.mode, policy.max_age_days), (mode, max_age), "row {n}");
-            assert_eq!(policy.assignment, assignment, "row {n}: the assignment rides along");
+            assert_eq!(
+                (policy.mode, policy.max_age_days),
+                (mode, max_age),
+                "row {n}"
+            );
+            assert_eq!(
+                policy.assignment, assignment,
+                "row {n}: the assignment rides along"
+            );
         }
     }
 
@@ -292,14 +318,20 @@ mod tests {
         assert!(!policy.serve_warmed);
         assert!(policy.variants_opt_out);
         assert_eq!(policy.variants, Some(3));
-        assert!(policy.replaces(), "a warmed entry it will not serve is replaced");
+        assert!(
+            policy.replaces(),
+            "a warmed entry it will not serve is replaced"
+        );
         let policy = resolve(
             &CacheRequest::default(),
             None,
             Some(arm(None, None)),
             &CacheSettings::default(),
         );
-        assert!(policy.serve_warmed, "an arm that leaves warming out serves warmed entries");
+        assert!(
+            policy.serve_warmed,
+            "an arm that leaves warming out serves warmed entries"
+        );
     }
 
     #[test]

@@ -114,8 +114,8 @@ impl StoragePath {
             None => (stem, 0),
             Some((hash, job)) if job.starts_with('j') => {
                 let job = &job[1..];
-                let hex = job.len() == 32
-                    && job.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+                let hex =
+                    job.len() == 32 && job.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
                 let key = CacheKey::parse(hash)?;
                 let id = uuid::Uuid::parse_str(job).ok().filter(|_| hex)?;
                 let year = year.parse::<i32>().ok().filter(|_| digits(year, 4))?;
@@ -329,7 +329,9 @@ mod tests {
     fn a_bypass_image_has_a_path_no_cache_entry_has() {
         let key = CacheKey::parse(&"ab".repeat(32)).unwrap();
         let at = Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap();
-        let job = crate::job::JobId(uuid::Uuid::from_u128(0x0b6f6f0e_3f5e_4c55_9d36_0f2b8e4a7f10));
+        let job = crate::job::JobId(uuid::Uuid::from_u128(
+            0x0b6f6f0e_3f5e_4c55_9d36_0f2b8e4a7f10,
+        ));
         let path = StoragePath::for_bypass(&key, at, job);
         assert_eq!(
             path.as_str(),

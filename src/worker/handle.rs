@@ -156,8 +156,8 @@ async fn work(
     started: Instant,
 ) -> Result<JobResult, StepError> {
     // When the delivery arrived: a refresh is served only an entry recorded after that.
-    let received =
-        Utc::now() - chrono::TimeDelta::from_std(started.elapsed()).unwrap_or(chrono::TimeDelta::zero());
+    let received = Utc::now()
+        - chrono::TimeDelta::from_std(started.elapsed()).unwrap_or(chrono::TimeDelta::zero());
     let policy = cache_policy(ctx, job, &mut owned).await?;
     let fresh = policy.freshness(received);
     if matches!(policy.mode, CacheMode::Default | CacheMode::OnlyIfCached) {

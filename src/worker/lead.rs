@@ -17,8 +17,8 @@ use sqlx::PgPool;
 
 use super::context::Context;
 use super::step::StepError;
-use crate::db::credits::{self, Account, Charge};
 use crate::config::CacheMode;
+use crate::db::credits::{self, Account, Charge};
 use crate::db::{DbError, bypass, cache, jobs, leases};
 use crate::generate::{GenerateError, Generated, pricing};
 use crate::job::{

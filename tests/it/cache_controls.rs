@@ -55,7 +55,12 @@ async fn ledger(env: &TestEnv) -> i64 {
 }
 
 /// An admin API request with the token, as JSON.
-async fn admin(env: &TestEnv, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+async fn admin(
+    env: &TestEnv,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let mut request = env
         .http
         .request(method, format!("{}{path}", env.http_base()))
@@ -80,7 +85,10 @@ async fn only_if_cached_answers_a_hit_or_not_cached_and_never_charges_or_generat
     assert_eq!(result["cached"], false);
     assert_eq!(result["credits_charged"], 0);
     assert_eq!(result["image_url"], Value::Null);
-    assert!(result["prompt_hash"].is_string(), "names the key it looked up: {result}");
+    assert!(
+        result["prompt_hash"].is_string(),
+        "names the key it looked up: {result}"
+    );
     assert_eq!(env.openai.calls(), 0);
     assert_eq!(ledger(&env).await, 0, "never charged");
     assert_eq!(count(&env.db, "SELECT count(*) FROM memoji_cache").await, 0);
@@ -99,7 +107,12 @@ async fn only_if_cached_answers_a_hit_or_not_cached_and_never_charges_or_generat
     let live = env.job("u", config.clone());
     env.publish(&live).await;
     env.openai.gate().wait_for(1).await;
-    let preview = with_cache(&env, "u2", config.clone(), json!({"mode": "only_if_cached"}));
+    let preview = with_cache(
+        &env,
+        "u2",
+        config.clone(),
+        json!({"mode": "only_if_cached"}),
+    );
     let result = env.run(&preview).await;
     assert_eq!(result["error"]["code"], "not_cached", "{result}");
     env.openai.gate().open();
@@ -107,7 +120,12 @@ async fn only_if_cached_answers_a_hit_or_not_cached_and_never_charges_or_generat
     assert_eq!(generated["cached"], false);
 
     // Once cached, a preview is a hit.
-    let preview = with_cache(&env, "u3", config.clone(), json!({"mode": "only_if_cached"}));
+    let preview = with_cache(
+        &env,
+        "u3",
+        config.clone(),
+        json!({"mode": "only_if_cached"}),
+    );
     let hit = env.run(&preview).await;
     assert_eq!(hit["status"], "succeeded", "{hit}");
     assert_eq!(hit["cached"], true);
@@ -129,7 +147,12 @@ async fn refresh_mode_is_force_refresh_and_replaces_the_image_under_a_path_of_it
         .join(first["storage_path"].as_str().unwrap());
     assert!(old_file.exists());
     let refreshed = env
-        .run(&with_cache(&env, "u", config.clone(), json!({"mode": "refresh"})))
+        .run(&with_cache(
+            &env,
+            "u",
+            config.clone(),
+            json!({"mode": "refresh"}),
+        ))
         .await;
     assert_eq!(refreshed["cached"], false, "{refreshed}");
     assert_eq!(refreshed["credits_charged"], 1);
@@ -170,8 +193,15 @@ async fn bypass_returns_a_fresh_image_that_never_touches_the_entry_and_the_clean
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(entry_path(&env, &hash).await, cached["storage_path"].as_str().unwrap());
-    assert_eq!(usage_count(&env.db, &hash).await, 1, "not read, not written");
+    assert_eq!(
+        entry_path(&env, &hash).await,
+        cached["storage_path"].as_str().unwrap()
+    );
+    assert_eq!(
+        usage_count(&env.db, &hash).await,
+        1,
+        "not read, not written"
+    );
     assert_eq!(
         count(&env.db, "SELECT count(*) FROM memoji_bypass_images").await,
         1
@@ -179,7 +209,12 @@ async fn bypass_returns_a_fresh_image_that_never_touches_the_entry_and_the_clean
     assert_eq!(env.openai.calls(), 2);
     // A bypass of a key nobody cached leaves no entry either.
     let other = env
-        .run(&with_cache(&env, "u", json!({"hair": "afro"}), json!({"mode": "bypass"})))
+        .run(&with_cache(
+            &env,
+            "u",
+            json!({"hair": "afro"}),
+            json!({"mode": "bypass"}),
+        ))
         .await;
     assert_eq!(other["status"], "succeeded");
     assert_eq!(count(&env.db, "SELECT count(*) FROM memoji_cache").await, 1);
@@ -196,16 +231,20 @@ async fn bypass_returns_a_fresh_image_that_never_touches_the_entry_and_the_clean
         post_cleanup(&env.http, &env.http_base(), false, Some(ADMIN_TOKEN)).await;
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["bypass_deleted"], 1, "{report}");
-    assert!(!env.storage_dir().join(&path).exists(), "the object is gone");
+    assert!(
+        !env.storage_dir().join(&path).exists(),
+        "the object is gone"
+    );
     assert_eq!(
         count(&env.db, "SELECT count(*) FROM memoji_bypass_images").await,
         1,
         "the younger one stays"
     );
-    assert!(env
-        .storage_dir()
-        .join(cached["storage_path"].as_str().unwrap())
-        .exists());
+    assert!(
+        env.storage_dir()
+            .join(cached["storage_path"].as_str().unwrap())
+            .exists()
+    );
     env.cleanup().await;
 }
 
@@ -225,16 +264,29 @@ async fn max_age_serves_young_entries_and_regenerates_old_ones(batched: bool) {
         .storage_dir()
         .join(first["storage_path"].as_str().unwrap());
     let young = env
-        .run(&with_cache(&env, "u", config.clone(), json!({"max_age_days": 3})))
+        .run(&with_cache(
+            &env,
+            "u",
+            config.clone(),
+            json!({"max_age_days": 3}),
+        ))
         .await;
-    assert_eq!(young["cached"], true, "a day-old entry is young enough: {young}");
+    assert_eq!(
+        young["cached"], true,
+        "a day-old entry is young enough: {young}"
+    );
 
     age_entry(&env, &hash, 5).await;
     // Without a maximum age any age is served.
     let plain = env.run(&env.job("u", config.clone())).await;
     assert_eq!(plain["cached"], true, "{plain}");
     let old = env
-        .run(&with_cache(&env, "u", config.clone(), json!({"max_age_days": 3})))
+        .run(&with_cache(
+            &env,
+            "u",
+            config.clone(),
+            json!({"max_age_days": 3}),
+        ))
         .await;
     assert_eq!(old["status"], "succeeded", "{old}");
     assert_eq!(old["cached"], false, "a five-day-old entry is regenerated");
@@ -269,7 +321,12 @@ async fn a_namespace_has_a_key_of_its_own_and_a_seed_shaped_job_keeps_the_seeds_
     let seed = env.run(&env.job("u", json!({}))).await;
     assert_eq!(seed["prompt_hash"], SEED_KEY);
     let spaced = env
-        .run(&with_cache(&env, "u", json!({}), json!({"namespace": "tenant-a"})))
+        .run(&with_cache(
+            &env,
+            "u",
+            json!({}),
+            json!({"namespace": "tenant-a"}),
+        ))
         .await;
     assert_eq!(
         spaced["prompt_hash"],
@@ -284,11 +341,19 @@ async fn a_namespace_has_a_key_of_its_own_and_a_seed_shaped_job_keeps_the_seeds_
             .unwrap();
     assert_eq!(prompt_config["namespace"], "tenant-a", "{prompt_config}");
     let again = env
-        .run(&with_cache(&env, "u2", json!({}), json!({"namespace": "tenant-a"})))
+        .run(&with_cache(
+            &env,
+            "u2",
+            json!({}),
+            json!({"namespace": "tenant-a"}),
+        ))
         .await;
     assert_eq!(again["cached"], true);
     let plain = env.run(&env.job("u2", json!({}))).await;
-    assert_eq!((plain["prompt_hash"].as_str(), &plain["cached"]), (Some(SEED_KEY), &json!(true)));
+    assert_eq!(
+        (plain["prompt_hash"].as_str(), &plain["cached"]),
+        (Some(SEED_KEY), &json!(true))
+    );
     assert_eq!(plain["image_url"], seed["image_url"]);
     assert_eq!(env.openai.calls(), 2);
     env.cleanup().await;
@@ -328,7 +393,11 @@ async fn preferences_set_through_the_api_change_what_the_user_gets_and_the_job_w
     .await;
     assert_eq!(status, 200, "{stored}");
     assert_eq!(
-        (&stored["stored"], &stored["mode"], &stored["variants_opt_out"]),
+        (
+            &stored["stored"],
+            &stored["mode"],
+            &stored["variants_opt_out"]
+        ),
         (&json!(true), &json!("only_if_cached"), &json!(true))
     );
     let (_, shown) = admin(&env, reqwest::Method::GET, path, None).await;
@@ -336,11 +405,19 @@ async fn preferences_set_through_the_api_change_what_the_user_gets_and_the_job_w
 
     let config = json!({"hair": "braids"});
     let preview = env.run(&env.job("picky", config.clone())).await;
-    assert_eq!(preview["error"]["code"], "not_cached", "the user's mode: {preview}");
+    assert_eq!(
+        preview["error"]["code"], "not_cached",
+        "the user's mode: {preview}"
+    );
     assert_eq!(env.openai.calls(), 0);
     // The job's own mode wins over the user's.
     let own = env
-        .run(&with_cache(&env, "picky", config.clone(), json!({"mode": "default"})))
+        .run(&with_cache(
+            &env,
+            "picky",
+            config.clone(),
+            json!({"mode": "default"}),
+        ))
         .await;
     assert_eq!(own["cached"], false, "{own}");
     // Anyone else is not affected; the user's previews now hit.
@@ -348,7 +425,11 @@ async fn preferences_set_through_the_api_change_what_the_user_gets_and_the_job_w
     assert_eq!(hit["cached"], true, "{hit}");
 
     let (status, cleared) = admin(&env, reqwest::Method::DELETE, path, None).await;
-    assert_eq!((status, &cleared["cleared"]), (200, &json!(true)), "{cleared}");
+    assert_eq!(
+        (status, &cleared["cleared"]),
+        (200, &json!(true)),
+        "{cleared}"
+    );
     let normal = env.run(&env.job("picky", json!({"hair": "bun"}))).await;
     assert_eq!(normal["cached"], false, "preferences cleared: a plain miss");
     assert_eq!(env.openai.calls(), 2);
@@ -384,12 +465,23 @@ async fn preferences_set_with_the_cli_change_what_the_user_gets() {
     age_entry(&env, &hash, 3).await;
 
     // The README's lines, as written.
-    let readme = prefs_cli(&env, &["set", "user-42", "--max-age-days", "7", "--no-variants"]).await;
+    let readme = prefs_cli(
+        &env,
+        &["set", "user-42", "--max-age-days", "7", "--no-variants"],
+    )
+    .await;
     assert_eq!(readme["max_age_days"], 7, "{readme}");
     assert_eq!(prefs_cli(&env, &["show", "user-42"]).await, readme);
-    assert_eq!(prefs_cli(&env, &["clear", "user-42"]).await["cleared"], true);
+    assert_eq!(
+        prefs_cli(&env, &["clear", "user-42"]).await["cleared"],
+        true
+    );
 
-    let set = prefs_cli(&env, &["set", "fussy", "--max-age-days", "2", "--no-variants"]).await;
+    let set = prefs_cli(
+        &env,
+        &["set", "fussy", "--max-age-days", "2", "--no-variants"],
+    )
+    .await;
     assert_eq!(
         (&set["max_age_days"], &set["variants_opt_out"], &set["mode"]),
         (&json!(2), &json!(true), &Value::Null),
@@ -397,23 +489,40 @@ async fn preferences_set_with_the_cli_change_what_the_user_gets() {
     );
     assert_eq!(prefs_cli(&env, &["show", "fussy"]).await, set);
     // The API sees what the CLI stored.
-    let (_, shown) = admin(&env, reqwest::Method::GET, "/api/users/fussy/cache-preferences", None).await;
+    let (_, shown) = admin(
+        &env,
+        reqwest::Method::GET,
+        "/api/users/fussy/cache-preferences",
+        None,
+    )
+    .await;
     assert_eq!(shown, set);
 
     let other = env.run(&env.job("someone", config.clone())).await;
     assert_eq!(other["cached"], true, "no preference: any age serves");
     let fussy = env.run(&env.job("fussy", config.clone())).await;
-    assert_eq!(fussy["cached"], false, "older than the user's two days: {fussy}");
+    assert_eq!(
+        fussy["cached"], false,
+        "older than the user's two days: {fussy}"
+    );
     assert_eq!(fussy["credits_charged"], 1);
     // The job's own max age wins over the user's.
     age_entry(&env, &hash, 3).await;
     let lenient = env
-        .run(&with_cache(&env, "fussy", config.clone(), json!({"max_age_days": 10})))
+        .run(&with_cache(
+            &env,
+            "fussy",
+            config.clone(),
+            json!({"max_age_days": 10}),
+        ))
         .await;
     assert_eq!(lenient["cached"], true, "{lenient}");
 
     let cleared = prefs_cli(&env, &["clear", "fussy"]).await;
-    assert_eq!((&cleared["cleared"], &cleared["stored"]), (&json!(true), &json!(false)));
+    assert_eq!(
+        (&cleared["cleared"], &cleared["stored"]),
+        (&json!(true), &json!(false))
+    );
     let plain = env.run(&env.job("fussy", config)).await;
     assert_eq!(plain["cached"], true);
     assert_eq!(env.openai.calls(), 2);
@@ -422,7 +531,10 @@ async fn preferences_set_with_the_cli_change_what_the_user_gets() {
 
 /// An enabled experiment with two arms of 50 %: `short` (its own max age and warming), and
 /// `control`.
-fn experiment_settings(max_age_days: Option<u32>, warming: Option<bool>) -> BTreeMap<String, ExperimentSettings> {
+fn experiment_settings(
+    max_age_days: Option<u32>,
+    warming: Option<bool>,
+) -> BTreeMap<String, ExperimentSettings> {
     let arm = |max_age_days, warming| ArmSettings {
         share: 50.0,
         variants: None,
@@ -445,9 +557,7 @@ fn experiment_settings(max_age_days: Option<u32>, warming: Option<bool>) -> BTre
 fn user_in(settings: &Settings, arm: &str) -> String {
     (0..1000)
         .map(|n| format!("user-{n}"))
-        .find(|user| {
-            experiment::assign(&settings.experiments, user).is_some_and(|a| a.arm == arm)
-        })
+        .find(|user| experiment::assign(&settings.experiments, user).is_some_and(|a| a.arm == arm))
         .unwrap()
 }
 
@@ -457,7 +567,10 @@ async fn an_arms_max_age_applies_to_its_users_below_their_own_preference() {
         s.experiments = experiment_settings(Some(1), None);
     })
     .await;
-    let (short, control) = (user_in(&env.settings, "short"), user_in(&env.settings, "control"));
+    let (short, control) = (
+        user_in(&env.settings, "short"),
+        user_in(&env.settings, "control"),
+    );
     let config = json!({"accessories": ["scarf"]});
     let first = env.run(&env.job(&control, config.clone())).await;
     let hash = first["prompt_hash"].as_str().unwrap().to_owned();
@@ -474,7 +587,10 @@ async fn an_arms_max_age_applies_to_its_users_below_their_own_preference() {
     .await;
     assert_eq!(status, 200);
     let preferred = env.run(&env.job(&short, config.clone())).await;
-    assert_eq!(preferred["cached"], true, "the user's 30 days beat the arm's 1: {preferred}");
+    assert_eq!(
+        preferred["cached"], true,
+        "the user's 30 days beat the arm's 1: {preferred}"
+    );
     admin(
         &env,
         reqwest::Method::DELETE,
@@ -483,7 +599,10 @@ async fn an_arms_max_age_applies_to_its_users_below_their_own_preference() {
     )
     .await;
     let regenerated = env.run(&env.job(&short, config)).await;
-    assert_eq!(regenerated["cached"], false, "older than the arm's day: {regenerated}");
+    assert_eq!(
+        regenerated["cached"], false,
+        "older than the arm's day: {regenerated}"
+    );
     assert_eq!(env.openai.calls(), 2);
     env.cleanup().await;
 }
@@ -494,7 +613,10 @@ async fn an_arm_without_warming_is_not_served_warmed_entries_until_a_live_job_us
         s.experiments = experiment_settings(None, Some(false));
     })
     .await;
-    let (short, control) = (user_in(&env.settings, "short"), user_in(&env.settings, "control"));
+    let (short, control) = (
+        user_in(&env.settings, "short"),
+        user_in(&env.settings, "control"),
+    );
     // Two entries as warming leaves them: warmed_at set, no use counted.
     let mut hashes = Vec::new();
     for hair in ["warm-a", "warm-b"] {
@@ -512,7 +634,10 @@ async fn an_arm_without_warming_is_not_served_warmed_entries_until_a_live_job_us
     assert_eq!(env.openai.calls(), calls + 1);
     // ... and is served one a live job has used.
     let used = env.run(&env.job(&control, json!({"hair": "warm-b"}))).await;
-    assert_eq!(used["cached"], true, "the control arm is served warmed entries");
+    assert_eq!(
+        used["cached"], true,
+        "the control arm is served warmed entries"
+    );
     let after = env.run(&env.job(&short, json!({"hair": "warm-b"}))).await;
     assert_eq!(after["cached"], true, "used by a live job now: {after}");
     assert_eq!(env.openai.calls(), calls + 1);
@@ -552,7 +677,11 @@ async fn concurrent_regeneration_is_one_generation(cache: Value, n: usize) {
     let generated = results.values().filter(|r| r[0]["cached"] == false).count();
     assert_eq!(generated, 1, "exactly one job generated");
     assert_eq!(env.openai.calls(), 2, "one call for the stale key");
-    assert_eq!(ledger(&env).await, 2, "the first miss and the one regeneration");
+    assert_eq!(
+        ledger(&env).await,
+        2,
+        "the first miss and the one regeneration"
+    );
     env.cleanup().await;
 }
 
