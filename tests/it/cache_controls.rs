@@ -178,6 +178,9 @@ async fn bypass_returns_a_fresh_image_that_never_touches_the_entry_and_the_clean
     let bypass = with_cache(&env, "u", config.clone(), json!({"mode": "bypass"}));
     let fresh = env.run(&bypass).await;
     assert_eq!(fresh["status"], "succeeded", "{fresh}");
+    env.publish(&bypass).await;
+    let redelivered = env.result_of(bypass["job_id"].as_str().unwrap()).await;
+    assert_eq!(redelivered, fresh, "a redelivery gets the recorded answer");
     assert_eq!(fresh["cached"], false);
     assert_eq!(fresh["credits_charged"], 1, "a real generation is charged");
     assert_eq!(fresh["prompt_hash"], hash.as_str());
@@ -280,14 +283,8 @@ async fn max_age_serves_young_entries_and_regenerates_old_ones(batched: bool) {
     // Without a maximum age any age is served.
     let plain = env.run(&env.job("u", config.clone())).await;
     assert_eq!(plain["cached"], true, "{plain}");
-    let old = env
-        .run(&with_cache(
-            &env,
-            "u",
-            config.clone(),
-            json!({"max_age_days": 3}),
-        ))
-        .await;
+    let stale = with_cache(&env, "u", config.clone(), json!({"max_age_days": 3}));
+    let old = env.run(&stale).await;
     assert_eq!(old["status"], "succeeded", "{old}");
     assert_eq!(old["cached"], false, "a five-day-old entry is regenerated");
     assert_eq!(old["credits_charged"], 1, "charged as a miss");
@@ -296,6 +293,11 @@ async fn max_age_serves_young_entries_and_regenerates_old_ones(batched: bool) {
     assert!(path.ends_with(&format!("{hash}-1.png")), "{path}");
     assert_eq!(entry_path(&env, &hash).await, path, "the entry moved to it");
     assert!(!old_file.exists(), "the replaced image is deleted");
+    // Delivered again: the recorded answer, no second generation or charge.
+    env.publish(&stale).await;
+    let redelivered = env.result_of(stale["job_id"].as_str().unwrap()).await;
+    assert_eq!(redelivered, old);
+    assert_eq!(ledger(&env).await, 2);
     let again = env
         .run(&with_cache(&env, "u", config, json!({"max_age_days": 3})))
         .await;
