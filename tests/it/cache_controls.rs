@@ -697,3 +697,47 @@ async fn forty_jobs_past_their_max_age_make_one_generation() {
 async fn concurrent_refreshes_of_a_key_make_one_generation() {
     concurrent_regeneration_is_one_generation(json!({"mode": "refresh"}), 20).await;
 }
+
+#[tokio::test]
+async fn enqueue_sends_the_cache_flags() {
+    let env = TestEnv::start(vec![openai_ok()]).await;
+    let enqueue = |args: &[&str]| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_memoji-worker"));
+        command
+            .args(["enqueue", "--wait", "--hair", "wavy"])
+            .args(args)
+            .env_clear()
+            .envs(worker_environment(&env.settings))
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        command
+    };
+    let preview = enqueue(&["--cache-mode", "only_if_cached"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(preview.status.code(), Some(2), "a failed job exits 2");
+    assert!(
+        String::from_utf8_lossy(&preview.stderr).contains("not_cached"),
+        "{}",
+        String::from_utf8_lossy(&preview.stderr)
+    );
+    let spaced = enqueue(&["--namespace", "tenant-b", "--max-age-days", "3"])
+        .output()
+        .await
+        .unwrap();
+    assert!(spaced.status.success());
+    let result: Value = serde_json::from_slice(&spaced.stdout).unwrap();
+    assert_eq!(result["cached"], false);
+    let plain = enqueue(&["--cache-mode", "only_if_cached"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        plain.status.code(),
+        Some(2),
+        "the namespaced image is not the shared key's"
+    );
+    assert_eq!(env.openai.calls(), 1);
+    env.cleanup().await;
+}
