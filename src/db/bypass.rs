@@ -33,8 +33,11 @@ pub async fn record(
 /// A bypass image past its retention.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Expired {
+    /// The bypass job's id.
     pub job_id: Uuid,
+    /// Where its image is stored.
     pub storage_path: String,
+    /// The image's size, as recorded.
     pub image_bytes: Option<i64>,
 }
 
