@@ -741,3 +741,87 @@ async fn enqueue_sends_the_cache_flags() {
     assert_eq!(env.openai.calls(), 1);
     env.cleanup().await;
 }
+
+/// How a plan reads `table`: the node types of its scans.
+fn reads_of(plan: &Value, table: &str, found: &mut Vec<String>) {
+    match plan {
+        Value::Object(node) => {
+            if node.get("Relation Name").and_then(Value::as_str) == Some(table)
+                && let Some(how) = node.get("Node Type").and_then(Value::as_str)
+            {
+                found.push(how.to_owned());
+            }
+            node.values().for_each(|v| reads_of(v, table, found));
+        }
+        Value::Array(items) => items.iter().for_each(|v| reads_of(v, table, found)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn the_batched_lookup_probes_preferences_by_user_once_the_table_has_grown() {
+    let env = TestEnv::start(vec![]).await;
+    // A worker's statements are prepared once per connection, and Postgres may keep a generic
+    // plan for the connection's life. While the preferences table is empty that plan may scan it
+    // (nothing to read); once it has grown and been analyzed (autovacuum does, after 50 changed
+    // rows), the same prepared statement must probe it by user id, never scan it per ask.
+    let mut connection = env.db.acquire().await.unwrap();
+    sqlx::query("ANALYZE memoji_user_cache_preferences, memoji_cache")
+        .execute(&mut *connection)
+        .await
+        .unwrap();
+    sqlx::query(&format!(
+        "PREPARE look_up(uuid[], text[], text[], date) AS {}",
+        memoji_worker::db::hits::LOOK_UP
+    ))
+    .execute(&mut *connection)
+    .await
+    .unwrap();
+    let ids: Vec<String> = (0..64)
+        .map(|_| format!("'{}'", uuid::Uuid::new_v4()))
+        .collect();
+    let explain = format!(
+        "EXPLAIN (FORMAT JSON) EXECUTE look_up(ARRAY[{}]::uuid[], ARRAY[{}], ARRAY[{}], current_date)",
+        ids.join(","),
+        vec!["'user'"; 64].join(","),
+        vec!["'0123456789abcdef'"; 64].join(",")
+    );
+    sqlx::query("SET plan_cache_mode = force_generic_plan")
+        .execute(&mut *connection)
+        .await
+        .unwrap();
+    let _while_empty: Value = sqlx::query_scalar(&explain)
+        .fetch_one(&mut *connection)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO memoji_user_cache_preferences (user_id, max_age_days)
+         SELECT 'pref-' || n, 30 FROM generate_series(1, 5000) n",
+    )
+    .execute(&env.db)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE memoji_user_cache_preferences")
+        .execute(&env.db)
+        .await
+        .unwrap();
+    for mode in ["force_generic_plan", "force_custom_plan"] {
+        sqlx::query(&format!("SET plan_cache_mode = {mode}"))
+            .execute(&mut *connection)
+            .await
+            .unwrap();
+        let plan: Value = sqlx::query_scalar(&explain)
+            .fetch_one(&mut *connection)
+            .await
+            .unwrap();
+        let mut reads = Vec::new();
+        reads_of(&plan, "memoji_user_cache_preferences", &mut reads);
+        assert!(!reads.is_empty(), "{mode}: read: {plan:#}");
+        assert!(
+            reads.iter().all(|how| how.starts_with("Index")),
+            "{mode}: preferences read by index only, not {reads:?}: {plan:#}"
+        );
+    }
+    drop(connection);
+    env.cleanup().await;
+}
