@@ -30,7 +30,9 @@ use crate::config::Settings;
 use crate::db::cache::Hit;
 use crate::db::hits::{self, Ask, Found, Served};
 use crate::db::{DbError, credits};
-use crate::job::{CacheKey, CacheRequest, Image, Job, JobId, JobResult, Tier, experiment, policy};
+use crate::job::{
+    CacheKey, CachePolicy, CacheRequest, Image, Job, JobId, JobResult, Tier, experiment, policy,
+};
 use crate::storage::StoragePath;
 use crate::telemetry;
 
@@ -166,20 +168,22 @@ async fn serve_batch(
     let results: Vec<Option<(JobResult, String)>> = batch
         .iter()
         .zip(found)
-        .map(|(pending, found)| match found {
-            Found::Hit(hit, preferences)
-                if serves(settings, pending, &hit, preferences.as_ref(), now)
-                    && ids.insert(pending.job_id) =>
-            {
-                let url = hit.entry.image_url.clone();
-                let used = hit.credits_used.unwrap_or(0);
-                let remaining = credits::remaining_after(&settings.credits, pending.tier, used);
-                let result = hit_result(pending.job_id, &pending.user_id, &pending.key, hit)
-                    .with_credits_remaining(remaining)
-                    .took(pending.started);
-                Some((result, url))
+        .map(|(pending, found)| {
+            let Found::Hit(hit, preferences) = found else {
+                return None;
+            };
+            // The job's policy (its assignment is the one to label the result with).
+            let _policy = serving_policy(settings, pending, &hit, preferences.as_ref(), now)?;
+            if !ids.insert(pending.job_id) {
+                return None;
             }
-            Found::Hit(..) | Found::Miss | Found::Known => None,
+            let url = hit.entry.image_url.clone();
+            let used = hit.credits_used.unwrap_or(0);
+            let remaining = credits::remaining_after(&settings.credits, pending.tier, used);
+            let result = hit_result(pending.job_id, &pending.user_id, &pending.key, hit)
+                .with_credits_remaining(remaining)
+                .took(pending.started);
+            Some((result, url))
         })
         .collect();
     let served: Vec<Served> = batch
@@ -208,21 +212,23 @@ async fn serve_batch(
         .collect())
 }
 
-/// Whether the job's cache policy (its own controls, its user's preferences, its arm, the
-/// configuration) lets the entry serve it here.
-fn serves(
+/// The job's cache policy (its own controls, its user's preferences, its arm, the
+/// configuration), if it lets the entry serve the job here; `None` sends it down the one-job
+/// path.
+fn serving_policy(
     settings: &Settings,
     pending: &Pending,
     hit: &Hit,
     preferences: Option<&crate::job::UserPreferences>,
     now: chrono::DateTime<Utc>,
-) -> bool {
+) -> Option<CachePolicy> {
     let assignment = experiment::assign(&settings.experiments, &pending.user_id);
     let policy = policy::resolve(&pending.cache, preferences, assignment, &settings.cache);
-    policy.batchable()
+    let serves = policy.batchable()
         && policy
             .freshness(now)
-            .serves(hit.entry.updated_at, hit.entry.warmed_unused)
+            .serves(hit.entry.updated_at, hit.entry.warmed_unused);
+    serves.then_some(policy)
 }
 
 /// The result of a hit on `hit`'s entry (credits left and duration still to stamp).
