@@ -9,9 +9,10 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use memoji_worker::app::{self, App};
 use memoji_worker::client::Waiting;
-use memoji_worker::config::{Settings, StorageKind};
-use memoji_worker::job::GeneratorKind;
+use memoji_worker::config::{CacheMode, Settings, StorageKind};
+use memoji_worker::db::preferences;
 use memoji_worker::job::models::help;
+use memoji_worker::job::{GeneratorKind, UserPreferences};
 use memoji_worker::maintenance::Ran;
 use memoji_worker::{client, simulate, stats, storage, telemetry, warm};
 use serde_json::{Map, Value, json};
@@ -75,6 +76,9 @@ enum Command {
         #[arg(long)]
         batch: bool,
     },
+    /// Users' settings.
+    #[command(subcommand)]
+    User(UserCommand),
     /// Run the cache cleanup now (unless another process is running it) and print its report.
     Cleanup {
         /// Only count what would be archived and deleted; change nothing.
@@ -162,6 +166,34 @@ enum WarmCommand {
 }
 
 #[derive(Subcommand)]
+enum UserCommand {
+    /// A user's stored cache preferences (the admin API's /api/users/{user_id}/cache-preferences).
+    #[command(subcommand)]
+    Prefs(PrefsCommand),
+}
+
+#[derive(Subcommand)]
+enum PrefsCommand {
+    /// Print the user's stored preferences (JSON; `stored` false when there are none).
+    Show { user_id: String },
+    /// Replace the user's preferences with these (a flag left out is unset) and print them.
+    Set {
+        user_id: String,
+        /// Cached images older than this many days are not served to the user.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        max_age_days: Option<u32>,
+        /// The user's default cache mode.
+        #[arg(long, value_name = "M", value_parser = ["default", "refresh", "bypass", "only_if_cached"])]
+        mode: Option<String>,
+        /// Opt the user out of variants: always the key's first image.
+        #[arg(long)]
+        no_variants: bool,
+    },
+    /// Remove the user's preferences.
+    Clear { user_id: String },
+}
+
+#[derive(Subcommand)]
 enum StorageCommand {
     /// Write, read back, compare and delete a small PNG in the configured backend
     /// (under `_memoji-check/`, never a real image's path); exits non-zero if any step fails.
@@ -204,6 +236,15 @@ struct EnqueueArgs {
     prompt: Option<String>,
     #[arg(long)]
     force_refresh: bool,
+    /// `cache.max_age_days`: a cached image older than this is not served.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_age_days: Option<u32>,
+    /// `cache.mode`.
+    #[arg(long, value_name = "M", value_parser = ["default", "refresh", "bypass", "only_if_cached"])]
+    cache_mode: Option<String>,
+    /// `cache.namespace`: a separate cache (1-64 printable characters).
+    #[arg(long, value_name = "NAME")]
+    namespace: Option<String>,
     /// Wait for the result and print it; exit status 2 if the job failed.
     #[arg(long)]
     wait: bool,
@@ -236,13 +277,27 @@ impl EnqueueArgs {
         if let Some(accessories) = &self.accessories {
             config.insert("accessories".to_owned(), json!(accessories));
         }
-        json!({
+        let mut job = json!({
             "job_id": self.job_id.unwrap_or_else(uuid::Uuid::new_v4).to_string(),
             "user_id": self.user_id,
             "tier": self.tier,
             "config": config,
             "force_refresh": self.force_refresh,
-        })
+        });
+        let mut cache = Map::new();
+        if let Some(days) = self.max_age_days {
+            cache.insert("max_age_days".to_owned(), json!(days));
+        }
+        if let Some(mode) = &self.cache_mode {
+            cache.insert("mode".to_owned(), json!(mode));
+        }
+        if let Some(namespace) = &self.namespace {
+            cache.insert("namespace".to_owned(), json!(namespace));
+        }
+        if !cache.is_empty() {
+            job["cache"] = Value::Object(cache);
+        }
+        job
     }
 }
 
@@ -410,6 +465,7 @@ async fn command(command: Command, mut settings: Settings) -> anyhow::Result<Exi
             warmer.db.close().await;
             Ok(ExitCode::SUCCESS)
         }
+        Command::User(UserCommand::Prefs(command)) => user_prefs(&settings, command).await,
         Command::Cleanup { dry_run } => match app::cleanup(&settings, dry_run).await? {
             Ran::Completed(report) => {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -538,6 +594,55 @@ async fn warm_batches(settings: &Settings, args: &WarmArgs) -> anyhow::Result<Ex
     };
     println!("{}", serde_json::to_string_pretty(&out)?);
     warmer.db.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `memoji-worker user prefs …`: reads, replaces or removes a user's cache preferences in the
+/// database, and prints them as the admin API answers.
+async fn user_prefs(settings: &Settings, command: PrefsCommand) -> anyhow::Result<ExitCode> {
+    let db = app::connect_database(settings).await?;
+    let user_id = match &command {
+        PrefsCommand::Show { user_id }
+        | PrefsCommand::Set { user_id, .. }
+        | PrefsCommand::Clear { user_id } => user_id.clone(),
+    };
+    anyhow::ensure!(
+        memoji_worker::job::valid_user_id(&user_id),
+        "a user id is 1-128 printable characters"
+    );
+    let (stored, cleared) = match command {
+        PrefsCommand::Show { .. } => (preferences::get(&db, &user_id).await?, None),
+        PrefsCommand::Set {
+            max_age_days,
+            mode,
+            no_variants,
+            ..
+        } => {
+            let wanted = UserPreferences {
+                max_age_days,
+                mode: mode.as_deref().and_then(CacheMode::from_name),
+                variants_opt_out: no_variants,
+            }
+            .checked()
+            .map_err(anyhow::Error::msg)?;
+            preferences::set(&db, &user_id, &wanted).await?;
+            (Some(wanted), None)
+        }
+        PrefsCommand::Clear { .. } => (None, Some(preferences::clear(&db, &user_id).await?)),
+    };
+    db.close().await;
+    let shown = stored.clone().unwrap_or_default();
+    let mut body = json!({
+        "user_id": user_id,
+        "stored": stored.is_some(),
+        "max_age_days": shown.max_age_days,
+        "mode": shown.mode,
+        "variants_opt_out": shown.variants_opt_out,
+    });
+    if let Some(cleared) = cleared {
+        body["cleared"] = json!(cleared);
+    }
+    println!("{}", serde_json::to_string_pretty(&body)?);
     Ok(ExitCode::SUCCESS)
 }
 

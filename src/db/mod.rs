@@ -12,9 +12,12 @@
 //! - [`refunds`]: the refund sweep's batches: charges whose job will never finish.
 //! - [`warm`]: cache warming's entries and the request history.
 //! - [`warm_batches`]: the OpenAI batches warming submitted, line by line, until handled.
+//! - [`preferences`]: users' stored cache preferences.
+//! - [`bypass`]: the images of `bypass` jobs, which are never cache entries.
 
 pub mod advisory;
 pub mod analytics;
+pub mod bypass;
 pub mod cache;
 pub mod cleanup;
 pub mod credits;
@@ -23,6 +26,7 @@ pub mod hits;
 pub mod jobs;
 pub mod leases;
 pub mod models;
+pub mod preferences;
 pub mod refunds;
 pub mod stats;
 pub mod warm;

@@ -14,6 +14,7 @@ mod admin_api;
 mod admin_limits;
 mod analytics;
 mod broker_faults;
+mod cache_controls;
 mod claims;
 mod cleanup;
 mod cli;
