@@ -6,6 +6,7 @@ mod analytics;
 mod auth;
 mod cleanup;
 mod dashboard;
+mod experiments;
 mod health;
 mod images;
 mod metrics;
@@ -52,6 +53,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(stats::router())
         .merge(metrics::router())
         .merge(analytics::router())
+        .merge(experiments::router())
         .merge(dashboard::router())
         .layer(timeout);
     Router::new()

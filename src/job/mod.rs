@@ -19,4 +19,4 @@ pub use intake::{Intake, Job, JobId, MAX_MESSAGE_BYTES, Rejection, Tier, intake}
 pub use key::{CacheKey, GeneratorKind};
 pub use models::{Model, Plan};
 pub use outcome::{Outcome, Recipient};
-pub use result::{ErrorCode, Image, JobError, JobResult, Spent, Status};
+pub use result::{ArmLabel, ErrorCode, Image, JobError, JobResult, Spent, Status};

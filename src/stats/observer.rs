@@ -38,6 +38,12 @@ pub struct JobCompleted {
     pub saved_usd: f64,
     pub duration_ms: u64,
     pub completed_at: String,
+    /// The experiment and arm the job's user is in, as its result names them; absent outside
+    /// every experiment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arm: Option<String>,
 }
 
 impl JobCompleted {
@@ -53,6 +59,8 @@ impl JobCompleted {
             completed_at: result
                 .completed_at
                 .to_rfc3339_opts(SecondsFormat::Millis, true),
+            experiment: result.experiment.clone(),
+            arm: result.arm.clone(),
         }
     }
 }

@@ -16,6 +16,7 @@ mod broker_faults;
 mod claims;
 mod cleanup;
 mod cli;
+mod experiments;
 mod failures;
 mod group_commit;
 mod guarantees;
