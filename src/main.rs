@@ -340,14 +340,20 @@ async fn command(command: Command, mut settings: Settings) -> anyhow::Result<Exi
             Ok(ExitCode::SUCCESS)
         }
         Command::Experiments(ExperimentsCommand::Show { name, since, json }) => {
-            let span = since.as_deref().map(stats::analytics::parse_span).transpose()?;
+            let span = since
+                .as_deref()
+                .map(stats::analytics::parse_span)
+                .transpose()?;
             let db = app::connect_database(&settings).await?;
             let since = since.as_deref().zip(span);
-            let read = stats::arms::report(&db, &settings.experiments, &name, since, chrono::Utc::now());
+            let read =
+                stats::arms::report(&db, &settings.experiments, &name, since, chrono::Utc::now());
             let report = read.await;
             db.close().await;
             let Some(report) = report? else {
-                anyhow::bail!("no experiment named `{name}` is configured or has jobs in this period");
+                anyhow::bail!(
+                    "no experiment named `{name}` is configured or has jobs in this period"
+                );
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

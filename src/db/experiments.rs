@@ -16,15 +16,23 @@ use super::analytics::BUCKETS;
 /// One arm's jobs (in an hour, or summed over a span).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ArmCounts {
+    /// Jobs that reached the cache.
     pub jobs: i64,
+    /// Cached successes.
     pub hits: i64,
+    /// Every other job (generated, out of credits, failed).
     pub misses: i64,
+    /// Successes generated now.
     pub generations: i64,
+    /// Failed jobs.
     pub failures: i64,
+    /// The jobs' `cost_usd`, summed.
     pub spend_usd: f64,
+    /// The jobs' `saved_usd`, summed.
     pub saved_usd: f64,
     /// The sum of each job's `cost_usd` squared, for the variance of the cost per job.
     pub spend_sq_usd: f64,
+    /// Job durations, in the analytics' histogram buckets.
     pub durations: [i64; BUCKETS],
 }
 
@@ -45,6 +53,7 @@ impl Default for ArmCounts {
 }
 
 impl ArmCounts {
+    /// Adds `other`'s counts to these.
     pub fn add(&mut self, other: &ArmCounts) {
         self.jobs += other.jobs;
         self.hits += other.hits;
@@ -91,8 +100,11 @@ pub async fn record(
         return Ok(());
     }
     let n = arms.len();
-    let (mut experiment, mut hour, mut arm) =
-        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut experiment, mut hour, mut arm) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
     let (mut jobs, mut hits, mut misses, mut generations, mut failures) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -141,8 +153,11 @@ pub async fn record(
 /// One arm's jobs over a span.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ArmRow {
+    /// The experiment's name.
     pub experiment: String,
+    /// The arm's name.
     pub arm: String,
+    /// Its jobs, summed over the span.
     pub counts: ArmCounts,
     /// The first and last hours with jobs in the span.
     pub first_hour: DateTime<Utc>,

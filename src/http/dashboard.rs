@@ -176,7 +176,10 @@ async fn render(state: &ApiState, since: &str, span: Duration) -> Result<String,
         ("top_uses", top_table("top-uses", &top_uses)),
         ("top_saved", top_table("top-saved", &top_saved)),
         ("cleanups", cleanup_table(&cleanups)),
-        ("experiments", super::experiments::section(&experiments, since)),
+        (
+            "experiments",
+            super::experiments::section(&experiments, since),
+        ),
     ];
     let values: Vec<(&str, &str)> = parts.iter().map(|(n, v)| (*n, v.as_str())).collect();
     Ok(fill(PAGE, &values))

@@ -76,7 +76,15 @@ async fn show(
         Ok(since) => since,
         Err(refused) => return refused,
     };
-    match arms::report(&state.db, &state.settings.experiments, &name, since, Utc::now()).await {
+    match arms::report(
+        &state.db,
+        &state.settings.experiments,
+        &name,
+        since,
+        Utc::now(),
+    )
+    .await
+    {
         Ok(Some(report)) => Json(report).into_response(),
         Ok(None) => error(
             StatusCode::NOT_FOUND,
@@ -126,7 +134,9 @@ fn article(report: &Report) -> String {
         .iter()
         .map(|a| {
             let role = if a.arm == control { " (control)" } else { "" };
-            let share = a.share_pct.map_or_else(|| "–".to_owned(), |s| format!("{s} %"));
+            let share = a
+                .share_pct
+                .map_or_else(|| "–".to_owned(), |s| format!("{s} %"));
             let cells = [
                 ("share_pct", share),
                 ("jobs", a.jobs.to_string()),

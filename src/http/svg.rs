@@ -464,8 +464,14 @@ pub(crate) fn intervals(id: &str, title: &str, unit: &str, rows: &[Estimate<'_>]
     let height = 56.0 + row_h * rows.len().max(1) as f64;
     let label_w = 120.0;
     let plot_w = WIDTH - label_w - 230.0;
-    let low = rows.iter().map(|r| r.low.min(r.estimate)).fold(0.0, f64::min);
-    let high = rows.iter().map(|r| r.high.max(r.estimate)).fold(0.0, f64::max);
+    let low = rows
+        .iter()
+        .map(|r| r.low.min(r.estimate))
+        .fold(0.0, f64::min);
+    let high = rows
+        .iter()
+        .map(|r| r.high.max(r.estimate))
+        .fold(0.0, f64::max);
     let (low, high) = if high - low <= 0.0 {
         (0.0, 1.0)
     } else {

@@ -43,37 +43,53 @@ pub fn counts_of(result: &JobResult) -> ArmCounts {
 /// One arm's figures over the report's span.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ArmFigures {
+    /// The arm's name.
     pub arm: String,
     /// The configured share of users (percent); `None` for an arm no longer configured.
     pub share_pct: Option<f64>,
+    /// Jobs that reached the cache.
     pub jobs: i64,
+    /// Cached successes.
     pub hits: i64,
+    /// Every other job.
     pub misses: i64,
     /// hits ÷ jobs × 100; 0 without jobs.
     pub hit_ratio_pct: f64,
+    /// Successes generated now.
     pub generations: i64,
+    /// Failed jobs.
     pub failures: i64,
+    /// What the arm's generations cost.
     pub spend_usd: f64,
+    /// What its hits saved.
     pub saved_usd: f64,
     /// spend ÷ jobs; `None` without jobs.
     pub cost_per_job_usd: Option<f64>,
+    /// Job duration percentiles, from the histogram.
     pub p50_ms: Option<f64>,
+    /// See `p50_ms`.
     pub p95_ms: Option<f64>,
 }
 
 /// A difference (arm − control) with its 95 % confidence interval and what it supports.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Difference {
+    /// Arm − control.
     pub difference: f64,
+    /// The 95 % confidence interval's lower end.
     pub ci95_low: f64,
+    /// Its upper end.
     pub ci95_high: f64,
+    /// What the interval supports.
     pub verdict: Verdict,
 }
 
 /// One arm against the control.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Comparison {
+    /// The arm compared.
     pub arm: String,
+    /// The control it is compared with.
     pub against: String,
     /// In percentage points (Newcombe's hybrid score interval); `None` while an arm has no jobs.
     pub hit_ratio_pts: Option<Difference>,
@@ -89,30 +105,43 @@ pub struct Comparison {
 /// `GET /api/experiments/{name}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
+    /// The experiment's name.
     pub experiment: String,
     /// Named in the configuration now (an experiment removed from it is still reported from
     /// its rollups).
     pub configured: bool,
+    /// Assigning users now.
     pub enabled: bool,
+    /// The arm the others are compared with.
     pub control: Option<String>,
     /// The span asked for (`since`), or `None`: everything since the experiment's first job.
     pub since: Option<String>,
+    /// The span's first hour (`None`: the beginning).
     pub from: Option<String>,
+    /// The end of the span: the end of the current hour.
     pub to: String,
     /// The first and last hours (UTC) with jobs in the span.
     pub first_hour: Option<String>,
+    /// See `first_hour`.
     pub last_hour: Option<String>,
+    /// Fewer jobs in an arm and every verdict is "too small to tell".
     pub min_jobs_per_arm: i64,
+    /// Every arm, by name.
     pub arms: Vec<ArmFigures>,
+    /// Every arm but the control, against the control.
     pub comparisons: Vec<Comparison>,
 }
 
 /// `GET /api/experiments`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Listing {
+    /// As in [`Report`].
     pub since: Option<String>,
+    /// As in [`Report`].
     pub from: Option<String>,
+    /// As in [`Report`].
     pub to: String,
+    /// Every experiment configured or with jobs in the span, by name.
     pub experiments: Vec<Report>,
 }
 
@@ -289,7 +318,13 @@ pub async fn report(
     now: DateTime<Utc>,
 ) -> Result<Option<Report>, DbError> {
     let range = hours(since.map(|(_, span)| span), now);
-    let rows = store::arms(pool, Some(name), range.0.unwrap_or(DateTime::UNIX_EPOCH), range.1).await?;
+    let rows = store::arms(
+        pool,
+        Some(name),
+        range.0.unwrap_or(DateTime::UNIX_EPOCH),
+        range.1,
+    )
+    .await?;
     let settings = experiments.get(name);
     if settings.is_none() && rows.is_empty() {
         return Ok(None);
@@ -361,7 +396,9 @@ pub fn text(report: &Report) -> String {
         "arm", "share", "jobs", "hit %", "misses", "spend", "saved", "cost/job", "p50 ms", "p95 ms"
     );
     for a in &report.arms {
-        let share = a.share_pct.map_or_else(|| "–".to_owned(), |s| format!("{s}%"));
+        let share = a
+            .share_pct
+            .map_or_else(|| "–".to_owned(), |s| format!("{s}%"));
         let _ = writeln!(
             out,
             "{:<16} {:>6} {:>8} {:>8.2} {:>8} {:>10} {:>10} {:>10} {:>8} {:>8}",
@@ -463,9 +500,17 @@ mod tests {
             None,
             (None, DateTime::UNIX_EPOCH),
         );
-        assert_eq!(report.control.as_deref(), Some("a-control"), "first by name");
+        assert_eq!(
+            report.control.as_deref(),
+            Some("a-control"),
+            "first by name"
+        );
         let names: Vec<&str> = report.arms.iter().map(|a| a.arm.as_str()).collect();
-        assert_eq!(names, ["a-control", "b-three", "c-idle"], "configured arms without jobs too");
+        assert_eq!(
+            names,
+            ["a-control", "b-three", "c-idle"],
+            "configured arms without jobs too"
+        );
         assert_eq!(report.arms[0].hit_ratio_pct, 60.0);
         assert_eq!(report.arms[0].cost_per_job_usd, Some(0.016));
         assert_eq!(report.arms[2].cost_per_job_usd, None);
@@ -484,8 +529,14 @@ mod tests {
         assert!(idle.note.contains("fewer than 100 jobs"), "{}", idle.note);
         assert!(idle.hit_ratio_pts.is_none(), "no jobs, no interval");
         let shown = text(&report);
-        assert!(shown.contains("b-three against a-control: b-three better"), "{shown}");
-        assert!(shown.contains("+10.00 pts (95% CI +5.82 to +14.13)"), "{shown}");
+        assert!(
+            shown.contains("b-three against a-control: b-three better"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("+10.00 pts (95% CI +5.82 to +14.13)"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -503,7 +554,10 @@ mod tests {
         );
         assert_eq!(report.control.as_deref(), Some("b-three"));
         let vs = &report.comparisons[0];
-        assert_eq!((vs.arm.as_str(), vs.against.as_str()), ("a-control", "b-three"));
+        assert_eq!(
+            (vs.arm.as_str(), vs.against.as_str()),
+            ("a-control", "b-three")
+        );
         assert_eq!(vs.verdict, "too small to tell");
         // The interval is still shown, and the verdict on it is withheld.
         let hit = vs.hit_ratio_pts.as_ref().unwrap();

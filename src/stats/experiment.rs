@@ -27,8 +27,11 @@ pub const MIN_JOBS_PER_ARM: i64 = 100;
 /// An estimate of a difference (arm − control) with its 95 % confidence interval.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Interval {
+    /// The observed difference.
     pub estimate: f64,
+    /// The interval's lower end.
     pub low: f64,
+    /// The interval's upper end.
     pub high: f64,
 }
 
@@ -121,12 +124,16 @@ pub fn newcombe(x_b: i64, n_b: i64, x_a: i64, n_a: i64) -> Option<Interval> {
 /// One arm's per-job values as the rollups keep them: count, sum and sum of squares.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Moments {
+    /// How many values.
     pub n: i64,
+    /// Their sum.
     pub sum: f64,
+    /// The sum of their squares.
     pub sum_sq: f64,
 }
 
 impl Moments {
+    /// The mean; `None` without values.
     pub fn mean(&self) -> Option<f64> {
         (self.n > 0).then(|| self.sum / self.n as f64)
     }
@@ -170,8 +177,8 @@ pub fn welch(b: Moments, a: Moments) -> Option<Interval> {
 /// Student's t 97.5 % quantiles for 1–30 degrees of freedom.
 const T95: [f64; 30] = [
     12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281, 2.2010,
-    2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860, 2.0796, 2.0739,
-    2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423,
+    2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860, 2.0796, 2.0739, 2.0687,
+    2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423,
 ];
 
 /// Student's t 97.5 % quantile for `df` degrees of freedom (not necessarily whole, as Welch's
@@ -214,9 +221,15 @@ mod tests {
     fn newcombe_matches_the_published_examples() {
         let i = newcombe(56, 70, 48, 80).unwrap();
         assert!(near(i.estimate, 0.2, 1e-12), "{i:?}");
-        assert!(near(i.low, 0.0524, 5e-5) && near(i.high, 0.3339, 5e-5), "{i:?}");
+        assert!(
+            near(i.low, 0.0524, 5e-5) && near(i.high, 0.3339, 5e-5),
+            "{i:?}"
+        );
         let i = newcombe(9, 10, 3, 10).unwrap();
-        assert!(near(i.low, 0.1705, 5e-5) && near(i.high, 0.8090, 5e-5), "{i:?}");
+        assert!(
+            near(i.low, 0.1705, 5e-5) && near(i.high, 0.8090, 5e-5),
+            "{i:?}"
+        );
         // Where Wald collapses (0 of 10 against 0 of 10), the score interval still has width.
         let i = newcombe(0, 10, 0, 10).unwrap();
         assert!(i.low < -0.2 && i.high > 0.2 && i.contains_zero(), "{i:?}");
@@ -229,18 +242,28 @@ mod tests {
     fn hit_ratio_interval_on_a_known_split() {
         let i = newcombe(700, 1000, 600, 1000).unwrap();
         assert!(near(i.estimate, 0.10, 1e-12));
-        assert!(i.low < 0.10 && 0.10 < i.high, "contains the true difference: {i:?}");
+        assert!(
+            i.low < 0.10 && 0.10 < i.high,
+            "contains the true difference: {i:?}"
+        );
         // By hand, the textbook (Wald) half-width: 1.96 * sqrt(.6*.4/1000 + .7*.3/1000)
         // = 1.96 * sqrt(0.00045) = 1.96 * 0.0212132 = 0.0415771.
         let wald_half = Z95 * (0.6_f64 * 0.4 / 1000.0 + 0.7 * 0.3 / 1000.0).sqrt();
         assert!(near(wald_half, 0.041577, 1e-6));
         // At n = 1,000 a side, Newcombe's width is Wald's within a few tenths of a percent.
         let width = i.high - i.low;
-        assert!(near(width, 2.0 * wald_half, 0.005 * width), "{width} vs {}", 2.0 * wald_half);
+        assert!(
+            near(width, 2.0 * wald_half, 0.005 * width),
+            "{width} vs {}",
+            2.0 * wald_half
+        );
         // And it is, by hand, the Wilson-based formula: arm [0.67088, 0.72759],
         // control [0.56931, 0.62993] → 0.1 − √(0.02912² + 0.02993²) = 0.05824 and
         // 0.1 + √(0.02759² + 0.03069²) = 0.14127.
-        assert!(near(i.low, 0.05824, 5e-5) && near(i.high, 0.14127, 5e-5), "{i:?}");
+        assert!(
+            near(i.low, 0.05824, 5e-5) && near(i.high, 0.14127, 5e-5),
+            "{i:?}"
+        );
         assert_eq!(verdict(Some(&i), true, true), Verdict::Better);
         assert_eq!(verdict(Some(&i), false, true), Verdict::TooSmall);
         let reversed = newcombe(600, 1000, 700, 1000).unwrap();
@@ -266,7 +289,7 @@ mod tests {
         // By hand: s²(a) = (0.064 − 1.6²/100)/99 = 0.0384/99, s²(b) = (0.04 − 1²/100)/99 =
         // 0.03/99; se = √((0.0384 + 0.03)/9900) = 0.00262852; Welch df = 195.06, t = 1.9722;
         // half-width 0.0051840.
-        let (va, vb) = (0.0384 / 99.0 / 100.0, 0.03 / 99.0 / 100.0);
+        let (va, vb): (f64, f64) = (0.0384 / 99.0 / 100.0, 0.03 / 99.0 / 100.0);
         let se = (va + vb).sqrt();
         assert!(near(se, 0.002_628_52, 1e-8), "{se}");
         let df = (va + vb).powi(2) / (va * va / 99.0 + vb * vb / 99.0);

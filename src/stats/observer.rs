@@ -42,6 +42,7 @@ pub struct JobCompleted {
     /// every experiment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub experiment: Option<String>,
+    /// The arm of `experiment`; present exactly when it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arm: Option<String>,
 }

@@ -387,7 +387,10 @@ async fn the_dashboard_in_chromium_shows_the_api_figures_and_fetches_nothing_els
     let arms = &report["experiments"][0]["arms"];
     assert_eq!(report["experiments"][0]["name"], "freshness", "{report}");
     assert_eq!(arms[0]["arm"], "control", "{report}");
-    assert_eq!(arms[0]["figures"]["jobs"], "4", "u-small: three hits, one failure");
+    assert_eq!(
+        arms[0]["figures"]["jobs"], "4",
+        "u-small: three hits, one failure"
+    );
     assert_eq!(arms[1]["figures"]["jobs"], "2", "u-big: two generations");
     let png = std::fs::read(&screenshot).unwrap();
     assert!(

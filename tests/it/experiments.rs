@@ -113,7 +113,10 @@ async fn results_and_job_completed_name_the_arm_of_their_user() {
     let again = env.job(user, config.clone());
     let first = env.run(&again).await;
     let replayed = env.run(&again).await;
-    assert_eq!(replayed, first, "a redelivered job is answered as before, arm and all");
+    assert_eq!(
+        replayed, first,
+        "a redelivered job is answered as before, arm and all"
+    );
     assert_names(&replayed, arm);
     env.cleanup().await;
 }
@@ -152,11 +155,21 @@ async fn without_experiments_messages_are_todays() {
     ];
     for _ in 0..2 {
         let result = env.run(&env.job("user-1", json!({}))).await;
-        let keys: Vec<&str> = result.as_object().unwrap().keys().map(String::as_str).collect();
+        let keys: Vec<&str> = result
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
         assert_eq!(keys, contract, "{result}");
         let id = result["job_id"].clone();
         let event = tap.next_with("job.completed", |e| e["job_id"] == id).await;
-        let keys: Vec<&str> = event.as_object().unwrap().keys().map(String::as_str).collect();
+        let keys: Vec<&str> = event
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
         assert_eq!(keys, completed, "{event}");
     }
     let (status, listing) = env.get_json("/api/experiments").await;
@@ -164,8 +177,19 @@ async fn without_experiments_messages_are_todays() {
     assert_eq!(listing["experiments"], json!([]));
     let (status, _) = env.get_json("/api/experiments/freshness").await;
     assert_eq!(status, 404);
-    let html = env.http.get(env.http_base()).send().await.unwrap().text().await.unwrap();
-    assert!(!html.contains("id=\"experiments\""), "no Experiments section");
+    let html = env
+        .http
+        .get(env.http_base())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !html.contains("id=\"experiments\""),
+        "no Experiments section"
+    );
     env.cleanup().await;
 }
 
@@ -197,7 +221,11 @@ async fn the_report_counts_each_arm_as_its_jobs_ran() {
         let result = &copies[0];
         let user = result["user_id"].as_str().unwrap();
         let arm = arm_of(&env.settings, user).expect("shares add up to 100");
-        assert_eq!(result["arm"], arm.as_str(), "the arm assign computes: {result}");
+        assert_eq!(
+            result["arm"],
+            arm.as_str(),
+            "the arm assign computes: {result}"
+        );
         let s = sent.entry(arm).or_default();
         s.jobs += 1;
         if result["cached"] == true {
@@ -216,7 +244,11 @@ async fn the_report_counts_each_arm_as_its_jobs_ran() {
     let report = eventually("every job in the per-arm rollups", || async {
         let (status, body) = env.get_json(&path).await;
         assert_eq!(status, 200, "{body}");
-        let jobs: i64 = body["arms"].as_array()?.iter().filter_map(|a| a["jobs"].as_i64()).sum();
+        let jobs: i64 = body["arms"]
+            .as_array()?
+            .iter()
+            .filter_map(|a| a["jobs"].as_i64())
+            .sum();
         (jobs == 300).then_some(body)
     })
     .await;
@@ -230,24 +262,35 @@ async fn the_report_counts_each_arm_as_its_jobs_ran() {
         assert_eq!(figures["misses"], s.misses, "{arm}: {figures}");
         assert_eq!(figures["share_pct"], 50.0);
         let spend = figures["spend_usd"].as_f64().unwrap();
-        assert!((spend - s.spend).abs() < 1e-5, "{arm}: {spend} vs {}", s.spend);
+        assert!(
+            (spend - s.spend).abs() < 1e-5,
+            "{arm}: {spend} vs {}",
+            s.spend
+        );
         let expected_ratio = 100.0 * s.hits as f64 / s.jobs as f64;
         let ratio = figures["hit_ratio_pct"].as_f64().unwrap();
         assert!((ratio - expected_ratio).abs() < 0.01, "{figures}");
         assert!(figures["p95_ms"].as_f64().unwrap() >= figures["p50_ms"].as_f64().unwrap());
     }
     let comparison = &report["comparisons"][0];
-    assert_eq!((comparison["arm"].as_str(), comparison["against"].as_str()), (Some("fresh"), Some("control")));
+    assert_eq!(
+        (comparison["arm"].as_str(), comparison["against"].as_str()),
+        (Some("fresh"), Some("control"))
+    );
     let hit = &comparison["hit_ratio_pts"];
     assert!(
         hit["ci95_low"].as_f64().unwrap() <= hit["difference"].as_f64().unwrap()
             && hit["difference"].as_f64().unwrap() <= hit["ci95_high"].as_f64().unwrap(),
         "{comparison}"
     );
-    assert!(comparison["cost_per_job_usd"]["ci95_low"].is_number(), "{comparison}");
+    assert!(
+        comparison["cost_per_job_usd"]["ci95_low"].is_number(),
+        "{comparison}"
+    );
     // Which arm's user asked first for each configuration (and so paid for its generation) is
     // a race, so the verdict may go either way; it must follow the interval.
-    let contains_zero = hit["ci95_low"].as_f64().unwrap() <= 0.0 && hit["ci95_high"].as_f64().unwrap() >= 0.0;
+    let contains_zero =
+        hit["ci95_low"].as_f64().unwrap() <= 0.0 && hit["ci95_high"].as_f64().unwrap() >= 0.0;
     assert_eq!(
         hit["verdict"] == "too small to tell",
         contains_zero,
@@ -257,11 +300,17 @@ async fn the_report_counts_each_arm_as_its_jobs_ran() {
     // A span, the list, and what is refused.
     let (status, recent) = env.get_json(&format!("{path}?since=1h")).await;
     assert_eq!(status, 200);
-    assert_eq!(recent["arms"], report["arms"], "every job ran within the hour");
+    assert_eq!(
+        recent["arms"], report["arms"],
+        "every job ran within the hour"
+    );
     assert_eq!(recent["since"], "1h");
     let (status, listing) = env.get_json("/api/experiments?since=7d").await;
     assert_eq!(status, 200);
-    assert_eq!(listing["experiments"][0]["arms"], report["arms"], "{listing}");
+    assert_eq!(
+        listing["experiments"][0]["arms"], report["arms"],
+        "{listing}"
+    );
     let (status, body) = env.get_json(&format!("{path}?since=7w")).await;
     assert_eq!(status, 400, "{body}");
     let (status, body) = env.get_json("/api/experiments/nothing-here").await;
@@ -276,7 +325,11 @@ async fn the_report_counts_each_arm_as_its_jobs_ran() {
             .args(extra)
             .output()
             .unwrap();
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         String::from_utf8(output.stdout).unwrap()
     };
     let json: Value = serde_json::from_str(&run(&["--json"])).unwrap();
@@ -286,13 +339,25 @@ async fn the_report_counts_each_arm_as_its_jobs_ran() {
     assert!(text.contains("fresh against control:"), "{text}");
     let control_jobs = sent["control"].jobs.to_string();
     assert!(
-        text.lines().any(|l| l.starts_with("control") && l.contains(&control_jobs)),
+        text.lines()
+            .any(|l| l.starts_with("control") && l.contains(&control_jobs)),
         "{text}"
     );
 
     // The dashboard shows each arm's jobs.
-    let html = env.http.get(env.http_base()).send().await.unwrap().text().await.unwrap();
-    assert!(html.contains("id=\"experiment-freshness\""), "the Experiments section");
+    let html = env
+        .http
+        .get(env.http_base())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains("id=\"experiment-freshness\""),
+        "the Experiments section"
+    );
     for (arm, s) in &sent {
         assert!(
             html.contains(&format!("<tr data-arm=\"{arm}\">")),
