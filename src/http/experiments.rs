@@ -47,19 +47,23 @@ fn unavailable(error: &crate::db::DbError) -> Response {
 }
 
 /// The span `since` names, if any; the message of a 400 if it names none.
-fn span(params: &Params) -> Result<Option<(&str, chrono::Duration)>, Response> {
+fn span(params: &Params) -> Result<Option<(&str, chrono::Duration)>, String> {
     match params.since.as_deref() {
         None => Ok(None),
         Some(since) => analytics::parse_span(since)
             .map(|span| Some((since, span)))
-            .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_request", e.to_string())),
+            .map_err(|e| e.to_string()),
     }
+}
+
+fn bad_request(message: String) -> Response {
+    error(StatusCode::BAD_REQUEST, "bad_request", message)
 }
 
 async fn list(State(state): State<ApiState>, Query(params): Query<Params>) -> Response {
     let since = match span(&params) {
         Ok(since) => since,
-        Err(refused) => return refused,
+        Err(message) => return bad_request(message),
     };
     match arms::list(&state.db, &state.settings.experiments, since, Utc::now()).await {
         Ok(listing) => Json(listing).into_response(),
@@ -74,7 +78,7 @@ async fn show(
 ) -> Response {
     let since = match span(&params) {
         Ok(since) => since,
-        Err(refused) => return refused,
+        Err(message) => return bad_request(message),
     };
     match arms::report(
         &state.db,
@@ -181,7 +185,7 @@ fn article(report: &Report) -> String {
                 low: 100.0 * low,
                 high: 100.0 * high,
                 note: format!(
-                    "{:.2} % (95% CI {:.2} to {:.2}) of {} jobs",
+                    "{:.2} % (CI {:.2} to {:.2}), {} jobs",
                     a.hit_ratio_pct,
                     100.0 * low,
                     100.0 * high,
@@ -193,7 +197,7 @@ fn article(report: &Report) -> String {
     let hit_differences = differences(&report.comparisons, |c| {
         c.hit_ratio_pts.as_ref().map(|d| {
             let note = format!(
-                "{:+.2} pts (95% CI {:+.2} to {:+.2}): {}",
+                "{:+.2} (CI {:+.2}, {:+.2}) {}",
                 d.difference,
                 d.ci95_low,
                 d.ci95_high,
@@ -205,7 +209,7 @@ fn article(report: &Report) -> String {
     let cost_differences = differences(&report.comparisons, |c| {
         c.cost_per_job_usd.as_ref().map(|d| {
             let note = format!(
-                "{:+.4} USD (95% CI {:+.4} to {:+.4}): {}",
+                "{:+.4} (CI {:+.4}, {:+.4}) {}",
                 d.difference,
                 d.ci95_low,
                 d.ci95_high,

@@ -462,8 +462,8 @@ pub(crate) struct Estimate<'a> {
 pub(crate) fn intervals(id: &str, title: &str, unit: &str, rows: &[Estimate<'_>]) -> String {
     let row_h = 24.0;
     let height = 56.0 + row_h * rows.len().max(1) as f64;
-    let label_w = 120.0;
-    let plot_w = WIDTH - label_w - 230.0;
+    let label_w = 90.0;
+    let plot_w = WIDTH - label_w - 290.0;
     let low = rows
         .iter()
         .map(|r| r.low.min(r.estimate))
@@ -535,7 +535,7 @@ pub(crate) fn intervals(id: &str, title: &str, unit: &str, rows: &[Estimate<'_>]
     );
     for (i, row) in rows.iter().enumerate() {
         let y = top + row_h * i as f64;
-        let shown: String = row.label.chars().take(18).collect();
+        let shown: String = row.label.chars().take(14).collect();
         let _ = write!(
             out,
             "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"#222222\">{}</text>",

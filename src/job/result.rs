@@ -391,7 +391,11 @@ mod tests {
         );
         assert_eq!(labelled.arm_label(), Some(arm));
         let back: JobResult = serde_json::from_value(value).unwrap();
-        assert_eq!(back.arm_label(), labelled.arm_label(), "read back from the job table");
+        assert_eq!(
+            back.arm_label(),
+            labelled.arm_label(),
+            "read back from the job table"
+        );
     }
 
     #[test]
