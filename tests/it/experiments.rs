@@ -12,7 +12,8 @@ use memoji_worker::job::experiment::assign;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    TestEnv, eventually, job_ids, openai_error, openai_ok, worker_command, worker_environment,
+    TestEnv, dead_letter_reason, eventually, job_ids, openai_error, openai_ok, worker_command,
+    worker_environment,
 };
 use crate::schemas::assert_valid;
 
@@ -118,6 +119,23 @@ async fn results_and_job_completed_name_the_arm_of_their_user() {
         "a redelivered job is answered as before, arm and all"
     );
     assert_names(&replayed, arm);
+    // Not a job (its user_id is too long) but its ids are readable: dead-lettered, and its
+    // answer names the arm of that user.
+    let (long, long_arm) = (0..1000)
+        .map(|n| format!("{n}-{}", "u".repeat(200)))
+        .find_map(|u| arm_of(&env.settings, &u).map(|a| (u, a)))
+        .unwrap();
+    let job_id = uuid::Uuid::new_v4().to_string();
+    env.publish(&json!({"job_id": job_id, "user_id": long, "config": {}}))
+        .await;
+    let letter = env
+        .take_from(&env.settings.amqp.dead_letter_queue.clone())
+        .await
+        .expect("dead-lettered");
+    assert!(dead_letter_reason(&letter).contains("user_id"));
+    let answer = env.result_of(&job_id).await;
+    assert_eq!(answer["error"]["code"], "invalid_job", "{answer}");
+    assert_names(&answer, Some(&long_arm));
     env.cleanup().await;
 }
 
