@@ -24,9 +24,20 @@ CREATE TABLE memoji_analytics_arms (
     PRIMARY KEY (experiment, hour, arm)
 );
 
--- Sums bucket arrays over rows (the aggregate form of memoji_analytics_add_buckets).
-CREATE AGGREGATE memoji_analytics_sum_buckets(bigint[]) (
-    SFUNC = memoji_analytics_add_buckets,
-    STYPE = bigint[],
-    INITCOND = '{}'
+-- The same per UTC day, written by the same statement, so that long spans (and a report of
+-- everything since an experiment began) read one row per arm and day.
+CREATE TABLE memoji_analytics_arms_daily (
+    experiment       text NOT NULL,
+    day              date NOT NULL,
+    arm              text NOT NULL,
+    jobs             bigint NOT NULL DEFAULT 0,
+    hits             bigint NOT NULL DEFAULT 0,
+    misses           bigint NOT NULL DEFAULT 0,
+    generations      bigint NOT NULL DEFAULT 0,
+    failures         bigint NOT NULL DEFAULT 0,
+    spend_usd        double precision NOT NULL DEFAULT 0,
+    saved_usd        double precision NOT NULL DEFAULT 0,
+    spend_sq_usd     double precision NOT NULL DEFAULT 0,
+    duration_buckets bigint[] NOT NULL,
+    PRIMARY KEY (experiment, day, arm)
 );

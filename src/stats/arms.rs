@@ -154,16 +154,41 @@ fn at(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-/// The hours `[from, to)` the report covers: the last `span` up to the current hour included,
-/// or (`None`) everything up to it.
-fn hours(span: Option<Duration>, now: DateTime<Utc>) -> (Option<DateTime<Utc>>, DateTime<Utc>) {
-    let hour = Duration::hours(1);
-    let to = now.duration_trunc(hour).unwrap_or(now) + hour;
-    let from = span.map(|span| {
-        let n = (span.num_seconds() + 3599) / 3600;
-        to - hour * n.max(1) as i32
-    });
-    (from, to)
+/// What a report covers: `[from, to)` (`from` `None`: since the beginning) and whether it reads
+/// the daily rows. Up to [`HOURLY_UP_TO`](super::analytics::HOURLY_UP_TO) hours: the last `span`
+/// in whole hours, the current one included; longer spans, and everything, in whole UTC days,
+/// today's included (one row per arm and day, so a year's report stays fast).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    /// The first hour or day covered; `None`: since the beginning.
+    pub from: Option<DateTime<Utc>>,
+    /// The end: the end of the current hour or UTC day.
+    pub to: DateTime<Utc>,
+    /// Read from the daily rows.
+    pub daily: bool,
+}
+
+impl Span {
+    /// The span of the last `span` (or everything) up to `now`.
+    pub fn of(span: Option<Duration>, now: DateTime<Utc>) -> Span {
+        let daily = span.is_none_or(|s| s > Duration::hours(super::analytics::HOURLY_UP_TO));
+        let step = if daily {
+            Duration::days(1)
+        } else {
+            Duration::hours(1)
+        };
+        let to = now.duration_trunc(step).unwrap_or(now) + step;
+        let from = span.map(|span| {
+            let steps = (span.num_seconds() + step.num_seconds() - 1) / step.num_seconds();
+            to - step * steps.max(1) as i32
+        });
+        Span { from, to, daily }
+    }
+
+    async fn rows(&self, pool: &PgPool, experiment: Option<&str>) -> Result<Vec<ArmRow>, DbError> {
+        let from = self.from.unwrap_or(DateTime::UNIX_EPOCH);
+        store::arms(pool, experiment, self.daily, from, self.to).await
+    }
 }
 
 fn figures(arm: &str, share_pct: Option<f64>, c: &ArmCounts) -> ArmFigures {
@@ -263,7 +288,7 @@ pub fn build(
     settings: Option<&ExperimentSettings>,
     rows: &[ArmRow],
     since: Option<&str>,
-    (from, to): (Option<DateTime<Utc>>, DateTime<Utc>),
+    span: Span,
 ) -> Report {
     let mut counts: BTreeMap<String, ArmCounts> = BTreeMap::new();
     if let Some(settings) = settings {
@@ -298,8 +323,8 @@ pub fn build(
         enabled: settings.is_some_and(|s| s.enabled),
         control,
         since: since.map(str::to_owned),
-        from: from.map(at),
-        to: at(to),
+        from: span.from.map(at),
+        to: at(span.to),
         first_hour: mine().map(|r| r.first_hour).min().map(at),
         last_hour: mine().map(|r| r.last_hour).max().map(at),
         min_jobs_per_arm: MIN_JOBS_PER_ARM,
@@ -317,14 +342,8 @@ pub async fn report(
     since: Option<(&str, Duration)>,
     now: DateTime<Utc>,
 ) -> Result<Option<Report>, DbError> {
-    let range = hours(since.map(|(_, span)| span), now);
-    let rows = store::arms(
-        pool,
-        Some(name),
-        range.0.unwrap_or(DateTime::UNIX_EPOCH),
-        range.1,
-    )
-    .await?;
+    let range = Span::of(since.map(|(_, span)| span), now);
+    let rows = range.rows(pool, Some(name)).await?;
     let settings = experiments.get(name);
     if settings.is_none() && rows.is_empty() {
         return Ok(None);
@@ -345,8 +364,8 @@ pub async fn list(
     since: Option<(&str, Duration)>,
     now: DateTime<Utc>,
 ) -> Result<Listing, DbError> {
-    let range = hours(since.map(|(_, span)| span), now);
-    let rows = store::arms(pool, None, range.0.unwrap_or(DateTime::UNIX_EPOCH), range.1).await?;
+    let range = Span::of(since.map(|(_, span)| span), now);
+    let rows = range.rows(pool, None).await?;
     let names: BTreeSet<&str> = experiments
         .keys()
         .map(String::as_str)
@@ -355,8 +374,8 @@ pub async fn list(
     let since_text = since.map(|(text, _)| text);
     Ok(Listing {
         since: since_text.map(str::to_owned),
-        from: range.0.map(at),
-        to: at(range.1),
+        from: range.from.map(at),
+        to: at(range.to),
         experiments: names
             .into_iter()
             .map(|name| build(name, experiments.get(name), &rows, since_text, range))
@@ -498,7 +517,7 @@ mod tests {
             Some(&settings(None)),
             &rows,
             None,
-            (None, DateTime::UNIX_EPOCH),
+            Span::of(None, DateTime::UNIX_EPOCH),
         );
         assert_eq!(
             report.control.as_deref(),
@@ -550,7 +569,7 @@ mod tests {
             Some(&settings(Some("b-three"))),
             &rows,
             Some("7d"),
-            (Some(DateTime::UNIX_EPOCH), DateTime::UNIX_EPOCH),
+            Span::of(Some(Duration::days(7)), DateTime::UNIX_EPOCH),
         );
         assert_eq!(report.control.as_deref(), Some("b-three"));
         let vs = &report.comparisons[0];
@@ -564,10 +583,33 @@ mod tests {
         assert!(hit.ci95_high < 0.0, "{hit:?}");
         assert_eq!(hit.verdict, Verdict::TooSmall);
         // An experiment only the rollups know of.
-        let gone = build("variety", None, &rows, None, (None, DateTime::UNIX_EPOCH));
+        let gone = build(
+            "variety",
+            None,
+            &rows,
+            None,
+            Span::of(None, DateTime::UNIX_EPOCH),
+        );
         assert!(!gone.configured && !gone.enabled);
         assert_eq!(gone.arms[0].share_pct, None);
         assert_eq!(gone.control.as_deref(), Some("a-control"));
+    }
+
+    #[test]
+    fn spans_are_hours_up_to_three_days_then_whole_days() {
+        let now = DateTime::parse_from_rfc3339("2026-11-24T14:30:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let hours = Span::of(Some(Duration::hours(24)), now);
+        assert!(!hours.daily);
+        assert_eq!(at(hours.to), "2026-11-24T15:00:00Z");
+        assert_eq!(hours.from.map(at).as_deref(), Some("2026-11-23T15:00:00Z"));
+        let days = Span::of(Some(Duration::days(7)), now);
+        assert!(days.daily);
+        assert_eq!(days.from.map(at).as_deref(), Some("2026-11-18T00:00:00Z"));
+        let all = Span::of(None, now);
+        assert!(all.daily && all.from.is_none());
+        assert_eq!(at(all.to), "2026-11-25T00:00:00Z");
     }
 
     #[test]
