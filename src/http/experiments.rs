@@ -3,8 +3,8 @@
 //! cache tables; and the dashboard's Experiments section drawn from the same reports.
 //!
 //! Read-only and open like `/api/analytics/…` (aggregates; no user is named). `since` is a span
-//! (`48h`, `7d`, `90d`: whole hours up to the current one); without it, a report covers
-//! everything since the experiment's first job.
+//! (`48h`, `7d`, `90d`: whole hours up to 72 h, whole UTC days beyond); without it, a report
+//! covers everything since the experiment's first job.
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
