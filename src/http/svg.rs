@@ -519,20 +519,26 @@ pub(crate) fn intervals(id: &str, title: &str, unit: &str, rows: &[Estimate<'_>]
     }
     let top = 28.0;
     let bottom = top + row_h * rows.len().max(1) as f64;
-    // The zero line, and the axis' ends in words.
+    // The zero line, and the axis' ends in words (an end too close to zero is left to the zero).
+    let zero = x(0.0);
     let _ = write!(
         out,
-        "<line x1=\"{0:.1}\" y1=\"{top}\" x2=\"{0:.1}\" y2=\"{bottom:.1}\" stroke=\"#222222\" stroke-width=\"1.2\"/>\
-         <text x=\"{0:.1}\" y=\"{1:.1}\" text-anchor=\"middle\" fill=\"#222222\">0</text>\
-         <text x=\"{label_w}\" y=\"{1:.1}\" text-anchor=\"start\" fill=\"#222222\">{2}{4}</text>\
-         <text x=\"{3:.1}\" y=\"{1:.1}\" text-anchor=\"end\" fill=\"#222222\">{5}{4}</text>",
-        x(0.0),
-        bottom + 14.0,
-        figure(low),
-        label_w + plot_w,
-        escape(unit),
-        figure(high)
+        "<line x1=\"{zero:.1}\" y1=\"{top}\" x2=\"{zero:.1}\" y2=\"{bottom:.1}\" stroke=\"#222222\" stroke-width=\"1.2\"/>\
+         <text x=\"{zero:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#222222\">0</text>",
+        bottom + 14.0
     );
+    for (value, anchor) in [(low, "start"), (high, "end")] {
+        if (x(value) - zero).abs() > 40.0 {
+            let _ = write!(
+                out,
+                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"{anchor}\" fill=\"#222222\">{}{}</text>",
+                x(value),
+                bottom + 14.0,
+                figure(value),
+                escape(unit)
+            );
+        }
+    }
     for (i, row) in rows.iter().enumerate() {
         let y = top + row_h * i as f64;
         let shown: String = row.label.chars().take(14).collect();
