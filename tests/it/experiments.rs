@@ -386,3 +386,40 @@ async fn the_report_counts_each_arm_as_its_jobs_ran() {
     assert!(html.contains("id=\"chart-exp-freshness-hit-difference\""));
     env.cleanup().await;
 }
+
+/// The schemas hold the two fields together: an `experiment` without its `arm` (or the other
+/// way round) is not a result or a `job.completed` message.
+#[test]
+fn the_schemas_want_experiment_and_arm_together() {
+    let schema = |name: &str| -> jsonschema::Validator {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("schemas")
+            .join(name);
+        let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        jsonschema::validator_for(&schema).unwrap()
+    };
+    let event = json!({
+        "job_id": "0b6f6f0e-3f5e-4c55-9d36-0f2b8e4a7f10", "status": "succeeded", "cached": true,
+        "error_code": null, "cost_usd": 0.0, "saved_usd": 0.04, "duration_ms": 3,
+        "completed_at": "2026-11-24T14:03:07.512Z", "experiment": "freshness", "arm": "fresh"
+    });
+    let completed = schema("metrics/job-completed.schema.json");
+    assert!(completed.is_valid(&event));
+    for field in ["experiment", "arm"] {
+        let mut half = event.clone();
+        half.as_object_mut().unwrap().remove(field);
+        assert!(!completed.is_valid(&half), "without {field}: {half}");
+    }
+    let result = json!({
+        "job_id": "0b6f6f0e-3f5e-4c55-9d36-0f2b8e4a7f10", "user_id": "user-42", "status": "failed",
+        "cached": false, "prompt_hash": null, "image_url": null, "storage_path": null,
+        "credits_charged": 0, "credits_remaining": null, "cost_usd": 0.0, "saved_usd": 0.0,
+        "attempts": 0, "model": null, "duration_ms": 0, "completed_at": "2026-11-24T14:03:07.512Z",
+        "error": {"code": "internal", "message": "x", "retryable": true}, "arm": "fresh"
+    });
+    let results = schema("result.schema.json");
+    assert!(!results.is_valid(&result), "an arm without its experiment");
+    let mut whole = result.clone();
+    whole["experiment"] = json!("freshness");
+    assert!(results.is_valid(&whole), "{whole}");
+}
