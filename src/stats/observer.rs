@@ -237,5 +237,16 @@ mod tests {
         }
         let per_job = started.elapsed() / n;
         println!("analytics hook: {per_job:?} per job ({n} jobs)");
+        // The same jobs, each in an experiment's arm (one more map entry per hour and arm).
+        result.experiment = Some("freshness".to_owned());
+        let started = std::time::Instant::now();
+        for i in 0..n {
+            result.user_id = format!("u-{}", i % 1000);
+            result.arm = Some(if i % 2 == 0 { "control" } else { "fresh" }.to_owned());
+            let config = config_of(&result, body);
+            tally.add_job(&result, config.as_ref(), Some(Duration::from_secs(1)));
+        }
+        let per_job = started.elapsed() / n;
+        println!("analytics hook, jobs in an arm: {per_job:?} per job ({n} jobs)");
     }
 }
