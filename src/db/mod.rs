@@ -12,6 +12,7 @@
 //! - [`cleanup`]: the cleanup's batches and its single-replica lock.
 //! - [`refunds`]: the refund sweep's batches: charges whose job will never finish.
 //! - [`warm`]: cache warming's entries and the request history.
+//! - [`warm_batches`]: the OpenAI batches warming submitted, line by line, until handled.
 
 pub mod advisory;
 pub mod analytics;
@@ -27,6 +28,7 @@ pub mod models;
 pub mod refunds;
 pub mod stats;
 pub mod warm;
+pub mod warm_batches;
 
 use std::time::Duration;
 

@@ -7,6 +7,7 @@
 
 mod helpers;
 mod openai;
+mod openai_batches;
 mod support;
 
 mod admin_api;
@@ -26,6 +27,7 @@ mod intake;
 mod leftovers;
 mod metrics;
 mod models;
+mod openai_batch;
 mod openai_faults;
 mod pipeline;
 mod poison;
@@ -33,6 +35,7 @@ mod readme;
 mod refunds;
 mod schemas;
 mod secrets;
+mod simulate;
 mod storage_local;
 mod storage_s3;
 mod storage_supabase;
