@@ -545,6 +545,10 @@ pub struct ExperimentSettings {
     /// Off: nobody is assigned, every job runs on the configuration's own settings.
     #[serde(default = "enabled_by_default")]
     pub enabled: bool,
+    /// The arm the others are compared with in the reports (`GET /api/experiments/{name}`);
+    /// unset: the first arm by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<String>,
     /// The arms, by name (`[experiments.<name>.arms.<arm>]`), in name order.
     pub arms: BTreeMap<String, ArmSettings>,
 }
@@ -788,6 +792,13 @@ fn check_experiments(experiments: &BTreeMap<String, ExperimentSettings>) -> Resu
         }
         if experiment.arms.len() < 2 {
             return Err(format!("experiments.{name} needs at least two arms"));
+        }
+        if let Some(control) = &experiment.control
+            && !experiment.arms.contains_key(control)
+        {
+            return Err(format!(
+                "experiments.{name}.control names no arm: `{control}`"
+            ));
         }
         let mut total = 0.0;
         for (arm_name, arm) in &experiment.arms {

@@ -8,6 +8,7 @@
 //! - [`leases`]: who may generate a key right now (single flight across processes).
 //! - [`stats`]: counters and rollups behind `GET /api/cache/stats`.
 //! - [`analytics`]: the rollups behind `GET /api/analytics/…`, the dashboard and `report`.
+//! - [`experiments`]: the per-arm rollups of A/B tests, behind `GET /api/experiments/…`.
 //! - [`cleanup`]: the cleanup's batches and its single-replica lock.
 //! - [`refunds`]: the refund sweep's batches: charges whose job will never finish.
 //! - [`warm`]: cache warming's entries and the request history.
@@ -22,6 +23,7 @@ pub mod cache;
 pub mod cleanup;
 pub mod credits;
 pub mod derived;
+pub mod experiments;
 pub mod hits;
 pub mod jobs;
 pub mod leases;

@@ -21,4 +21,4 @@ pub use key::{CacheKey, GeneratorKind};
 pub use models::{Model, Plan};
 pub use outcome::{Outcome, Recipient};
 pub use policy::{CachePolicy, CacheRequest, Freshness, UserPreferences};
-pub use result::{ErrorCode, Image, JobError, JobResult, Spent, Status};
+pub use result::{ArmLabel, ErrorCode, Image, JobError, JobResult, Spent, Status};

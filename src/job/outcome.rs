@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{JobId, JobResult};
+use super::{ArmLabel, JobId, JobResult};
 
 /// How a delivery ends.
 #[derive(Debug)]
@@ -33,4 +33,6 @@ pub enum Outcome {
 pub struct Recipient {
     pub job_id: JobId,
     pub user_id: String,
+    /// The experiment and arm the user is in, which that result names too.
+    pub arm: Option<ArmLabel>,
 }

@@ -24,9 +24,10 @@ use super::step::StepError;
 use crate::config::CacheMode;
 use crate::db::credits;
 use crate::db::{DbError, cache, derived, jobs, preferences};
+use crate::job::experiment::assign;
 use crate::job::{
-    CacheKey, CachePolicy, Intake, Job, JobError, JobResult, Outcome, Recipient, Rejection,
-    experiment, intake, policy,
+    ArmLabel, CacheKey, CachePolicy, Intake, Job, JobError, JobResult, Outcome, Recipient,
+    Rejection, experiment, intake, policy,
 };
 
 /// What serving a job came to: a result made now, or one recorded earlier and answered again.
@@ -37,8 +38,50 @@ enum Served {
     Replay(JobResult),
 }
 
-/// Turns a delivery's body into its outcome. Records the job id on the current span.
+/// Turns a delivery's body into its outcome, whose result names the experiment and arm of its
+/// user (see [`in_arm`]). Records the job id on the current span.
 pub async fn handle(ctx: &Context, body: &[u8], message_id: Option<&str>) -> Outcome {
+    in_arm(ctx, journey(ctx, body, message_id).await)
+}
+
+/// Names the experiment and arm the outcome's user is in (issue 15) on its result, or on whom a
+/// given-up delivery would answer. The one place the job path asks: the arm is a pure function
+/// of the settings and the `user_id`, so a replayed result names the arm its first answer did.
+fn in_arm(ctx: &Context, outcome: Outcome) -> Outcome {
+    let user = match &outcome {
+        Outcome::Answer(result)
+        | Outcome::Replay(result)
+        | Outcome::Reject {
+            answer: Some(result),
+            ..
+        } => &result.user_id,
+        Outcome::Retry { job: Some(job), .. } => &job.user_id,
+        Outcome::Reject { answer: None, .. } | Outcome::Retry { job: None, .. } => {
+            return outcome;
+        }
+    };
+    let Some(arm) = ArmLabel::of(assign(&ctx.settings.experiments, user).as_ref()) else {
+        return outcome;
+    };
+    match outcome {
+        Outcome::Answer(result) => Outcome::Answer(result.in_arm(Some(&arm))),
+        Outcome::Replay(result) => Outcome::Replay(result.in_arm(Some(&arm))),
+        Outcome::Reject { reason, answer } => Outcome::Reject {
+            reason,
+            answer: answer.map(|result| result.in_arm(Some(&arm))),
+        },
+        Outcome::Retry { cause, after, job } => Outcome::Retry {
+            cause,
+            after,
+            job: job.map(|job| Recipient {
+                arm: Some(arm),
+                ..job
+            }),
+        },
+    }
+}
+
+async fn journey(ctx: &Context, body: &[u8], message_id: Option<&str>) -> Outcome {
     let started = Instant::now();
     let span = tracing::Span::current();
     match intake(body, message_id, &ctx.models) {
@@ -301,6 +344,7 @@ fn failed_step(ctx: &Context, job: &Job, error: StepError, started: Instant) -> 
     let recipient = Some(Recipient {
         job_id: job.id,
         user_id: job.user_id.clone(),
+        arm: None,
     });
     match error {
         StepError::Retry { cause, after } => Outcome::Retry {

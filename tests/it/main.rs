@@ -18,6 +18,7 @@ mod cache_controls;
 mod claims;
 mod cleanup;
 mod cli;
+mod experiments;
 mod failures;
 mod group_commit;
 mod guarantees;
