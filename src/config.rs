@@ -88,6 +88,7 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub refunds: RefundSettings,
     pub warm: WarmSettings,
+    pub cache: CacheSettings,
     pub log: LogSettings,
     pub telemetry: TelemetrySettings,
     /// A/B tests of cache strategies, by name (`[experiments.<name>]`); none by default.
@@ -434,6 +435,15 @@ pub struct WarmSettings {
     pub daily_budget_usd: f64,
 }
 
+/// How the cache serves keys (`[cache]`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct CacheSettings {
+    /// Images kept per key (N, at least 1): variant 0 is the key's `memoji_cache` row, variants
+    /// 1..N-1 are extra images; each user gets one of them, always the same (`job::variant`).
+    /// 1 is the seed's behaviour.
+    pub variants: u32,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct LogSettings {
     pub format: LogFormat,
@@ -670,6 +680,10 @@ impl Settings {
         rule(
             self.openai.lifecycle_check_hours > 0 && self.openai.lifecycle_retry_secs > 0,
             "openai.lifecycle_check_hours and openai.lifecycle_retry_secs must be at least 1",
+        )?;
+        rule(
+            self.cache.variants > 0,
+            "cache.variants must be at least 1",
         )?;
         check_experiments(&self.experiments).map_err(SettingsError::Rule)?;
         // Domain rules (the cron schedule, the price table, model successors) are checked where

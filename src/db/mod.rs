@@ -11,6 +11,7 @@
 //! - [`cleanup`]: the cleanup's batches and its single-replica lock.
 //! - [`refunds`]: the refund sweep's batches: charges whose job will never finish.
 //! - [`warm`]: cache warming's entries and the request history.
+//! - [`variants`]: a key's images by variant (`cache.variants`), variant 0 in [`cache`].
 
 pub mod advisory;
 pub mod analytics;
@@ -24,6 +25,7 @@ pub mod leases;
 pub mod models;
 pub mod refunds;
 pub mod stats;
+pub mod variants;
 pub mod warm;
 
 use std::time::Duration;

@@ -12,6 +12,7 @@ mod lenient;
 pub mod models;
 mod outcome;
 mod result;
+pub mod variant;
 
 pub use avatar::{AvatarConfig, ConfigError, ModelRules};
 pub use experiment::Assignment;
@@ -20,3 +21,4 @@ pub use key::{CacheKey, GeneratorKind};
 pub use models::{Model, Plan};
 pub use outcome::{Outcome, Recipient};
 pub use result::{ErrorCode, Image, JobError, JobResult, Spent, Status};
+pub use variant::{Pick, Variant};

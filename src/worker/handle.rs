@@ -20,8 +20,10 @@ use super::lead;
 use super::step::StepError;
 use crate::db::credits;
 use crate::db::{DbError, cache, derived, jobs};
+use crate::db::variants;
 use crate::job::{
-    CacheKey, Intake, Job, JobError, JobResult, Outcome, Recipient, Rejection, intake,
+    CacheKey, Intake, Job, JobError, JobResult, Outcome, Pick, Recipient, Rejection, intake,
+    variant,
 };
 
 /// What serving a job came to: a result made now, or one recorded earlier and answered again.
@@ -75,7 +77,8 @@ pub async fn handle(ctx: &Context, body: &[u8], message_id: Option<&str>) -> Out
 
 async fn serve(ctx: &Context, job: &Job, started: Instant) -> Result<Served, StepError> {
     let key = CacheKey::of(&job.config, ctx.generator.kind());
-    let served = serve_key(ctx, job, &key, started).await;
+    let pick = variant::pick(&ctx.settings, &job.user_id, &key);
+    let served = serve_key(ctx, job, &key, pick, started).await;
     if let Ok(Served::Fresh(_)) = &served {
         // One request for the history cache warming reads; a replay was counted when it was made.
         ctx.observer.asked(&key, &job.config, ctx.generator.kind());
@@ -87,9 +90,13 @@ async fn serve_key(
     ctx: &Context,
     job: &Job,
     key: &CacheKey,
+    pick: Pick,
     started: Instant,
 ) -> Result<Served, StepError> {
+    // Group commit serves the keys' entries in memoji_cache; a job with variants takes the
+    // one-job path, so N = 1 keeps the batched hit path as it is.
     if !job.force_refresh
+        && !pick.is_varied()
         && let Some(result) = ctx.hits.serve(job, key, started).await
     {
         return Ok(Served::Fresh(result));
@@ -117,7 +124,7 @@ async fn serve_key(
             conn,
         },
     };
-    let outcome = work(ctx, job, key, owned, started).await;
+    let outcome = work(ctx, job, key, pick, owned, started).await;
     if outcome.is_err() {
         // Handing the job back: let its next delivery take over at once rather than wait for
         // this claim to expire. If the database is what failed, the claim simply expires.
@@ -138,33 +145,38 @@ struct Owned {
     conn: Option<Conn>,
 }
 
-/// The owned part of a job's journey: the cache, then single flight and generation.
+/// The owned part of a job's journey: the cache, then single flight and generation — of the
+/// job's variant of the key (`pick`; variant 0, the key's entry, without variants).
 async fn work(
     ctx: &Context,
     job: &Job,
     key: &CacheKey,
+    pick: Pick,
     mut owned: Owned,
     started: Instant,
 ) -> Result<JobResult, StepError> {
     let received = Utc::now();
     if !job.force_refresh {
         let period = credits::current_period();
+        let variant = pick.variant;
         let hit = match owned.conn.as_mut() {
-            Some(conn) => cache::hit(&mut **conn, key, &job.user_id, period).await?,
-            None => cache::hit(&ctx.db, key, &job.user_id, period).await?,
+            Some(conn) => variants::hit(&mut **conn, key, variant, &job.user_id, period).await?,
+            None => variants::hit(&ctx.db, key, variant, &job.user_id, period).await?,
         };
         if let Some(hit) = hit {
-            return finish_hit(ctx, job, key, hit, owned, started).await;
+            return finish_hit(ctx, job, key, pick, hit, owned, started).await;
         }
     }
     // A miss waits (for a turn, for another worker) without holding a connection, and may take
     // long: from here on the job's claims are renewed. A hit ends well within a claim's life, so
     // the hit path spawns no renewal task.
     owned.conn = None;
-    let _heartbeat = Heartbeat::start(ctx.db.clone(), job, key, owned.owner, ctx.lease_ttl());
-    match claim::lead_or_wait(ctx, job, key, job.force_refresh.then_some(received)).await? {
-        Claim::Served(hit) => finish_hit(ctx, job, key, hit, owned, started).await,
-        Claim::Leader => lead::run(ctx, job, key, owned.owner, started).await,
+    let (variant, ttl) = (pick.variant, ctx.lease_ttl());
+    let _heartbeat = Heartbeat::start(ctx.db.clone(), job, key, variant, owned.owner, ttl);
+    let fresh_since = job.force_refresh.then_some(received);
+    match claim::lead_or_wait(ctx, job, key, variant, fresh_since).await? {
+        Claim::Served(hit) => finish_hit(ctx, job, key, pick, hit, owned, started).await,
+        Claim::Leader => lead::run(ctx, job, key, pick, owned.owner, started).await,
     }
 }
 
@@ -176,6 +188,7 @@ async fn finish_hit(
     ctx: &Context,
     job: &Job,
     key: &CacheKey,
+    pick: Pick,
     hit: cache::Hit,
     owned: Owned,
     started: Instant,
@@ -185,7 +198,7 @@ async fn finish_hit(
         None => ctx.db.acquire().await.map_err(DbError::from)?,
     };
     let used = hit.credits_used.unwrap_or(0);
-    let result = hit_result(job.id, &job.user_id, key, hit);
+    let result = hit_result(job.id, &job.user_id, key, hit).with_variant(pick.shown());
     if !owned.resumed {
         let result = result
             .with_credits_remaining(ctx.remaining_after(job.tier, used))

@@ -1,0 +1,317 @@
+//! Variants for variety (`cache.variants`, issue 15): N = 1 is the seed's behaviour exactly; with
+//! N = 3 a key fills up to three images, each generated (and charged) once, each user always
+//! gets the same one, uses are counted per variant, single flight holds per (key, variant), a
+//! failed variant is refunded, and the cleanup deletes a key's variants and images together.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use chrono::{Datelike, Utc};
+use memoji_worker::job::variant::choose;
+use memoji_worker::job::{AvatarConfig, CacheKey, GeneratorKind};
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    ADMIN_TOKEN, TestEnv, count, job_ids, openai_error, openai_ok, usage_count,
+};
+
+fn key_of(config: &Value) -> CacheKey {
+    CacheKey::of(&AvatarConfig::parse(config).unwrap(), GeneratorKind::OpenAi)
+}
+
+/// `per_variant` users for each of the `n` variants of `key`, by variant.
+fn users_by_variant(key: &CacheKey, n: u32, per_variant: usize) -> BTreeMap<u32, Vec<String>> {
+    let mut users: BTreeMap<u32, Vec<String>> = (0..n).map(|v| (v, Vec::new())).collect();
+    for i in 0.. {
+        let user = format!("user-{i}");
+        let list = users
+            .get_mut(&choose(&user, key, n).variant.number())
+            .unwrap();
+        if list.len() < per_variant {
+            list.push(user);
+        }
+        if users.values().all(|list| list.len() == per_variant) {
+            return users;
+        }
+    }
+    unreachable!()
+}
+
+fn this_month() -> String {
+    let now = Utc::now();
+    format!("{:04}/{:02}", now.year(), now.month())
+}
+
+async fn variant_uses(env: &TestEnv, hash: &str, variant: u32) -> i64 {
+    count(
+        &env.db,
+        &format!(
+            "SELECT usage_count::bigint FROM memoji_cache_variants
+              WHERE prompt_hash = '{hash}' AND variant = {variant}"
+        ),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn one_variant_keeps_the_seeds_key_path_row_and_result() {
+    let mut env = TestEnv::start(vec![openai_ok()]).await;
+    assert_eq!(env.settings.cache.variants, 1, "the default");
+    let config = json!({"hair": "curly", "gesture": "wave"});
+    let key = key_of(&config);
+    let miss = env.run(&env.job("user-1", config.clone())).await;
+    assert_eq!(miss["prompt_hash"], key.as_str());
+    assert_eq!(
+        miss["storage_path"],
+        format!("{}/{key}.png", this_month()),
+        "the seed's path"
+    );
+    assert!(miss.get("variant").is_none(), "no variant field: {miss}");
+    for user in ["user-2", "user-3", "user-4"] {
+        let hit = env.run(&env.job(user, config.clone())).await;
+        assert_eq!(hit["cached"], true);
+        assert_eq!(hit["image_url"], miss["image_url"]);
+        assert!(hit.get("variant").is_none(), "no variant field: {hit}");
+    }
+    assert_eq!(env.openai.calls(), 1);
+    assert_eq!(usage_count(&env.db, key.as_str()).await, 4);
+    let row = "SELECT count(*) FROM memoji_cache WHERE storage_path LIKE '%/' || prompt_hash || '.png'";
+    assert_eq!(count(&env.db, row).await, 1);
+    let variants = "SELECT count(*) FROM memoji_cache_variants";
+    assert_eq!(count(&env.db, variants).await, 0);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn three_variants_fill_up_once_each_and_every_user_keeps_their_image() {
+    let mut env = TestEnv::start_with(vec![openai_ok()], |s| s.cache.variants = 3).await;
+    let config = json!({"hair": "long", "accessories": ["hat"]});
+    let key = key_of(&config);
+    let users = users_by_variant(&key, 3, 2);
+    let mut images = BTreeMap::new();
+    for (variant, pair) in &users {
+        // The first user of a variant generates it, charged; the second is served it.
+        let first = env.run(&env.job(&pair[0], config.clone())).await;
+        assert_eq!(first["status"], "succeeded", "{first}");
+        assert_eq!(first["cached"], false, "{first}");
+        assert_eq!(first["credits_charged"], 1);
+        assert_eq!(first["variant"], *variant);
+        let path = first["storage_path"].as_str().unwrap().to_owned();
+        let expected = match variant {
+            0 => format!("{}/{key}.png", this_month()),
+            n => format!("{}/{key}-{n}.png", this_month()),
+        };
+        assert_eq!(path, expected);
+        assert!(env.storage_dir().join(&path).exists());
+        let second = env.run(&env.job(&pair[1], config.clone())).await;
+        assert_eq!(second["cached"], true, "{second}");
+        assert_eq!(second["credits_charged"], 0);
+        assert_eq!(second["variant"], *variant);
+        assert_eq!(second["image_url"], first["image_url"]);
+        images.insert(*variant, first["image_url"].clone());
+    }
+    assert_eq!(env.openai.calls(), 3, "each variant generated once");
+    let distinct: HashSet<String> = images.values().map(|u| u.to_string()).collect();
+    assert_eq!(distinct.len(), 3, "three images: {images:?}");
+
+    // Later jobs: each user sees their own image, every time; uses are counted per variant.
+    for _ in 0..2 {
+        for (variant, pair) in &users {
+            let again = env.run(&env.job(&pair[0], config.clone())).await;
+            assert_eq!(again["cached"], true);
+            assert_eq!(again["variant"], *variant);
+            assert_eq!(again["image_url"], images[variant]);
+        }
+    }
+    assert_eq!(env.openai.calls(), 3);
+    assert_eq!(usage_count(&env.db, key.as_str()).await, 4, "variant 0's uses");
+    assert_eq!(variant_uses(&env, key.as_str(), 1).await, 4);
+    assert_eq!(variant_uses(&env, key.as_str(), 2).await, 4);
+
+    // Variant 0 is the seed's row exactly as the seed writes it; the others never touch it.
+    let (url, path): (String, String) = sqlx::query_as(
+        "SELECT image_url, storage_path FROM memoji_cache WHERE prompt_hash = $1",
+    )
+    .bind(key.as_str())
+    .fetch_one(&env.db)
+    .await
+    .unwrap();
+    assert_eq!(Value::String(url), images[&0]);
+    assert_eq!(path, format!("{}/{key}.png", this_month()));
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn forty_concurrent_jobs_over_three_variants_call_openai_three_times_and_charge_three() {
+    let mut env = TestEnv::start_with(vec![openai_ok().held()], |s| s.cache.variants = 3).await;
+    let config = json!({"hair": "short", "gesture": "peace", "skinTone": "dark"});
+    let key = key_of(&config);
+    let users: Vec<String> = (0..40).map(|i| format!("crowd-{i}")).collect();
+    let spread: HashSet<u32> = users
+        .iter()
+        .map(|u| choose(u, &key, 3).variant.number())
+        .collect();
+    assert_eq!(spread.len(), 3, "the users cover the three variants");
+    let jobs: Vec<Value> = users
+        .iter()
+        .map(|user| {
+            let mut job = env.job(user, config.clone());
+            job["tier"] = json!("monthly_pro");
+            job
+        })
+        .collect();
+    for job in &jobs {
+        env.publish(job).await;
+    }
+    // One generation per variant reaches OpenAI and is held there; everyone else waits.
+    env.openai.gate().wait_for(3).await;
+    assert_eq!(env.openai.calls(), 3);
+    env.openai.gate().open();
+    let results = env
+        .results_for_all(&job_ids(&jobs), Duration::from_secs(60))
+        .await;
+    assert_eq!(results.len(), 40);
+    let mut generated = 0;
+    let mut image_of_variant = BTreeMap::new();
+    for (job, user) in jobs.iter().zip(&users) {
+        let result = &results[job["job_id"].as_str().unwrap()][0];
+        assert_eq!(result["status"], "succeeded", "{result}");
+        let variant = choose(user, &key, 3).variant.number();
+        assert_eq!(result["variant"], variant, "{result}");
+        if result["cached"] == false {
+            generated += 1;
+        }
+        let image = image_of_variant
+            .entry(variant)
+            .or_insert_with(|| result["image_url"].clone());
+        assert_eq!(&result["image_url"], image, "one image per variant");
+    }
+    assert_eq!(generated, 3, "one job generated each variant");
+    assert_eq!(env.openai.calls(), 3);
+    assert_eq!(
+        count(&env.db, "SELECT count(*) FROM memoji_credit_ledger").await,
+        3,
+        "three credits charged"
+    );
+    let leases = count(&env.db, "SELECT count(*) FROM memoji_generation_leases").await;
+    assert_eq!(leases, 0, "every lease released");
+
+    // A redelivery (the same job published again) is answered with the same result.
+    let first = &jobs[0];
+    let recorded = results[first["job_id"].as_str().unwrap()][0].clone();
+    let again = env.run(first).await;
+    assert_eq!(again, recorded);
+    assert_eq!(env.openai.calls(), 3);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_failed_variant_generation_is_refunded_and_leaves_the_variant_free() {
+    let replies = vec![
+        openai_ok(),
+        openai_error(400, "Invalid request", Some("invalid_value")),
+    ];
+    let mut env = TestEnv::start_with(replies, |s| s.cache.variants = 3).await;
+    let config = json!({"hair": "bald"});
+    let key = key_of(&config);
+    let users = users_by_variant(&key, 3, 1);
+    let made = env.run(&env.job(&users[&0][0], config.clone())).await;
+    assert_eq!(made["status"], "succeeded", "{made}");
+
+    let user = &users[&1][0];
+    let failed = env.run(&env.job(user, config.clone())).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(failed["error"]["code"], "generation_failed", "{failed}");
+    assert_eq!(failed["credits_charged"], 0);
+    assert_eq!(failed["credits_remaining"], 100, "the credit is refunded");
+    assert!(failed.get("variant").is_none(), "{failed}");
+    let balance = format!("SELECT used::bigint FROM memoji_credit_balances WHERE user_id = '{user}'");
+    assert_eq!(count(&env.db, &balance).await, 0);
+    let variants = "SELECT count(*) FROM memoji_cache_variants";
+    assert_eq!(count(&env.db, variants).await, 0, "nothing recorded");
+    let leases = count(&env.db, "SELECT count(*) FROM memoji_generation_leases").await;
+    assert_eq!(leases, 0, "the variant is free for the next job");
+    // Variant 0 kept serving meanwhile.
+    let hit = env.run(&env.job(&users[&0][0], config)).await;
+    assert_eq!(hit["cached"], true);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn cleanup_deletes_a_keys_variants_and_images_with_its_entry() {
+    let mut env = TestEnv::start_with(vec![openai_ok()], |s| s.cache.variants = 3).await;
+    let old = json!({"hair": "wavy"});
+    let kept = json!({"hair": "spiky"});
+    let orphaned = json!({"hair": "braids"});
+    let mut files = BTreeMap::new();
+    for config in [&old, &kept, &orphaned] {
+        let key = key_of(config);
+        for (_, list) in users_by_variant(&key, 3, 1) {
+            let result = env.run(&env.job(&list[0], config.clone())).await;
+            assert_eq!(result["cached"], false, "{result}");
+            let file = env
+                .storage_dir()
+                .join(result["storage_path"].as_str().unwrap());
+            assert!(file.exists());
+            files
+                .entry(key.to_string())
+                .or_insert_with(Vec::new)
+                .push(file);
+        }
+    }
+    let (old, kept, orphaned) = (key_of(&old), key_of(&kept), key_of(&orphaned));
+    // The old key and the orphan's variants are past the seed's age with one use; the kept key
+    // is as old, but its entry is used (its variants are not: the entry decides).
+    for table in ["memoji_cache", "memoji_cache_variants"] {
+        sqlx::query(&format!(
+            "UPDATE {table} SET created_at = now() - interval '100 days'"
+        ))
+        .execute(&env.db)
+        .await
+        .unwrap();
+    }
+    sqlx::query("UPDATE memoji_cache SET usage_count = 5 WHERE prompt_hash = $1")
+        .bind(kept.as_str())
+        .execute(&env.db)
+        .await
+        .unwrap();
+    // An entry the JavaScript system deleted: its variants are judged on their own.
+    sqlx::query("DELETE FROM memoji_cache WHERE prompt_hash = $1")
+        .bind(orphaned.as_str())
+        .execute(&env.db)
+        .await
+        .unwrap();
+
+    let (status, dry) = env
+        .post_cleanup(&env.http_base(), true, Some(ADMIN_TOKEN))
+        .await;
+    assert_eq!(status, 200, "{dry}");
+    assert_eq!(dry["deleted"], 1, "{dry}");
+    assert_eq!(dry["variants_deleted"], 4, "{dry}");
+    let (status, report) = env
+        .post_cleanup(&env.http_base(), false, Some(ADMIN_TOKEN))
+        .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["deleted"], 1, "{report}");
+    assert_eq!(report["variants_deleted"], 4, "{report}");
+    assert_eq!(report["images_kept"], 0, "{report}");
+    assert_eq!(report["bytes_freed"], dry["bytes_freed"]);
+    for key in [&old, &orphaned] {
+        let rows = format!(
+            "SELECT (SELECT count(*) FROM memoji_cache WHERE prompt_hash = '{key}')
+                  + (SELECT count(*) FROM memoji_cache_variants WHERE prompt_hash = '{key}')"
+        );
+        assert_eq!(count(&env.db, &rows).await, 0, "{key}: rows gone");
+        for file in &files[key.as_str()] {
+            assert!(!file.exists(), "{} deleted with its entry", file.display());
+        }
+    }
+    let rows = format!(
+        "SELECT count(*) FROM memoji_cache_variants WHERE prompt_hash = '{kept}'"
+    );
+    assert_eq!(count(&env.db, &rows).await, 2, "the kept entry keeps its variants");
+    for file in &files[kept.as_str()] {
+        assert!(file.exists(), "{} kept", file.display());
+    }
+    env.cleanup().await;
+}
