@@ -681,10 +681,7 @@ impl Settings {
             self.openai.lifecycle_check_hours > 0 && self.openai.lifecycle_retry_secs > 0,
             "openai.lifecycle_check_hours and openai.lifecycle_retry_secs must be at least 1",
         )?;
-        rule(
-            self.cache.variants > 0,
-            "cache.variants must be at least 1",
-        )?;
+        rule(self.cache.variants > 0, "cache.variants must be at least 1")?;
         check_experiments(&self.experiments).map_err(SettingsError::Rule)?;
         // Domain rules (the cron schedule, the price table, model successors) are checked where
         // they live, when the app is built: `app::check_domain`.

@@ -157,7 +157,8 @@ mod tests {
         assert_eq!(picks, KNOWN_PICKS, "{picks:?}");
     }
 
-    const KNOWN_PICKS: [u32; 8] = [0, 0, 0, 0, 0, 0, 0, 0];
+    // Python: int.from_bytes(sha256(b"user-<i>\0" + KEY).digest()[:8], "big") % 3.
+    const KNOWN_PICKS: [u32; 8] = [0, 2, 0, 0, 1, 2, 1, 2];
 
     #[test]
     fn users_spread_evenly_over_the_variants() {
@@ -193,7 +194,11 @@ mod tests {
         assert_eq!(variants_for(3, None, false), 3);
         assert_eq!(variants_for(1, Some(4), false), 4, "the arm wins");
         assert_eq!(variants_for(3, Some(1), false), 1);
-        assert_eq!(variants_for(3, Some(4), true), 1, "opted out: the seed's entry");
+        assert_eq!(
+            variants_for(3, Some(4), true),
+            1,
+            "opted out: the seed's entry"
+        );
         assert_eq!(variants_for(0, None, false), 1, "never 0");
     }
 

@@ -186,7 +186,14 @@ async fn serve_hit(
     key: &CacheKey,
     variant: Variant,
 ) -> Result<Option<cache::Hit>, DbError> {
-    variants::hit(&ctx.db, key, variant, &job.user_id, credits::current_period()).await
+    variants::hit(
+        &ctx.db,
+        key,
+        variant,
+        &job.user_id,
+        credits::current_period(),
+    )
+    .await
 }
 
 /// Renews a delivery's claims on its job and key until dropped. The first renewal is at once: it

@@ -19,8 +19,8 @@ use super::context::Context;
 use super::lead;
 use super::step::StepError;
 use crate::db::credits;
-use crate::db::{DbError, cache, derived, jobs};
 use crate::db::variants;
+use crate::db::{DbError, cache, derived, jobs};
 use crate::job::{
     CacheKey, Intake, Job, JobError, JobResult, Outcome, Pick, Recipient, Rejection, intake,
     variant,

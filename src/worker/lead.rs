@@ -19,7 +19,8 @@ use crate::db::credits::{self, Account, Charge};
 use crate::db::{DbError, cache, jobs, leases, variants};
 use crate::generate::{GenerateError, Generated, pricing};
 use crate::job::{
-    CacheKey, ErrorCode, GeneratorKind, Image, Job, JobError, JobId, JobResult, Pick, Spent, Variant,
+    CacheKey, ErrorCode, GeneratorKind, Image, Job, JobError, JobId, JobResult, Pick, Spent,
+    Variant,
 };
 use crate::storage::{self, ImageStore, StorageError, StoragePath, Stored};
 
@@ -75,11 +76,13 @@ pub(super) async fn run(
     // revision's path, and the image it replaces goes once nothing points at it. A variant's
     // image gets a path of its own too, `<hash>-<n>.png`.
     let replaced = if job.force_refresh {
-        variants::current_image(&ctx.db, key, variant).await?.map(|current| {
-            current
-                .storage_path
-                .or_else(|| StoragePath::in_url(&current.image_url).map(|p| p.to_string()))
-        })
+        variants::current_image(&ctx.db, key, variant)
+            .await?
+            .map(|current| {
+                current
+                    .storage_path
+                    .or_else(|| StoragePath::in_url(&current.image_url).map(|p| p.to_string()))
+            })
     } else {
         None
     };

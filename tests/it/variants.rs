@@ -11,9 +11,7 @@ use memoji_worker::job::variant::choose;
 use memoji_worker::job::{AvatarConfig, CacheKey, GeneratorKind};
 use serde_json::{Value, json};
 
-use crate::helpers::{
-    ADMIN_TOKEN, TestEnv, count, job_ids, openai_error, openai_ok, usage_count,
-};
+use crate::helpers::{ADMIN_TOKEN, TestEnv, count, job_ids, openai_error, openai_ok, usage_count};
 
 fn key_of(config: &Value) -> CacheKey {
     CacheKey::of(&AvatarConfig::parse(config).unwrap(), GeneratorKind::OpenAi)
@@ -75,7 +73,8 @@ async fn one_variant_keeps_the_seeds_key_path_row_and_result() {
     }
     assert_eq!(env.openai.calls(), 1);
     assert_eq!(usage_count(&env.db, key.as_str()).await, 4);
-    let row = "SELECT count(*) FROM memoji_cache WHERE storage_path LIKE '%/' || prompt_hash || '.png'";
+    let row =
+        "SELECT count(*) FROM memoji_cache WHERE storage_path LIKE '%/' || prompt_hash || '.png'";
     assert_eq!(count(&env.db, row).await, 1);
     let variants = "SELECT count(*) FROM memoji_cache_variants";
     assert_eq!(count(&env.db, variants).await, 0);
@@ -124,18 +123,21 @@ async fn three_variants_fill_up_once_each_and_every_user_keeps_their_image() {
         }
     }
     assert_eq!(env.openai.calls(), 3);
-    assert_eq!(usage_count(&env.db, key.as_str()).await, 4, "variant 0's uses");
+    assert_eq!(
+        usage_count(&env.db, key.as_str()).await,
+        4,
+        "variant 0's uses"
+    );
     assert_eq!(variant_uses(&env, key.as_str(), 1).await, 4);
     assert_eq!(variant_uses(&env, key.as_str(), 2).await, 4);
 
     // Variant 0 is the seed's row exactly as the seed writes it; the others never touch it.
-    let (url, path): (String, String) = sqlx::query_as(
-        "SELECT image_url, storage_path FROM memoji_cache WHERE prompt_hash = $1",
-    )
-    .bind(key.as_str())
-    .fetch_one(&env.db)
-    .await
-    .unwrap();
+    let (url, path): (String, String) =
+        sqlx::query_as("SELECT image_url, storage_path FROM memoji_cache WHERE prompt_hash = $1")
+            .bind(key.as_str())
+            .fetch_one(&env.db)
+            .await
+            .unwrap();
     assert_eq!(Value::String(url), images[&0]);
     assert_eq!(path, format!("{}/{key}.png", this_month()));
     env.cleanup().await;
@@ -225,7 +227,8 @@ async fn a_failed_variant_generation_is_refunded_and_leaves_the_variant_free() {
     assert_eq!(failed["credits_charged"], 0);
     assert_eq!(failed["credits_remaining"], 100, "the credit is refunded");
     assert!(failed.get("variant").is_none(), "{failed}");
-    let balance = format!("SELECT used::bigint FROM memoji_credit_balances WHERE user_id = '{user}'");
+    let balance =
+        format!("SELECT used::bigint FROM memoji_credit_balances WHERE user_id = '{user}'");
     assert_eq!(count(&env.db, &balance).await, 0);
     let variants = "SELECT count(*) FROM memoji_cache_variants";
     assert_eq!(count(&env.db, variants).await, 0, "nothing recorded");
@@ -302,14 +305,26 @@ async fn cleanup_deletes_a_keys_variants_and_images_with_its_entry() {
                   + (SELECT count(*) FROM memoji_cache_variants WHERE prompt_hash = '{key}')"
         );
         assert_eq!(count(&env.db, &rows).await, 0, "{key}: rows gone");
-        for file in &files[key.as_str()] {
-            assert!(!file.exists(), "{} deleted with its entry", file.display());
-        }
     }
-    let rows = format!(
-        "SELECT count(*) FROM memoji_cache_variants WHERE prompt_hash = '{kept}'"
+    for file in &files[old.as_str()] {
+        assert!(!file.exists(), "{} deleted with its entry", file.display());
+    }
+    // The orphan's variant images go; the entry's own image was the deleting system's to remove.
+    let (variant_files, entry_file): (Vec<_>, Vec<_>) =
+        files[orphaned.as_str()].iter().partition(|file| {
+            file.to_string_lossy().ends_with("-1.png") || file.to_string_lossy().ends_with("-2.png")
+        });
+    assert_eq!(variant_files.len(), 2);
+    for file in variant_files {
+        assert!(!file.exists(), "{} deleted", file.display());
+    }
+    assert!(entry_file.iter().all(|file| file.exists()));
+    let rows = format!("SELECT count(*) FROM memoji_cache_variants WHERE prompt_hash = '{kept}'");
+    assert_eq!(
+        count(&env.db, &rows).await,
+        2,
+        "the kept entry keeps its variants"
     );
-    assert_eq!(count(&env.db, &rows).await, 2, "the kept entry keeps its variants");
     for file in &files[kept.as_str()] {
         assert!(file.exists(), "{} kept", file.display());
     }
