@@ -330,3 +330,88 @@ async fn cleanup_deletes_a_keys_variants_and_images_with_its_entry() {
     }
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_refresh_takes_a_path_no_variant_uses_and_retires_only_its_own_image() {
+    let mut env = TestEnv::start_with(vec![openai_ok()], |s| s.cache.variants = 3).await;
+    let config = json!({"hair": "afro"});
+    let key = key_of(&config);
+    let users = users_by_variant(&key, 3, 1);
+    let month = this_month();
+    for list in users.values() {
+        env.run(&env.job(&list[0], config.clone())).await;
+    }
+    let dir = env.storage_dir().to_owned();
+    let file = |n: u32| match n {
+        0 => dir.join(format!("{month}/{key}.png")),
+        n => dir.join(format!("{month}/{key}-{n}.png")),
+    };
+    assert!((0..3).all(|n| file(n).exists()));
+
+    // Variant 0's refresh would be `-1` by its own numbering: variant 1 has that object.
+    let mut refresh = env.job(&users[&0][0], config.clone());
+    refresh["force_refresh"] = json!(true);
+    let fresh = env.run(&refresh).await;
+    assert_eq!(fresh["status"], "succeeded", "{fresh}");
+    assert_eq!(fresh["cached"], false);
+    assert_eq!(fresh["variant"], 0);
+    assert_eq!(fresh["storage_path"], format!("{month}/{key}-3.png"));
+    assert!(!file(0).exists(), "the replaced image is retired");
+    assert!(
+        file(1).exists() && file(2).exists(),
+        "the variants' images stay"
+    );
+
+    // Variant 1's refresh: `-2` and `-3` are taken, so `-4`; only `-1` goes.
+    let mut refresh = env.job(&users[&1][0], config.clone());
+    refresh["force_refresh"] = json!(true);
+    let fresh = env.run(&refresh).await;
+    assert_eq!(fresh["variant"], 1, "{fresh}");
+    assert_eq!(fresh["storage_path"], format!("{month}/{key}-4.png"));
+    assert!(!file(1).exists());
+    assert!(file(2).exists() && file(3).exists());
+    let hit = env.run(&env.job(&users[&1][0], config)).await;
+    assert_eq!(hit["cached"], true);
+    assert_eq!(hit["image_url"], fresh["image_url"]);
+    assert_eq!(env.openai.calls(), 5);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_variant_image_stored_by_a_dead_holder_is_reused_not_paid_again() {
+    let mut env = TestEnv::start_with(vec![openai_ok()], |s| s.cache.variants = 3).await;
+    let config = json!({"hair": "ponytail"});
+    let key = key_of(&config);
+    let users = users_by_variant(&key, 3, 1);
+    env.run(&env.job(&users[&0][0], config.clone())).await;
+    assert_eq!(env.openai.calls(), 1);
+
+    // A holder of variant 2's lease stored its image, then died before recording it.
+    let path = format!("{}/{key}-2.png", this_month());
+    let file = env.storage_dir().join(&path);
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, crate::helpers::png_bytes()).unwrap();
+    sqlx::query(
+        "INSERT INTO memoji_generation_leases (prompt_hash, variant, holder, expires_at, storage_path)
+         VALUES ($1, 2, $2, now() - interval '1 second', $3)",
+    )
+    .bind(key.as_str())
+    .bind(uuid::Uuid::new_v4())
+    .bind(&path)
+    .execute(&env.db)
+    .await
+    .unwrap();
+
+    let result = env.run(&env.job(&users[&2][0], config)).await;
+    assert_eq!(result["status"], "succeeded", "{result}");
+    assert_eq!(result["variant"], 2);
+    assert_eq!(result["storage_path"], path);
+    assert_eq!(
+        env.openai.calls(),
+        1,
+        "the stored image is used, not generated again"
+    );
+    let leases = count(&env.db, "SELECT count(*) FROM memoji_generation_leases").await;
+    assert_eq!(leases, 0);
+    env.cleanup().await;
+}
