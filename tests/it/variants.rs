@@ -144,8 +144,17 @@ async fn three_variants_fill_up_once_each_and_every_user_keeps_their_image() {
 }
 
 #[tokio::test]
-async fn forty_concurrent_jobs_over_three_variants_call_openai_three_times_and_charge_three() {
-    let mut env = TestEnv::start_with(vec![openai_ok().held()], |s| s.cache.variants = 3).await;
+async fn forty_concurrent_jobs_over_three_variants_on_three_processes_call_openai_three_times() {
+    let mut env = TestEnv::without_worker(vec![openai_ok().held()], |s| {
+        s.cache.variants = 3;
+        s.amqp.prefetch = 5;
+    })
+    .await;
+    let _workers = [
+        env.spawn_worker().await,
+        env.spawn_worker().await,
+        env.spawn_worker().await,
+    ];
     let config = json!({"hair": "short", "gesture": "peace", "skinTone": "dark"});
     let key = key_of(&config);
     let users: Vec<String> = (0..40).map(|i| format!("crowd-{i}")).collect();
