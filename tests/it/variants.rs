@@ -12,6 +12,7 @@ use memoji_worker::job::{AvatarConfig, CacheKey, GeneratorKind};
 use serde_json::{Value, json};
 
 use crate::helpers::{ADMIN_TOKEN, TestEnv, count, job_ids, openai_error, openai_ok, usage_count};
+use crate::schemas::assert_valid;
 
 fn key_of(config: &Value) -> CacheKey {
     CacheKey::of(&AvatarConfig::parse(config).unwrap(), GeneratorKind::OpenAi)
@@ -103,6 +104,8 @@ async fn three_variants_fill_up_once_each_and_every_user_keeps_their_image() {
         assert_eq!(path, expected);
         assert!(env.storage_dir().join(&path).exists());
         let second = env.run(&env.job(&pair[1], config.clone())).await;
+        assert_valid("result.schema.json", &first);
+        assert_valid("result.schema.json", &second);
         assert_eq!(second["cached"], true, "{second}");
         assert_eq!(second["credits_charged"], 0);
         assert_eq!(second["variant"], *variant);
@@ -236,6 +239,7 @@ async fn a_failed_variant_generation_is_refunded_and_leaves_the_variant_free() {
     assert_eq!(failed["credits_charged"], 0);
     assert_eq!(failed["credits_remaining"], 100, "the credit is refunded");
     assert!(failed.get("variant").is_none(), "{failed}");
+    assert_valid("result.schema.json", &failed);
     let balance =
         format!("SELECT used::bigint FROM memoji_credit_balances WHERE user_id = '{user}'");
     assert_eq!(count(&env.db, &balance).await, 0);
@@ -308,6 +312,7 @@ async fn cleanup_deletes_a_keys_variants_and_images_with_its_entry() {
     assert_eq!(report["variants_deleted"], 4, "{report}");
     assert_eq!(report["images_kept"], 0, "{report}");
     assert_eq!(report["bytes_freed"], dry["bytes_freed"]);
+    assert_valid("metrics/cleanup-completed.schema.json", &report);
     for key in [&old, &orphaned] {
         let rows = format!(
             "SELECT (SELECT count(*) FROM memoji_cache WHERE prompt_hash = '{key}')
