@@ -17,6 +17,8 @@
 //! - [`app`] wires it all together and runs it until shutdown; [`config`] and [`telemetry`] set it up.
 //! - [`warm`]: cache warming — popular configurations generated ahead of demand, under the same
 //!   single flight as jobs, never charging anyone.
+//! - [`simulate`]: offline policy replay — a request log against cache policies (variants, max
+//!   age, warming, the seed's cleanup or GDSF), pure, for comparing them before turning one on.
 //! - [`redact`]: the one place secrets are masked in text people see (URLs, error messages).
 
 pub mod app;
@@ -29,6 +31,7 @@ pub mod http;
 pub mod job;
 pub mod maintenance;
 pub mod redact;
+pub mod simulate;
 pub mod stats;
 pub mod storage;
 pub mod telemetry;

@@ -13,7 +13,7 @@ use memoji_worker::config::{Settings, StorageKind};
 use memoji_worker::job::GeneratorKind;
 use memoji_worker::job::models::help;
 use memoji_worker::maintenance::Ran;
-use memoji_worker::{client, stats, storage, telemetry, warm};
+use memoji_worker::{client, simulate, stats, storage, telemetry, warm};
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -87,6 +87,12 @@ enum Command {
         #[arg(long, value_enum, default_value = "md")]
         format: stats::report::Format,
     },
+    /// The request history as a request log, or a synthetic one, for `simulate`.
+    #[command(subcommand)]
+    History(simulate::cli::HistoryCommand),
+    /// Replay a request log against cache policies, offline (no database, broker or OpenAI),
+    /// and print per day and in total: hit ratio, generations, spend, saved, storage.
+    Simulate(Box<simulate::cli::SimulateArgs>),
 }
 
 #[derive(Args)]
@@ -322,6 +328,14 @@ async fn command(command: Command, mut settings: Settings) -> anyhow::Result<Exi
             Ok(ExitCode::SUCCESS)
         }
         Command::Warm(args) => warm(&settings, &args).await,
+        Command::History(command) => {
+            simulate::cli::history(&settings, command).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate(args) => {
+            simulate::cli::simulate(&settings, &args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Refresh {
             generated_by,
             top,

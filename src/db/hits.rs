@@ -65,8 +65,30 @@ impl FoundRow {
     }
 }
 
+/// The statement behind [`look_up`]: `$1` job ids, `$2` user ids, `$3` keys (arrays of one
+/// length), `$4` the credit period. Public so that a test can hold its plan to index probes.
+pub const LOOK_UP: &str = concat!(
+    "SELECT job.job_id IS NOT NULL AS known, entry.*, balance.used
+           FROM unnest($1::uuid[], $2::text[], $3::text[]) WITH ORDINALITY
+                AS ask(job_id, user_id, prompt_hash, n)
+           LEFT JOIN LATERAL (SELECT j.job_id FROM memoji_jobs j
+                               WHERE j.job_id = ask.job_id LIMIT 1) job ON true
+           LEFT JOIN LATERAL (SELECT ",
+    entry_columns!(),
+    " FROM memoji_cache WHERE prompt_hash = ask.prompt_hash) entry ON true
+           LEFT JOIN memoji_credit_balances balance
+             ON entry.image_url IS NOT NULL AND balance.user_id = ask.user_id
+            AND balance.period = $4
+          ORDER BY ask.n"
+);
+
 /// Reads, for every ask in order, the key's entry, the user's credit use in `period`, and whether
 /// the job id is known. Writes nothing and counts no use.
+///
+/// Every part is a probe by primary key per ask, whatever the planner thinks of the tables' sizes:
+/// the job id as a `LATERAL … LIMIT 1` rather than an `EXISTS`, which the planner may turn into a
+/// hashed subplan that reads all of `memoji_jobs` on every batch (it did, while the table's
+/// statistics still said it was small: 70% of Postgres's CPU under load; BENCHMARKS.md).
 pub async fn look_up(
     executor: impl PgExecutor<'_>,
     asks: &[Ask<'_>],
@@ -75,25 +97,13 @@ pub async fn look_up(
     let ids: Vec<Uuid> = asks.iter().map(|ask| ask.job_id.0).collect();
     let users: Vec<&str> = asks.iter().map(|ask| ask.user_id).collect();
     let keys: Vec<&str> = asks.iter().map(|ask| ask.key.as_str()).collect();
-    let rows: Vec<FoundRow> = sqlx::query_as(concat!(
-        "SELECT EXISTS (SELECT 1 FROM memoji_jobs j WHERE j.job_id = ask.job_id) AS known,
-                entry.*, balance.used
-           FROM unnest($1::uuid[], $2::text[], $3::text[]) WITH ORDINALITY
-                AS ask(job_id, user_id, prompt_hash, n)
-           LEFT JOIN LATERAL (SELECT ",
-        entry_columns!(),
-        " FROM memoji_cache WHERE prompt_hash = ask.prompt_hash) entry ON true
-           LEFT JOIN memoji_credit_balances balance
-             ON entry.image_url IS NOT NULL AND balance.user_id = ask.user_id
-            AND balance.period = $4
-          ORDER BY ask.n"
-    ))
-    .bind(&ids)
-    .bind(&users)
-    .bind(&keys)
-    .bind(period)
-    .fetch_all(executor)
-    .await?;
+    let rows: Vec<FoundRow> = sqlx::query_as(LOOK_UP)
+        .bind(&ids)
+        .bind(&users)
+        .bind(&keys)
+        .bind(period)
+        .fetch_all(executor)
+        .await?;
     if rows.len() != asks.len() {
         return Err(DbError::Corrupt(format!(
             "a batch of {} lookups came back with {} rows",

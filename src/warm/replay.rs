@@ -156,6 +156,82 @@ pub fn log(shape: &LogShape) -> Vec<Vec<Value>> {
         .collect()
 }
 
+/// Who asks, and what each request orders beyond the avatar: the parts of a request [`log`]
+/// leaves out, for the offline policy replay's request logs (`memoji-worker history generate`,
+/// `crate::simulate`). Drawn from a generator of their own, so [`log`]'s draws (and the
+/// warm-replay figures in BENCHMARKS.md) stay as they are.
+#[derive(Debug, Clone, Copy)]
+pub struct People {
+    /// Users `user-1` … `user-N`, the one of rank r asking with probability ∝ 1 / r^s.
+    pub users: u32,
+    /// The users' Zipf exponent.
+    pub user_exponent: f64,
+}
+
+impl Default for People {
+    fn default() -> People {
+        People {
+            users: 20_000,
+            user_exponent: 0.6,
+        }
+    }
+}
+
+/// What a request orders beyond the avatar, with its share of the requests: most take the
+/// defaults (gpt-image-1, served by gpt-image-2.6-flare, 1024x1024, medium: $0.04), some a
+/// cheaper or a dearer image, so that entries differ in cost and size.
+pub const ORDERS: [(f64, &[(&str, &str)]); 5] = [
+    (0.70, &[]),
+    (0.12, &[("quality", "low")]),
+    (0.08, &[("quality", "high")]),
+    (0.06, &[("size", "1536x1024")]),
+    (
+        0.04,
+        &[("model", "gpt-image-2.6-sunburst"), ("quality", "max")],
+    ),
+];
+
+/// [`log`]'s requests, each with its order ([`ORDERS`]) merged into the configuration and the
+/// user who asked.
+pub fn requests(shape: &LogShape, people: &People) -> Vec<Vec<(Value, String)>> {
+    let mut rng = Rng(shape.seed ^ 0x005E_ED0F_0EE5);
+    let users = zipf(people.users.max(1) as usize, people.user_exponent);
+    let total: f64 = ORDERS.iter().map(|(share, _)| share).sum();
+    let mut cumulative = 0.0;
+    let orders: Vec<f64> = ORDERS
+        .iter()
+        .map(|(share, _)| {
+            cumulative += share / total;
+            cumulative
+        })
+        .collect();
+    log(shape)
+        .into_iter()
+        .map(|day| {
+            day.into_iter()
+                .map(|mut config| {
+                    let user = fast_draw(&mut rng, &users) + 1;
+                    let (_, fields) = ORDERS[fast_draw(&mut rng, &orders)];
+                    if let Value::Object(object) = &mut config {
+                        for (field, value) in fields {
+                            object.insert((*field).to_owned(), Value::from(*value));
+                        }
+                    }
+                    (config, format!("user-{user}"))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// [`draw`] by bisection, for long tables (thousands of users).
+fn fast_draw(rng: &mut Rng, cumulative: &[f64]) -> usize {
+    let u = rng.next_f64();
+    cumulative
+        .partition_point(|c| *c < u)
+        .min(cumulative.len().saturating_sub(1))
+}
+
 /// The replay's policy: how many to warm each night, for how much.
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {
@@ -348,6 +424,31 @@ mod tests {
         let waves = a[0].iter().filter(|c| c["gesture"] == "wave").count();
         let claps = a[0].iter().filter(|c| c["gesture"] == "clap").count();
         assert!(waves > 4 * claps, "{waves} vs {claps}");
+    }
+
+    #[test]
+    fn requests_add_users_and_orders_without_changing_the_logs_draws() {
+        let shape = LogShape {
+            days: 1,
+            requests_per_day: 4_000,
+            ..LogShape::default()
+        };
+        let plain = log(&shape);
+        let full = requests(&shape, &People::default());
+        for (config, (ordered, _)) in plain[0].iter().zip(&full[0]) {
+            assert_eq!(config["gesture"], ordered["gesture"]);
+            assert_eq!(config["accessories"], ordered["accessories"]);
+        }
+        let count = |user: &str| full[0].iter().filter(|(_, u)| u == user).count();
+        assert!(count("user-1") > 4 * count("user-1000").max(1));
+        let dear = full[0]
+            .iter()
+            .filter(|(c, _)| c["quality"] == "max")
+            .count();
+        assert!(
+            (80..=240).contains(&dear),
+            "about 4% at max quality: {dear}"
+        );
     }
 
     #[test]

@@ -242,3 +242,91 @@ async fn a_crash_between_a_batch_commit_and_the_ack_is_answered_again_with_the_s
     assert_eq!(usage_count(&env.db, &hash).await, 2);
     env.cleanup().await;
 }
+
+/// Every table a plan reads, with how (`Seq Scan`, `Index Scan`, …), and whether any subplan is
+/// hashed (a hashed subplan reads its whole table to build the hash).
+fn scans(plan: &Value, found: &mut Vec<(String, String)>, hashed: &mut bool) {
+    match plan {
+        Value::Object(node) => {
+            if let (Some(Value::String(name)), Some(Value::String(how))) =
+                (node.get("Relation Name"), node.get("Node Type"))
+            {
+                found.push((name.clone(), how.clone()));
+            }
+            if node
+                .get("Subplan Name")
+                .and_then(Value::as_str)
+                .is_some_and(|name| name.starts_with("hashed"))
+            {
+                *hashed = true;
+            }
+            node.values().for_each(|v| scans(v, found, hashed));
+        }
+        Value::Array(items) => items.iter().for_each(|v| scans(v, found, hashed)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn the_batched_lookup_probes_the_job_table_by_id_whatever_plan_postgres_keeps() {
+    let env = TestEnv::start(vec![]).await;
+    // A worker's statements are prepared once per connection, and after five runs Postgres may
+    // keep a generic plan for the connection's life. A plan made while memoji_jobs was small (a
+    // new deployment, the first minutes of a benchmark) must not read the whole table for every
+    // batch once it has grown: the job id is probed by index, never hashed from a full scan.
+    sqlx::query(
+        "INSERT INTO memoji_jobs (job_id, user_id, status)
+         SELECT gen_random_uuid(), 'user-' || n, 'succeeded' FROM generate_series(1, 2000) n",
+    )
+    .execute(&env.db)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE memoji_jobs, memoji_cache, memoji_credit_balances")
+        .execute(&env.db)
+        .await
+        .unwrap();
+    let mut connection = env.db.acquire().await.unwrap();
+    sqlx::query(&format!(
+        "PREPARE look_up(uuid[], text[], text[], date) AS {}",
+        memoji_worker::db::hits::LOOK_UP
+    ))
+    .execute(&mut *connection)
+    .await
+    .unwrap();
+    let ids: Vec<String> = (0..64)
+        .map(|_| format!("'{}'", uuid::Uuid::new_v4()))
+        .collect();
+    let keys = vec!["'0123456789abcdef'"; 64].join(",");
+    let users = vec!["'user'"; 64].join(",");
+    for mode in ["force_generic_plan", "force_custom_plan"] {
+        sqlx::query(&format!("SET plan_cache_mode = {mode}"))
+            .execute(&mut *connection)
+            .await
+            .unwrap();
+        let plan: Value = sqlx::query_scalar(&format!(
+            "EXPLAIN (FORMAT JSON) EXECUTE look_up(ARRAY[{}]::uuid[], ARRAY[{users}], ARRAY[{keys}], current_date)",
+            ids.join(","),
+        ))
+        .fetch_one(&mut *connection)
+        .await
+        .unwrap();
+        let (mut found, mut hashed) = (Vec::new(), false);
+        scans(&plan, &mut found, &mut hashed);
+        assert!(
+            !hashed,
+            "{mode}: a hashed subplan reads a whole table: {plan:#}"
+        );
+        let reads: Vec<&String> = found
+            .iter()
+            .filter(|(name, _)| name == "memoji_jobs")
+            .map(|(_, how)| how)
+            .collect();
+        assert!(!reads.is_empty(), "{mode}: memoji_jobs is read: {plan:#}");
+        assert!(
+            reads.iter().all(|how| how.starts_with("Index")),
+            "{mode}: memoji_jobs is read by index only, not {reads:?}: {plan:#}"
+        );
+    }
+    drop(connection);
+    env.cleanup().await;
+}

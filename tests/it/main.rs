@@ -32,6 +32,7 @@ mod readme;
 mod refunds;
 mod schemas;
 mod secrets;
+mod simulate;
 mod storage_local;
 mod storage_s3;
 mod storage_supabase;
