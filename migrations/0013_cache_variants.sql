@@ -4,8 +4,9 @@
 -- and counted the same way.
 --
 -- No foreign key to memoji_cache: a user whose variant is 2 may be the first to ask for a key,
--- and gets their own image at once. The key's memoji_cache row still decides the cleanup (a key
--- deleted by the seed's rules takes its variants with it, in the same statement); variant rows
+-- and gets their own image at once. The cleanup judges a key as one entry (its memoji_cache
+-- row's age, all its images' uses together) and deletes its variants with that row, in the same
+-- statement; variant rows
 -- of a key without that row are judged by the same rules on their own (maintenance::cleanup).
 CREATE TABLE memoji_cache_variants (
     prompt_hash     text        NOT NULL,

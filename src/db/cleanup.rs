@@ -2,9 +2,9 @@
 //! entries and delete old unused ones, and batches that prune old finished jobs and old credit
 //! ledger rows (retention).
 //!
-//! A key's variants (`memoji_cache_variants`) are one entry with its `memoji_cache` row, which
-//! decides: the statement that deletes the row deletes its variants too, and returns all of
-//! their images. Variant rows whose key has no `memoji_cache` row (the JavaScript system deleted
+//! A key's variants (`memoji_cache_variants`) are one entry with its `memoji_cache` row: the
+//! rules count the key's uses together (the row's and its variants') and the row's age, and the
+//! statement that deletes the row deletes its variants too, returning all of their images. Variant rows whose key has no `memoji_cache` row (the JavaScript system deleted
 //! it, or only users of other variants ever asked) are judged by the same rules on their own.
 //!
 //! Every batch is two short statements: read the next `batch` ids in index order (the cursor),
@@ -62,7 +62,17 @@ pub async fn next_ids(
     Ok(ids)
 }
 
-/// Archives those of `ids` used more than `above` times; with `dry_run`, only counts them.
+/// A key's uses as one entry: its row's and its variants' (`memoji_cache_variants`) together, for
+/// `concat!` into the statements over `memoji_cache`. Without variants, the row's own count.
+macro_rules! key_uses {
+    () => {
+        "(COALESCE(memoji_cache.usage_count, 0) + COALESCE((SELECT sum(v.usage_count)
+           FROM memoji_cache_variants v WHERE v.prompt_hash = memoji_cache.prompt_hash), 0))"
+    };
+}
+
+/// Archives those of `ids` used more than `above` times (with their variants' uses); with
+/// `dry_run`, only counts them.
 pub async fn archive(
     pool: &PgPool,
     ids: &[Uuid],
@@ -70,17 +80,24 @@ pub async fn archive(
     dry_run: bool,
 ) -> Result<u64, DbError> {
     let sql = if dry_run {
-        "SELECT count(*) FROM memoji_cache
-          WHERE id = ANY($1) AND archived IS NOT TRUE AND COALESCE(usage_count, 0) > $2"
+        concat!(
+            "SELECT count(*) FROM memoji_cache
+              WHERE id = ANY($1) AND archived IS NOT TRUE AND ",
+            key_uses!(),
+            " > $2"
+        )
     } else {
-        "WITH archived AS (
-             UPDATE memoji_cache SET archived = true
-              WHERE id IN (SELECT id FROM memoji_cache
-                            WHERE id = ANY($1) AND archived IS NOT TRUE
-                              AND COALESCE(usage_count, 0) > $2
-                              FOR UPDATE SKIP LOCKED)
-             RETURNING 1)
-         SELECT count(*) FROM archived"
+        concat!(
+            "WITH archived AS (
+                 UPDATE memoji_cache SET archived = true
+                  WHERE id IN (SELECT id FROM memoji_cache
+                                WHERE id = ANY($1) AND archived IS NOT TRUE AND ",
+            key_uses!(),
+            " > $2
+                                  FOR UPDATE SKIP LOCKED)
+                 RETURNING 1)
+             SELECT count(*) FROM archived"
+        )
     };
     let n: i64 = sqlx::query_scalar(sql)
         .bind(ids)
@@ -138,8 +155,14 @@ pub struct Deleted {
     pub image_bytes: i64,
 }
 
-const UNUSED: &str = "id = ANY($1) AND archived IS NOT TRUE AND created_at < $2
-                      AND COALESCE(usage_count, 0) < $3 AND COALESCE(usage_count, 0) <= $4";
+/// Of `ids`, the entries the rules delete, a key's uses counted with its variants'.
+const UNUSED: &str = concat!(
+    "id = ANY($1) AND archived IS NOT TRUE AND created_at < $2 AND ",
+    key_uses!(),
+    " < $3 AND ",
+    key_uses!(),
+    " <= $4"
+);
 
 /// Deletes those of `ids` that meet `rules`, with their variants, returning them all (each
 /// key's row first, as variant 0).

@@ -17,9 +17,9 @@
 //! to be replaced, or orphaned at worst — never a row pointing at nothing); if the key's row is
 //! back and points at this path, the image is left alone too.
 //!
-//! Variants (`cache.variants`): a key's variant rows are one entry with its `memoji_cache` row,
-//! which the seed's rules judge alone. When they delete it, its variants go in the same
-//! statement, and all of the key's images are deleted together, each under its own (key,
+//! Variants (`cache.variants`): a key's variant rows are one entry with its `memoji_cache` row
+//! for the seed's rules — its row's age, and the uses of all its images together. When they
+//! delete the row, its variants go in the same statement, and all of the key's images are deleted together, each under its own (key,
 //! variant) lease; archiving the row keeps its variants for good as well. Variant rows whose key
 //! has no row at all are judged by the same rules on their own, in a last pass.
 //!

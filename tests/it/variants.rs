@@ -276,8 +276,8 @@ async fn cleanup_deletes_a_keys_variants_and_images_with_its_entry() {
         }
     }
     let (old, kept, orphaned) = (key_of(&old), key_of(&kept), key_of(&orphaned));
-    // The old key and the orphan's variants are past the seed's age with one use; the kept key
-    // is as old, but its entry is used (its variants are not: the entry decides).
+    // All past the seed's age. The old key had one use in all; the kept key one per image: as
+    // one entry, three uses, which the seed's rules keep (its row's single use alone would not).
     for table in ["memoji_cache", "memoji_cache_variants"] {
         sqlx::query(&format!(
             "UPDATE {table} SET created_at = now() - interval '100 days'"
@@ -286,8 +286,8 @@ async fn cleanup_deletes_a_keys_variants_and_images_with_its_entry() {
         .await
         .unwrap();
     }
-    sqlx::query("UPDATE memoji_cache SET usage_count = 5 WHERE prompt_hash = $1")
-        .bind(kept.as_str())
+    sqlx::query("UPDATE memoji_cache_variants SET usage_count = 0 WHERE prompt_hash = $1")
+        .bind(old.as_str())
         .execute(&env.db)
         .await
         .unwrap();
@@ -339,6 +339,7 @@ async fn cleanup_deletes_a_keys_variants_and_images_with_its_entry() {
         2,
         "the kept entry keeps its variants"
     );
+    assert_eq!(usage_count(&env.db, kept.as_str()).await, 1);
     for file in &files[kept.as_str()] {
         assert!(file.exists(), "{} kept", file.display());
     }
