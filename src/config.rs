@@ -433,6 +433,11 @@ pub struct WarmSettings {
     pub days: u32,
     /// Dollars the scheduled warming may spend a UTC day, all its runs together.
     pub daily_budget_usd: f64,
+    /// `warm --batch`: how often a batch is polled at OpenAI (milliseconds); also how often each
+    /// worker's batch sweep looks for open batches (one replica at a time).
+    pub batch_poll_ms: u64,
+    /// Scheduled warming submits its run as one OpenAI batch (half price, within 24 hours).
+    pub batch: bool,
 }
 
 /// How the cache serves keys (`[cache]`).

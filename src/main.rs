@@ -67,9 +67,13 @@ enum Command {
         generated_by: String,
         #[arg(long, default_value_t = 100)]
         top: u32,
-        /// Stop before the spend would pass this many dollars (list prices).
+        /// Stop before the spend would pass this many dollars (list prices; batch prices with
+        /// --batch).
         #[arg(long, value_name = "X")]
         budget_usd: Option<f64>,
+        /// Through OpenAI's Batch API: half the price, answers within 24 hours (see warm --batch).
+        #[arg(long)]
+        batch: bool,
     },
     /// Run the cache cleanup now (unless another process is running it) and print its report.
     Cleanup {
@@ -96,8 +100,14 @@ enum Command {
 }
 
 #[derive(Args)]
-#[command(group = clap::ArgGroup::new("source").required(true).args(["from", "from_history", "predict"]))]
+#[command(
+    group = clap::ArgGroup::new("source").required(true).args(["from", "from_history", "predict", "resume"]),
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct WarmArgs {
+    #[command(subcommand)]
+    list: Option<WarmCommand>,
     /// A JSONL file: one avatar configuration a line, as in a job's `config`.
     #[arg(long, value_name = "FILE.jsonl")]
     from: Option<PathBuf>,
@@ -129,6 +139,26 @@ struct WarmArgs {
     /// Warm every configuration for this model (replaces each configuration's `model`).
     #[arg(long, long_help = help::model(), help = "Model to warm for (any of --help's list)")]
     model: Option<String>,
+    /// Through OpenAI's Batch API: half the price, answers within 24 hours. The batch is kept in
+    /// the database; this command polls it until it is done (Ctrl-C leaves it to `warm --resume`
+    /// or to the workers) and prints the report.
+    #[arg(long)]
+    batch: bool,
+    /// Wait for every batch still open (submitted by a command that died, say), finish them, and
+    /// print their reports.
+    #[arg(long, requires = "batch")]
+    resume: bool,
+}
+
+#[derive(Subcommand)]
+enum WarmCommand {
+    /// Poll every open warming batch once, finish those OpenAI is done with (like the workers
+    /// do), and list the recent batches (JSON).
+    Batches {
+        /// How many recent batches to list.
+        #[arg(long, default_value_t = 20)]
+        last: i64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -340,6 +370,7 @@ async fn command(command: Command, mut settings: Settings) -> anyhow::Result<Exi
             generated_by,
             top,
             budget_usd,
+            batch,
         } => {
             let warmer = app::warmer(&settings, false).await?;
             let rules = app::check_domain(&settings)?;
@@ -349,6 +380,30 @@ async fn command(command: Command, mut settings: Settings) -> anyhow::Result<Exi
                 generator: warmer.generator.kind(),
                 model: None,
             };
+            if batch {
+                let client = app::batch_client(&settings)?;
+                let batching = warm::batch::Batching {
+                    warmer: &warmer,
+                    client: &client,
+                    rules: &rules,
+                };
+                let stop = CancellationToken::new();
+                tokio::spawn(stop_on_signal(stop.clone()));
+                let mut progress = warm::Progress::for_stderr();
+                let report = warm::refresh::refresh_batch(
+                    &batching,
+                    &shaping,
+                    &generated_by,
+                    top,
+                    budget_usd,
+                    &mut progress,
+                    &stop,
+                )
+                .await?;
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                warmer.db.close().await;
+                return Ok(ExitCode::SUCCESS);
+            }
             let report =
                 warm::refresh::refresh(&warmer, &shaping, &generated_by, top, budget_usd).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -369,7 +424,11 @@ async fn command(command: Command, mut settings: Settings) -> anyhow::Result<Exi
 
 /// `memoji-worker warm`: reads the source, runs (or dry-runs) the warming, prints the report.
 async fn warm(settings: &Settings, args: &WarmArgs) -> anyhow::Result<ExitCode> {
-    let warmer = app::warmer(settings, !args.dry_run && !args.explain).await?;
+    if args.list.is_some() || args.resume {
+        return warm_batches(settings, args).await;
+    }
+    // A batch waits at OpenAI, not beside live jobs: it needs no look at the queue.
+    let warmer = app::warmer(settings, !args.dry_run && !args.explain && !args.batch).await?;
     let rules = app::check_domain(settings)?;
     let (configs, mut refused) = if let Some(file) = &args.from {
         let text =
@@ -419,16 +478,65 @@ async fn warm(settings: &Settings, args: &WarmArgs) -> anyhow::Result<ExitCode> 
     };
     let (candidates, more_refused) = shaping.candidates(configs);
     refused.extend(more_refused);
+    let source = if args.from.is_some() {
+        "from"
+    } else if args.predict {
+        "predict"
+    } else {
+        "history"
+    };
     let options = warm::Options {
         budget_usd: args.budget_usd,
         max: args.max,
         dry_run: args.dry_run,
+        source: source.to_owned(),
     };
     let stop = CancellationToken::new();
     tokio::spawn(stop_on_signal(stop.clone()));
     let mut progress = warm::Progress::for_stderr();
-    let report = warm::run(&warmer, candidates, refused, &options, &mut progress, &stop).await?;
+    let report = if args.batch {
+        let client = app::batch_client(settings)?;
+        let batching = warm::batch::Batching {
+            warmer: &warmer,
+            client: &client,
+            rules: &rules,
+        };
+        batching
+            .warm(candidates, refused, &options, &mut progress, &stop, true)
+            .await?
+    } else {
+        warm::run(&warmer, candidates, refused, &options, &mut progress, &stop).await?
+    };
     println!("{}", serde_json::to_string_pretty(&report)?);
+    warmer.db.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `warm --batch --resume` and `warm batches`: the warming batches kept in the database.
+async fn warm_batches(settings: &Settings, args: &WarmArgs) -> anyhow::Result<ExitCode> {
+    let warmer = app::warmer(settings, false).await?;
+    let rules = app::check_domain(settings)?;
+    let client = app::batch_client(settings)?;
+    let batching = warm::batch::Batching {
+        warmer: &warmer,
+        client: &client,
+        rules: &rules,
+    };
+    let mut progress = warm::Progress::for_stderr();
+    let out = if let Some(WarmCommand::Batches { last }) = &args.list {
+        let finished = batching.sweep(&mut progress).await?;
+        let batches = memoji_worker::db::warm_batches::recent(&warmer.db, *last).await?;
+        json!({
+            "finished_now": finished.into_iter().map(|(_, report)| report).collect::<Vec<_>>(),
+            "batches": batches,
+        })
+    } else {
+        let stop = CancellationToken::new();
+        tokio::spawn(stop_on_signal(stop.clone()));
+        let reports = batching.resume(&mut progress, &stop).await?;
+        json!({ "resumed": reports })
+    };
+    println!("{}", serde_json::to_string_pretty(&out)?);
     warmer.db.close().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -12,6 +12,7 @@
 //! - [`refunds`]: the refund sweep's batches: charges whose job will never finish.
 //! - [`warm`]: cache warming's entries and the request history.
 //! - [`variants`]: a key's images by variant (`cache.variants`), variant 0 in [`cache`].
+//! - [`warm_batches`]: the OpenAI batches warming submitted, line by line, until handled.
 
 pub mod advisory;
 pub mod analytics;
@@ -27,6 +28,7 @@ pub mod refunds;
 pub mod stats;
 pub mod variants;
 pub mod warm;
+pub mod warm_batches;
 
 use std::time::Duration;
 

@@ -7,6 +7,7 @@
 
 mod helpers;
 mod openai;
+mod openai_batches;
 mod support;
 
 mod admin_api;
@@ -25,6 +26,7 @@ mod intake;
 mod leftovers;
 mod metrics;
 mod models;
+mod openai_batch;
 mod openai_faults;
 mod pipeline;
 mod poison;
