@@ -12,6 +12,7 @@
 //! - [`cleanup`]: the cleanup's batches and its single-replica lock.
 //! - [`refunds`]: the refund sweep's batches: charges whose job will never finish.
 //! - [`warm`]: cache warming's entries and the request history.
+//! - [`variants`]: a key's images by variant (`cache.variants`), variant 0 in [`cache`].
 //! - [`warm_batches`]: the OpenAI batches warming submitted, line by line, until handled.
 //! - [`preferences`]: users' stored cache preferences.
 //! - [`bypass`]: the images of `bypass` jobs, which are never cache entries.
@@ -31,6 +32,7 @@ pub mod models;
 pub mod preferences;
 pub mod refunds;
 pub mod stats;
+pub mod variants;
 pub mod warm;
 pub mod warm_batches;
 

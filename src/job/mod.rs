@@ -13,6 +13,7 @@ pub mod models;
 mod outcome;
 pub mod policy;
 mod result;
+pub mod variant;
 
 pub use avatar::{AvatarConfig, ConfigError, ModelRules};
 pub use experiment::Assignment;
@@ -22,3 +23,4 @@ pub use models::{Model, Plan};
 pub use outcome::{Outcome, Recipient};
 pub use policy::{CachePolicy, CacheRequest, Freshness, UserPreferences};
 pub use result::{ArmLabel, ErrorCode, Image, JobError, JobResult, Spent, Status};
+pub use variant::{Pick, Variant};

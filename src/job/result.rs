@@ -107,6 +107,10 @@ pub struct JobResult {
     /// without one), or on a failure the model that was called (`None` if none was).
     #[serde(default)]
     pub model: Option<String>,
+    /// With variants (`cache.variants` > 1 for the job's user): which of the key's images a
+    /// succeeded result serves, 0 being the key's `memoji_cache` entry. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<u32>,
     pub duration_ms: u64,
     #[serde(serialize_with = "millis_utc")]
     pub completed_at: DateTime<Utc>,
@@ -186,6 +190,7 @@ impl JobResult {
             saved_usd,
             attempts: 1,
             model: image.model,
+            variant: None,
             duration_ms: 0,
             completed_at: Utc::now(),
             error: None,
@@ -216,6 +221,7 @@ impl JobResult {
             saved_usd: 0.0,
             attempts: spent.attempts,
             model: image.model,
+            variant: None,
             duration_ms: 0,
             completed_at: Utc::now(),
             error: None,
@@ -245,6 +251,7 @@ impl JobResult {
             saved_usd: 0.0,
             attempts: 0,
             model: None,
+            variant: None,
             duration_ms: 0,
             completed_at: Utc::now(),
             error: Some(error),
@@ -265,6 +272,15 @@ impl JobResult {
     pub fn with_attempts(mut self, attempts: u32, model: &str) -> JobResult {
         self.attempts = attempts;
         self.model = (attempts > 0).then(|| model.to_owned());
+        self
+    }
+
+    /// Names the variant a succeeded result serves (`Pick::shown`: `None` without variants).
+    #[must_use]
+    pub fn with_variant(mut self, variant: Option<u32>) -> JobResult {
+        if self.succeeded() {
+            self.variant = variant;
+        }
         self
     }
 

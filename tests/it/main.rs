@@ -41,4 +41,5 @@ mod storage_local;
 mod storage_s3;
 mod storage_supabase;
 mod traces;
+mod variants;
 mod warm;
