@@ -22,6 +22,9 @@ CREATE TABLE memoji_cache_variants (
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now(),
     last_used_at    timestamptz NOT NULL DEFAULT now(),
+    -- As memoji_cache's (migration 0010), so one column list serves both tables; warming makes
+    -- variant 0 only, so it stays NULL here.
+    warmed_at       timestamptz,
     PRIMARY KEY (prompt_hash, variant)
 );
 
