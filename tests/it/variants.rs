@@ -430,3 +430,42 @@ async fn a_variant_image_stored_by_a_dead_holder_is_reused_not_paid_again() {
     assert_eq!(leases, 0);
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_user_who_opted_out_of_variants_gets_the_keys_first_image() {
+    let mut env = TestEnv::start_with(vec![openai_ok()], |s| s.cache.variants = 3).await;
+    let config = json!({"hair": "short", "gesture": "heart"});
+    let key = key_of(&config);
+    let users = users_by_variant(&key, 3, 1);
+    let first = env.run(&env.job(&users[&0][0], config.clone())).await;
+    assert_eq!(first["variant"], 0, "{first}");
+    // A user whose variant is 2 opts out (their stored preference, as the admin API and
+    // `user prefs set --no-variants` write it): they get variant 0, a hit, nothing generated.
+    let picky = &users[&2][0];
+    sqlx::query(
+        "INSERT INTO memoji_user_cache_preferences (user_id, variants_opt_out) VALUES ($1, true)",
+    )
+    .bind(picky)
+    .execute(&env.db)
+    .await
+    .unwrap();
+    let answer = env.run(&env.job(picky, config.clone())).await;
+    assert_eq!(answer["cached"], true, "{answer}");
+    assert_eq!(answer["image_url"], first["image_url"]);
+    assert_eq!(answer["credits_charged"], 0);
+    assert_eq!(env.openai.calls(), 1, "no variant 2 was generated");
+    assert_eq!(
+        count(&env.db, "SELECT count(*) FROM memoji_cache_variants").await,
+        0
+    );
+    // Without the preference the same user gets their own variant, generated.
+    sqlx::query("DELETE FROM memoji_user_cache_preferences WHERE user_id = $1")
+        .bind(picky)
+        .execute(&env.db)
+        .await
+        .unwrap();
+    let own = env.run(&env.job(picky, config.clone())).await;
+    assert_eq!(own["variant"], 2, "{own}");
+    assert_eq!(own["cached"], false, "{own}");
+    env.cleanup().await;
+}
