@@ -151,6 +151,8 @@ for path in \
   "/api/analytics/top-configs?by=uses&limit=10" \
   "/api/analytics/top-configs?by=saved&limit=100" \
   "/api/analytics/top-users?limit=10" \
+  "/api/analytics/warming?since=90d" \
+  "/api/experiments" \
   "/api/cache/stats" \
   "/?since=7d" \
   "/?since=90d"; do
