@@ -122,11 +122,11 @@ pub struct StorageSecrets {
 
 impl StorageSecrets {
     /// The variables each secret is read from, in order of preference.
-    pub const S3_ACCESS_KEY_ID: [&str; 2] = ["MEMOJI_S3_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"];
-    pub const S3_SECRET_ACCESS_KEY: [&str; 2] =
+    pub(crate) const S3_ACCESS_KEY_ID: [&str; 2] = ["MEMOJI_S3_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"];
+    pub(crate) const S3_SECRET_ACCESS_KEY: [&str; 2] =
         ["MEMOJI_S3_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY"];
-    pub const S3_SESSION_TOKEN: [&str; 2] = ["MEMOJI_S3_SESSION_TOKEN", "AWS_SESSION_TOKEN"];
-    pub const SUPABASE_SERVICE_KEY: [&str; 2] = [
+    pub(crate) const S3_SESSION_TOKEN: [&str; 2] = ["MEMOJI_S3_SESSION_TOKEN", "AWS_SESSION_TOKEN"];
+    pub(crate) const SUPABASE_SERVICE_KEY: [&str; 2] = [
         "MEMOJI_SUPABASE_SERVICE_ROLE_KEY",
         "SUPABASE_SERVICE_ROLE_KEY",
     ];
@@ -227,10 +227,10 @@ impl AmqpSettings {
 }
 
 impl OpenAiSettings {
-    pub fn request_timeout(&self) -> Duration {
+    pub(crate) fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
     }
-    pub fn total_timeout(&self) -> Duration {
+    pub(crate) fn total_timeout(&self) -> Duration {
         Duration::from_secs(self.total_timeout_secs)
     }
 }
@@ -281,7 +281,7 @@ pub struct StorageSettings {
 }
 
 impl StorageSettings {
-    pub fn request_timeout(&self) -> Duration {
+    pub(crate) fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
     }
 }
@@ -321,13 +321,13 @@ pub struct HttpSettings {
 }
 
 impl HttpSettings {
-    pub fn header_read_timeout(&self) -> Duration {
+    pub(crate) fn header_read_timeout(&self) -> Duration {
         Duration::from_secs(self.header_read_timeout_secs)
     }
-    pub fn request_timeout(&self) -> Duration {
+    pub(crate) fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
     }
-    pub fn send_stall_timeout(&self) -> Duration {
+    pub(crate) fn send_stall_timeout(&self) -> Duration {
         Duration::from_secs(self.send_stall_timeout_secs)
     }
 }
@@ -452,7 +452,7 @@ pub struct TelemetrySettings {
 impl TelemetrySettings {
     /// Where spans are posted, if anywhere: the endpoint with `/v1/traces` appended unless it
     /// already ends so.
-    pub fn traces_url(&self) -> Option<String> {
+    pub(crate) fn traces_url(&self) -> Option<String> {
         let base = self.otlp_endpoint.trim();
         if base.is_empty() {
             return None;
@@ -515,7 +515,7 @@ pub enum LogFormat {
 
 impl LogFormat {
     /// The format to write, `Auto` resolved by whether the output is a terminal.
-    pub fn resolve(self, terminal: bool) -> LogFormat {
+    pub(crate) fn resolve(self, terminal: bool) -> LogFormat {
         match self {
             LogFormat::Auto if terminal => LogFormat::Pretty,
             LogFormat::Auto => LogFormat::Json,
@@ -847,7 +847,7 @@ fn secret_from_env(variable: &str) -> Option<SecretString> {
 
 /// A URL fit for logs: scheme, host, port and path, never the password (in the userinfo or in a
 /// query parameter such as `?password=`); see [`crate::redact::url`].
-pub fn redacted_url(url: &SecretString) -> String {
+pub(crate) fn redacted_url(url: &SecretString) -> String {
     crate::redact::url(url.expose_secret())
 }
 

@@ -14,7 +14,7 @@
 use std::borrow::Cow;
 
 /// What a masked secret reads as.
-pub const MASK: &str = "***";
+pub(crate) const MASK: &str = "***";
 
 /// A URL fit for logs and errors: scheme, host, port, path and harmless query parameters, never
 /// the password, whether it sits in the userinfo or in a query parameter. Text that is not a URL

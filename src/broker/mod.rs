@@ -55,7 +55,7 @@ impl BrokerError {
 
 /// Where a job asked for its result to be sent too (AMQP `reply_to` / `correlation_id`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReplyTo {
+pub(crate) struct ReplyTo {
     pub queue: ShortString,
     pub correlation_id: ShortString,
 }
@@ -98,12 +98,12 @@ impl Broker {
         &self.settings
     }
 
-    pub fn is_connected(&self) -> bool {
+    pub(crate) fn is_connected(&self) -> bool {
         self.connection.status().connected()
     }
 
     /// Connected, with a publishing channel open: results can be published right now.
-    pub fn can_publish(&self) -> bool {
+    pub(crate) fn can_publish(&self) -> bool {
         self.is_connected() && self.publisher.is_open()
     }
 
@@ -165,7 +165,7 @@ impl Broker {
     /// Publishes a job's result to the result exchange, with `trace` headers (the job's trace
     /// context, `telemetry::trace`) if any; `Ok` once the broker has routed it to a queue and
     /// confirmed it.
-    pub async fn publish_result(
+    pub(crate) async fn publish_result(
         &self,
         result: &JobResult,
         trace: Option<&FieldTable>,
@@ -183,7 +183,7 @@ impl Broker {
 
     /// Sends a copy of a result to the queue its job named in `reply_to`, on the reply connection,
     /// with the same `trace` headers as the result.
-    pub async fn publish_reply(
+    pub(crate) async fn publish_reply(
         &self,
         result: &JobResult,
         reply: &ReplyTo,
@@ -207,7 +207,7 @@ impl Broker {
 
     /// Whether `queue` is one of the worker's own queues, which a `reply_to` may not name
     /// (CONTRACT.md §2.1): a reply into the job queue would come back as a job.
-    pub fn is_own_queue(&self, queue: &str) -> bool {
+    pub(crate) fn is_own_queue(&self, queue: &str) -> bool {
         let names = &self.settings;
         [
             &names.job_queue,
@@ -224,7 +224,7 @@ impl Broker {
     /// The copy keeps the message's properties but two: its `expiration`, which would make it
     /// vanish from the dead-letter queue, and its AMQP `user_id`, which the broker checks against
     /// the publishing connection's user and refuses (closing the channel) when they differ.
-    pub async fn dead_letter(
+    pub(crate) async fn dead_letter(
         &self,
         body: &[u8],
         properties: &BasicProperties,

@@ -99,10 +99,10 @@ pub struct Totals {
 
 /// Changes to the cache table within a window, counted by the triggers.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct TableChanges {
-    pub entries_added: i64,
-    pub entries_deleted: i64,
-    pub entries_archived: i64,
+pub(crate) struct TableChanges {
+    pub(crate) entries_added: i64,
+    pub(crate) entries_deleted: i64,
+    pub(crate) entries_archived: i64,
 }
 
 /// Everything the statistics are computed from.
@@ -111,7 +111,7 @@ pub struct Raw {
     pub totals: Totals,
     pub lifetime: Counts,
     pub last_24h: Counts,
-    pub last_24h_changes: TableChanges,
+    pub(crate) last_24h_changes: TableChanges,
 }
 
 #[derive(sqlx::FromRow)]

@@ -17,7 +17,7 @@ use serde::Deserialize;
 pub struct ModelStatus {
     pub model: String,
     pub state: ModelState,
-    pub checked_at: DateTime<Utc>,
+    pub(crate) checked_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +30,7 @@ pub enum ModelState {
 
 impl ModelStatus {
     /// Days from `today` to the shutdown date, where one is announced.
-    pub fn days_left(&self, today: NaiveDate) -> Option<i64> {
+    pub(crate) fn days_left(&self, today: NaiveDate) -> Option<i64> {
         match self.state {
             ModelState::Served {
                 shutdown: Some(date),
@@ -159,12 +159,12 @@ impl Lifecycle {
         }
     }
 
-    pub fn warning_days(&self) -> u32 {
+    pub(crate) fn warning_days(&self) -> u32 {
         self.warning_days
     }
 
     /// Replaces what is known of each model in `statuses`.
-    pub fn update(&self, statuses: &[ModelStatus]) {
+    pub(crate) fn update(&self, statuses: &[ModelStatus]) {
         let mut known = match self.statuses.write() {
             Ok(known) => known,
             Err(poisoned) => poisoned.into_inner(),

@@ -18,7 +18,7 @@ use super::models::{Asked, Plan, RuleError, SEED_DEFAULT_MODEL, Successors};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelRules {
     pub successors: Successors,
-    pub default_quality: Option<String>,
+    pub(crate) default_quality: Option<String>,
 }
 
 impl ModelRules {
@@ -88,7 +88,7 @@ pub struct AvatarConfig {
     /// `low`, `medium` or `high`, for the models that take it; in the key after `quality`.
     pub complexity: Option<String>,
     /// Whether the job set `background` itself (it is sent to OpenAI only then); not in the key.
-    pub background_given: bool,
+    pub(crate) background_given: bool,
 }
 
 impl AvatarConfig {

@@ -36,11 +36,11 @@ pub struct ModelSpec {
     pub state: State,
     pub sizes: Sizes,
     pub qualities: &'static [&'static str],
-    pub backgrounds: &'static [&'static str],
+    pub(crate) backgrounds: &'static [&'static str],
     /// Whether `complexity` (low, medium, high) is accepted.
     pub complexity: bool,
     /// For a retired model: its own quality words, as the successor says them.
-    pub quality_names: &'static [(&'static str, &'static str)],
+    pub(crate) quality_names: &'static [(&'static str, &'static str)],
 }
 
 const GPT_IMAGE_1_SIZES: &[&str] = &["1024x1024", "1536x1024", "1024x1536", "auto"];
@@ -48,7 +48,7 @@ const QUALITIES_2: &[&str] = &["low", "medium", "high", "auto"];
 const QUALITIES_2_5: &[&str] = &["low", "medium", "high", "xhigh", "max", "auto"];
 const GPT_BACKGROUNDS: &[&str] = &["transparent", "opaque", "auto"];
 /// `complexity` values of the models that take it.
-pub const COMPLEXITIES: &[&str] = &["low", "medium", "high"];
+pub(crate) const COMPLEXITIES: &[&str] = &["low", "medium", "high"];
 
 const fn active(
     name: &'static str,
@@ -85,7 +85,7 @@ const fn retired(
 }
 
 /// Every model the worker knows, as of 2026-12-01 (CONTRACT.md §11).
-pub static CATALOGUE: [ModelSpec; 10] = [
+pub(crate) static CATALOGUE: [ModelSpec; 10] = [
     active("gpt-image-2.6-flare", QUALITIES_2_5, true),
     active("gpt-image-2.6-sunburst", QUALITIES_2_5, true),
     active("gpt-image-2.5-flare", QUALITIES_2_5, false),
@@ -129,9 +129,9 @@ pub static CATALOGUE: [ModelSpec; 10] = [
 ];
 
 /// The model a job without `model` asks for: the seed's default, kept for the cache key (§3).
-pub const SEED_DEFAULT_MODEL: &str = "gpt-image-1";
+pub(crate) const SEED_DEFAULT_MODEL: &str = "gpt-image-1";
 /// The successor of every retired model unless configured otherwise.
-pub const DEFAULT_SUCCESSOR: &str = "gpt-image-2.6-flare";
+pub(crate) const DEFAULT_SUCCESSOR: &str = "gpt-image-2.6-flare";
 
 /// A model of the catalogue. Cheap to copy; compares by name.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -154,7 +154,7 @@ impl Model {
         Model::all().filter(|m| m.is_active())
     }
 
-    pub fn from_name(name: &str) -> Option<Model> {
+    pub(crate) fn from_name(name: &str) -> Option<Model> {
         Model::all().find(|m| m.name() == name)
     }
 
@@ -166,17 +166,17 @@ impl Model {
         self.0
     }
 
-    pub fn is_active(self) -> bool {
+    pub(crate) fn is_active(self) -> bool {
         self.0.state == State::Active
     }
 
     /// The model's name as a configuration key: `gpt-image-2.6-flare` → `gpt_image_2_6_flare`.
-    pub fn config_key(self) -> String {
+    pub(crate) fn config_key(self) -> String {
         config_key(self.name())
     }
 
     /// A one-line summary of the model's rules, for `--help` and error messages.
-    pub fn describe(self) -> String {
+    pub(crate) fn describe(self) -> String {
         let spec = self.0;
         let sizes = match spec.sizes {
             Sizes::Listed(sizes) => sizes.join("|"),
@@ -272,7 +272,7 @@ pub mod help {
 
 /// A model name as a configuration key (`-` and `.` become `_`), so that every per-model setting
 /// can also be set from the environment.
-pub fn config_key(name: &str) -> String {
+pub(crate) fn config_key(name: &str) -> String {
     name.replace(['-', '.'], "_")
 }
 
@@ -305,7 +305,9 @@ impl Successors {
 
     /// Reads `openai.successors` (keys in configuration form, values model names); a retired model
     /// it does not name gets [`DEFAULT_SUCCESSOR`].
-    pub fn from_config(table: &BTreeMap<String, String>) -> Result<Successors, SuccessorError> {
+    pub(crate) fn from_config(
+        table: &BTreeMap<String, String>,
+    ) -> Result<Successors, SuccessorError> {
         let retired: Vec<Model> = Model::all().filter(|m| !m.is_active()).collect();
         let active_names = || {
             Model::active()
@@ -359,7 +361,7 @@ impl Successors {
     }
 
     /// Every model a job can make the worker call: the active ones (a successor is always one).
-    pub fn callable(&self) -> Vec<Model> {
+    pub(crate) fn callable(&self) -> Vec<Model> {
         Model::active().collect()
     }
 
@@ -370,13 +372,13 @@ impl Successors {
 }
 
 /// Longest edge of a custom size.
-pub const MAX_EDGE: u32 = 3840;
+pub(crate) const MAX_EDGE: u32 = 3840;
 /// Fewest and most pixels of a custom size.
-pub const MIN_PIXELS: u64 = 655_360;
-pub const MAX_PIXELS: u64 = 8_294_400;
+pub(crate) const MIN_PIXELS: u64 = 655_360;
+pub(crate) const MAX_PIXELS: u64 = 8_294_400;
 
 /// Parses `WxH` (decimal digits only).
-pub fn parse_size(size: &str) -> Option<(u32, u32)> {
+pub(crate) fn parse_size(size: &str) -> Option<(u32, u32)> {
     let (w, h) = size.split_once('x')?;
     let digits = |s: &str| !s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit());
     (digits(w) && digits(h)).then_some(())?;
@@ -384,7 +386,7 @@ pub fn parse_size(size: &str) -> Option<(u32, u32)> {
 }
 
 /// Why a `WxH` is not a size the GPT image 2.x models make; `None` when it is one.
-pub fn check_custom_size(width: u32, height: u32) -> Option<String> {
+pub(crate) fn check_custom_size(width: u32, height: u32) -> Option<String> {
     let pixels = u64::from(width) * u64::from(height);
     if width == 0 || height == 0 || !width.is_multiple_of(16) || !height.is_multiple_of(16) {
         Some("both edges must be multiples of 16".to_owned())
@@ -453,7 +455,7 @@ pub struct Plan {
     /// The model that is called: `asked`, or its successor.
     pub called: Model,
     /// `size` as sent: `auto` or `WxH`.
-    pub request_size: String,
+    pub(crate) request_size: String,
     /// The size the stored image must have, where the job named one (`None` for `auto`).
     pub output: Option<(u32, u32)>,
     /// `quality` as sent, in the called model's words; `None` leaves OpenAI's default.
@@ -517,7 +519,7 @@ impl Plan {
 
     /// Pixels of the image that is made (`auto` counted as 1024x1024), for the per-image fallback
     /// price.
-    pub fn request_pixels(&self) -> u64 {
+    pub(crate) fn request_pixels(&self) -> u64 {
         parse_size(&self.request_size).map_or(1024 * 1024, |(w, h)| u64::from(w) * u64::from(h))
     }
 }

@@ -21,11 +21,11 @@ use crate::telemetry;
 pub struct Plan {
     pub models: Vec<String>,
     pub every: Duration,
-    pub retry_after: Duration,
+    pub(crate) retry_after: Duration,
 }
 
 /// Checks every model once: the statuses learnt, and whether OpenAI could be asked about all.
-pub async fn check_all(
+pub(crate) async fn check_all(
     checker: &ModelChecker,
     models: &[String],
 ) -> (Vec<ModelStatus>, Option<CheckError>) {

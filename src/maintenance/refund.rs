@@ -35,7 +35,7 @@ pub struct RefundReport {
     /// Charges given back.
     pub refunded: u64,
     /// Jobs left processing that were recorded as failed.
-    pub given_up: u64,
+    pub(crate) given_up: u64,
     pub duration_ms: u64,
 }
 

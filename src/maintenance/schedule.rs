@@ -52,7 +52,7 @@ pub async fn start(cleaner: Arc<Cleaner>, expression: &str) -> Result<Schedule, 
 impl Schedule {
     /// Adds the refund sweep, every `refunder.every()`. Every replica schedules it; the sweep's
     /// advisory lock lets one of them work at a time.
-    pub async fn add_refunds(&self, refunder: Arc<Refunder>) -> Result<(), ScheduleError> {
+    pub(crate) async fn add_refunds(&self, refunder: Arc<Refunder>) -> Result<(), ScheduleError> {
         let every = refunder.every();
         let job = Job::new_repeated_async(every, move |_, _| {
             let refunder = refunder.clone();
@@ -75,7 +75,7 @@ impl Schedule {
 
     /// Adds the scheduled warming on `expression` (UTC). Every replica schedules it; its
     /// advisory lock lets one of them warm at a time.
-    pub async fn add_warming(
+    pub(crate) async fn add_warming(
         &self,
         warming: Arc<super::warming::ScheduledWarming>,
         expression: &str,

@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::config::CleanupSettings;
 
 /// The most variants a key may hold (Helicone's limit, issue 15).
-pub const MAX_VARIANTS: u32 = 20;
+pub(crate) const MAX_VARIANTS: u32 = 20;
 
 /// A policy, parsed.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -32,7 +32,7 @@ pub struct Policy {
     /// Images per key.
     pub variants: u32,
     /// Days an image is served before a request makes it again.
-    pub max_age_days: Option<u32>,
+    pub(crate) max_age_days: Option<u32>,
     /// Nightly warming.
     pub warm: Option<Warm>,
     /// What leaves the cache.
@@ -69,11 +69,11 @@ pub enum Retention {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct SeedRules {
     /// `cleanup.max_age_days`.
-    pub max_age_days: u32,
+    pub(crate) max_age_days: u32,
     /// `cleanup.min_uses`.
-    pub min_uses: u32,
+    pub(crate) min_uses: u32,
     /// `cleanup.archive_above_uses`.
-    pub archive_above_uses: u32,
+    pub(crate) archive_above_uses: u32,
 }
 
 impl From<&CleanupSettings> for SeedRules {
@@ -131,7 +131,7 @@ pub struct Defaults {
     /// `[cleanup]`'s thresholds.
     pub seed: SeedRules,
     /// `--storage-budget`.
-    pub storage_budget: Option<Budget>,
+    pub(crate) storage_budget: Option<Budget>,
 }
 
 const SETTINGS: &str = "name, variants, max_age, warm, retention";
@@ -200,7 +200,7 @@ impl Policy {
     }
 
     /// The policy in words, for the output.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let variants = match self.variants {
             1 => "1 image a key".to_owned(),
             n => format!("{n} variants a key"),
@@ -327,7 +327,7 @@ impl Budget {
     }
 
     /// `50000 entries`, `2.00 GB`.
-    pub fn describe(self) -> String {
+    pub(crate) fn describe(self) -> String {
         match self {
             Budget::Entries(n) => format!("{n} entries"),
             Budget::Bytes(n) => format!("{:.2} GB", n as f64 / 1e9),

@@ -101,7 +101,7 @@ impl Catalogue {
 
 /// Who asked for a key on a day.
 #[derive(Debug, Clone)]
-pub enum Askers {
+pub(crate) enum Askers {
     /// Named users: each one's stable hash (with the key) and requests.
     Named(Vec<(u64, u32)>),
     /// A count without users (an exported history): each request a different user.
@@ -114,7 +114,7 @@ pub struct Asked {
     /// The key's number.
     pub key: u32,
     /// Who asked.
-    pub askers: Askers,
+    pub(crate) askers: Askers,
 }
 
 impl Asked {
@@ -151,11 +151,11 @@ pub struct Prepared {
     /// Lines left out.
     pub refused: Vec<Refused>,
     /// Whether every line named its users.
-    pub named_users: bool,
+    pub(crate) named_users: bool,
 }
 
 /// The stable hash a user's variant is picked by: the same user, the same key, the same variant.
-pub fn user_hash(user: &str, key: &str) -> u64 {
+pub(crate) fn user_hash(user: &str, key: &str) -> u64 {
     let digest = Sha256::new()
         .chain_update(user.as_bytes())
         .chain_update([0u8])
@@ -167,7 +167,7 @@ pub fn user_hash(user: &str, key: &str) -> u64 {
 }
 
 /// The hash of the `n`th anonymous request for key `id` on day `day`: uniform over variants.
-pub fn anonymous_hash(day: u32, id: u32, n: u32) -> u64 {
+pub(crate) fn anonymous_hash(day: u32, id: u32, n: u32) -> u64 {
     let mut z = (u64::from(day) << 40) ^ (u64::from(id) << 16) ^ u64::from(n);
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

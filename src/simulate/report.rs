@@ -14,7 +14,7 @@ use super::prepared::{Prepared, Refused};
 #[derive(Debug, Clone, Serialize)]
 pub struct LogSummary {
     /// The log's first day.
-    pub first_day: NaiveDate,
+    pub(crate) first_day: NaiveDate,
     /// Days replayed.
     pub days: usize,
     /// Requests replayed.
@@ -53,11 +53,11 @@ pub struct Figures {
     pub date: Option<NaiveDate>,
     /// The counts.
     #[serde(flatten)]
-    pub tally: Tally,
+    pub(crate) tally: Tally,
     /// Requests that were not hits (each one a live generation).
     pub misses: u64,
     /// Hits ÷ requests.
-    pub hit_ratio: f64,
+    pub(crate) hit_ratio: f64,
     /// Live and warming dollars.
     pub spend_usd: f64,
 }
@@ -80,15 +80,15 @@ pub struct PolicyReport {
     /// The policy's label.
     pub name: String,
     /// The policy in words.
-    pub description: String,
+    pub(crate) description: String,
     /// The policy.
     pub policy: Policy,
     /// The whole log; storage at the end.
     pub total: Figures,
     /// The most entries held at the end of a day.
-    pub peak_entries: u64,
+    pub(crate) peak_entries: u64,
     /// The most bytes held at the end of a day.
-    pub peak_bytes: u64,
+    pub(crate) peak_bytes: u64,
     /// Each day.
     pub days: Vec<Figures>,
 }

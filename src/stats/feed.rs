@@ -24,11 +24,11 @@ use crate::broker::{Broker, BrokerError};
 use crate::config::AmqpSettings;
 use crate::telemetry;
 
-pub const STATS_SNAPSHOT: &str = "stats.snapshot";
-pub const JOB_COMPLETED: &str = "job.completed";
-pub const CLEANUP_COMPLETED: &str = "cleanup.completed";
+pub(crate) const STATS_SNAPSHOT: &str = "stats.snapshot";
+pub(crate) const JOB_COMPLETED: &str = "job.completed";
+pub(crate) const CLEANUP_COMPLETED: &str = "cleanup.completed";
 /// A scheduled warming run's report (`maintenance::warming`).
-pub const WARM_COMPLETED: &str = "warm.completed";
+pub(crate) const WARM_COMPLETED: &str = "warm.completed";
 
 /// How long a stopping process keeps trying to publish what is still queued.
 const DRAIN_GRACE: Duration = Duration::from_secs(3);
@@ -64,7 +64,7 @@ impl Feed {
     }
 
     /// [`Feed::send`] with AMQP headers (a job's trace context).
-    pub fn send_with(
+    pub(crate) fn send_with(
         &self,
         routing_key: &'static str,
         body: &impl Serialize,

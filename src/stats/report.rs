@@ -19,7 +19,7 @@ pub struct Report {
     pub summary: Summary,
     /// Since the beginning: the rollups count configurations over their whole life.
     pub top_by_uses: Vec<TopConfig>,
-    pub top_by_saved: Vec<TopConfig>,
+    pub(crate) top_by_saved: Vec<TopConfig>,
 }
 
 /// A report's format.

@@ -215,7 +215,7 @@ fn reply_to(broker: &Broker, delivery: &Delivery, result: &JobResult) -> Option<
 }
 
 /// How often the quorum queue has delivered this message before (its `x-delivery-count`).
-pub fn delivery_count(delivery: &Delivery) -> u32 {
+pub(crate) fn delivery_count(delivery: &Delivery) -> u32 {
     let header = delivery
         .properties
         .headers()
