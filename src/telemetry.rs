@@ -34,6 +34,8 @@ use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use crate::config::{LogFormat, LogSettings, TelemetrySettings};
 
+/// Counter of jobs settled, by `outcome` (hit, generated, failed, invalid, rejected, retried,
+/// replayed).
 pub const JOBS: &str = "memoji_jobs_total";
 pub(crate) const JOB_FAILURES: &str = "memoji_job_failures_total";
 pub(crate) const JOB_DURATION: &str = "memoji_job_duration_seconds";

@@ -28,14 +28,19 @@ use publisher::Publisher;
 /// Header that carries why a message was dead-lettered.
 pub const REASON_HEADER: &str = "x-memoji-reason";
 
+/// What went wrong talking to RabbitMQ.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
+    /// The connection or a channel failed.
     #[error("broker: {0}")]
     Amqp(#[from] lapin::Error),
+    /// The broker nacked a published message (the `exchange/routing key` named).
     #[error("broker refused the message (nack) on {0}")]
     Nacked(String),
+    /// A mandatory message reached no queue (the `exchange/routing key` named).
     #[error("broker could not route the message to {0}")]
     Unroutable(String),
+    /// A message could not be serialized to JSON.
     #[error("message could not be encoded: {0}")]
     Encode(#[from] serde_json::Error),
 }
@@ -94,6 +99,7 @@ impl Broker {
         })
     }
 
+    /// The settings it was connected with (`[amqp]`).
     pub fn settings(&self) -> &AmqpSettings {
         &self.settings
     }

@@ -12,19 +12,27 @@ use super::DbError;
 /// Job events counted in memory for one hour, added to Postgres in one upsert.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Counts {
+    /// Jobs answered from the cache.
     pub hits: i64,
+    /// Jobs whose key was not cached.
     pub misses: i64,
+    /// Images generated.
     pub generations: i64,
+    /// Jobs that ended in a failure result.
     pub failures: i64,
+    /// What the generations cost, in US dollars.
     pub generation_cost_usd: f64,
+    /// What the hits saved, in US dollars (what their entries cost to make).
     pub saved_usd: f64,
 }
 
 impl Counts {
+    /// Nothing was counted.
     pub fn is_empty(&self) -> bool {
         *self == Counts::default()
     }
 
+    /// Adds `other`'s counts to these.
     pub fn add(&mut self, other: &Counts) {
         self.hits += other.hits;
         self.misses += other.misses;
@@ -92,8 +100,11 @@ pub async fn add(
 /// What the cache table holds now.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Totals {
+    /// Rows in the cache table.
     pub entries: i64,
+    /// The sum of their use counts.
     pub usage: i64,
+    /// Archived rows (kept for good).
     pub archived: i64,
 }
 
@@ -108,8 +119,11 @@ pub(crate) struct TableChanges {
 /// Everything the statistics are computed from.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Raw {
+    /// What the cache table holds now.
     pub totals: Totals,
+    /// Job events since the statistics began.
     pub lifetime: Counts,
+    /// Job events in the last 24 hours.
     pub last_24h: Counts,
     pub(crate) last_24h_changes: TableChanges,
 }

@@ -15,15 +15,21 @@ use serde::Deserialize;
 /// What OpenAI said of one model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelStatus {
+    /// The model's name.
     pub model: String,
+    /// What OpenAI said of it.
     pub state: ModelState,
     pub(crate) checked_at: DateTime<Utc>,
 }
 
+/// Whether OpenAI serves a model, as `GET /models/{id}` answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelState {
     /// OpenAI serves it; `shutdown` is its announced `shutdown_date`, if any.
-    Served { shutdown: Option<NaiveDate> },
+    Served {
+        /// The announced shutdown date; `None` when none is announced.
+        shutdown: Option<NaiveDate>,
+    },
     /// OpenAI answered 404: it does not know the model (never existed, or gone).
     Unknown,
 }
@@ -69,10 +75,17 @@ impl ModelStatus {
 /// A check that says nothing about the model: OpenAI could not be asked.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
+    /// The request failed (connection, timeout, unreadable body).
     #[error("OpenAI could not be reached: {0}")]
     Unreachable(String),
     #[error("OpenAI answered {status} to GET /models/{model}")]
-    Refused { model: String, status: u16 },
+    /// OpenAI answered with a status other than 200 or 404.
+    Refused {
+        /// The model asked about.
+        model: String,
+        /// The HTTP status.
+        status: u16,
+    },
 }
 
 #[derive(Deserialize)]
@@ -97,6 +110,8 @@ impl std::fmt::Debug for ModelChecker {
 }
 
 impl ModelChecker {
+    /// A checker asking the API at `base_url` with `api_key`; fails only if the HTTP client
+    /// cannot be built.
     pub fn new(base_url: &str, api_key: SecretString) -> Result<ModelChecker, reqwest::Error> {
         Ok(ModelChecker {
             http: super::openai::http_client()?,
@@ -152,6 +167,7 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
+    /// No statuses yet; a shutdown date within `warning_days` days is warned about.
     pub fn new(warning_days: u32) -> Lifecycle {
         Lifecycle {
             statuses: RwLock::new(Vec::new()),

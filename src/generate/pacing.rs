@@ -7,6 +7,8 @@ use std::time::Duration;
 use tokio::sync::{Mutex, Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
+/// Paces generations: at most `max_concurrency` at once and, when a per-minute limit is set,
+/// starts spaced evenly across the minute.
 #[derive(Debug)]
 pub struct Pacer {
     slots: Semaphore,
@@ -19,6 +21,7 @@ pub struct Pacer {
 pub type Turn<'a> = SemaphorePermit<'a>;
 
 impl Pacer {
+    /// `max_concurrency` slots; `per_minute` starts a minute at most (0 = no limit).
     pub fn new(max_concurrency: usize, per_minute: u32) -> Pacer {
         let spacing = (per_minute > 0).then(|| Duration::from_secs(60) / per_minute);
         Pacer {

@@ -17,6 +17,7 @@ use super::models::{Asked, Plan, RuleError, SEED_DEFAULT_MODEL, Successors};
 /// when a job names none (`openai.successors`, `openai.default_quality`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelRules {
+    /// Which active model serves each retired model.
     pub successors: Successors,
     pub(crate) default_quality: Option<String>,
 }
@@ -46,21 +47,41 @@ impl Default for ModelRules {
 /// Why a configuration was refused; the message goes into the `invalid_job` result.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
+    /// `config` is not a JSON object.
     #[error("config must be a JSON object")]
     NotAnObject,
+    /// A field that must be a string is not one.
     #[error("config.{field} must be a string")]
-    NotAString { field: &'static str },
+    NotAString {
+        /// The field's name.
+        field: &'static str,
+    },
+    /// `accessories` is not an array of strings.
     #[error("config.accessories must be an array of strings")]
     BadAccessories,
     /// The job does not fit its model's rules (CONTRACT.md §11).
     #[error(transparent)]
     Rule(#[from] RuleError),
+    /// A field is longer than allowed.
     #[error("config.{field} is too long (at most {max} characters)")]
-    TooLong { field: &'static str, max: usize },
+    TooLong {
+        /// The field's name.
+        field: &'static str,
+        /// The most characters it may have.
+        max: usize,
+    },
+    /// A field holds control characters.
     #[error("config.{field} contains control characters")]
-    ControlCharacters { field: &'static str },
+    ControlCharacters {
+        /// The field's name.
+        field: &'static str,
+    },
+    /// `accessories` has too many items.
     #[error("config.accessories has more than {max} items")]
-    TooManyAccessories { max: usize },
+    TooManyAccessories {
+        /// The most it may have.
+        max: usize,
+    },
 }
 
 /// Longest descriptive field (hair, gesture, …) and accessory name we accept.
@@ -75,15 +96,25 @@ const MAX_PROMPT_CHARS: usize = 1000;
 pub struct AvatarConfig {
     /// The model the job asked for (the seed's default when it named none): part of the key.
     pub model: String,
+    /// `size` (default `1024x1024`): `auto` or `WxH`.
     pub size: String,
+    /// `familyType` (default `father`).
     pub family_type: String,
+    /// `gesture` (default `wave`).
     pub gesture: String,
+    /// `hair` (default `short`), lowercased.
     pub hair: String,
+    /// `skinTone` (default `medium`), lowercased.
     pub skin_tone: String,
+    /// `accessories` (default none), sorted in UTF-16 order.
     pub accessories: Vec<String>,
+    /// `colorTheme` (default `pastel-blue`).
     pub color_theme: String,
+    /// `background` (default `auto`).
     pub background: String,
+    /// The free-text prompt addition; `None` when the job gave none.
     pub prompt: Option<String>,
+    /// `quality` as the job named it; `None` when it named none.
     pub quality: Option<String>,
     /// `low`, `medium` or `high`, for the models that take it; in the key after `quality`.
     pub complexity: Option<String>,

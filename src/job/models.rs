@@ -13,9 +13,11 @@ use std::fmt;
 /// Whether OpenAI serves a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
+    /// OpenAI serves it.
     Active,
     /// Shut down on that date (`YYYY-MM-DD`); jobs naming it are served by a successor.
     Retired {
+        /// The shutdown date, `YYYY-MM-DD`.
         shutdown: &'static str,
     },
 }
@@ -32,9 +34,13 @@ pub enum Sizes {
 /// One row of the catalogue.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ModelSpec {
+    /// The model's name, as OpenAI spells it.
     pub name: &'static str,
+    /// Whether OpenAI still serves it.
     pub state: State,
+    /// The sizes it takes.
     pub sizes: Sizes,
+    /// The `quality` values it takes.
     pub qualities: &'static [&'static str],
     pub(crate) backgrounds: &'static [&'static str],
     /// Whether `complexity` (low, medium, high) is accepted.
@@ -158,10 +164,12 @@ impl Model {
         Model::all().find(|m| m.name() == name)
     }
 
+    /// The model's name, as OpenAI spells it.
     pub fn name(self) -> &'static str {
         self.0.name
     }
 
+    /// The model's row of the catalogue.
     pub fn spec(self) -> &'static ModelSpec {
         self.0
     }
@@ -223,6 +231,7 @@ pub mod help {
         all
     }
 
+    /// Help for `--model`: the default and every known model.
     pub fn model() -> String {
         let mut text = format!(
             "The model to ask for (default {SEED_DEFAULT_MODEL}, which is retired: its successor makes the image). Known models:"
@@ -234,12 +243,14 @@ pub mod help {
         text
     }
 
+    /// Help for `--size`: the size rules.
     pub fn size() -> String {
         format!(
             "auto or WxH. Active models: both edges multiples of 16, longest at most {MAX_EDGE}, aspect 1:3 to 3:1, {MIN_PIXELS} to {MAX_PIXELS} pixels; a retired model takes only its own sizes (see --model)"
         )
     }
 
+    /// Help for `--quality`: every quality any model takes.
     pub fn quality() -> String {
         let mut text = format!("One of {}.", union(|m| m.spec().qualities).join(", "));
         let only: Vec<&str> = Model::active()
@@ -253,10 +264,12 @@ pub mod help {
         text
     }
 
+    /// Help for `--background`: every background any model takes.
     pub fn background() -> String {
         format!("One of {}", union(|m| m.spec().backgrounds).join(", "))
     }
 
+    /// Help for `--complexity`: the values and the models that take it.
     pub fn complexity() -> String {
         let takers: Vec<&str> = Model::active()
             .filter(|m| m.spec().complexity)
@@ -286,11 +299,21 @@ pub struct Successors {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SuccessorError {
     #[error("openai.successors.{key}: no retired model is called that (known: {known})")]
-    UnknownRetired { key: String, known: String },
-    #[error("openai.successors.{key} = {value:?}: not an active model (active: {active})")]
-    NotActive {
+    /// A key that names no retired model.
+    UnknownRetired {
+        /// The key as configured.
         key: String,
+        /// The retired models' keys, for the message.
+        known: String,
+    },
+    #[error("openai.successors.{key} = {value:?}: not an active model (active: {active})")]
+    /// A successor that is not an active model.
+    NotActive {
+        /// The retired model's key.
+        key: String,
+        /// The successor as configured.
         value: String,
+        /// The active models, for the message.
         active: String,
     },
 }
@@ -419,31 +442,50 @@ pub enum RuleError {
         active = Model::active().map(Model::name).collect::<Vec<_>>().join(", "),
         retired = Model::all().filter(|m| !m.is_active()).map(Model::name).collect::<Vec<_>>().join(", ")
     )]
+    /// The job named a model the catalogue does not know.
     UnknownModel(String),
     #[error("config.{field} {value:?} is not allowed for {model}; allowed: {allowed}")]
+    /// A value the model does not take.
     NotAllowed {
+        /// The field (`quality`, `background`, …).
         field: &'static str,
+        /// The value the job gave.
         value: String,
+        /// The model whose rules refused it.
         model: &'static str,
+        /// The values the model takes, for the message.
         allowed: String,
     },
     #[error("config.size {size:?} is not allowed for {model}: {rule}")]
+    /// A size the model does not take.
     BadSize {
+        /// The size the job gave.
         size: String,
+        /// The model whose rules refused it.
         model: &'static str,
+        /// The rule it breaks.
         rule: String,
     },
     #[error("config.complexity is not supported by {model} (only gpt-image-2.6 models take it)")]
-    NoComplexity { model: &'static str },
+    /// `complexity` given for a model that does not take it.
+    NoComplexity {
+        /// The model called.
+        model: &'static str,
+    },
 }
 
 /// What the job's configuration asks the image model for, before the successor is applied.
 #[derive(Debug, Clone, Copy)]
 pub struct Asked<'a> {
+    /// The model the job named.
     pub model: &'a str,
+    /// `auto` or `WxH`.
     pub size: &'a str,
+    /// `quality`; `None` when the job named none.
     pub quality: Option<&'a str>,
+    /// `background`; `None` when the job set none itself.
     pub background: Option<&'a str>,
+    /// `complexity`; `None` when the job named none.
     pub complexity: Option<&'a str>,
 }
 
@@ -460,7 +502,9 @@ pub struct Plan {
     pub output: Option<(u32, u32)>,
     /// `quality` as sent, in the called model's words; `None` leaves OpenAI's default.
     pub quality: Option<String>,
+    /// `background` as sent; `None` sends none.
     pub background: Option<String>,
+    /// `complexity` as sent; `None` sends none.
     pub complexity: Option<String>,
 }
 

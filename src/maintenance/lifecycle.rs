@@ -19,7 +19,9 @@ use crate::telemetry;
 /// What to check, and how often.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// The models to ask OpenAI about.
     pub models: Vec<String>,
+    /// The time between checks (`openai.lifecycle_check_hours`).
     pub every: Duration,
     pub(crate) retry_after: Duration,
 }

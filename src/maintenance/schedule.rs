@@ -11,8 +11,11 @@ use super::Cleaner;
 use super::cleanup::Ran;
 use super::refund::{Refunder, Swept};
 
+/// Why the schedules could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum ScheduleError {
+    /// The cron scheduler failed: it could not be created or started, or refused a job (its cron
+    /// expression).
     #[error("cleanup schedule: {0}")]
     Scheduler(#[from] JobSchedulerError),
 }

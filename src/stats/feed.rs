@@ -33,6 +33,8 @@ pub(crate) const WARM_COMPLETED: &str = "warm.completed";
 /// How long a stopping process keeps trying to publish what is still queued.
 const DRAIN_GRACE: Duration = Duration::from_secs(3);
 
+/// One message for the metrics exchange: its routing key, its JSON body and, for
+/// `job.completed`, the job's trace headers.
 #[derive(Debug)]
 pub struct Message {
     routing_key: &'static str,

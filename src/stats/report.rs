@@ -16,6 +16,7 @@ const TOP: i64 = 5;
 /// What a report says (its `--format json` body).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
+    /// The period's figures and their trend against the period before.
     pub summary: Summary,
     /// Since the beginning: the rollups count configurations over their whole life.
     pub top_by_uses: Vec<TopConfig>,
@@ -25,11 +26,16 @@ pub struct Report {
 /// A report's format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
+    /// Markdown.
     Md,
+    /// The [`Report`] as JSON.
     Json,
+    /// A standalone HTML page.
     Html,
 }
 
+/// Reads the report of the `span` before `now` from the rollups (`since` is the period as the user
+/// wrote it, e.g. `7d`). Fails only when the database does.
 pub async fn build(
     pool: &PgPool,
     since: &str,

@@ -137,6 +137,7 @@ impl StoragePath {
         ))
     }
 
+    /// The path as text: `<YYYY>/<MM>/<hash>.png`, relative to the store's root.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -148,6 +149,7 @@ impl fmt::Display for StoragePath {
     }
 }
 
+/// Why a storage operation failed, and whether a retry can help.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     /// The image itself is unfit to store; retrying will not help.
@@ -165,8 +167,11 @@ pub enum StorageError {
 /// A stored image: where it is, the URL that serves it, and its size.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
+    /// Where it is in the store.
     pub path: StoragePath,
+    /// The public URL that serves it (`image_url`).
     pub url: String,
+    /// Its size in bytes.
     pub bytes: u64,
 }
 
@@ -192,6 +197,7 @@ pub trait ImageStore: Send + Sync + fmt::Debug {
 /// What a backend says about its bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BucketInfo {
+    /// The bucket's name.
     pub name: String,
     /// Readable by anyone: the backend's own public URLs open.
     pub public: bool,

@@ -39,19 +39,24 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use crate::config::TelemetrySettings;
 
 pub(crate) const TRACEPARENT: &str = "traceparent";
+/// The W3C `tracestate` AMQP header, continued with `traceparent`.
 pub const TRACESTATE: &str = "tracestate";
 
 /// How long one export may take, and how long stopping waits for the last spans to go out.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Why trace export could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
+    /// The OTLP exporter refused its configuration.
     #[error("telemetry.otlp_endpoint: {0}")]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    /// The exporter's HTTP client could not be built.
     #[error("telemetry.otlp_endpoint: the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
     #[error("telemetry.otlp_endpoint needs a Tokio runtime to export from")]
+    /// Export was asked for outside a Tokio runtime.
     NoRuntime,
 }
 

@@ -42,6 +42,7 @@ impl Outage {
             .send_if_modified(|down| !std::mem::replace(down, true));
     }
 
+    /// Whether the database is out of reach right now, as the jobs last found.
     pub fn is_down(&self) -> bool {
         *self.0.borrow()
     }

@@ -34,6 +34,10 @@ struct Failure {
 /// Longest pause before handing a failing delivery back.
 const MAX_RETRY_PAUSE: Duration = Duration::from_secs(30);
 
+/// Carries out `outcome` for `delivery`: publishes what it says (waiting for the broker's
+/// confirm), then acks; on any failure before the ack, hands the delivery back to the queue after
+/// a pause, or gives it up once its delivery budget is spent. Never fails: what cannot be done is
+/// logged.
 pub async fn settle(
     broker: &Broker,
     delivery: &Delivery,
