@@ -327,7 +327,7 @@ pub enum GeneratorKind {
 
 impl GeneratorKind {
     /// The name used in the configuration and in cache keys: `openai` or `placeholder`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             GeneratorKind::OpenAi => "openai",
             GeneratorKind::Placeholder => "placeholder",

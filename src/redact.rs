@@ -37,7 +37,7 @@ pub fn url(text: &str) -> String {
 
 /// `text` with every secret this module recognizes masked (see the module comment). Borrowed when
 /// there was nothing to mask, which is the common case.
-pub fn text(text: &str) -> Cow<'_, str> {
+pub(crate) fn text(text: &str) -> Cow<'_, str> {
     let step = mask_userinfo(text);
     let step = match mask_params(&step) {
         Cow::Borrowed(_) => step,

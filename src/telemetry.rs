@@ -36,7 +36,7 @@ use crate::config::{LogFormat, LogSettings, TelemetrySettings};
 
 /// Counter of jobs settled, by `outcome` (hit, generated, failed, invalid, rejected, retried,
 /// replayed).
-pub const JOBS: &str = "memoji_jobs_total";
+pub(crate) const JOBS: &str = "memoji_jobs_total";
 pub(crate) const JOB_FAILURES: &str = "memoji_job_failures_total";
 pub(crate) const JOB_DURATION: &str = "memoji_job_duration_seconds";
 pub(crate) const QUEUE_LAG: &str = "memoji_job_queue_lag_seconds";
@@ -336,7 +336,7 @@ pub(crate) fn count_job(
 
 /// The span a spawned task runs in, so its log lines (and its traces) say which task wrote them:
 /// `task{name="stats flush"}`. Tokio's own task names need an unstable build; this needs none.
-pub fn task(name: &'static str) -> tracing::Span {
+pub(crate) fn task(name: &'static str) -> tracing::Span {
     tracing::info_span!("task", name)
 }
 

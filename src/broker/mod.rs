@@ -49,7 +49,7 @@ impl BrokerError {
     /// Whether doing the same again later may succeed: a connection or channel that is reopened,
     /// a queue that comes back, a broker that accepts again. A message that cannot be encoded
     /// never will be.
-    pub fn retryable(&self) -> bool {
+    pub(crate) fn retryable(&self) -> bool {
         match self {
             BrokerError::Amqp(error) => error.can_be_recovered(),
             BrokerError::Nacked(_) | BrokerError::Unroutable(_) => true,
@@ -100,7 +100,7 @@ impl Broker {
     }
 
     /// The settings it was connected with (`[amqp]`).
-    pub fn settings(&self) -> &AmqpSettings {
+    pub(crate) fn settings(&self) -> &AmqpSettings {
         &self.settings
     }
 

@@ -34,7 +34,7 @@ pub(crate) async fn try_lock(pool: &PgPool, key: i64) -> Result<Option<AdvisoryL
 
 impl AdvisoryLock {
     /// Releases the lock and closes its connection.
-    pub async fn release(mut self) {
+    pub(crate) async fn release(mut self) {
         let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
             .bind(self.key)
             .execute(&mut self.connection)

@@ -28,12 +28,12 @@ pub struct Counts {
 
 impl Counts {
     /// Nothing was counted.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         *self == Counts::default()
     }
 
     /// Adds `other`'s counts to these.
-    pub fn add(&mut self, other: &Counts) {
+    pub(crate) fn add(&mut self, other: &Counts) {
         self.hits += other.hits;
         self.misses += other.misses;
         self.generations += other.generations;
@@ -46,7 +46,7 @@ impl Counts {
 /// Adds counts to their hour buckets and to the lifetime row, and the analytics batch to its
 /// rollups ([`super::analytics::record`]), in one transaction: either all of a flush counts or
 /// none of it does (and the caller keeps it for the next try).
-pub async fn add(
+pub(crate) async fn add(
     pool: &PgPool,
     buckets: &[(DateTime<Utc>, Counts)],
     analytics: &super::analytics::Batch,
@@ -177,7 +177,7 @@ pub const READ: &str = "SELECT t.entries, t.usage, t.archived,
           WHERE l.id = 1";
 
 /// Reads the figures in one round trip. The window is the current hour and the 23 before it.
-pub async fn read(pool: &PgPool) -> Result<Raw, DbError> {
+pub(crate) async fn read(pool: &PgPool) -> Result<Raw, DbError> {
     let row: RawRow = sqlx::query_as(READ).fetch_one(pool).await?;
     Ok(Raw {
         totals: Totals {

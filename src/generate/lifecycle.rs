@@ -46,7 +46,7 @@ impl ModelStatus {
     }
 
     /// The warning a person should read about this model, if any.
-    pub fn warning(&self, today: NaiveDate, warning_days: u32) -> Option<String> {
+    pub(crate) fn warning(&self, today: NaiveDate, warning_days: u32) -> Option<String> {
         match &self.state {
             ModelState::Unknown => Some(format!(
                 "{}: OpenAI does not serve this model (404); jobs routed to it fail. Set openai.successors",
@@ -194,7 +194,7 @@ impl Lifecycle {
     }
 
     /// Today's warnings, one line per model that needs attention.
-    pub fn warnings(&self) -> Vec<String> {
+    pub(crate) fn warnings(&self) -> Vec<String> {
         let today = Utc::now().date_naive();
         let known = match self.statuses.read() {
             Ok(known) => known,

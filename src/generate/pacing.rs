@@ -22,7 +22,7 @@ pub type Turn<'a> = SemaphorePermit<'a>;
 
 impl Pacer {
     /// `max_concurrency` slots; `per_minute` starts a minute at most (0 = no limit).
-    pub fn new(max_concurrency: usize, per_minute: u32) -> Pacer {
+    pub(crate) fn new(max_concurrency: usize, per_minute: u32) -> Pacer {
         let spacing = (per_minute > 0).then(|| Duration::from_secs(60) / per_minute);
         Pacer {
             slots: Semaphore::new(max_concurrency),
@@ -32,7 +32,7 @@ impl Pacer {
     }
 
     /// Waits for a free slot and, under a per-minute limit, for this start's moment.
-    pub async fn turn(&self) -> Turn<'_> {
+    pub(crate) async fn turn(&self) -> Turn<'_> {
         // The semaphore is never closed, so acquiring only ever waits.
         let slot = loop {
             if let Ok(slot) = self.slots.acquire().await {

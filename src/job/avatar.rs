@@ -133,7 +133,7 @@ impl AvatarConfig {
 
     /// Checks the configuration against the rules of the model that will be called, and says
     /// what to ask it for.
-    pub fn plan(&self, rules: &ModelRules) -> Result<Plan, ConfigError> {
+    pub(crate) fn plan(&self, rules: &ModelRules) -> Result<Plan, ConfigError> {
         let asked = Asked {
             model: &self.model,
             size: &self.size,
@@ -225,7 +225,7 @@ impl AvatarConfig {
     }
 
     /// Pixel size asked for; `auto`, or a size that is not `WxH`, counts as 1024x1024.
-    pub fn dimensions(&self) -> (u32, u32) {
+    pub(crate) fn dimensions(&self) -> (u32, u32) {
         super::models::parse_size(&self.size).unwrap_or((1024, 1024))
     }
 }

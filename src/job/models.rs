@@ -12,7 +12,7 @@ use std::fmt;
 
 /// Whether OpenAI serves a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
+pub(crate) enum State {
     /// OpenAI serves it.
     Active,
     /// Shut down on that date (`YYYY-MM-DD`); jobs naming it are served by a successor.
@@ -24,7 +24,7 @@ pub enum State {
 
 /// The sizes a model takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sizes {
+pub(crate) enum Sizes {
     /// Exactly these, as OpenAI listed them.
     Listed(&'static [&'static str]),
     /// `auto` or any `WxH` within the GPT image 2.x limits ([`check_custom_size`]).
@@ -33,7 +33,7 @@ pub enum Sizes {
 
 /// One row of the catalogue.
 #[derive(Debug, PartialEq, Eq)]
-pub struct ModelSpec {
+pub(crate) struct ModelSpec {
     /// The model's name, as OpenAI spells it.
     pub name: &'static str,
     /// Whether OpenAI still serves it.
@@ -156,7 +156,7 @@ impl Model {
     }
 
     /// The models OpenAI serves today.
-    pub fn active() -> impl Iterator<Item = Model> {
+    pub(crate) fn active() -> impl Iterator<Item = Model> {
         Model::all().filter(|m| m.is_active())
     }
 
@@ -170,7 +170,7 @@ impl Model {
     }
 
     /// The model's row of the catalogue.
-    pub fn spec(self) -> &'static ModelSpec {
+    pub(crate) fn spec(self) -> &'static ModelSpec {
         self.0
     }
 
@@ -320,7 +320,7 @@ pub enum SuccessorError {
 
 impl Successors {
     /// Every retired model served by [`DEFAULT_SUCCESSOR`].
-    pub fn defaults() -> Successors {
+    pub(crate) fn defaults() -> Successors {
         Successors::from_config(&BTreeMap::new()).unwrap_or_else(|_| Successors {
             map: BTreeMap::new(),
         })
@@ -372,7 +372,7 @@ impl Successors {
     }
 
     /// The model that is called for a job asking for `asked`.
-    pub fn called(&self, asked: Model) -> Model {
+    pub(crate) fn called(&self, asked: Model) -> Model {
         if asked.is_active() {
             return asked;
         }
@@ -476,7 +476,7 @@ pub enum RuleError {
 
 /// What the job's configuration asks the image model for, before the successor is applied.
 #[derive(Debug, Clone, Copy)]
-pub struct Asked<'a> {
+pub(crate) struct Asked<'a> {
     /// The model the job named.
     pub model: &'a str,
     /// `auto` or `WxH`.
@@ -512,7 +512,7 @@ impl Plan {
     /// Checks the job against the asked model's sizes and the called model's other rules.
     /// `default_quality` (`openai.default_quality`) applies when the job sets none and the called
     /// model takes it.
-    pub fn new(
+    pub(crate) fn new(
         asked: Asked<'_>,
         successors: &Successors,
         default_quality: Option<&str>,

@@ -36,7 +36,7 @@ const DRAIN_GRACE: Duration = Duration::from_secs(3);
 /// One message for the metrics exchange: its routing key, its JSON body and, for
 /// `job.completed`, the job's trace headers.
 #[derive(Debug)]
-pub struct Message {
+pub(crate) struct Message {
     routing_key: &'static str,
     body: Vec<u8>,
     /// A job's trace context (`telemetry::trace`), for `job.completed`.
@@ -61,7 +61,7 @@ pub fn channel(capacity: usize) -> (Feed, Outbox) {
 
 impl Feed {
     /// Queues a message for the metrics exchange, or drops it if the queue is full.
-    pub fn send(&self, routing_key: &'static str, body: &impl Serialize) {
+    pub(crate) fn send(&self, routing_key: &'static str, body: &impl Serialize) {
         self.send_with(routing_key, body, None);
     }
 

@@ -157,7 +157,7 @@ fn md_cell(text: &str) -> String {
 }
 
 /// HTML escaping for text and attribute values.
-pub fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

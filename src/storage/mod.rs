@@ -51,7 +51,7 @@ impl StoragePath {
     }
 
     /// The path for the key's `n`th replacement image (0: the first image).
-    pub fn revision(key: &CacheKey, at: DateTime<Utc>, n: u32) -> StoragePath {
+    pub(crate) fn revision(key: &CacheKey, at: DateTime<Utc>, n: u32) -> StoragePath {
         let suffix = if n == 0 {
             String::new()
         } else {
@@ -138,7 +138,7 @@ impl StoragePath {
     }
 
     /// The path as text: `<YYYY>/<MM>/<hash>.png`, relative to the store's root.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }

@@ -37,7 +37,7 @@ impl Default for Outage {
 
 impl Outage {
     /// A job found the database out of reach.
-    pub fn report(&self) {
+    pub(crate) fn report(&self) {
         self.0
             .send_if_modified(|down| !std::mem::replace(down, true));
     }

@@ -38,7 +38,7 @@ const MAX_RETRY_PAUSE: Duration = Duration::from_secs(30);
 /// confirm), then acks; on any failure before the ack, hands the delivery back to the queue after
 /// a pause, or gives it up once its delivery budget is spent. Never fails: what cannot be done is
 /// logged.
-pub async fn settle(
+pub(crate) async fn settle(
     broker: &Broker,
     delivery: &Delivery,
     outcome: Outcome,
