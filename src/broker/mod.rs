@@ -61,8 +61,8 @@ impl BrokerError {
 /// Where a job asked for its result to be sent too (AMQP `reply_to` / `correlation_id`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ReplyTo {
-    pub queue: ShortString,
-    pub correlation_id: ShortString,
+    pub(crate) queue: ShortString,
+    pub(crate) correlation_id: ShortString,
 }
 
 /// One connection to the broker with a confirming publisher channel, and a reply publisher on a

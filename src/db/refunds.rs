@@ -25,12 +25,12 @@ const LOOKBACK: Duration = Duration::from_secs(7 * 24 * 3600);
 /// A charged job that will not finish.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub(crate) struct Abandoned {
-    pub job_id: Uuid,
-    pub user_id: String,
-    pub prompt_hash: Option<String>,
+    pub(crate) job_id: Uuid,
+    pub(crate) user_id: String,
+    pub(crate) prompt_hash: Option<String>,
     /// Still `processing` (to be recorded as failed); otherwise it failed and only the refund is
     /// missing.
-    pub processing: bool,
+    pub(crate) processing: bool,
 }
 
 /// Takes the sweep's lock for the rest of `tx`; `false` if another process holds it.

@@ -13,17 +13,17 @@ use super::DbError;
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Counts {
     /// Jobs answered from the cache.
-    pub hits: i64,
+    pub(crate) hits: i64,
     /// Jobs whose key was not cached.
-    pub misses: i64,
+    pub(crate) misses: i64,
     /// Images generated.
-    pub generations: i64,
+    pub(crate) generations: i64,
     /// Jobs that ended in a failure result.
-    pub failures: i64,
+    pub(crate) failures: i64,
     /// What the generations cost, in US dollars.
-    pub generation_cost_usd: f64,
+    pub(crate) generation_cost_usd: f64,
     /// What the hits saved, in US dollars (what their entries cost to make).
-    pub saved_usd: f64,
+    pub(crate) saved_usd: f64,
 }
 
 impl Counts {
@@ -101,11 +101,11 @@ pub(crate) async fn add(
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Totals {
     /// Rows in the cache table.
-    pub entries: i64,
+    pub(crate) entries: i64,
     /// The sum of their use counts.
-    pub usage: i64,
+    pub(crate) usage: i64,
     /// Archived rows (kept for good).
-    pub archived: i64,
+    pub(crate) archived: i64,
 }
 
 /// Changes to the cache table within a window, counted by the triggers.
@@ -120,11 +120,11 @@ pub(crate) struct TableChanges {
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Raw {
     /// What the cache table holds now.
-    pub totals: Totals,
+    pub(crate) totals: Totals,
     /// Job events since the statistics began.
-    pub lifetime: Counts,
+    pub(crate) lifetime: Counts,
     /// Job events in the last 24 hours.
-    pub last_24h: Counts,
+    pub(crate) last_24h: Counts,
     pub(crate) last_24h_changes: TableChanges,
 }
 

@@ -16,9 +16,9 @@ use serde::Deserialize;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelStatus {
     /// The model's name.
-    pub model: String,
+    pub(crate) model: String,
     /// What OpenAI said of it.
-    pub state: ModelState,
+    pub(crate) state: ModelState,
     pub(crate) checked_at: DateTime<Utc>,
 }
 

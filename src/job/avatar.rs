@@ -18,7 +18,7 @@ use super::models::{Asked, Plan, RuleError, SEED_DEFAULT_MODEL, Successors};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelRules {
     /// Which active model serves each retired model.
-    pub successors: Successors,
+    pub(crate) successors: Successors,
     pub(crate) default_quality: Option<String>,
 }
 
@@ -95,29 +95,29 @@ const MAX_PROMPT_CHARS: usize = 1000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AvatarConfig {
     /// The model the job asked for (the seed's default when it named none): part of the key.
-    pub model: String,
+    pub(crate) model: String,
     /// `size` (default `1024x1024`): `auto` or `WxH`.
-    pub size: String,
+    pub(crate) size: String,
     /// `familyType` (default `father`).
-    pub family_type: String,
+    pub(crate) family_type: String,
     /// `gesture` (default `wave`).
-    pub gesture: String,
+    pub(crate) gesture: String,
     /// `hair` (default `short`), lowercased.
-    pub hair: String,
+    pub(crate) hair: String,
     /// `skinTone` (default `medium`), lowercased.
-    pub skin_tone: String,
+    pub(crate) skin_tone: String,
     /// `accessories` (default none), sorted in UTF-16 order.
-    pub accessories: Vec<String>,
+    pub(crate) accessories: Vec<String>,
     /// `colorTheme` (default `pastel-blue`).
-    pub color_theme: String,
+    pub(crate) color_theme: String,
     /// `background` (default `auto`).
-    pub background: String,
+    pub(crate) background: String,
     /// The free-text prompt addition; `None` when the job gave none.
-    pub prompt: Option<String>,
+    pub(crate) prompt: Option<String>,
     /// `quality` as the job named it; `None` when it named none.
-    pub quality: Option<String>,
+    pub(crate) quality: Option<String>,
     /// `low`, `medium` or `high`, for the models that take it; in the key after `quality`.
-    pub complexity: Option<String>,
+    pub(crate) complexity: Option<String>,
     /// Whether the job set `background` itself (it is sent to OpenAI only then); not in the key.
     pub(crate) background_given: bool,
 }

@@ -35,16 +35,16 @@ pub(crate) enum Sizes {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct ModelSpec {
     /// The model's name, as OpenAI spells it.
-    pub name: &'static str,
+    pub(crate) name: &'static str,
     /// Whether OpenAI still serves it.
-    pub state: State,
+    pub(crate) state: State,
     /// The sizes it takes.
-    pub sizes: Sizes,
+    pub(crate) sizes: Sizes,
     /// The `quality` values it takes.
-    pub qualities: &'static [&'static str],
+    pub(crate) qualities: &'static [&'static str],
     pub(crate) backgrounds: &'static [&'static str],
     /// Whether `complexity` (low, medium, high) is accepted.
-    pub complexity: bool,
+    pub(crate) complexity: bool,
     /// For a retired model: its own quality words, as the successor says them.
     pub(crate) quality_names: &'static [(&'static str, &'static str)],
 }
@@ -478,34 +478,34 @@ pub enum RuleError {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Asked<'a> {
     /// The model the job named.
-    pub model: &'a str,
+    pub(crate) model: &'a str,
     /// `auto` or `WxH`.
-    pub size: &'a str,
+    pub(crate) size: &'a str,
     /// `quality`; `None` when the job named none.
-    pub quality: Option<&'a str>,
+    pub(crate) quality: Option<&'a str>,
     /// `background`; `None` when the job set none itself.
-    pub background: Option<&'a str>,
+    pub(crate) background: Option<&'a str>,
     /// `complexity`; `None` when the job named none.
-    pub complexity: Option<&'a str>,
+    pub(crate) complexity: Option<&'a str>,
 }
 
 /// Exactly what to ask OpenAI for, after the job passed the rules (CONTRACT.md §11).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     /// The model the job named (or the seed's default).
-    pub asked: Model,
+    pub(crate) asked: Model,
     /// The model that is called: `asked`, or its successor.
-    pub called: Model,
+    pub(crate) called: Model,
     /// `size` as sent: `auto` or `WxH`.
     pub(crate) request_size: String,
     /// The size the stored image must have, where the job named one (`None` for `auto`).
-    pub output: Option<(u32, u32)>,
+    pub(crate) output: Option<(u32, u32)>,
     /// `quality` as sent, in the called model's words; `None` leaves OpenAI's default.
-    pub quality: Option<String>,
+    pub(crate) quality: Option<String>,
     /// `background` as sent; `None` sends none.
-    pub background: Option<String>,
+    pub(crate) background: Option<String>,
     /// `complexity` as sent; `None` sends none.
-    pub complexity: Option<String>,
+    pub(crate) complexity: Option<String>,
 }
 
 impl Plan {

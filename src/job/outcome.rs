@@ -38,7 +38,7 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recipient {
     /// The job's id.
-    pub job_id: JobId,
+    pub(crate) job_id: JobId,
     /// The user who asked.
-    pub user_id: String,
+    pub(crate) user_id: String,
 }

@@ -20,9 +20,9 @@ use crate::telemetry;
 #[derive(Debug, Clone)]
 pub struct Plan {
     /// The models to ask OpenAI about.
-    pub models: Vec<String>,
+    pub(crate) models: Vec<String>,
     /// The time between checks (`openai.lifecycle_check_hours`).
-    pub every: Duration,
+    pub(crate) every: Duration,
     pub(crate) retry_after: Duration,
 }
 

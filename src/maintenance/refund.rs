@@ -35,11 +35,11 @@ pub enum RefundError {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RefundReport {
     /// Charges given back.
-    pub refunded: u64,
+    pub(crate) refunded: u64,
     /// Jobs left processing that were recorded as failed.
     pub(crate) given_up: u64,
     /// How long the sweep took (milliseconds).
-    pub duration_ms: u64,
+    pub(crate) duration_ms: u64,
 }
 
 /// The outcome of asking for a sweep.

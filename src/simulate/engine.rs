@@ -32,28 +32,28 @@ pub struct Tally {
     /// Requests served.
     pub requests: u64,
     /// Of which hits.
-    pub hits: u64,
+    pub(crate) hits: u64,
     /// Live generations: the misses (every miss generates).
-    pub generations: u64,
+    pub(crate) generations: u64,
     /// Images warming made that night.
-    pub warmed: u64,
+    pub(crate) warmed: u64,
     /// Dollars of the live generations, and of that night's warming.
     pub(crate) live_usd: f64,
     /// Dollars of the warming.
     pub(crate) warm_usd: f64,
     /// What the hits would have cost to generate (each its entry's list price).
-    pub saved_usd: f64,
+    pub(crate) saved_usd: f64,
     /// Entries (keys) removed: by the cleanup's deletion, or evicted by GDSF.
-    pub evictions: u64,
+    pub(crate) evictions: u64,
     /// Their images' bytes.
     pub(crate) evicted_bytes: u64,
     /// Entries the cleanup archived.
-    pub archived: u64,
+    pub(crate) archived: u64,
     /// What the cache holds at the end of the day (after the night's cleanup and warming):
     /// entries (keys), images (variants count apart) and their bytes.
-    pub entries: u64,
+    pub(crate) entries: u64,
     /// Images held (a key's variants each count).
-    pub images: u64,
+    pub(crate) images: u64,
     /// Their bytes.
     pub bytes: u64,
 }
@@ -78,9 +78,9 @@ impl Tally {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Outcome {
     /// Each day.
-    pub days: Vec<Tally>,
+    pub(crate) days: Vec<Tally>,
     /// Sums of the days; `entries`, `images` and `bytes` are those at the end.
-    pub total: Tally,
+    pub(crate) total: Tally,
     /// The most the cache held at the end of any day.
     pub(crate) peak_entries: u64,
     /// The most bytes it held at the end of any day.

@@ -59,9 +59,9 @@ pub struct Line {
 #[error("line {line}: {message}")]
 pub struct LogError {
     /// The line's number, from 1.
-    pub line: usize,
+    pub(crate) line: usize,
     /// What is wrong with it.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 /// Reads a log; the first bad line stops it (an operator comparing policies wants to know).

@@ -28,24 +28,24 @@ pub(crate) const MAX_VARIANTS: u32 = 20;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Policy {
     /// The label in the output.
-    pub name: String,
+    pub(crate) name: String,
     /// Images per key.
-    pub variants: u32,
+    pub(crate) variants: u32,
     /// Days an image is served before a request makes it again.
     pub(crate) max_age_days: Option<u32>,
     /// Nightly warming.
-    pub warm: Option<Warm>,
+    pub(crate) warm: Option<Warm>,
     /// What leaves the cache.
-    pub retention: Retention,
+    pub(crate) retention: Retention,
 }
 
 /// Nightly warming: the popularity model's top `top`, within `budget_usd` a night.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Warm {
     /// Predictions considered a night, best first.
-    pub top: usize,
+    pub(crate) top: usize,
     /// Dollars a night at most (list prices).
-    pub budget_usd: f64,
+    pub(crate) budget_usd: f64,
 }
 
 /// What leaves the cache.
@@ -120,16 +120,16 @@ pub enum Budget {
 #[error("policy `{spec}`: {message}")]
 pub struct PolicyError {
     /// The spec as given.
-    pub spec: String,
+    pub(crate) spec: String,
     /// What is wrong with it.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 /// What a spec leaves out: the configuration's cleanup rules, and `--storage-budget`.
 #[derive(Debug, Clone, Copy)]
 pub struct Defaults {
     /// `[cleanup]`'s thresholds.
-    pub seed: SeedRules,
+    pub(crate) seed: SeedRules,
     /// `--storage-budget`.
     pub(crate) storage_budget: Option<Budget>,
 }

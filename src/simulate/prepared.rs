@@ -19,9 +19,9 @@ use crate::job::{AvatarConfig, ModelRules};
 #[derive(Debug, Clone, Copy)]
 pub struct Pricing<'a> {
     /// The model rules (successors, default quality).
-    pub rules: &'a ModelRules,
+    pub(crate) rules: &'a ModelRules,
     /// `[prices]`.
-    pub prices: &'a PriceSettings,
+    pub(crate) prices: &'a PriceSettings,
 }
 
 impl Pricing<'_> {
@@ -48,7 +48,7 @@ pub struct Known {
     /// Its configuration.
     pub config: Value,
     /// The list price of one image.
-    pub price_usd: f64,
+    pub(crate) price_usd: f64,
     /// The bytes of one image.
     pub image_bytes: u64,
 }
@@ -57,7 +57,7 @@ pub struct Known {
 #[derive(Debug, Clone, Default)]
 pub struct Catalogue {
     /// Each key, by number.
-    pub keys: Vec<Known>,
+    pub(crate) keys: Vec<Known>,
     index: HashMap<String, u32>,
 }
 
@@ -136,20 +136,20 @@ pub struct Refused {
     /// Its requests.
     pub requests: u32,
     /// Why it cannot be made.
-    pub reason: String,
+    pub(crate) reason: String,
 }
 
 /// A whole log, ready.
 #[derive(Debug, Clone)]
 pub struct Prepared {
     /// The first day.
-    pub start: NaiveDate,
+    pub(crate) start: NaiveDate,
     /// Each day's lines, from `start`, one day after another.
-    pub days: Vec<Vec<Asked>>,
+    pub(crate) days: Vec<Vec<Asked>>,
     /// The keys of the log.
-    pub catalogue: Catalogue,
+    pub(crate) catalogue: Catalogue,
     /// Lines left out.
-    pub refused: Vec<Refused>,
+    pub(crate) refused: Vec<Refused>,
     /// Whether every line named its users.
     pub(crate) named_users: bool,
 }

@@ -17,9 +17,9 @@ const TOP: i64 = 5;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     /// The period's figures and their trend against the period before.
-    pub summary: Summary,
+    pub(crate) summary: Summary,
     /// Since the beginning: the rollups count configurations over their whole life.
-    pub top_by_uses: Vec<TopConfig>,
+    pub(crate) top_by_uses: Vec<TopConfig>,
     pub(crate) top_by_saved: Vec<TopConfig>,
 }
 

@@ -27,17 +27,17 @@ use super::{BucketInfo, ImageStore, StorageError, StoragePath, check_png};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckReport {
     /// Where the probe object was written.
-    pub path: StoragePath,
+    pub(crate) path: StoragePath,
     /// The URL the object had while it existed.
     pub url: String,
     /// The probe object's size in bytes.
     pub bytes: u64,
     /// Bytes the backend said it freed on delete (0 when it cannot tell).
-    pub freed: u64,
+    pub(crate) freed: u64,
     /// What fetching `url` anonymously gave, when it was tried.
-    pub public: Option<PublicUrl>,
+    pub(crate) public: Option<PublicUrl>,
     /// The bucket, where the backend describes it.
-    pub bucket: Option<BucketInfo>,
+    pub(crate) bucket: Option<BucketInfo>,
 }
 
 /// The answer to an anonymous GET of the probe object's URL.

@@ -168,7 +168,7 @@ pub enum StorageError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
     /// Where it is in the store.
-    pub path: StoragePath,
+    pub(crate) path: StoragePath,
     /// The public URL that serves it (`image_url`).
     pub url: String,
     /// Its size in bytes.
@@ -198,9 +198,9 @@ pub trait ImageStore: Send + Sync + fmt::Debug {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BucketInfo {
     /// The bucket's name.
-    pub name: String,
+    pub(crate) name: String,
     /// Readable by anyone: the backend's own public URLs open.
-    pub public: bool,
+    pub(crate) public: bool,
 }
 
 /// A configuration that cannot make a backend: a missing credential, a malformed URL.
