@@ -140,6 +140,7 @@ impl App {
                 },
                 rules: (*self.ctx.models).clone(),
                 feed: Some(self.feed.clone()),
+                batch: batch_client(&settings).ok(),
             };
             schedule
                 .add_warming(Arc::new(warming), &settings.warm.schedule)
@@ -177,6 +178,28 @@ impl App {
         background.spawn(
             upkeep_metrics(background_stop.clone()).instrument(telemetry::task("metrics upkeep")),
         );
+        if let Ok(client) = batch_client(&settings) {
+            let sweep = maintenance::warming::BatchSweep {
+                warmer: crate::warm::Warmer {
+                    db: db.clone(),
+                    store: self.ctx.store.clone(),
+                    generator: self.ctx.generator.clone(),
+                    settings: settings.clone(),
+                    broker: None,
+                },
+                client,
+                rules: (*self.ctx.models).clone(),
+                feed: Some(self.feed.clone()),
+            };
+            background.spawn(
+                sweep
+                    .run_every(
+                        Duration::from_millis(settings.warm.batch_poll_ms.max(10)),
+                        background_stop.clone(),
+                    )
+                    .instrument(telemetry::task("warming batch sweep")),
+            );
+        }
         let lifecycle = Arc::new(Lifecycle::new(settings.openai.shutdown_warning_days));
         if let Some(checker) = model_checker(&settings)? {
             let plan = maintenance::lifecycle::Plan {
@@ -384,6 +407,19 @@ pub async fn warmer(settings: &Settings, with_broker: bool) -> anyhow::Result<cr
     })
 }
 
+/// The OpenAI Batch API client `warm --batch` uses: refused for the placeholder generator (it has
+/// no batches) and without an OpenAI key.
+pub fn batch_client(settings: &Settings) -> anyhow::Result<crate::generate::batch::BatchClient> {
+    if settings.generator.kind != GeneratorKind::OpenAi {
+        bail!("--batch needs the openai generator: the placeholder draws images at once");
+    }
+    let Some(key) = settings.secrets.openai_api_key.clone() else {
+        bail!("--batch needs an OpenAI key: set OPENAI_API_KEY");
+    };
+    crate::generate::batch::BatchClient::new(&settings.openai, &settings.prices, key)
+        .context("building the OpenAI Batch API client")
+}
+
 /// The settings' domain rules, each checked by the module it belongs to, before anything starts:
 /// the cleanup's cron schedule, the price table (every model the worker may call), the model
 /// successors and the response cap. Returns the model rules jobs are checked against.
@@ -393,6 +429,9 @@ pub fn check_domain(settings: &Settings) -> anyhow::Result<ModelRules> {
     if !settings.warm.schedule.is_empty() {
         schedule::parse(&settings.warm.schedule)
             .map_err(|e| anyhow::anyhow!("warm.schedule: {e}"))?;
+    }
+    if settings.warm.batch && !settings.warm.schedule.is_empty() {
+        batch_client(settings).context("warm.batch")?;
     }
     if !["history", "predict"].contains(&settings.warm.source.as_str()) {
         bail!("warm.source must be \"history\" or \"predict\"");

@@ -111,6 +111,10 @@ pub struct Settings {
     pub refunds: RefundSettings,
     /// Cache warming (`[warm]`).
     pub warm: WarmSettings,
+    /// Cache controls every job starts from (a user's preferences and the job's own `cache`
+    /// object override them, `job::policy`).
+    #[serde(default)]
+    pub cache: CacheSettings,
     /// Log format and level (`[log]`).
     pub log: LogSettings,
     /// Trace export (`[telemetry]`).
@@ -506,6 +510,14 @@ pub struct CleanupSettings {
     pub ledger_retention_days: u32,
     /// Request-history rows are pruned this many days after their day; 0 keeps them forever.
     pub history_retention_days: u32,
+    /// A `bypass` job's image (never a cache entry) is deleted this many hours after it was
+    /// made (at least 1).
+    #[serde(default = "bypass_retention_hours_by_default")]
+    pub bypass_retention_hours: u32,
+}
+
+fn bypass_retention_hours_by_default() -> u32 {
+    24
 }
 
 /// Leases, claims and shutdown (`[worker]`).
@@ -557,6 +569,66 @@ pub struct WarmSettings {
     pub days: u32,
     /// Dollars the scheduled warming may spend a UTC day, all its runs together.
     pub daily_budget_usd: f64,
+    /// `warm --batch`: how often a batch is polled at OpenAI (milliseconds); also how often each
+    /// worker's batch sweep looks for open batches (one replica at a time).
+    pub batch_poll_ms: u64,
+    /// Scheduled warming submits its run as one OpenAI batch (half price, within 24 hours).
+    pub batch: bool,
+}
+
+/// Cache controls for every job (`[cache]`); a user's preferences and a job's own `cache` object
+/// win over them (`job::policy`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+pub struct CacheSettings {
+    /// Cached images older than this many days are not served (regenerated instead); unset: any
+    /// age is served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_days: Option<u32>,
+    /// The mode of a job that names none and whose user has no preference.
+    #[serde(default)]
+    pub mode: CacheMode,
+}
+
+/// How a job uses the cache (a job's `cache.mode`, a user's preference, `cache.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheMode {
+    /// Serve a hit, generate a miss.
+    #[default]
+    Default,
+    /// Regenerate even on a hit and replace the cached image (`force_refresh`).
+    Refresh,
+    /// Generate a fresh image without reading or writing the cache entry.
+    Bypass,
+    /// Serve a hit, or answer `not_cached`: never generate, never charge.
+    OnlyIfCached,
+}
+
+impl CacheMode {
+    /// Every mode, in the order the contract lists them.
+    pub const ALL: [CacheMode; 4] = [
+        CacheMode::Default,
+        CacheMode::Refresh,
+        CacheMode::Bypass,
+        CacheMode::OnlyIfCached,
+    ];
+
+    /// The contract's name of the mode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheMode::Default => "default",
+            CacheMode::Refresh => "refresh",
+            CacheMode::Bypass => "bypass",
+            CacheMode::OnlyIfCached => "only_if_cached",
+        }
+    }
+
+    /// The mode named `name`, if any.
+    pub fn from_name(name: &str) -> Option<CacheMode> {
+        CacheMode::ALL
+            .into_iter()
+            .find(|mode| mode.as_str() == name)
+    }
 }
 
 /// Logging (`[log]`).
@@ -801,6 +873,10 @@ impl Settings {
             "openai.lifecycle_check_hours and openai.lifecycle_retry_secs must be at least 1",
         )?;
         check_experiments(&self.experiments).map_err(SettingsError::Rule)?;
+        rule(
+            self.cache.max_age_days != Some(0) && self.cleanup.bypass_retention_hours > 0,
+            "cache.max_age_days and cleanup.bypass_retention_hours must be at least 1",
+        )?;
         // Domain rules (the cron schedule, the price table, model successors) are checked where
         // they live, when the app is built: `app::check_domain`.
         Ok(self)

@@ -9,9 +9,10 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use memoji_worker::app::{self, App};
 use memoji_worker::client::Waiting;
-use memoji_worker::config::{Settings, StorageKind};
-use memoji_worker::job::GeneratorKind;
+use memoji_worker::config::{CacheMode, Settings, StorageKind};
+use memoji_worker::db::preferences;
 use memoji_worker::job::models::help;
+use memoji_worker::job::{GeneratorKind, UserPreferences};
 use memoji_worker::maintenance::Ran;
 use memoji_worker::{client, simulate, stats, storage, telemetry, warm};
 use serde_json::{Map, Value, json};
@@ -67,10 +68,17 @@ enum Command {
         generated_by: String,
         #[arg(long, default_value_t = 100)]
         top: u32,
-        /// Stop before the spend would pass this many dollars (list prices).
+        /// Stop before the spend would pass this many dollars (list prices; batch prices with
+        /// --batch).
         #[arg(long, value_name = "X")]
         budget_usd: Option<f64>,
+        /// Through OpenAI's Batch API: half the price, answers within 24 hours (see warm --batch).
+        #[arg(long)]
+        batch: bool,
     },
+    /// Users' settings.
+    #[command(subcommand)]
+    User(UserCommand),
     /// Run the cache cleanup now (unless another process is running it) and print its report.
     Cleanup {
         /// Only count what would be archived and deleted; change nothing.
@@ -96,8 +104,14 @@ enum Command {
 }
 
 #[derive(Args)]
-#[command(group = clap::ArgGroup::new("source").required(true).args(["from", "from_history", "predict"]))]
+#[command(
+    group = clap::ArgGroup::new("source").required(true).args(["from", "from_history", "predict", "resume"]),
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct WarmArgs {
+    #[command(subcommand)]
+    list: Option<WarmCommand>,
     /// A JSONL file: one avatar configuration a line, as in a job's `config`.
     #[arg(long, value_name = "FILE.jsonl")]
     from: Option<PathBuf>,
@@ -129,6 +143,54 @@ struct WarmArgs {
     /// Warm every configuration for this model (replaces each configuration's `model`).
     #[arg(long, long_help = help::model(), help = "Model to warm for (any of --help's list)")]
     model: Option<String>,
+    /// Through OpenAI's Batch API: half the price, answers within 24 hours. The batch is kept in
+    /// the database; this command polls it until it is done (Ctrl-C leaves it to `warm --resume`
+    /// or to the workers) and prints the report.
+    #[arg(long)]
+    batch: bool,
+    /// Wait for every batch still open (submitted by a command that died, say), finish them, and
+    /// print their reports.
+    #[arg(long, requires = "batch")]
+    resume: bool,
+}
+
+#[derive(Subcommand)]
+enum WarmCommand {
+    /// Poll every open warming batch once, finish those OpenAI is done with (like the workers
+    /// do), and list the recent batches (JSON).
+    Batches {
+        /// How many recent batches to list.
+        #[arg(long, default_value_t = 20)]
+        last: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// A user's stored cache preferences (the admin API's /api/users/{user_id}/cache-preferences).
+    #[command(subcommand)]
+    Prefs(PrefsCommand),
+}
+
+#[derive(Subcommand)]
+enum PrefsCommand {
+    /// Print the user's stored preferences (JSON; `stored` false when there are none).
+    Show { user_id: String },
+    /// Replace the user's preferences with these (a flag left out is unset) and print them.
+    Set {
+        user_id: String,
+        /// Cached images older than this many days are not served to the user.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        max_age_days: Option<u32>,
+        /// The user's default cache mode.
+        #[arg(long, value_name = "M", value_parser = ["default", "refresh", "bypass", "only_if_cached"])]
+        mode: Option<String>,
+        /// Opt the user out of variants: always the key's first image.
+        #[arg(long)]
+        no_variants: bool,
+    },
+    /// Remove the user's preferences.
+    Clear { user_id: String },
 }
 
 #[derive(Subcommand)]
@@ -174,6 +236,15 @@ struct EnqueueArgs {
     prompt: Option<String>,
     #[arg(long)]
     force_refresh: bool,
+    /// `cache.max_age_days`: a cached image older than this is not served.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_age_days: Option<u32>,
+    /// `cache.mode`.
+    #[arg(long, value_name = "M", value_parser = ["default", "refresh", "bypass", "only_if_cached"])]
+    cache_mode: Option<String>,
+    /// `cache.namespace`: a separate cache (1-64 printable characters).
+    #[arg(long, value_name = "NAME")]
+    namespace: Option<String>,
     /// Wait for the result and print it; exit status 2 if the job failed.
     #[arg(long)]
     wait: bool,
@@ -206,13 +277,27 @@ impl EnqueueArgs {
         if let Some(accessories) = &self.accessories {
             config.insert("accessories".to_owned(), json!(accessories));
         }
-        json!({
+        let mut job = json!({
             "job_id": self.job_id.unwrap_or_else(uuid::Uuid::new_v4).to_string(),
             "user_id": self.user_id,
             "tier": self.tier,
             "config": config,
             "force_refresh": self.force_refresh,
-        })
+        });
+        let mut cache = Map::new();
+        if let Some(days) = self.max_age_days {
+            cache.insert("max_age_days".to_owned(), json!(days));
+        }
+        if let Some(mode) = &self.cache_mode {
+            cache.insert("mode".to_owned(), json!(mode));
+        }
+        if let Some(namespace) = &self.namespace {
+            cache.insert("namespace".to_owned(), json!(namespace));
+        }
+        if !cache.is_empty() {
+            job["cache"] = Value::Object(cache);
+        }
+        job
     }
 }
 
@@ -340,6 +425,7 @@ async fn command(command: Command, mut settings: Settings) -> anyhow::Result<Exi
             generated_by,
             top,
             budget_usd,
+            batch,
         } => {
             let warmer = app::warmer(&settings, false).await?;
             let rules = app::check_domain(&settings)?;
@@ -349,12 +435,37 @@ async fn command(command: Command, mut settings: Settings) -> anyhow::Result<Exi
                 generator: warmer.generator.kind(),
                 model: None,
             };
+            if batch {
+                let client = app::batch_client(&settings)?;
+                let batching = warm::batch::Batching {
+                    warmer: &warmer,
+                    client: &client,
+                    rules: &rules,
+                };
+                let stop = CancellationToken::new();
+                tokio::spawn(stop_on_signal(stop.clone()));
+                let mut progress = warm::Progress::for_stderr();
+                let report = warm::refresh::refresh_batch(
+                    &batching,
+                    &shaping,
+                    &generated_by,
+                    top,
+                    budget_usd,
+                    &mut progress,
+                    &stop,
+                )
+                .await?;
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                warmer.db.close().await;
+                return Ok(ExitCode::SUCCESS);
+            }
             let report =
                 warm::refresh::refresh(&warmer, &shaping, &generated_by, top, budget_usd).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             warmer.db.close().await;
             Ok(ExitCode::SUCCESS)
         }
+        Command::User(UserCommand::Prefs(command)) => user_prefs(&settings, command).await,
         Command::Cleanup { dry_run } => match app::cleanup(&settings, dry_run).await? {
             Ran::Completed(report) => {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -369,7 +480,11 @@ async fn command(command: Command, mut settings: Settings) -> anyhow::Result<Exi
 
 /// `memoji-worker warm`: reads the source, runs (or dry-runs) the warming, prints the report.
 async fn warm(settings: &Settings, args: &WarmArgs) -> anyhow::Result<ExitCode> {
-    let warmer = app::warmer(settings, !args.dry_run && !args.explain).await?;
+    if args.list.is_some() || args.resume {
+        return warm_batches(settings, args).await;
+    }
+    // A batch waits at OpenAI, not beside live jobs: it needs no look at the queue.
+    let warmer = app::warmer(settings, !args.dry_run && !args.explain && !args.batch).await?;
     let rules = app::check_domain(settings)?;
     let (configs, mut refused) = if let Some(file) = &args.from {
         let text =
@@ -419,17 +534,115 @@ async fn warm(settings: &Settings, args: &WarmArgs) -> anyhow::Result<ExitCode> 
     };
     let (candidates, more_refused) = shaping.candidates(configs);
     refused.extend(more_refused);
+    let source = if args.from.is_some() {
+        "from"
+    } else if args.predict {
+        "predict"
+    } else {
+        "history"
+    };
     let options = warm::Options {
         budget_usd: args.budget_usd,
         max: args.max,
         dry_run: args.dry_run,
+        source: source.to_owned(),
     };
     let stop = CancellationToken::new();
     tokio::spawn(stop_on_signal(stop.clone()));
     let mut progress = warm::Progress::for_stderr();
-    let report = warm::run(&warmer, candidates, refused, &options, &mut progress, &stop).await?;
+    let report = if args.batch {
+        let client = app::batch_client(settings)?;
+        let batching = warm::batch::Batching {
+            warmer: &warmer,
+            client: &client,
+            rules: &rules,
+        };
+        batching
+            .warm(candidates, refused, &options, &mut progress, &stop, true)
+            .await?
+    } else {
+        warm::run(&warmer, candidates, refused, &options, &mut progress, &stop).await?
+    };
     println!("{}", serde_json::to_string_pretty(&report)?);
     warmer.db.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `warm --batch --resume` and `warm batches`: the warming batches kept in the database.
+async fn warm_batches(settings: &Settings, args: &WarmArgs) -> anyhow::Result<ExitCode> {
+    let warmer = app::warmer(settings, false).await?;
+    let rules = app::check_domain(settings)?;
+    let client = app::batch_client(settings)?;
+    let batching = warm::batch::Batching {
+        warmer: &warmer,
+        client: &client,
+        rules: &rules,
+    };
+    let mut progress = warm::Progress::for_stderr();
+    let out = if let Some(WarmCommand::Batches { last }) = &args.list {
+        let finished = batching.sweep(&mut progress).await?;
+        let batches = memoji_worker::db::warm_batches::recent(&warmer.db, *last).await?;
+        json!({
+            "finished_now": finished.into_iter().map(|(_, report)| report).collect::<Vec<_>>(),
+            "batches": batches,
+        })
+    } else {
+        let stop = CancellationToken::new();
+        tokio::spawn(stop_on_signal(stop.clone()));
+        let reports = batching.resume(&mut progress, &stop).await?;
+        json!({ "resumed": reports })
+    };
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    warmer.db.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `memoji-worker user prefs …`: reads, replaces or removes a user's cache preferences in the
+/// database, and prints them as the admin API answers.
+async fn user_prefs(settings: &Settings, command: PrefsCommand) -> anyhow::Result<ExitCode> {
+    let db = app::connect_database(settings).await?;
+    let user_id = match &command {
+        PrefsCommand::Show { user_id }
+        | PrefsCommand::Set { user_id, .. }
+        | PrefsCommand::Clear { user_id } => user_id.clone(),
+    };
+    anyhow::ensure!(
+        memoji_worker::job::valid_user_id(&user_id),
+        "a user id is 1-128 printable characters"
+    );
+    let (stored, cleared) = match command {
+        PrefsCommand::Show { .. } => (preferences::get(&db, &user_id).await?, None),
+        PrefsCommand::Set {
+            max_age_days,
+            mode,
+            no_variants,
+            ..
+        } => {
+            let wanted = UserPreferences {
+                max_age_days,
+                mode: mode.as_deref().and_then(CacheMode::from_name),
+                variants_opt_out: no_variants,
+            }
+            .checked()
+            .map_err(anyhow::Error::msg)?;
+            preferences::set(&db, &user_id, &wanted).await?;
+            (Some(wanted), None)
+        }
+        PrefsCommand::Clear { .. } => (None, Some(preferences::clear(&db, &user_id).await?)),
+    };
+    db.close().await;
+    let shown = stored.clone().unwrap_or_default();
+    let mut body = json!({
+        "user_id": user_id,
+        "stored": stored.is_some(),
+        "max_age_days": shown.max_age_days,
+        "mode": shown.mode,
+        "variants_opt_out": shown.variants_opt_out,
+    });
+    if let Some(cleared) = cleared {
+        body["cleared"] = json!(cleared);
+    }
+    println!("{}", serde_json::to_string_pretty(&body)?);
     Ok(ExitCode::SUCCESS)
 }
 

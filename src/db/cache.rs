@@ -7,7 +7,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::{PgExecutor, PgPool};
 
 use super::DbError;
-use crate::job::{CacheKey, GeneratorKind};
+use crate::job::{CacheKey, Freshness, GeneratorKind};
 
 /// A cached image, as a hit serves it.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,6 +18,9 @@ pub struct Entry {
     pub updated_at: DateTime<Utc>,
     /// The model that made the image; `None` for rows imported without one.
     pub model: Option<String>,
+    /// Warming made the entry and no live job has used it yet (`warmed_at` set, no use
+    /// counted): an arm with `warming = false` does not serve it (`job::policy`).
+    pub warmed_unused: bool,
 }
 
 /// A hit together with the user's credit use this month, read in the same round trip.
@@ -34,7 +37,8 @@ pub struct Hit {
 macro_rules! entry_columns {
     () => {
         "image_url, storage_path, COALESCE(generation_cost, 0)::float8 AS cost, \
-         COALESCE(updated_at, created_at, now()) AS updated_at, model"
+         COALESCE(updated_at, created_at, now()) AS updated_at, model, \
+         (warmed_at IS NOT NULL AND COALESCE(usage_count, 0) = 0) AS warmed_unused"
     };
 }
 pub(super) use entry_columns;
@@ -47,6 +51,7 @@ pub(super) struct EntryRow {
     pub(super) cost: f64,
     pub(super) updated_at: DateTime<Utc>,
     pub(super) model: Option<String>,
+    pub(super) warmed_unused: bool,
     pub(super) used: Option<i32>,
 }
 
@@ -59,26 +64,32 @@ impl From<EntryRow> for Hit {
                 generation_cost: row.cost,
                 updated_at: row.updated_at,
                 model: row.model,
+                warmed_unused: row.warmed_unused,
             },
             credits_used: row.used.map(i64::from),
         }
     }
 }
 
-/// Serves a hit: counts the use and returns the entry, or `None` on a miss. One statement, which
-/// also reads the user's credit use for `credits_remaining`. (Hits of new jobs are served in
-/// batches by [`super::hits`], on the same columns.)
+/// Serves a hit: counts the use and returns the entry, or `None` on a miss — or when the entry
+/// is not `fresh` enough for the job (too old, or warmed and unused where that is not served;
+/// then no use is counted). One statement, which also reads the user's credit use for
+/// `credits_remaining`. (Hits of new jobs are served in batches by [`super::hits`], on the same
+/// columns, which check the same [`Freshness`] in Rust.)
 pub async fn hit(
     executor: impl PgExecutor<'_>,
     key: &CacheKey,
     user_id: &str,
     period: NaiveDate,
+    fresh: &Freshness,
 ) -> Result<Option<Hit>, DbError> {
     let row: Option<EntryRow> = sqlx::query_as(concat!(
         "WITH hit AS (
              UPDATE memoji_cache
                 SET usage_count = COALESCE(usage_count, 0) + 1, last_used_at = now()
               WHERE prompt_hash = $1
+                AND ($4::timestamptz IS NULL OR COALESCE(updated_at, created_at, now()) >= $4)
+                AND ($5::boolean OR warmed_at IS NULL OR COALESCE(usage_count, 0) > 0)
           RETURNING ",
         entry_columns!(),
         ")
@@ -90,6 +101,8 @@ pub async fn hit(
     .bind(key.as_str())
     .bind(user_id)
     .bind(period)
+    .bind(fresh.not_before)
+    .bind(fresh.serve_unused_warmed)
     .fetch_optional(executor)
     .await?;
     Ok(row.map(Hit::from))

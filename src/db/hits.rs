@@ -13,7 +13,8 @@ use uuid::Uuid;
 
 use super::DbError;
 use super::cache::{EntryRow, Hit, entry_columns};
-use crate::job::{CacheKey, JobId, JobResult};
+use super::preferences::PreferenceRow;
+use crate::job::{CacheKey, JobId, JobResult, UserPreferences};
 
 /// A delivery asking for its key.
 #[derive(Debug, Clone, Copy)]
@@ -26,8 +27,10 @@ pub struct Ask<'a> {
 /// What the cache and the job table hold for an [`Ask`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Found {
-    /// The key's entry (no use counted yet) and the user's credit use this period.
-    Hit(Hit),
+    /// The key's entry (no use counted yet), the user's credit use this period, and the user's
+    /// cache preferences (`None`: none set), which decide whether the entry may serve
+    /// (`job::policy`).
+    Hit(Hit, Option<UserPreferences>),
     /// The key has no entry.
     Miss,
     /// The job id has a row already: the one-job path decides what it is.
@@ -43,32 +46,55 @@ struct FoundRow {
     cost: Option<f64>,
     updated_at: Option<DateTime<Utc>>,
     model: Option<String>,
+    warmed_unused: Option<bool>,
     used: Option<i32>,
+    has_preferences: bool,
+    pref_max_age_days: Option<i32>,
+    pref_mode: Option<String>,
+    pref_variants_opt_out: Option<bool>,
 }
 
 impl FoundRow {
-    fn found(self) -> Found {
-        match (self.known, self.image_url, self.cost, self.updated_at) {
-            (true, ..) => Found::Known,
-            (false, Some(image_url), Some(cost), Some(updated_at)) => {
-                Found::Hit(Hit::from(EntryRow {
-                    image_url,
-                    storage_path: self.storage_path,
-                    cost,
-                    updated_at,
-                    model: self.model,
-                    used: self.used,
-                }))
-            }
-            (false, ..) => Found::Miss,
-        }
+    fn found(self) -> Result<Found, DbError> {
+        let preferences = self
+            .has_preferences
+            .then(|| {
+                PreferenceRow {
+                    max_age_days: self.pref_max_age_days,
+                    mode: self.pref_mode,
+                    variants_opt_out: self.pref_variants_opt_out.unwrap_or(false),
+                }
+                .preferences()
+            })
+            .transpose()?;
+        Ok(
+            match (self.known, self.image_url, self.cost, self.updated_at) {
+                (true, ..) => Found::Known,
+                (false, Some(image_url), Some(cost), Some(updated_at)) => Found::Hit(
+                    Hit::from(EntryRow {
+                        image_url,
+                        storage_path: self.storage_path,
+                        cost,
+                        updated_at,
+                        model: self.model,
+                        warmed_unused: self.warmed_unused.unwrap_or(false),
+                        used: self.used,
+                    }),
+                    preferences,
+                ),
+                (false, ..) => Found::Miss,
+            },
+        )
     }
 }
 
 /// The statement behind [`look_up`]: `$1` job ids, `$2` user ids, `$3` keys (arrays of one
 /// length), `$4` the credit period. Public so that a test can hold its plan to index probes.
 pub const LOOK_UP: &str = concat!(
-    "SELECT job.job_id IS NOT NULL AS known, entry.*, balance.used
+    "SELECT job.job_id IS NOT NULL AS known, entry.*, balance.used,
+                prefs.user_id IS NOT NULL AS has_preferences,
+                prefs.max_age_days AS pref_max_age_days, prefs.mode AS pref_mode,
+                prefs.variants_opt_out AS pref_variants_opt_out
            FROM unnest($1::uuid[], $2::text[], $3::text[]) WITH ORDINALITY
                 AS ask(job_id, user_id, prompt_hash, n)
            LEFT JOIN LATERAL (SELECT j.job_id FROM memoji_jobs j
@@ -79,16 +105,22 @@ pub const LOOK_UP: &str = concat!(
            LEFT JOIN memoji_credit_balances balance
              ON entry.image_url IS NOT NULL AND balance.user_id = ask.user_id
             AND balance.period = $4
+           LEFT JOIN LATERAL (SELECT p.user_id, p.max_age_days, p.mode, p.variants_opt_out
+                                FROM memoji_user_cache_preferences p
+                               WHERE entry.image_url IS NOT NULL AND p.user_id = ask.user_id
+                               LIMIT 1) prefs ON true
           ORDER BY ask.n"
 );
 
-/// Reads, for every ask in order, the key's entry, the user's credit use in `period`, and whether
-/// the job id is known. Writes nothing and counts no use.
+/// Reads, for every ask in order, the key's entry, the user's credit use in `period` and cache
+/// preferences (for found entries only), and whether the job id is known. Writes nothing and
+/// counts no use.
 ///
 /// Every part is a probe by primary key per ask, whatever the planner thinks of the tables' sizes:
 /// the job id as a `LATERAL … LIMIT 1` rather than an `EXISTS`, which the planner may turn into a
 /// hashed subplan that reads all of `memoji_jobs` on every batch (it did, while the table's
-/// statistics still said it was small: 70% of Postgres's CPU under load; BENCHMARKS.md).
+/// statistics still said it was small: 70% of Postgres's CPU under load; BENCHMARKS.md); the
+/// user's preferences likewise.
 pub async fn look_up(
     executor: impl PgExecutor<'_>,
     asks: &[Ask<'_>],
@@ -111,7 +143,7 @@ pub async fn look_up(
             rows.len()
         )));
     }
-    Ok(rows.into_iter().map(FoundRow::found).collect())
+    rows.into_iter().map(FoundRow::found).collect()
 }
 
 /// A hit's result to record, with the image the lookup found.

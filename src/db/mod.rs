@@ -11,9 +11,13 @@
 //! - [`cleanup`]: the cleanup's batches and its single-replica lock.
 //! - [`refunds`]: the refund sweep's batches: charges whose job will never finish.
 //! - [`warm`]: cache warming's entries and the request history.
+//! - [`warm_batches`]: the OpenAI batches warming submitted, line by line, until handled.
+//! - [`preferences`]: users' stored cache preferences.
+//! - [`bypass`]: the images of `bypass` jobs, which are never cache entries.
 
 pub mod advisory;
 pub mod analytics;
+pub mod bypass;
 pub mod cache;
 pub mod cleanup;
 pub mod credits;
@@ -22,9 +26,11 @@ pub mod hits;
 pub mod jobs;
 pub mod leases;
 pub mod models;
+pub mod preferences;
 pub mod refunds;
 pub mod stats;
 pub mod warm;
+pub mod warm_batches;
 
 use std::time::Duration;
 

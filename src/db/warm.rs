@@ -284,3 +284,163 @@ pub async fn move_to_refreshed(
     .await?;
     Ok(moved.rows_affected() == 1)
 }
+
+/// One warming run, as the dashboard's history shows it (`memoji_warm_runs`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Run {
+    /// `from`, `history`, `predict`, `refresh` or `schedule:history` / `schedule:predict`.
+    pub source: String,
+    /// `live` or `batch`.
+    pub mode: String,
+    pub generated: i64,
+    pub skipped: i64,
+    pub failed: i64,
+    /// Generated, but the key was recorded by someone else first (paid, dropped).
+    pub wasted: i64,
+    pub spent_usd: f64,
+    pub wasted_usd: f64,
+    pub batch_id: Option<uuid::Uuid>,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub finished_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Records a finished run.
+pub async fn record_run(executor: impl PgExecutor<'_>, run: &Run) -> Result<(), DbError> {
+    sqlx::query(
+        "INSERT INTO memoji_warm_runs
+             (source, mode, generated, skipped, failed, wasted, spent_usd, wasted_usd, batch_id,
+              started_at, finished_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(&run.source)
+    .bind(&run.mode)
+    .bind(i32::try_from(run.generated).unwrap_or(i32::MAX))
+    .bind(i32::try_from(run.skipped).unwrap_or(i32::MAX))
+    .bind(i32::try_from(run.failed).unwrap_or(i32::MAX))
+    .bind(i32::try_from(run.wasted).unwrap_or(i32::MAX))
+    .bind(run.spent_usd)
+    .bind(run.wasted_usd)
+    .bind(run.batch_id)
+    .bind(run.started_at)
+    .bind(run.finished_at)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+type RunRow = (
+    String,
+    String,
+    i32,
+    i32,
+    i32,
+    i32,
+    f64,
+    f64,
+    Option<uuid::Uuid>,
+    chrono::DateTime<chrono::Utc>,
+    chrono::DateTime<chrono::Utc>,
+);
+
+/// The `limit` most recent runs, newest first.
+pub async fn recent_runs(pool: &PgPool, limit: i64) -> Result<Vec<Run>, DbError> {
+    let rows: Vec<RunRow> = sqlx::query_as(
+        "SELECT source, mode, generated, skipped, failed, wasted, spent_usd, wasted_usd, batch_id,
+                started_at, finished_at
+           FROM memoji_warm_runs ORDER BY finished_at DESC, id DESC LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(
+                source,
+                mode,
+                generated,
+                skipped,
+                failed,
+                wasted,
+                spent_usd,
+                wasted_usd,
+                batch_id,
+                started_at,
+                finished_at,
+            )| Run {
+                source,
+                mode,
+                generated: i64::from(generated),
+                skipped: i64::from(skipped),
+                failed: i64::from(failed),
+                wasted: i64::from(wasted),
+                spent_usd,
+                wasted_usd,
+                batch_id,
+                started_at,
+                finished_at,
+            },
+        )
+        .collect())
+}
+
+/// Warming's figures: of the runs that finished in `[from, to)`, and of every warmed entry now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Figures {
+    /// Runs finished in the period.
+    pub runs: i64,
+    /// Images warming generated and recorded in the period.
+    pub generated: i64,
+    pub failed: i64,
+    /// Generated but dropped (a live job recorded the key first).
+    pub wasted: i64,
+    /// Dollars warming paid in the period (wasted copies included).
+    pub spent_usd: f64,
+    pub wasted_usd: f64,
+    /// Now: entries warming made that are in the cache.
+    pub warmed_entries: i64,
+    /// Now: of those, the ones asked for at least once.
+    pub warmed_used: i64,
+    /// Now: the hits those entries served (their uses; a warmed entry starts at 0).
+    pub warmed_hits: i64,
+    /// Now: the generation cost of the warmed entries asked for (what warming spared askers).
+    pub saved_usd: f64,
+}
+
+/// Warming's figures (see [`Figures`]): a small table and the warmed entries' partial index,
+/// never a scan of the cache.
+pub async fn figures(
+    pool: &PgPool,
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+) -> Result<Figures, DbError> {
+    let (runs, generated, failed, wasted, spent_usd, wasted_usd): (i64, i64, i64, i64, f64, f64) =
+        sqlx::query_as(
+            "SELECT count(*), COALESCE(sum(generated), 0)::int8, COALESCE(sum(failed), 0)::int8,
+                    COALESCE(sum(wasted), 0)::int8, COALESCE(sum(spent_usd), 0)::float8,
+                    COALESCE(sum(wasted_usd), 0)::float8
+               FROM memoji_warm_runs WHERE finished_at >= $1 AND finished_at < $2",
+        )
+        .bind(from)
+        .bind(to)
+        .fetch_one(pool)
+        .await?;
+    let (warmed_hits,): (i64,) = sqlx::query_as(
+        "SELECT COALESCE(sum(usage_count), 0)::int8 FROM memoji_cache WHERE warmed_at IS NOT NULL",
+    )
+    .fetch_one(pool)
+    .await?;
+    let worth = worth(pool).await?;
+    Ok(Figures {
+        runs,
+        generated,
+        failed,
+        wasted,
+        spent_usd,
+        wasted_usd,
+        warmed_entries: worth.warmed_entries,
+        warmed_used: worth.warmed_used,
+        warmed_hits,
+        saved_usd: worth.saved_usd,
+    })
+}

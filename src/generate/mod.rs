@@ -2,8 +2,10 @@
 //!
 //! Both sit behind [`ImageGenerator`]. Whatever the generator, [`Pacer`] bounds how many
 //! generations run at once and how many start per minute, so a burst of misses waits its turn
-//! instead of drawing 429s. [`pricing`] says what an image cost.
+//! instead of drawing 429s. [`pricing`] says what an image cost. [`batch`] is OpenAI's Batch API
+//! (half price, within 24 hours), for cache warming.
 
+pub mod batch;
 pub mod lifecycle;
 mod openai;
 mod pacing;

@@ -59,7 +59,7 @@ impl std::fmt::Debug for OpenAiGenerator {
 }
 
 /// One attempt's failure, before the retry decision.
-enum AttemptError {
+pub(super) enum AttemptError {
     Retry {
         message: String,
         retry_after: Option<Duration>,
@@ -67,14 +67,14 @@ enum AttemptError {
     Final(FinalError),
 }
 
-enum FinalError {
+pub(super) enum FinalError {
     ContentPolicy(String),
     BadImage(String),
     Failed { message: String, retryable: bool },
 }
 
 #[derive(Deserialize)]
-struct ImagesResponse {
+pub(super) struct ImagesResponse {
     #[serde(default)]
     data: Vec<ImageData>,
     usage: Option<Usage>,
@@ -134,25 +134,7 @@ impl OpenAiGenerator {
 
     /// The request body (CONTRACT.md §11).
     fn body(&self, config: &AvatarConfig, plan: &Plan, user: &str) -> Value {
-        let mut body = json!({
-            "model": plan.called.name(),
-            "prompt": prompt_for(config),
-            "n": 1,
-            "size": plan.request_size,
-            "output_format": "png",
-            "moderation": self.settings.moderation,
-            "safety_identifier": safety_identifier(user),
-        });
-        for (field, value) in [
-            ("quality", &plan.quality),
-            ("background", &plan.background),
-            ("complexity", &plan.complexity),
-        ] {
-            if let Some(value) = value {
-                body[field] = json!(value);
-            }
-        }
-        body
+        request_body(&self.settings, config, plan, user)
     }
 
     #[tracing::instrument(
@@ -188,6 +170,35 @@ impl OpenAiGenerator {
             model,
         )
     }
+}
+
+/// The body of `POST /v1/images/generations` (CONTRACT.md §11), as the live client sends it and
+/// as each line of a batch carries it.
+pub(super) fn request_body(
+    settings: &OpenAiSettings,
+    config: &AvatarConfig,
+    plan: &Plan,
+    user: &str,
+) -> Value {
+    let mut body = json!({
+        "model": plan.called.name(),
+        "prompt": prompt_for(config),
+        "n": 1,
+        "size": plan.request_size,
+        "output_format": "png",
+        "moderation": settings.moderation,
+        "safety_identifier": safety_identifier(user),
+    });
+    for (field, value) in [
+        ("quality", &plan.quality),
+        ("background", &plan.background),
+        ("complexity", &plan.complexity),
+    ] {
+        if let Some(value) = value {
+            body[field] = json!(value);
+        }
+    }
+    body
 }
 
 /// What one whole answer means: the image, or why not and whether another attempt may help.
@@ -282,7 +293,7 @@ impl ImageGenerator for OpenAiGenerator {
 }
 
 impl FinalError {
-    fn into_generate_error(self, attempts: u32) -> GenerateError {
+    pub(super) fn into_generate_error(self, attempts: u32) -> GenerateError {
         match self {
             FinalError::ContentPolicy(message) => {
                 GenerateError::ContentPolicy { message, attempts }
@@ -297,7 +308,7 @@ impl FinalError {
     }
 }
 
-fn transport(error: reqwest::Error) -> AttemptError {
+pub(super) fn transport(error: reqwest::Error) -> AttemptError {
     let what = if error.is_timeout() {
         "timed out"
     } else if error.is_connect() {
@@ -316,7 +327,10 @@ fn transport(error: reqwest::Error) -> AttemptError {
 
 /// Reads a response body, refusing one larger than `limit` as soon as it says so or grows past
 /// it, so a huge or endless body never sits in memory.
-async fn read_capped(mut response: reqwest::Response, limit: usize) -> Result<Bytes, AttemptError> {
+pub(super) async fn read_capped(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Bytes, AttemptError> {
     let too_large = || {
         AttemptError::Final(FinalError::BadImage(format!(
             "OpenAI's response is larger than openai.max_response_bytes ({limit} bytes)"
@@ -352,6 +366,11 @@ fn decode(body: &[u8]) -> Result<(Bytes, Option<Usage>), AttemptError> {
             )))
         }
     })?;
+    image_of(response)
+}
+
+/// The image (and usage) of an images response, decoded from base64.
+pub(super) fn image_of(response: ImagesResponse) -> Result<(Bytes, Option<Usage>), AttemptError> {
     let b64 = response
         .data
         .into_iter()
@@ -373,7 +392,7 @@ fn decode(body: &[u8]) -> Result<(Bytes, Option<Usage>), AttemptError> {
 
 /// The image at the size the job asked for: as it came when it has that size (or the job said
 /// `auto`), else scaled to it (dall-e-2's 256x256, made at 1024x1024).
-async fn fit(png: Bytes, output: Option<(u32, u32)>) -> Result<Bytes, FinalError> {
+pub(super) async fn fit(png: Bytes, output: Option<(u32, u32)>) -> Result<Bytes, FinalError> {
     let Some((width, height)) = output else {
         return Ok(png);
     };
@@ -389,7 +408,7 @@ async fn fit(png: Bytes, output: Option<(u32, u32)>) -> Result<Bytes, FinalError
         .map_err(|e| bad(e.to_string()))
 }
 
-fn classify(
+pub(super) fn classify(
     status: StatusCode,
     error: ApiError,
     retry_after: Option<Duration>,
@@ -442,7 +461,7 @@ fn classify(
 }
 
 /// `retry-after-ms` (OpenAI's), else `Retry-After` in seconds or as an HTTP date.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+pub(super) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let text = |name: &str| {
         headers
             .get(name)

@@ -6,6 +6,9 @@
 //! and quality applies, scaled by the image's pixel count (`auto` counts as 1024x1024, no quality
 //! or `auto` as medium). The table is checked at start ([`check`]) so that every model the worker
 //! may call has both.
+//!
+//! OpenAI's Batch API (`warm --batch`) bills half of these prices: [`batch_list_price`] and
+//! [`batch_cost`] are the same rules times [`BATCH_DISCOUNT`].
 
 use super::Usage;
 use crate::config::{PriceSettings, TokenPrices};
@@ -58,6 +61,20 @@ pub fn cost(prices: &PriceSettings, plan: &Plan, usage: Option<&Usage>) -> f64 {
         (Some(tokens), Some(usage)) if usage.output_tokens > 0 => token_cost(tokens, usage),
         _ => list_price(prices, plan),
     }
+}
+
+/// What the Batch API bills of the synchronous price: half (OpenAI's price list, "Batch API":
+/// 50% off inputs and outputs, results within 24 hours).
+pub const BATCH_DISCOUNT: f64 = 0.5;
+
+/// The per-image estimate of a plan sent through the Batch API: half of [`list_price`].
+pub fn batch_list_price(prices: &PriceSettings, plan: &Plan) -> f64 {
+    list_price(prices, plan) * BATCH_DISCOUNT
+}
+
+/// The cost of a generation made through the Batch API: half of [`cost`], from its `usage`.
+pub fn batch_cost(prices: &PriceSettings, plan: &Plan, usage: Option<&Usage>) -> f64 {
+    cost(prices, plan, usage) * BATCH_DISCOUNT
 }
 
 /// Refuses a price table that misses a model the worker may call (any active model: a job may
@@ -164,6 +181,24 @@ mod tests {
             list_price(p, &plan(json!({"model": "dall-e-2", "size": "256x256"}))),
             0.04
         ));
+    }
+
+    #[test]
+    fn the_batch_price_is_half_the_price() {
+        let p = &prices();
+        let medium = plan(json!({}));
+        assert!(close(batch_list_price(p, &medium), 0.02));
+        let usage = Usage {
+            input_tokens: 50,
+            input_tokens_details: None,
+            output_tokens: 1056,
+            total_tokens: 1106,
+        };
+        assert!(close(
+            batch_cost(p, &medium, Some(&usage)),
+            cost(p, &medium, Some(&usage)) / 2.0
+        ));
+        assert!(close(batch_cost(p, &medium, None), 0.02));
     }
 
     #[test]

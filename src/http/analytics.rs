@@ -11,7 +11,9 @@
 //!   up to 72 h, whole UTC days beyond);
 //! - `breakdowns?since=30d&limit=10`: per attribute, its most used values;
 //! - `top-configs?by=uses|saved&limit=10`: since the beginning, with thumbnails;
-//! - `top-users?limit=10`: by spend, since the beginning (token).
+//! - `top-users?limit=10`: by spend, since the beginning (token);
+//! - `warming?since=7d`: cache warming's runs, spend and waste in the span, and what the warmed
+//!   entries are worth now (`db::warm::figures`: a small table and a partial index).
 
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -37,6 +39,7 @@ pub(crate) fn router() -> Router<ApiState> {
         .route("/api/analytics/breakdowns", get(breakdowns))
         .route("/api/analytics/top-configs", get(top_configs))
         .route("/api/analytics/top-users", get(top_users))
+        .route("/api/analytics/warming", get(warming))
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,6 +114,15 @@ async fn summary(State(state): State<ApiState>, Query(params): Query<Params>) ->
         Err(message) => return bad_request(message),
     };
     answer(analytics::summary(&state.db, &since, span, Utc::now()).await)
+}
+
+async fn warming(State(state): State<ApiState>, Query(params): Query<Params>) -> Response {
+    let (_, span) = match span(&params, "7d") {
+        Ok(read) => read,
+        Err(message) => return bad_request(message),
+    };
+    let now = Utc::now();
+    answer(crate::db::warm::figures(&state.db, now - span, now).await)
 }
 
 async fn breakdowns(State(state): State<ApiState>, Query(params): Query<Params>) -> Response {

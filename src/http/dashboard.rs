@@ -20,6 +20,7 @@ use super::ApiState;
 use super::svg::{self, Bar, Look, Series};
 use crate::db::DbError;
 use crate::db::analytics::TopBy;
+use crate::db::warm::{Figures as WarmFigures, Run as WarmRun};
 use crate::stats::analytics::{
     self, Breakdowns, CleanupDay, DIMENSIONS, Figures, Point, Step, Summary, TopConfig,
 };
@@ -37,6 +38,8 @@ pub(crate) const CSP: &str = "default-src 'none'; script-src 'self'; style-src '
 const PERIODS: [&str; 5] = ["24h", "48h", "7d", "30d", "90d"];
 /// Values shown per breakdown, configurations per top list.
 const SHOWN: i64 = 8;
+/// Warming runs shown in the warming history.
+const WARM_RUNS_SHOWN: i64 = 10;
 
 pub(crate) fn router() -> Router<ApiState> {
     Router::new()
@@ -147,6 +150,10 @@ async fn render(state: &ApiState, since: &str, span: Duration) -> Result<String,
         analytics::top_configs(db, TopBy::Saved, SHOWN),
         analytics::cleanups(db, span.max(Duration::days(30)), now),
     )?;
+    let (warm_runs, warming) = tokio::try_join!(
+        crate::db::warm::recent_runs(db, WARM_RUNS_SHOWN),
+        crate::db::warm::figures(db, now - span, now),
+    )?;
     let labels: Vec<String> = series
         .points
         .iter()
@@ -175,6 +182,7 @@ async fn render(state: &ApiState, since: &str, span: Duration) -> Result<String,
         ("top_uses", top_table("top-uses", &top_uses)),
         ("top_saved", top_table("top-saved", &top_saved)),
         ("cleanups", cleanup_table(&cleanups)),
+        ("warming", warming_html(since, &warming, &warm_runs)),
     ];
     let values: Vec<(&str, &str)> = parts.iter().map(|(n, v)| (*n, v.as_str())).collect();
     Ok(fill(PAGE, &values))
@@ -505,6 +513,85 @@ fn cleanup_table(days: &[CleanupDay]) -> String {
     )
 }
 
+/// The warming section: the period's warming figures and what warmed entries are worth now, then
+/// the most recent runs. Words and numbers only, so it reads the same without colour.
+fn warming_html(since: &str, figures: &WarmFigures, runs: &[WarmRun]) -> String {
+    let facts: [(&str, String, String); 4] = [
+        (
+            "warming_generated",
+            "Warmed (this period)".to_owned(),
+            format!(
+                "{} in {} runs; {} failed, {} wasted",
+                figures.generated, figures.runs, figures.failed, figures.wasted
+            ),
+        ),
+        (
+            "warming_spent_usd",
+            "Warming spend (this period)".to_owned(),
+            format!(
+                "{} ({} wasted)",
+                usd(figures.spent_usd),
+                usd(figures.wasted_usd)
+            ),
+        ),
+        (
+            "warmed_hits",
+            "Hits served by warmed entries (all time)".to_owned(),
+            format!(
+                "{} ({} of {} warmed entries asked for)",
+                figures.warmed_hits, figures.warmed_used, figures.warmed_entries
+            ),
+        ),
+        (
+            "warming_saved_usd",
+            "Generation cost of warmed entries asked for".to_owned(),
+            usd(figures.saved_usd),
+        ),
+    ];
+    let facts: String = facts
+        .iter()
+        .map(|(id, name, value)| {
+            format!(
+                "<div><dt>{}</dt><dd data-figure=\"{id}\">{}</dd></div>",
+                escape(name),
+                escape(value)
+            )
+        })
+        .collect();
+    let table = if runs.is_empty() {
+        "<p id=\"warming-history\">No warming run yet (<code>memoji-worker warm</code>, or \
+         <code>warm.schedule</code>).</p>"
+            .to_owned()
+    } else {
+        let rows: String = runs
+            .iter()
+            .map(|r| {
+                format!(
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+                     <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+                    escape(&r.finished_at.format("%Y-%m-%d %H:%M").to_string()),
+                    escape(&r.source),
+                    escape(&r.mode),
+                    r.generated,
+                    r.skipped,
+                    r.failed,
+                    r.wasted,
+                    usd(r.spent_usd)
+                )
+            })
+            .collect();
+        format!(
+            "<div class=\"scroll\"><table id=\"warming-history\"><tr><th>finished (UTC)</th><th>source</th>\
+             <th>mode</th><th class=\"n\">generated</th><th class=\"n\">skipped</th><th class=\"n\">failed</th>\
+             <th class=\"n\">wasted</th><th class=\"n\">spent</th></tr>{rows}</table></div>"
+        )
+    };
+    format!(
+        "<p>Figures of the last {}; warming charges no user.</p><dl class=\"cards\">{facts}</dl>{table}",
+        escape(since)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -536,10 +623,44 @@ mod tests {
             "top_uses",
             "top_saved",
             "cleanups",
+            "warming",
         ];
         let values: Vec<(&str, &str)> = names.iter().map(|n| (*n, "")).collect();
         assert!(!fill(PAGE, &values).contains("{{"));
         assert!(PAGE.contains("name=\"viewport\""));
         assert!(!PAGE.contains("http://") && !PAGE.contains("https://"));
+    }
+}
+
+#[cfg(test)]
+mod warming_tests {
+    use super::*;
+
+    #[test]
+    fn the_warming_section_lists_runs_in_words_and_escapes_them() {
+        let at = Utc::now();
+        let run = WarmRun {
+            source: "<from>".to_owned(),
+            mode: "batch".to_owned(),
+            generated: 3,
+            skipped: 1,
+            failed: 2,
+            wasted: 1,
+            spent_usd: 0.05,
+            wasted_usd: 0.01,
+            batch_id: None,
+            started_at: at,
+            finished_at: at,
+        };
+        let html = warming_html("7d", &WarmFigures::default(), &[run]);
+        assert!(html.contains("id=\"warming-history\""), "{html}");
+        assert!(
+            html.contains("&lt;from&gt;") && !html.contains("<from>"),
+            "{html}"
+        );
+        assert!(html.contains("<td>batch</td>"), "{html}");
+        assert!(html.contains("$0.0500"), "{html}");
+        let empty = warming_html("7d", &WarmFigures::default(), &[]);
+        assert!(empty.contains("No warming run yet"), "{empty}");
     }
 }

@@ -12,6 +12,7 @@ mod metrics;
 mod server;
 mod stats;
 mod svg;
+mod users;
 
 use std::sync::Arc;
 
@@ -53,6 +54,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(metrics::router())
         .merge(analytics::router())
         .merge(dashboard::router())
+        .merge(users::router())
         .layer(timeout);
     Router::new()
         .merge(timed)

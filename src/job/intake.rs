@@ -10,13 +10,16 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::lenient;
+use super::policy::CacheRequest;
 use super::{AvatarConfig, ModelRules, Plan};
-use crate::config::{Allowance, CreditSettings};
+use crate::config::{Allowance, CacheMode, CreditSettings};
 
 /// Largest message body accepted as a job.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// Longest `user_id`.
 const MAX_USER_ID_CHARS: usize = 128;
+/// Longest `cache.namespace`.
+const MAX_NAMESPACE_CHARS: usize = 64;
 /// Namespace for job ids derived from message bodies, so a redelivered message without an id keeps
 /// the id it had the first time.
 const DERIVED_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6d656d6f_6a69_4a6f_8b62_000000000001);
@@ -88,7 +91,10 @@ pub struct Job {
     pub config: AvatarConfig,
     /// What to ask the image model for (CONTRACT.md §11).
     pub plan: Plan,
+    /// `force_refresh: true`, the same as `cache.mode = "refresh"` (which sets it too).
     pub force_refresh: bool,
+    /// The job's own cache controls (`cache`, all optional; `job::policy`).
+    pub cache: CacheRequest,
 }
 
 /// What a readable message turned out to be.
@@ -158,7 +164,7 @@ pub fn intake(
             ));
         }
     };
-    if user_id.chars().count() > MAX_USER_ID_CHARS || user_id.chars().any(char::is_control) {
+    if !valid_user_id(&user_id) {
         return Err(Rejection {
             reason: format!("user_id must be 1-{MAX_USER_ID_CHARS} printable characters"),
             answer: Some((job_id, user_id)),
@@ -188,6 +194,22 @@ pub fn intake(
         Some(Value::Bool(flag)) => *flag,
         Some(_) => return invalid("force_refresh must be true or false".to_owned()),
     };
+    let mut cache = match cache_request(fields.get("cache")) {
+        Ok(cache) => cache,
+        Err(message) => return invalid(message),
+    };
+    // Two spellings of one control: `force_refresh` is the contract's, `cache.mode` the newer.
+    match (force_refresh, cache.mode) {
+        (true, None) => cache.mode = Some(CacheMode::Refresh),
+        (true, Some(mode)) if mode != CacheMode::Refresh => {
+            return invalid(format!(
+                "force_refresh: true contradicts cache.mode {:?}",
+                mode.as_str()
+            ));
+        }
+        _ => {}
+    }
+    let force_refresh = cache.mode == Some(CacheMode::Refresh);
     let parsed = AvatarConfig::parse(fields.get("config").unwrap_or(&Value::Null))
         .and_then(|config| Ok((config.plan(rules)?, config)));
     let (plan, config) = match parsed {
@@ -202,7 +224,76 @@ pub fn intake(
         config,
         plan,
         force_refresh,
+        cache,
     })))
+}
+
+/// The job's `cache` object: absent or null is "nothing asked"; anything present must be an
+/// object of known fields, each valid (the messages name the rule).
+fn cache_request(value: Option<&Value>) -> Result<CacheRequest, String> {
+    let fields = match value {
+        None | Some(Value::Null) => return Ok(CacheRequest::default()),
+        Some(Value::Object(fields)) => fields,
+        Some(_) => return Err("cache must be an object".to_owned()),
+    };
+    if let Some(unknown) = fields
+        .keys()
+        .find(|name| !["max_age_days", "mode", "namespace"].contains(&name.as_str()))
+    {
+        return Err(format!(
+            "cache.{unknown} is unknown (known: max_age_days, mode, namespace)"
+        ));
+    }
+    let max_age_days = match fields.get("max_age_days") {
+        None | Some(Value::Null) => None,
+        Some(value) => match value.as_u64().and_then(|n| u32::try_from(n).ok()) {
+            Some(days) if days >= 1 => Some(days),
+            _ => {
+                return Err(
+                    "cache.max_age_days must be a whole number of days, at least 1".to_owned(),
+                );
+            }
+        },
+    };
+    let mode = match fields.get("mode") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(name)) => match CacheMode::from_name(name) {
+            Some(mode) => Some(mode),
+            None => {
+                return Err(format!(
+                    "cache.mode {name:?} is unknown (known: default, refresh, bypass, only_if_cached)"
+                ));
+            }
+        },
+        Some(_) => return Err("cache.mode must be a string".to_owned()),
+    };
+    let namespace = match fields.get("namespace") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(name))
+            if !name.is_empty()
+                && name.chars().count() <= MAX_NAMESPACE_CHARS
+                && !name.chars().any(char::is_control) =>
+        {
+            Some(name.clone())
+        }
+        Some(_) => {
+            return Err(format!(
+                "cache.namespace must be 1-{MAX_NAMESPACE_CHARS} printable characters"
+            ));
+        }
+    };
+    Ok(CacheRequest {
+        max_age_days,
+        mode,
+        namespace,
+    })
+}
+
+/// Whether `user_id` is a valid user id: 1-128 printable characters (CONTRACT.md §2.1).
+pub fn valid_user_id(user_id: &str) -> bool {
+    !user_id.is_empty()
+        && user_id.chars().count() <= MAX_USER_ID_CHARS
+        && !user_id.chars().any(char::is_control)
 }
 
 /// The answer to a message that is not JSON to serde (a lone surrogate escape, nesting too deep)
@@ -437,12 +528,79 @@ mod tests {
     }
 
     #[test]
+    fn the_cache_object_is_read_field_by_field() {
+        let Ok(Intake::Job(job)) = read(json!({"user_id": "u"})) else {
+            panic!()
+        };
+        assert_eq!(job.cache, CacheRequest::default(), "absent: nothing asked");
+        let body = json!({"user_id": "u", "cache": {
+            "max_age_days": 7, "mode": "only_if_cached", "namespace": "tenant-ä 1"}});
+        let Ok(Intake::Job(job)) = read(body) else {
+            panic!()
+        };
+        assert_eq!(
+            job.cache,
+            CacheRequest {
+                max_age_days: Some(7),
+                mode: Some(CacheMode::OnlyIfCached),
+                namespace: Some("tenant-ä 1".to_owned()),
+            }
+        );
+        assert!(!job.force_refresh);
+        for mode in CacheMode::ALL {
+            let body = json!({"user_id": "u", "cache": {"mode": mode.as_str()}});
+            let Ok(Intake::Job(job)) = read(body) else {
+                panic!()
+            };
+            assert_eq!(job.cache.mode, Some(mode));
+        }
+        let nulls = json!({"user_id": "u", "cache": {"max_age_days": null, "mode": null}});
+        assert!(
+            matches!(read(nulls), Ok(Intake::Job(job)) if job.cache == CacheRequest::default())
+        );
+    }
+
+    #[test]
+    fn force_refresh_and_cache_mode_refresh_are_one_control() {
+        for body in [
+            json!({"user_id": "u", "force_refresh": true}),
+            json!({"user_id": "u", "cache": {"mode": "refresh"}}),
+            json!({"user_id": "u", "force_refresh": true, "cache": {"mode": "refresh"}}),
+        ] {
+            let Ok(Intake::Job(job)) = read(body.clone()) else {
+                panic!("{body}")
+            };
+            assert!(job.force_refresh, "{body}");
+            assert_eq!(job.cache.mode, Some(CacheMode::Refresh), "{body}");
+        }
+        let Ok(Intake::Invalid { message, .. }) = read(
+            json!({"user_id": "u", "force_refresh": true, "cache": {"mode": "only_if_cached"}}),
+        ) else {
+            panic!()
+        };
+        assert!(message.contains("contradicts"), "{message}");
+    }
+
+    #[test]
     fn broken_rules_make_an_invalid_job() {
         for body in [
             json!({"user_id": "u", "job_id": "nope"}),
             json!({"user_id": "u", "tier": "platinum"}),
             json!({"user_id": "u", "force_refresh": "yes"}),
             json!({"user_id": "u", "config": {"size": "3x3"}}),
+            json!({"user_id": "u", "cache": "refresh"}),
+            json!({"user_id": "u", "cache": {"max_age_days": 0}}),
+            json!({"user_id": "u", "cache": {"max_age_days": -3}}),
+            json!({"user_id": "u", "cache": {"max_age_days": 1.5}}),
+            json!({"user_id": "u", "cache": {"max_age_days": "7"}}),
+            json!({"user_id": "u", "cache": {"mode": "sometimes"}}),
+            json!({"user_id": "u", "cache": {"mode": true}}),
+            json!({"user_id": "u", "cache": {"namespace": ""}}),
+            json!({"user_id": "u", "cache": {"namespace": "n".repeat(65)}}),
+            json!({"user_id": "u", "cache": {"namespace": "a\nb"}}),
+            json!({"user_id": "u", "cache": {"namespace": 7}}),
+            json!({"user_id": "u", "cache": {"ttl": 7}}),
+            json!({"user_id": "u", "force_refresh": true, "cache": {"mode": "bypass"}}),
         ] {
             let outcome = read(body.clone()).unwrap();
             assert!(

@@ -25,7 +25,17 @@ pub struct CacheKey(String);
 impl CacheKey {
     /// The key of a configuration for the given generator.
     pub fn of(config: &AvatarConfig, generator: GeneratorKind) -> CacheKey {
-        let canonical = Self::canonical_json(config, generator);
+        Self::in_namespace(config, generator, None)
+    }
+
+    /// The key of a configuration in a job's `cache.namespace` (`None`: the shared cache, the
+    /// same key as [`CacheKey::of`]).
+    pub fn in_namespace(
+        config: &AvatarConfig,
+        generator: GeneratorKind,
+        namespace: Option<&str>,
+    ) -> CacheKey {
+        let canonical = Self::canonical_value_in(config, generator, namespace).to_string();
         CacheKey(hex::encode(Sha256::digest(canonical.as_bytes())))
     }
 
@@ -39,6 +49,16 @@ impl CacheKey {
     /// `memoji_cache.prompt_config`. Built field by field, so it cannot fail; its text is
     /// [`CacheKey::canonical_json`].
     pub fn canonical_value(config: &AvatarConfig, generator: GeneratorKind) -> Value {
+        Self::canonical_value_in(config, generator, None)
+    }
+
+    /// [`CacheKey::canonical_value`] in a namespace: `"namespace"` follows the extras, only when
+    /// present, so a job without one keeps the seed's text.
+    pub fn canonical_value_in(
+        config: &AvatarConfig,
+        generator: GeneratorKind,
+        namespace: Option<&str>,
+    ) -> Value {
         let mut object = Map::new();
         let mut put = |name: &str, value: Value| {
             object.insert(name.to_owned(), value);
@@ -70,6 +90,10 @@ impl CacheKey {
             if let Some(value) = value {
                 put(name, Value::from(value.as_str()));
             }
+        }
+        // A job's `cache.namespace`, after the extras (README "Cache controls").
+        if let Some(namespace) = namespace {
+            put("namespace", Value::from(namespace));
         }
         // Only for placeholder entries: keeps them apart from real ones.
         if generator == GeneratorKind::Placeholder {
@@ -196,6 +220,44 @@ mod tests {
         let (empty_extras, _) =
             key_of(json!({"hair": "long", "quality": "", "prompt": null, "complexity": ""}));
         assert_eq!(empty_extras, plain);
+    }
+
+    #[test]
+    fn a_namespace_is_appended_after_the_extras_only_when_present() {
+        let config = AvatarConfig::normalize(&json!({"prompt": "smiling"})).unwrap();
+        let plain = CacheKey::canonical_json(&config, GeneratorKind::OpenAi);
+        let spaced = CacheKey::canonical_value_in(&config, GeneratorKind::OpenAi, Some("tenant-a"))
+            .to_string();
+        assert_eq!(
+            spaced,
+            plain.trim_end_matches('}').to_owned() + r#","namespace":"tenant-a"}"#
+        );
+        // Vectors: the seed's default configuration in the namespace "tenant-a", computed
+        // independently (`printf '%s' '<canonical>' | sha256sum`).
+        let seed = AvatarConfig::normalize(&json!({})).unwrap();
+        let canonical =
+            CacheKey::canonical_value_in(&seed, GeneratorKind::OpenAi, Some("tenant-a"))
+                .to_string();
+        assert_eq!(
+            canonical,
+            r#"{"model":"gpt-image-1","size":"1024x1024","familyType":"father","gesture":"wave","hair":"short","skinTone":"medium","accessories":[],"colorTheme":"pastel-blue","background":"auto","namespace":"tenant-a"}"#
+        );
+        assert_eq!(
+            CacheKey::in_namespace(&seed, GeneratorKind::OpenAi, Some("tenant-a")).as_str(),
+            "3cab7192db4b52749d1fea6743c38670c33cb42bf4827129c802a6782dbdb67a"
+        );
+        // No namespace: exactly the seed's key.
+        assert_eq!(
+            CacheKey::in_namespace(&seed, GeneratorKind::OpenAi, None).as_str(),
+            "57031741670c8d0259dfd2b0809f9923eb2a04bcfc4ac10ce9d998eb376f16fe"
+        );
+        // Escaped like every other string; before the placeholder's marker.
+        let odd = CacheKey::canonical_value_in(&seed, GeneratorKind::Placeholder, Some("a\"b"))
+            .to_string();
+        assert!(
+            odd.ends_with(r#","namespace":"a\"b","generator":"placeholder"}"#),
+            "{odd}"
+        );
     }
 
     #[test]

@@ -11,12 +11,14 @@ mod key;
 mod lenient;
 pub mod models;
 mod outcome;
+pub mod policy;
 mod result;
 
 pub use avatar::{AvatarConfig, ConfigError, ModelRules};
 pub use experiment::Assignment;
-pub use intake::{Intake, Job, JobId, MAX_MESSAGE_BYTES, Rejection, Tier, intake};
+pub use intake::{Intake, Job, JobId, MAX_MESSAGE_BYTES, Rejection, Tier, intake, valid_user_id};
 pub use key::{CacheKey, GeneratorKind};
 pub use models::{Model, Plan};
 pub use outcome::{Outcome, Recipient};
+pub use policy::{CachePolicy, CacheRequest, Freshness, UserPreferences};
 pub use result::{ErrorCode, Image, JobError, JobResult, Spent, Status};

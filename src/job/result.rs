@@ -16,10 +16,13 @@ pub enum ErrorCode {
     ImageInvalid,
     StorageFailed,
     Internal,
+    /// An `only_if_cached` job whose key has no entry it may serve (none, too old, or being
+    /// generated right now): never generated, never charged.
+    NotCached,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 7] = [
+    pub const ALL: [ErrorCode; 8] = [
         ErrorCode::InvalidJob,
         ErrorCode::OutOfCredits,
         ErrorCode::ContentPolicy,
@@ -27,6 +30,7 @@ impl ErrorCode {
         ErrorCode::ImageInvalid,
         ErrorCode::StorageFailed,
         ErrorCode::Internal,
+        ErrorCode::NotCached,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -38,6 +42,7 @@ impl ErrorCode {
             ErrorCode::ImageInvalid => "image_invalid",
             ErrorCode::StorageFailed => "storage_failed",
             ErrorCode::Internal => "internal",
+            ErrorCode::NotCached => "not_cached",
         }
     }
 }
@@ -236,6 +241,14 @@ impl JobResult {
         self.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.completed_at = Utc::now();
         self
+    }
+
+    /// The `not_cached` answer to an `only_if_cached` job that found no entry it may serve.
+    /// Retryable: the same job sent again later may find the key cached.
+    pub fn not_cached(job_id: JobId, user_id: &str, key: &CacheKey) -> JobResult {
+        let message = "no cached image may serve this only_if_cached job; nothing was generated";
+        let error = JobError::new(ErrorCode::NotCached, message, true);
+        JobResult::failure(job_id, user_id, Some(key), error)
     }
 
     /// The `invalid_job` answer to a job that broke a rule.

@@ -1,8 +1,9 @@
 //! One cleanup run: archive entries used more than `archive_above_uses` times, then delete
 //! non-archived entries older than `max_age_days` with fewer than `min_uses` uses, and their
 //! images; then prune finished jobs older than `job_retention_days` and credit-ledger rows older
-//! than `ledger_retention_days` that can no longer be refunded (0 keeps them forever). A dry run
-//! reads the same batches and changes nothing.
+//! than `ledger_retention_days` that can no longer be refunded (0 keeps them forever), and the
+//! images of `bypass` jobs older than `bypass_retention_hours`. A dry run reads the same batches
+//! and changes nothing.
 //!
 //! Retention never takes a job that is still `processing`, a failed job whose charge is still
 //! open, or a ledger row whose job could still be refunded: those are the refund sweep's. A
@@ -31,7 +32,7 @@ use tokio::time::Instant;
 
 use crate::config::CleanupSettings;
 use crate::db::cleanup::{self as sql, Deleted, Unused};
-use crate::db::{DbError, leases};
+use crate::db::{DbError, bypass, leases};
 use crate::job::{CacheKey, JobId};
 use crate::stats::Feed;
 use crate::stats::feed::CLEANUP_COMPLETED;
@@ -71,6 +72,9 @@ pub struct CleanupReport {
     /// run: that would be).
     #[serde(default)]
     pub history_pruned: u64,
+    /// Images of `bypass` jobs deleted past `bypass_retention_hours` (dry run: that would be).
+    #[serde(default)]
+    pub bypass_deleted: u64,
     pub duration_ms: u64,
 }
 
@@ -167,6 +171,7 @@ impl Cleaner {
             jobs_pruned: 0,
             ledger_pruned: 0,
             history_pruned: 0,
+            bypass_deleted: 0,
             duration_ms: 0,
         };
 
@@ -211,6 +216,8 @@ impl Cleaner {
             }
         }
         self.prune(started_at, batch, dry_run, &mut report).await?;
+        self.delete_bypass_images(batch, dry_run, &mut report)
+            .await?;
         report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         Ok(report)
     }
@@ -250,6 +257,40 @@ impl Cleaner {
                 crate::db::warm::prune_history(&self.db, cutoff.date_naive(), dry_run).await?;
         }
         Ok(())
+    }
+
+    /// The images of `bypass` jobs past their retention, oldest first in batches: the row goes
+    /// first, then the object (no cache row ever points at one, and its path is its job's own).
+    async fn delete_bypass_images(
+        &self,
+        batch: i64,
+        dry_run: bool,
+        report: &mut CleanupReport,
+    ) -> Result<(), CleanupError> {
+        let hours = self.settings.bypass_retention_hours;
+        if dry_run {
+            report.bypass_deleted = bypass::count_expired(&self.db, hours).await?;
+            return Ok(());
+        }
+        loop {
+            let expired = bypass::next_expired(&self.db, hours, batch).await?;
+            if expired.is_empty() {
+                return Ok(());
+            }
+            let ids: Vec<uuid::Uuid> = expired.iter().map(|e| e.job_id).collect();
+            report.bypass_deleted += bypass::forget(&self.db, &ids).await?;
+            for image in &expired {
+                let Some(path) = StoragePath::parse(&image.storage_path) else {
+                    continue;
+                };
+                match self.store.delete(&path).await {
+                    Ok(bytes) => report.bytes_freed += bytes,
+                    Err(error) => {
+                        tracing::warn!(%error, %path, "could not delete a bypass image; it stays as an orphan");
+                    }
+                }
+            }
+        }
     }
 
     /// Deletes a deleted entry's image unless the key is being, or has been, recorded again at

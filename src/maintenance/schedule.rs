@@ -96,6 +96,33 @@ impl Schedule {
         Ok(())
     }
 
+    /// Adds the warming batch sweep, every `every`. Every replica schedules it; the batch lock
+    /// lets one of them work at a time.
+    pub async fn add_batch_sweep(
+        &self,
+        sweep: Arc<super::warming::BatchSweep>,
+        every: std::time::Duration,
+    ) -> Result<(), ScheduleError> {
+        let job = Job::new_repeated_async(every, move |_, _| {
+            let sweep = sweep.clone();
+            Box::pin(async move {
+                match sweep.run().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(finished = n, "warming batch sweep finished batches"),
+                    Err(error) => {
+                        tracing::warn!(%error, "warming batch sweep failed; the next one tries again");
+                    }
+                }
+            })
+        })?;
+        self.0.add(job).await?;
+        tracing::info!(
+            every_ms = every.as_millis() as u64,
+            "warming batch sweep scheduled"
+        );
+        Ok(())
+    }
+
     /// Stops scheduling. A run in progress is abandoned with the process; its batches committed
     /// so far stay done, and its lock goes with its connection.
     pub async fn stop(mut self) {

@@ -77,6 +77,17 @@ impl StoragePath {
         StoragePath::revision(key, at, n.saturating_add(1))
     }
 
+    /// The path of a `bypass` job's image, `YYYY/MM/<hash>-j<job id as 32 hex digits>.png`:
+    /// never a cache entry's (those end in a number), one per job, so it is immutable too.
+    pub fn for_bypass(key: &CacheKey, at: DateTime<Utc>, job: crate::job::JobId) -> StoragePath {
+        StoragePath(format!(
+            "{:04}/{:02}/{key}-j{}.png",
+            at.year(),
+            at.month(),
+            job.0.simple()
+        ))
+    }
+
     /// 0 for a key's first image, `n` for `<hash>-<n>.png`.
     pub(crate) fn revision_number(&self) -> u32 {
         self.0
@@ -105,6 +116,19 @@ impl StoragePath {
         let stem = file.strip_suffix(".png")?;
         let (hash, n) = match stem.split_once('-') {
             None => (stem, 0),
+            Some((hash, job)) if job.starts_with('j') => {
+                let job = &job[1..];
+                let hex =
+                    job.len() == 32 && job.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+                let key = CacheKey::parse(hash)?;
+                let id = uuid::Uuid::parse_str(job).ok().filter(|_| hex)?;
+                let year = year.parse::<i32>().ok().filter(|_| digits(year, 4))?;
+                let at = Utc
+                    .with_ymd_and_hms(year, month.parse().ok()?, 1, 0, 0, 0)
+                    .single()?;
+                return (parts.next().is_none() && month_ok)
+                    .then(|| StoragePath::for_bypass(&key, at, crate::job::JobId(id)));
+            }
             Some((hash, n)) => {
                 let canonical = !n.is_empty()
                     && n.len() <= 9
@@ -309,6 +333,30 @@ mod tests {
             StoragePath::replacing(&key, at, None).as_str(),
             format!("2026/12/{KEY}-1.png")
         );
+    }
+
+    #[test]
+    fn a_bypass_image_has_a_path_no_cache_entry_has() {
+        let key = CacheKey::parse(&"ab".repeat(32)).unwrap();
+        let at = Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap();
+        let job = crate::job::JobId(uuid::Uuid::from_u128(
+            0x0b6f6f0e_3f5e_4c55_9d36_0f2b8e4a7f10,
+        ));
+        let path = StoragePath::for_bypass(&key, at, job);
+        assert_eq!(
+            path.as_str(),
+            format!("2026/12/{key}-j0b6f6f0e3f5e4c559d360f2b8e4a7f10.png")
+        );
+        assert_eq!(StoragePath::parse(path.as_str()), Some(path.clone()));
+        assert_ne!(path, StoragePath::for_key(&key, at));
+        for broken in [
+            format!("2026/12/{key}-j0b6f6f0e3f5e4c559d360f2b8e4a7f1.png"),
+            format!("2026/12/{key}-j0B6F6F0E3F5E4C559D360F2B8E4A7F10.png"),
+            format!("2026/12/{key}-j0b6f6f0e-3f5e-4c55-9d36-0f2b8e4a7f10.png"),
+            format!("2026/13/{key}-j0b6f6f0e3f5e4c559d360f2b8e4a7f10.png"),
+        ] {
+            assert_eq!(StoragePath::parse(&broken), None, "{broken}");
+        }
     }
 
     #[test]

@@ -11,7 +11,13 @@
 //! enough leases to fill `openai.max_concurrency`. `--budget-usd` stops it before the estimated
 //! spend ([`crate::generate::pricing::list_price`] for what is in flight, the real cost for what
 //! is done) would pass the budget.
+//!
+//! With `--batch` ([`batch`]) the same list goes to OpenAI's Batch API instead: half the price,
+//! answers within 24 hours, the batch persisted in Postgres so that any process finishes it after
+//! a crash; its images are checked, stored and recorded under the same single-flight rules.
 
+pub mod batch;
+mod batch_output;
 pub mod history;
 pub mod predict;
 pub mod progress;
@@ -44,6 +50,22 @@ pub enum WarmError {
     Input { what: String, message: String },
     #[error("the broker (to see whether live jobs are waiting): {0}")]
     Broker(#[from] crate::broker::BrokerError),
+    #[error(transparent)]
+    Batch(#[from] crate::generate::batch::BatchError),
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl WarmError {
+    /// Whether the same command may succeed later (an outage, a rate limit) or not.
+    pub fn retryable(&self) -> bool {
+        match self {
+            WarmError::Db(error) => error.is_connectivity(),
+            WarmError::Broker(_) => true,
+            WarmError::Batch(error) => error.retryable(),
+            WarmError::Input { .. } | WarmError::Refused(_) => false,
+        }
+    }
 }
 
 /// A configuration to warm: normalized, checked against its model's rules, keyed and priced.
@@ -155,6 +177,39 @@ pub struct Options {
     pub max: Option<usize>,
     /// Only list what would be generated, with the estimate.
     pub dry_run: bool,
+    /// What made the list (`from`, `history`, `predict`, `refresh`, `schedule:…`), for the
+    /// warming history; empty: `from`.
+    pub source: String,
+}
+
+impl Options {
+    /// The source recorded in the warming history.
+    pub fn source(&self) -> &str {
+        if self.source.is_empty() {
+            "from"
+        } else {
+            &self.source
+        }
+    }
+}
+
+/// How a run generates: at once through the live API, or through the Batch API.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Live,
+    Batch,
+}
+
+impl Mode {
+    /// `live` or `batch`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Live => "live",
+            Mode::Batch => "batch",
+        }
+    }
 }
 
 /// What happened to one candidate.
@@ -188,6 +243,8 @@ pub struct Line {
 /// The final report of a run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Report {
+    /// `live`, or `batch` (OpenAI's Batch API: prices and spend at the batch price).
+    pub mode: Mode,
     pub dry_run: bool,
     /// Configurations read (valid ones, each key once).
     pub considered: usize,
@@ -198,6 +255,8 @@ pub struct Report {
     pub estimated_usd: f64,
     pub generated: usize,
     pub skipped: usize,
+    /// Generated, but a live job (or another run) recorded the key first: the copy is dropped,
+    /// paid for nothing (`wasted_usd`).
     pub dropped: usize,
     pub failed: usize,
     /// Left out because the budget would have been passed.
@@ -212,6 +271,9 @@ pub struct Report {
     pub lines: Vec<Line>,
     /// For `--dry-run`: what would be generated.
     pub would_generate: Vec<Planned>,
+    /// With `--batch`: the batch and the lines that failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<batch::BatchSummary>,
 }
 
 /// A configuration a dry run would generate.

@@ -7,7 +7,8 @@
 //!   family type, the accessory set) are scored apart, each value's decayed share of all
 //!   requests, and combined as if independent: `total rate × Π share(value)`. This predicts
 //!   popular combinations nobody has asked for yet (a popular gesture with a popular hair style).
-//!   The other fields (model, size, background, quality) take their most asked value.
+//!   The other fields (model, size, background, quality) take their most asked value, where
+//!   leaving the field out counts as a value.
 //!
 //! A key's prediction blends the two: `β × own rate + (1 − β) × attribute rate` for a seen key
 //! (β = [`Model::own_weight`]), the attribute rate alone for one never seen. Pure: the same rows
@@ -186,12 +187,16 @@ pub fn predict(
             },
         );
     }
-    // Unseen combinations of the most asked values.
+    // Unseen combinations of the most asked values. Leaving a field out is a value too: a field
+    // most requests do not set (`quality`, say, set by a quarter of them) stays out, rather than
+    // taking the most common of the values the few set.
     let mut template = Map::new();
     for (field, values) in &rest {
-        if let Some((text, _)) = values
+        let unset = total - values.values().sum::<f64>();
+        if let Some((text, weight)) = values
             .iter()
             .max_by(|a, b| a.1.total_cmp(b.1).then_with(|| b.0.cmp(a.0)))
+            && *weight > unset
             && let Ok(value) = serde_json::from_str::<Value>(text)
         {
             template.insert(field.clone(), value);
@@ -306,5 +311,44 @@ mod tests {
         let cached = key(&cfg("wave", "short")).unwrap();
         let ranked = predict(&Model::default(), &rows, today, 10, &|k| k == cached, &key);
         assert!(ranked.is_empty(), "{ranked:?}");
+    }
+
+    #[test]
+    fn a_field_most_requests_leave_out_stays_out_of_unseen_combinations() {
+        let today = NaiveDate::from_ymd_opt(2026, 11, 30).unwrap();
+        let with_quality = |gesture: &str, hair: &str, quality: &str| {
+            let mut config = cfg(gesture, hair);
+            config["quality"] = json!(quality);
+            config
+        };
+        // A quarter of the requests set quality (mostly "low"); the rest leave it out.
+        let rows = vec![
+            row(30, cfg("wave", "short"), 30.0),
+            row(30, cfg("heart", "long"), 45.0),
+            row(30, with_quality("bow", "bun", "low"), 15.0),
+            row(30, with_quality("heart", "short", "high"), 10.0),
+        ];
+        let ranked = predict(&Model::default(), &rows, today, 50, &|_| false, &key);
+        let unseen: Vec<&Prediction> = ranked.iter().filter(|p| p.own_rate.is_none()).collect();
+        assert!(!unseen.is_empty(), "{ranked:?}");
+        for prediction in unseen {
+            assert!(
+                prediction.config.get("quality").is_none(),
+                "an unseen combination takes the most common choice, no quality: {prediction:?}"
+            );
+        }
+        // A field most requests set is still filled in.
+        let mostly_low: Vec<Row> = (0..4)
+            .map(|n| row(30, with_quality("wave", &format!("h{n}"), "low"), 10.0))
+            .chain([row(30, cfg("heart", "long"), 5.0)])
+            .collect();
+        let ranked = predict(&Model::default(), &mostly_low, today, 50, &|_| false, &key);
+        assert!(
+            ranked
+                .iter()
+                .filter(|p| p.own_rate.is_none())
+                .all(|p| p.config["quality"] == "low"),
+            "{ranked:?}"
+        );
     }
 }

@@ -73,6 +73,46 @@ impl Progress {
         }
     }
 
+    /// Where a batch is at OpenAI (each poll).
+    pub(super) fn batch(&mut self, batch: &crate::generate::batch::Batch) {
+        let counts = batch.request_counts;
+        let text = format!(
+            "warm: batch {} {}: {}/{} answered, {} failed",
+            batch.id,
+            batch.status.as_str(),
+            counts.completed,
+            counts.total,
+            counts.failed
+        );
+        match self {
+            Progress::Bar(bar) => bar.set_message(text),
+            Progress::Lines { out, .. } => {
+                let _ = writeln!(out, "{text}");
+            }
+            Progress::Quiet => {
+                tracing::debug!(batch = %batch.id, status = batch.status.as_str(), "warming batch polled")
+            }
+        }
+    }
+
+    /// A done batch's answers are read now: `lines` of them still to handle.
+    pub(super) fn answers(&mut self, batch: &str, lines: usize) {
+        let text = format!("warm: batch {batch}: handling the answers of {lines} line(s)");
+        match self {
+            Progress::Bar(bar) => {
+                bar.set_length(lines as u64);
+                bar.set_position(0);
+                bar.set_message(text);
+            }
+            Progress::Lines { out, total, done } => {
+                *total = lines;
+                *done = 0;
+                let _ = writeln!(out, "{text}");
+            }
+            Progress::Quiet => {}
+        }
+    }
+
     pub(super) fn step(&mut self, line: &Line, spent: f64) {
         let what = match &line.done {
             Done::Generated { cost_usd } => format!("generated ${cost_usd:.4}"),

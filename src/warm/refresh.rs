@@ -33,6 +33,65 @@ pub struct RefreshReport {
     pub failures: Vec<String>,
 }
 
+/// `refresh --batch`: the same entries, regenerated through OpenAI's Batch API (half price,
+/// within 24 hours) as one batch, within `budget_usd` at the batch price. Each entry keeps
+/// serving its old image until its new one is stored under a path of its own; an entry that a
+/// job moved meanwhile keeps the job's image (the batch's copy is dropped, wasted).
+pub async fn refresh_batch(
+    batching: &super::batch::Batching<'_>,
+    shaping: &Shaping<'_>,
+    generated_by: &str,
+    top: u32,
+    budget_usd: Option<f64>,
+    progress: &mut super::Progress,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Result<super::Report, WarmError> {
+    let warmer = batching.warmer;
+    let entries = db::warm::most_used_by_model(&warmer.db, generated_by, i64::from(top)).await?;
+    let mut report = super::Report {
+        mode: super::Mode::Batch,
+        considered: entries.len(),
+        ..super::Report::default()
+    };
+    let mut lines = Vec::new();
+    let mut total = 0.0;
+    for entry in entries {
+        let (mut candidates, refused) =
+            shaping.candidates([(entry.key.clone(), entry.config.clone())]);
+        let Some(mut candidate) = candidates.pop().filter(|c| c.key.as_str() == entry.key) else {
+            report.refused.extend(refused);
+            report.refused.push(super::Refused {
+                origin: entry.key.clone(),
+                reason: "its recorded configuration does not make its key today; left alone"
+                    .to_owned(),
+            });
+            continue;
+        };
+        candidate.estimate_usd =
+            crate::generate::pricing::batch_list_price(&warmer.settings.prices, &candidate.plan);
+        if budget_usd.is_some_and(|b| total + candidate.estimate_usd > b + f64::EPSILON) {
+            report.over_budget += 1;
+            continue;
+        }
+        total += candidate.estimate_usd;
+        lines.push(super::batch::ToSubmit {
+            candidate,
+            replaces: Some((entry.image_url.clone(), entry.storage_path.clone())),
+        });
+    }
+    if lines.is_empty() {
+        return Ok(report);
+    }
+    let id = batching.submit("refresh", lines, progress).await?;
+    let done = batching.wait(id, progress, stop).await?;
+    Ok(super::Report {
+        considered: report.considered,
+        refused: report.refused,
+        over_budget: report.over_budget,
+        ..done
+    })
+}
+
 /// Refreshes the `top` most used entries `generated_by` made, within `budget_usd`.
 pub async fn refresh(
     warmer: &Warmer,
@@ -41,6 +100,7 @@ pub async fn refresh(
     top: u32,
     budget_usd: Option<f64>,
 ) -> Result<RefreshReport, WarmError> {
+    let started_at = Utc::now();
     let entries = db::warm::most_used_by_model(&warmer.db, generated_by, i64::from(top)).await?;
     let mut report = RefreshReport {
         considered: entries.len(),
@@ -82,6 +142,25 @@ pub async fn refresh(
                 report.failed += 1;
                 report.failures.push(format!("{}: {error}", entry.key));
             }
+        }
+    }
+    if report.refreshed + report.skipped + report.failed > 0 {
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let run = db::warm::Run {
+            source: "refresh".to_owned(),
+            mode: super::Mode::Live.as_str().to_owned(),
+            generated: count(report.refreshed),
+            skipped: count(report.skipped),
+            failed: count(report.failed),
+            wasted: 0,
+            spent_usd: report.spent_usd,
+            wasted_usd: 0.0,
+            batch_id: None,
+            started_at,
+            finished_at: Utc::now(),
+        };
+        if let Err(error) = db::warm::record_run(&warmer.db, &run).await {
+            tracing::warn!(%error, "could not add the refresh to the warming history");
         }
     }
     Ok(report)

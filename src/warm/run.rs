@@ -75,50 +75,9 @@ pub async fn run(
     stop: &CancellationToken,
 ) -> Result<Report, WarmError> {
     let started = Instant::now();
-    let keys: Vec<String> = candidates.iter().map(|c| c.key.to_string()).collect();
-    let cached = db::warm::cached_among(&warmer.db, &keys).await?;
-    let mut report = Report {
-        dry_run: options.dry_run,
-        considered: candidates.len(),
-        refused,
-        ..Report::default()
-    };
-    let mut todo: Vec<Candidate> = Vec::new();
-    for candidate in candidates {
-        if cached.contains(candidate.key.as_str()) {
-            report.already_cached += 1;
-        } else {
-            todo.push(candidate);
-        }
-    }
-    if let Some(max) = options.max {
-        todo.truncate(max);
-    }
-    // What fits the budget at list prices, in order.
-    if let Some(budget) = options.budget_usd {
-        let mut total = 0.0;
-        let fits = todo
-            .iter()
-            .take_while(|c| {
-                total += c.estimate_usd;
-                total <= budget + f64::EPSILON
-            })
-            .count();
-        report.over_budget = todo.len() - fits;
-        todo.truncate(fits);
-    }
-    report.planned = todo.len();
-    report.estimated_usd = todo.iter().map(|c| c.estimate_usd).sum();
+    let started_at = Utc::now();
+    let (mut report, todo) = plan(&warmer.db, candidates, refused, options).await?;
     if options.dry_run {
-        report.would_generate = todo
-            .iter()
-            .map(|c| Planned {
-                origin: c.origin.clone(),
-                key: c.key.to_string(),
-                config: c.canonical.clone(),
-                estimate_usd: c.estimate_usd,
-            })
-            .collect();
         report.duration_ms = elapsed_ms(started);
         return Ok(report);
     }
@@ -241,7 +200,96 @@ pub async fn run(
     report.spent_usd = spent;
     report.duration_ms = elapsed_ms(started);
     progress.finish(&report);
+    record_run(&warmer.db, options.source(), &report, None, started_at).await;
     Ok(report)
+}
+
+/// What a run will generate, in order: `candidates` not cached now, at most `--max`, as many as
+/// their estimates fit the budget; and the report so far (what was considered, cached, refused,
+/// left over the budget; for a dry run, the list).
+pub(super) async fn plan(
+    db: &PgPool,
+    candidates: Vec<Candidate>,
+    refused: Vec<super::Refused>,
+    options: &Options,
+) -> Result<(Report, Vec<Candidate>), WarmError> {
+    let keys: Vec<String> = candidates.iter().map(|c| c.key.to_string()).collect();
+    let cached = db::warm::cached_among(db, &keys).await?;
+    let mut report = Report {
+        dry_run: options.dry_run,
+        considered: candidates.len(),
+        refused,
+        ..Report::default()
+    };
+    let mut todo: Vec<Candidate> = Vec::new();
+    for candidate in candidates {
+        if cached.contains(candidate.key.as_str()) {
+            report.already_cached += 1;
+        } else {
+            todo.push(candidate);
+        }
+    }
+    if let Some(max) = options.max {
+        todo.truncate(max);
+    }
+    // What fits the budget at its estimates, in order.
+    if let Some(budget) = options.budget_usd {
+        let mut total = 0.0;
+        let fits = todo
+            .iter()
+            .take_while(|c| {
+                total += c.estimate_usd;
+                total <= budget + f64::EPSILON
+            })
+            .count();
+        report.over_budget = todo.len() - fits;
+        todo.truncate(fits);
+    }
+    report.planned = todo.len();
+    report.estimated_usd = todo.iter().map(|c| c.estimate_usd).sum();
+    if options.dry_run {
+        report.would_generate = todo
+            .iter()
+            .map(|c| Planned {
+                origin: c.origin.clone(),
+                key: c.key.to_string(),
+                config: c.canonical.clone(),
+                estimate_usd: c.estimate_usd,
+            })
+            .collect();
+    }
+    Ok((report, todo))
+}
+
+/// Adds a finished run to the warming history (`memoji_warm_runs`); a run that had nothing to
+/// do is not recorded. A failure is logged: the run itself is done.
+pub(super) async fn record_run(
+    db: &PgPool,
+    source: &str,
+    report: &Report,
+    batch_id: Option<Uuid>,
+    started_at: chrono::DateTime<Utc>,
+) {
+    if report.dry_run || (report.planned == 0 && report.batch.is_none()) {
+        return;
+    }
+    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    let run = db::warm::Run {
+        source: source.to_owned(),
+        mode: report.mode.as_str().to_owned(),
+        generated: count(report.generated),
+        skipped: count(report.skipped),
+        failed: count(report.failed),
+        wasted: count(report.dropped),
+        spent_usd: report.spent_usd,
+        wasted_usd: report.wasted_usd,
+        batch_id,
+        started_at,
+        finished_at: Utc::now(),
+    };
+    if let Err(error) = db::warm::record_run(db, &run).await {
+        tracing::warn!(%error, "could not add the warming run to its history");
+    }
 }
 
 async fn wait_one(

@@ -9,7 +9,10 @@
 //!
 //! The batcher only ever speeds a job up: any job it cannot answer — a miss, a job id seen before,
 //! a duplicate within the batch, an entry that changed between the read and the write, a batch
-//! the database refused — goes down the one-job path (`handle`), which decides it as before.
+//! the database refused, an entry the job's cache policy does not serve (too old, warmed and
+//! unused for an arm without warming, a user whose mode is refresh or bypass) — goes down the
+//! one-job path (`handle`), which decides it as before. The lookup reads each user's cache
+//! preferences beside the entry, so the policy costs the batch no statement of its own.
 //!
 //! Durability: a hit's result is committed before the worker publishes it; a crash between the
 //! commit and the ack means a redelivery, which finds the job id known and replays its result.
@@ -17,6 +20,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use chrono::Utc;
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
@@ -26,7 +30,9 @@ use crate::config::Settings;
 use crate::db::cache::Hit;
 use crate::db::hits::{self, Ask, Found, Served};
 use crate::db::{DbError, credits};
-use crate::job::{CacheKey, Image, Job, JobId, JobResult, Tier};
+use crate::job::{
+    CacheKey, CachePolicy, CacheRequest, Image, Job, JobId, JobResult, Tier, experiment, policy,
+};
 use crate::storage::StoragePath;
 use crate::telemetry;
 
@@ -43,6 +49,8 @@ struct Pending {
     user_id: String,
     tier: Tier,
     key: CacheKey,
+    /// The job's own cache controls, resolved with the user's preferences the lookup reads.
+    cache: CacheRequest,
     started: Instant,
     answer: oneshot::Sender<Option<JobResult>>,
 }
@@ -76,6 +84,7 @@ impl HitBatcher {
             user_id: job.user_id.clone(),
             tier: job.tier,
             key: key.clone(),
+            cache: job.cache.clone(),
             started,
             answer,
         };
@@ -152,23 +161,29 @@ async fn serve_batch(
         })
         .collect();
     let found = hits::look_up(db, &asks, credits::current_period()).await?;
+    let now = Utc::now();
     // A job id twice in one batch (a publisher's retry racing the original): the first is served
     // here, the second waits for it on the one-job path.
     let mut ids = HashSet::with_capacity(batch.len());
     let results: Vec<Option<(JobResult, String)>> = batch
         .iter()
         .zip(found)
-        .map(|(pending, found)| match found {
-            Found::Hit(hit) if ids.insert(pending.job_id) => {
-                let url = hit.entry.image_url.clone();
-                let used = hit.credits_used.unwrap_or(0);
-                let remaining = credits::remaining_after(&settings.credits, pending.tier, used);
-                let result = hit_result(pending.job_id, &pending.user_id, &pending.key, hit)
-                    .with_credits_remaining(remaining)
-                    .took(pending.started);
-                Some((result, url))
+        .map(|(pending, found)| {
+            let Found::Hit(hit, preferences) = found else {
+                return None;
+            };
+            // The job's policy (its assignment is the one to label the result with).
+            let _policy = serving_policy(settings, pending, &hit, preferences.as_ref(), now)?;
+            if !ids.insert(pending.job_id) {
+                return None;
             }
-            Found::Hit(_) | Found::Miss | Found::Known => None,
+            let url = hit.entry.image_url.clone();
+            let used = hit.credits_used.unwrap_or(0);
+            let remaining = credits::remaining_after(&settings.credits, pending.tier, used);
+            let result = hit_result(pending.job_id, &pending.user_id, &pending.key, hit)
+                .with_credits_remaining(remaining)
+                .took(pending.started);
+            Some((result, url))
         })
         .collect();
     let served: Vec<Served> = batch
@@ -195,6 +210,25 @@ async fn serve_batch(
                 .filter(|result| recorded.contains(&result.job_id))
         })
         .collect())
+}
+
+/// The job's cache policy (its own controls, its user's preferences, its arm, the
+/// configuration), if it lets the entry serve the job here; `None` sends it down the one-job
+/// path.
+fn serving_policy(
+    settings: &Settings,
+    pending: &Pending,
+    hit: &Hit,
+    preferences: Option<&crate::job::UserPreferences>,
+    now: chrono::DateTime<Utc>,
+) -> Option<CachePolicy> {
+    let assignment = experiment::assign(&settings.experiments, &pending.user_id);
+    let policy = policy::resolve(&pending.cache, preferences, assignment, &settings.cache);
+    let serves = policy.batchable()
+        && policy
+            .freshness(now)
+            .serves(hit.entry.updated_at, hit.entry.warmed_unused);
+    serves.then_some(policy)
 }
 
 /// The result of a hit on `hit`'s entry (credits left and duration still to stamp).

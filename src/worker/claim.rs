@@ -10,7 +10,6 @@
 use std::time::Duration;
 use tracing::Instrument;
 
-use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Postgres};
 use tokio::time::Instant;
@@ -21,7 +20,7 @@ use super::context::Context;
 use super::step::StepError;
 use crate::db::jobs::{self, Arrival, Seen};
 use crate::db::{self, DbError, cache, credits};
-use crate::job::{CacheKey, Job, JobResult};
+use crate::job::{CacheKey, Freshness, Job, JobResult};
 
 /// Longest pause between two looks while waiting.
 const MAX_POLL: Duration = Duration::from_secs(1);
@@ -138,23 +137,23 @@ pub(crate) enum Claim {
     Served(cache::Hit),
 }
 
-/// Claims the key's lease or waits until its entry exists. `fresh_since`, for `force_refresh`
-/// jobs, accepts only an entry recorded after that time.
+/// Claims the key's lease or waits until its entry exists and is `fresh` enough for the job
+/// (for a refresh: recorded after the job arrived; with a maximum age: young enough; for an arm
+/// without warming: not an unused warmed entry).
 #[tracing::instrument(name = "single flight", level = "debug", skip_all)]
 pub(crate) async fn lead_or_wait(
     ctx: &Context,
     job: &Job,
     key: &CacheKey,
-    fresh_since: Option<DateTime<Utc>>,
+    fresh: &Freshness,
 ) -> Result<Claim, StepError> {
+    let fresh_since = fresh.not_before;
     let mut patience = Patience::new(ctx);
     let mut waited = false;
     loop {
         if db::leases::claim(&ctx.db, key, job.id, ctx.lease_ttl()).await? {
             // The holder before us may have recorded the entry just before releasing.
-            if fresh_since.is_none()
-                && let Some(hit) = serve_hit(ctx, job, key).await?
-            {
+            if let Some(hit) = serve_hit(ctx, job, key, fresh).await? {
                 db::leases::release(&ctx.db, key, job.id).await?;
                 return Ok(Claim::Served(hit));
             }
@@ -170,20 +169,22 @@ pub(crate) async fn lead_or_wait(
         patience.pause("another worker's generation").await?;
         let recorded = cache::recorded_at(&ctx.db, key).await?;
         if recorded.is_some_and(|at| fresh_since.is_none_or(|since| at >= since))
-            && let Some(hit) = serve_hit(ctx, job, key).await?
+            && let Some(hit) = serve_hit(ctx, job, key, fresh).await?
         {
             return Ok(Claim::Served(hit));
         }
     }
 }
 
-/// Counts a use of the key's entry and returns it; `None` on a miss.
+/// Counts a use of the key's entry and returns it; `None` on a miss or an entry not `fresh`
+/// enough.
 async fn serve_hit(
     ctx: &Context,
     job: &Job,
     key: &CacheKey,
+    fresh: &Freshness,
 ) -> Result<Option<cache::Hit>, DbError> {
-    cache::hit(&ctx.db, key, &job.user_id, credits::current_period()).await
+    cache::hit(&ctx.db, key, &job.user_id, credits::current_period(), fresh).await
 }
 
 /// Renews a delivery's claims on its job and key until dropped. The first renewal is at once: it

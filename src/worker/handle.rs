@@ -1,6 +1,9 @@
 //! One job's journey, top to bottom: intake → key → a hit of a new job, answered in a batch
-//! (`batch`) — or the one-job path: own the job (`claim::own_job`) → look the key up → on a hit,
-//! finish; on a miss, single flight (`claim::lead_or_wait`) and the leader's path (`lead`).
+//! (`batch`) — or the one-job path: own the job (`claim::own_job`) → its cache policy
+//! (`job::policy`: the job's `cache` object, the user's preferences, the arm, the configuration)
+//! → look the key up → on a hit, finish; on a miss, single flight (`claim::lead_or_wait`) and the
+//! leader's path (`lead`). An `only_if_cached` job that misses ends as `not_cached` instead; a
+//! `bypass` job skips the lookup and single flight and goes straight to the leader's path.
 //!
 //! Every step that changes state is idempotent per job id, and each outcome is written in one
 //! transaction with the job's result, so a job delivered again — after a crash, a lost connection
@@ -18,10 +21,12 @@ use super::claim::{self, Claim, Conn, Heartbeat, Ownership};
 use super::context::Context;
 use super::lead;
 use super::step::StepError;
+use crate::config::CacheMode;
 use crate::db::credits;
-use crate::db::{DbError, cache, derived, jobs};
+use crate::db::{DbError, cache, derived, jobs, preferences};
 use crate::job::{
-    CacheKey, Intake, Job, JobError, JobResult, Outcome, Recipient, Rejection, intake,
+    CacheKey, CachePolicy, Intake, Job, JobError, JobResult, Outcome, Recipient, Rejection,
+    experiment, intake, policy,
 };
 
 /// What serving a job came to: a result made now, or one recorded earlier and answered again.
@@ -74,10 +79,14 @@ pub async fn handle(ctx: &Context, body: &[u8], message_id: Option<&str>) -> Out
 }
 
 async fn serve(ctx: &Context, job: &Job, started: Instant) -> Result<Served, StepError> {
-    let key = CacheKey::of(&job.config, ctx.generator.kind());
+    let namespace = job.cache.namespace.as_deref();
+    let key = CacheKey::in_namespace(&job.config, ctx.generator.kind(), namespace);
     let served = serve_key(ctx, job, &key, started).await;
-    if let Ok(Served::Fresh(_)) = &served {
+    if let Ok(Served::Fresh(_)) = &served
+        && namespace.is_none()
+    {
         // One request for the history cache warming reads; a replay was counted when it was made.
+        // A namespaced key is not: warming regenerates from the configuration alone.
         ctx.observer.asked(&key, &job.config, ctx.generator.kind());
     }
     served
@@ -89,7 +98,7 @@ async fn serve_key(
     key: &CacheKey,
     started: Instant,
 ) -> Result<Served, StepError> {
-    if !job.force_refresh
+    if !job.cache.skips_batch()
         && let Some(result) = ctx.hits.serve(job, key, started).await
     {
         return Ok(Served::Fresh(result));
@@ -146,26 +155,85 @@ async fn work(
     mut owned: Owned,
     started: Instant,
 ) -> Result<JobResult, StepError> {
-    let received = Utc::now();
-    if !job.force_refresh {
+    // When the delivery arrived: a refresh is served only an entry recorded after that.
+    let received = Utc::now()
+        - chrono::TimeDelta::from_std(started.elapsed()).unwrap_or(chrono::TimeDelta::zero());
+    let policy = cache_policy(ctx, job, &mut owned).await?;
+    let fresh = policy.freshness(received);
+    if matches!(policy.mode, CacheMode::Default | CacheMode::OnlyIfCached) {
         let period = credits::current_period();
         let hit = match owned.conn.as_mut() {
-            Some(conn) => cache::hit(&mut **conn, key, &job.user_id, period).await?,
-            None => cache::hit(&ctx.db, key, &job.user_id, period).await?,
+            Some(conn) => cache::hit(&mut **conn, key, &job.user_id, period, &fresh).await?,
+            None => cache::hit(&ctx.db, key, &job.user_id, period, &fresh).await?,
         };
         if let Some(hit) = hit {
             return finish_hit(ctx, job, key, hit, owned, started).await;
         }
+    }
+    if policy.mode == CacheMode::OnlyIfCached {
+        // Never waits for a generation in flight, never generates: a preview asks what is there.
+        return finish_not_cached(ctx, job, key, owned, started).await;
     }
     // A miss waits (for a turn, for another worker) without holding a connection, and may take
     // long: from here on the job's claims are renewed. A hit ends well within a claim's life, so
     // the hit path spawns no renewal task.
     owned.conn = None;
     let _heartbeat = Heartbeat::start(ctx.db.clone(), job, key, owned.owner, ctx.lease_ttl());
-    match claim::lead_or_wait(ctx, job, key, job.force_refresh.then_some(received)).await? {
-        Claim::Served(hit) => finish_hit(ctx, job, key, hit, owned, started).await,
-        Claim::Leader => lead::run(ctx, job, key, owned.owner, started).await,
+    if policy.mode == CacheMode::Bypass {
+        // Its own image, never the key's entry: no single flight to join.
+        return lead::run(ctx, job, key, &policy, owned.owner, started).await;
     }
+    match claim::lead_or_wait(ctx, job, key, &fresh).await? {
+        Claim::Served(hit) => finish_hit(ctx, job, key, hit, owned, started).await,
+        Claim::Leader => lead::run(ctx, job, key, &policy, owned.owner, started).await,
+    }
+}
+
+/// The job's cache policy: its own controls, its user's stored preferences (one primary-key
+/// read, on the connection the claim was made on), its experiment arm and the configuration.
+async fn cache_policy(
+    ctx: &Context,
+    job: &Job,
+    owned: &mut Owned,
+) -> Result<CachePolicy, StepError> {
+    let stored = match owned.conn.as_mut() {
+        Some(conn) => preferences::get(&mut **conn, &job.user_id).await?,
+        None => preferences::get(&ctx.db, &job.user_id).await?,
+    };
+    let assignment = experiment::assign(&ctx.settings.experiments, &job.user_id);
+    Ok(policy::resolve(
+        &job.cache,
+        stored.as_ref(),
+        assignment,
+        &ctx.settings.cache,
+    ))
+}
+
+/// Answers an `only_if_cached` job that found no entry it may serve: `not_cached`, nothing
+/// charged. A resumed job's earlier charge (its delivery ran under another policy) is refunded
+/// in the same transaction.
+async fn finish_not_cached(
+    ctx: &Context,
+    job: &Job,
+    key: &CacheKey,
+    owned: Owned,
+    started: Instant,
+) -> Result<JobResult, StepError> {
+    let mut conn = match owned.conn {
+        Some(conn) => conn,
+        None => ctx.db.acquire().await.map_err(DbError::from)?,
+    };
+    let result = JobResult::not_cached(job.id, &job.user_id, key).took(started);
+    if owned.resumed {
+        let mut tx = conn.begin().await.map_err(DbError::from)?;
+        credits::refund(&mut *tx, job.id).await?;
+        jobs::finish(&mut *tx, &result, owned.owner).await?;
+        tx.commit().await.map_err(DbError::from)?;
+    } else {
+        jobs::finish(&mut *conn, &result, owned.owner).await?;
+    }
+    tracing::info!("only_if_cached and not cached; answered not_cached");
+    Ok(result)
 }
 
 /// Answers an owned job from the cache. A resumed job may have been charged by its earlier

@@ -1,6 +1,9 @@
 //! The leader's path, for the one job that generates a missing key: wait for a turn, charge a
 //! credit, generate, check, store, record — or refund and fail. Each ending is written in one
 //! transaction with the job's result, the key's lease released in it.
+//!
+//! A `bypass` job (`job::policy`) walks the same path without the key's lease: its image gets a
+//! path of its own per job and is recorded in `memoji_bypass_images`, never as the key's entry.
 
 use std::time::Duration;
 
@@ -14,10 +17,13 @@ use sqlx::PgPool;
 
 use super::context::Context;
 use super::step::StepError;
+use crate::config::CacheMode;
 use crate::db::credits::{self, Account, Charge};
-use crate::db::{DbError, cache, jobs, leases};
+use crate::db::{DbError, bypass, cache, jobs, leases};
 use crate::generate::{GenerateError, Generated, pricing};
-use crate::job::{CacheKey, ErrorCode, GeneratorKind, Image, Job, JobError, JobResult, Spent};
+use crate::job::{
+    CacheKey, CachePolicy, ErrorCode, GeneratorKind, Image, Job, JobError, JobResult, Spent,
+};
 use crate::storage::{self, ImageStore, StorageError, StoragePath, Stored};
 
 /// The leader's path: wait for a turn, charge, generate, store, record — or refund and fail.
@@ -25,9 +31,11 @@ pub(super) async fn run(
     ctx: &Context,
     job: &Job,
     key: &CacheKey,
+    policy: &CachePolicy,
     owner: Uuid,
     started: Instant,
 ) -> Result<JobResult, StepError> {
+    let bypassing = policy.mode == CacheMode::Bypass;
     // Waiting for a turn comes before the charge, and a shutdown ends the wait: the job goes
     // back to the queue uncharged, with the key free for whoever takes it next.
     let _turn = tokio::select! {
@@ -67,8 +75,10 @@ pub(super) async fn run(
 
     let generated_at = Utc::now();
     // A regenerated image never overwrites a served one (CONTRACT.md §5): it gets the next
-    // revision's path, and the image it replaces goes once nothing points at it.
-    let replaced = if job.force_refresh {
+    // revision's path, and the image it replaces goes once nothing points at it. A job whose
+    // policy may have passed over an entry (a refresh, a maximum age, an arm without warming)
+    // replaces it.
+    let replaced = if policy.replaces() && !bypassing {
         cache::current_image(&ctx.db, key).await?.map(|current| {
             current
                 .storage_path
@@ -78,6 +88,7 @@ pub(super) async fn run(
         None
     };
     let path = match &replaced {
+        _ if bypassing => StoragePath::for_bypass(key, generated_at, job.id),
         Some(current) => StoragePath::replacing(key, generated_at, current.as_deref()),
         None => StoragePath::for_key(key, generated_at),
     };
@@ -115,19 +126,28 @@ pub(super) async fn run(
         }
         None => None,
     };
+    let image_bytes = i64::try_from(stored.bytes).unwrap_or(i64::MAX);
     let entry = cache::NewEntry {
         key,
         image_url: &stored.url,
         storage_path: stored.path.as_str(),
-        prompt_config: CacheKey::canonical_value(&job.config, ctx.generator.kind()),
+        prompt_config: CacheKey::canonical_value_in(
+            &job.config,
+            ctx.generator.kind(),
+            job.cache.namespace.as_deref(),
+        ),
         generation_cost: generated.cost_usd,
-        image_bytes: i64::try_from(stored.bytes).unwrap_or(i64::MAX),
+        image_bytes,
         generator: ctx.generator.kind(),
         model,
         usage,
     };
     let mut tx = ctx.db.begin().await.map_err(DbError::from)?;
-    cache::record(&mut *tx, &entry).await?;
+    if bypassing {
+        bypass::record(&mut *tx, job.id, key, stored.path.as_str(), image_bytes).await?;
+    } else {
+        cache::record(&mut *tx, &entry).await?;
+    }
     leases::release(&mut *tx, key, job.id).await?;
     jobs::finish(&mut *tx, &result, owner).await?;
     tx.commit().await.map_err(DbError::from)?;
@@ -224,7 +244,7 @@ async fn make_image(
 /// The image an earlier attempt at this miss generated and stored but could not record (the
 /// database failed, the process died): using it saves paying for the same image twice. For a
 /// `force_refresh` the path is the new revision's, which no entry has served, so what is there
-/// is a fresh image too. Any doubt (a read error, a bad PNG) means generating — but a refusal
+/// is a fresh image too (and a bypass job's path is its own). Any doubt (a read error, a bad PNG) means generating — but a refusal
 /// (a key refused, a bucket missing) fails the job before it pays for an image that the
 /// upload would meet the same refusal with.
 async fn stored_earlier(

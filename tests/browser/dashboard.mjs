@@ -75,6 +75,14 @@ try {
   report.thumbnails = thumbs.length;
   check(thumbs.length > 0 && thumbs.every((t) => t.loaded), `thumbnails: ${JSON.stringify(thumbs)}`);
 
+  // The warming history renders, in words: the API's runs and spend.
+  const warming = await (await page.request.get(base + "/api/analytics/warming?since=7d")).json();
+  const warmRows = await page.$$eval("#warming-history tr", (rows) => rows.length - 1);
+  check(warmRows === Math.min(10, warming.runs), `warming history shows ${warmRows} runs, API says ${warming.runs}`);
+  const warmSpent = await page.$eval("[data-figure=warming_spent_usd]", (n) => n.textContent.trim());
+  check(warmSpent.startsWith(`$${warming.spent_usd.toFixed(4)}`), `warming spend shows ${warmSpent}, API says ${warming.spent_usd}`);
+  report.warming_runs = warmRows;
+
   // An action with the token: the top users appear.
   await page.fill("#token", token);
   await page.click("#show-users");

@@ -348,6 +348,14 @@ async fn the_dashboard_in_chromium_shows_the_api_figures_and_fetches_nothing_els
     let mut env = TestEnv::start(replies()).await;
     known_traffic(&mut env).await;
     summary_of_all(&env, 7).await;
+    // A warming run (as `warm --batch` records one), for the warming history.
+    sqlx::query(
+        "INSERT INTO memoji_warm_runs (source, mode, generated, failed, wasted, spent_usd, wasted_usd, started_at)
+         VALUES ('from', 'batch', 3, 1, 1, 0.08, 0.02, now() - interval '1 minute')",
+    )
+    .execute(&env.db)
+    .await
+    .unwrap();
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     assert!(
         std::path::Path::new("/usr/bin/chromium").exists(),
@@ -379,6 +387,7 @@ async fn the_dashboard_in_chromium_shows_the_api_figures_and_fetches_nothing_els
     );
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["figures"]["jobs"], "7", "{report}");
+    assert_eq!(report["warming_runs"], 1, "{report}");
     assert!(report["charts"].as_array().unwrap().len() >= 13, "{report}");
     let png = std::fs::read(&screenshot).unwrap();
     assert!(

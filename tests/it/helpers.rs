@@ -6,6 +6,7 @@
 #![allow(unused_imports)]
 
 pub use crate::openai::{OpenAiStub, Reply, openai_error, openai_ok, png_b64};
+pub use crate::openai_batches::{BatchScript, Batches, End};
 pub use crate::support::admin::*;
 pub use crate::support::broker::*;
 pub use crate::support::db::*;

@@ -7,12 +7,14 @@
 
 mod helpers;
 mod openai;
+mod openai_batches;
 mod support;
 
 mod admin_api;
 mod admin_limits;
 mod analytics;
 mod broker_faults;
+mod cache_controls;
 mod claims;
 mod cleanup;
 mod cli;
@@ -25,6 +27,7 @@ mod intake;
 mod leftovers;
 mod metrics;
 mod models;
+mod openai_batch;
 mod openai_faults;
 mod pipeline;
 mod poison;

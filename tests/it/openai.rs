@@ -7,6 +7,8 @@
 //! - `GET /v1/models/{id}` answers for the models it serves, with `shutdown_date` (null unless a
 //!   test announces one), and 404 `model_not_found` for the others.
 //!
+//! - the Batch API (`/v1/files`, `/v1/batches`), scripted by the test: `tests/it/openai_batches.rs`.
+//!
 //! Its rules are written here from the contract, not taken from the worker's catalogue, so a
 //! mistake in the worker's table shows up as a refusal.
 //!
@@ -92,9 +94,18 @@ fn error_template(
     code: Option<&str>,
     param: Option<&str>,
 ) -> ResponseTemplate {
-    ResponseTemplate::new(status).set_body_json(json!({
-        "error": {"message": message, "type": "invalid_request_error", "code": code, "param": param}
-    }))
+    let (status, body) = error_json(status, message, code, param);
+    ResponseTemplate::new(status).set_body_json(body)
+}
+
+/// An error in OpenAI's shape: its status and body.
+fn error_json(status: u16, message: &str, code: Option<&str>, param: Option<&str>) -> (u16, Value) {
+    (
+        status,
+        json!({
+            "error": {"message": message, "type": "invalid_request_error", "code": code, "param": param}
+        }),
+    )
 }
 
 /// A PNG as OpenAI would return it (base64), drawn by the placeholder generator.
@@ -156,6 +167,12 @@ fn size_problem(size: &str) -> Option<String> {
 
 /// The refusal today's API gives a generation request, if any.
 fn refusal(body: &Value) -> Option<ResponseTemplate> {
+    refusal_json(body).map(|(status, body)| ResponseTemplate::new(status).set_body_json(body))
+}
+
+/// The refusal today's API gives a generation request, if any: its status and body.
+pub fn refusal_json(body: &Value) -> Option<(u16, Value)> {
+    let error_template = error_json;
     let invalid = |message: String, param: &str| {
         Some(error_template(
             400,
@@ -229,6 +246,11 @@ fn refusal(body: &Value) -> Option<ResponseTemplate> {
 /// The answer to an accepted request that asked for an image: drawn at the requested size, with
 /// token usage that grows with the quality, as today's models bill.
 fn image_for(body: &Value) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(image_json(body))
+}
+
+/// The body of [`image_for`]'s answer.
+pub fn image_json(body: &Value) -> Value {
     let size = match body["size"].as_str().unwrap_or("auto") {
         "auto" => "1024x1024",
         size => size,
@@ -243,7 +265,7 @@ fn image_for(body: &Value) -> ResponseTemplate {
     let text_tokens = body["prompt"]
         .as_str()
         .map_or(0, |p| p.split_whitespace().count() as u64);
-    ResponseTemplate::new(200).set_body_json(json!({
+    json!({
         "created": 1_700_000_000,
         "data": [{"b64_json": png_b64_sized(size)}],
         "usage": {
@@ -252,7 +274,7 @@ fn image_for(body: &Value) -> ResponseTemplate {
             "output_tokens": output_tokens,
             "total_tokens": text_tokens + output_tokens
         }
-    }))
+    })
 }
 
 /// Answers each generation with the next reply (repeating the last), counting calls.
@@ -332,6 +354,8 @@ impl Respond for Models {
 pub struct OpenAiStub {
     pub server: MockServer,
     pub calls: Arc<AtomicU32>,
+    /// The Batch API's state (`tests/it/openai_batches.rs`).
+    pub batches: crate::openai_batches::Batches,
     shutdowns: Arc<Mutex<HashMap<String, String>>>,
     models_down: Arc<AtomicBool>,
     /// In front of `server` when a reply is held.
@@ -362,6 +386,11 @@ impl OpenAiStub {
             })
             .mount(&server)
             .await;
+        let batches = crate::openai_batches::Batches::default();
+        Mock::given(path_regex("^/v1/(files|batches)(/.*)?$"))
+            .respond_with(batches.clone())
+            .mount(&server)
+            .await;
         let gate = if held {
             Some(Gate::in_front_of(&server.uri()).await)
         } else {
@@ -370,6 +399,7 @@ impl OpenAiStub {
         OpenAiStub {
             server,
             calls,
+            batches,
             shutdowns,
             models_down,
             gate,

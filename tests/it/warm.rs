@@ -139,6 +139,17 @@ async fn warming_generates_what_is_missing_within_budget_and_charges_nobody() {
         0
     );
 
+    // The run is in the warming history the dashboard shows.
+    let (source, mode, generated): (String, String, i32) =
+        sqlx::query_as("SELECT source, mode, generated FROM memoji_warm_runs")
+            .fetch_one(&env.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        (source.as_str(), mode.as_str(), generated),
+        ("from", "live", 2)
+    );
+
     // Plain lines, one per generation, then the summary.
     let text = captured.text();
     assert!(text.contains("warm: 2 to generate"), "{text}");
