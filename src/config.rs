@@ -578,7 +578,7 @@ pub struct WarmSettings {
 
 /// Cache controls for every job (`[cache]`); a user's preferences and a job's own `cache` object
 /// win over them (`job::policy`).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct CacheSettings {
     /// Cached images older than this many days are not served (regenerated instead); unset: any
     /// age is served.
@@ -587,6 +587,25 @@ pub struct CacheSettings {
     /// The mode of a job that names none and whose user has no preference.
     #[serde(default)]
     pub mode: CacheMode,
+    /// Images kept per key (N, at least 1): variant 0 is the key's `memoji_cache` row, variants
+    /// 1..N-1 are extra images; each user gets one of them, always the same (`job::variant`).
+    /// 1 is the seed's behaviour.
+    #[serde(default = "one_variant")]
+    pub variants: u32,
+}
+
+impl Default for CacheSettings {
+    fn default() -> CacheSettings {
+        CacheSettings {
+            max_age_days: None,
+            mode: CacheMode::default(),
+            variants: one_variant(),
+        }
+    }
+}
+
+fn one_variant() -> u32 {
+    1
 }
 
 /// How a job uses the cache (a job's `cache.mode`, a user's preference, `cache.mode`).
@@ -673,6 +692,10 @@ pub struct ExperimentSettings {
     /// Off: nobody is assigned, every job runs on the configuration's own settings.
     #[serde(default = "enabled_by_default")]
     pub enabled: bool,
+    /// The arm the others are compared with in the reports (`GET /api/experiments/{name}`);
+    /// unset: the first arm by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<String>,
     /// The arms, by name (`[experiments.<name>.arms.<arm>]`), in name order.
     pub arms: BTreeMap<String, ArmSettings>,
 }
@@ -872,6 +895,7 @@ impl Settings {
             self.openai.lifecycle_check_hours > 0 && self.openai.lifecycle_retry_secs > 0,
             "openai.lifecycle_check_hours and openai.lifecycle_retry_secs must be at least 1",
         )?;
+        rule(self.cache.variants > 0, "cache.variants must be at least 1")?;
         check_experiments(&self.experiments).map_err(SettingsError::Rule)?;
         rule(
             self.cache.max_age_days != Some(0) && self.cleanup.bypass_retention_hours > 0,
@@ -917,6 +941,13 @@ fn check_experiments(experiments: &BTreeMap<String, ExperimentSettings>) -> Resu
         }
         if experiment.arms.len() < 2 {
             return Err(format!("experiments.{name} needs at least two arms"));
+        }
+        if let Some(control) = &experiment.control
+            && !experiment.arms.contains_key(control)
+        {
+            return Err(format!(
+                "experiments.{name}.control names no arm: `{control}`"
+            ));
         }
         let mut total = 0.0;
         for (arm_name, arm) in &experiment.arms {

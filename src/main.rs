@@ -95,12 +95,30 @@ enum Command {
         #[arg(long, value_enum, default_value = "md")]
         format: stats::report::Format,
     },
+    /// A/B tests of cache strategies: each arm's figures, and each arm against the control with
+    /// 95% confidence intervals and a verdict.
+    #[command(subcommand)]
+    Experiments(ExperimentsCommand),
     /// The request history as a request log, or a synthetic one, for `simulate`.
     #[command(subcommand)]
     History(simulate::cli::HistoryCommand),
     /// Replay a request log against cache policies, offline (no database, broker or OpenAI),
     /// and print per day and in total: hit ratio, generations, spend, saved, storage.
     Simulate(Box<simulate::cli::SimulateArgs>),
+}
+
+#[derive(Subcommand)]
+enum ExperimentsCommand {
+    /// Print one experiment's report (the figures of GET /api/experiments/NAME).
+    Show {
+        name: String,
+        /// Only the last span: hours or days, `48h`, `7d` (default: since its first job).
+        #[arg(long)]
+        since: Option<String>,
+        /// Print the JSON body of GET /api/experiments/NAME instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -410,6 +428,29 @@ async fn command(command: Command, mut settings: Settings) -> anyhow::Result<Exi
         Command::Report { since, format } => {
             let report = app::report(&settings, &since).await?;
             print!("{}", stats::report::render(&report, format)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Experiments(ExperimentsCommand::Show { name, since, json }) => {
+            let span = since
+                .as_deref()
+                .map(stats::analytics::parse_span)
+                .transpose()?;
+            let db = app::connect_database(&settings).await?;
+            let since = since.as_deref().zip(span);
+            let read =
+                stats::arms::report(&db, &settings.experiments, &name, since, chrono::Utc::now());
+            let report = read.await;
+            db.close().await;
+            let Some(report) = report? else {
+                anyhow::bail!(
+                    "no experiment named `{name}` is configured or has jobs in this period"
+                );
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", stats::arms::text(&report));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Warm(args) => warm(&settings, &args).await,

@@ -168,6 +168,8 @@ pub struct Batch {
     pub values: HashMap<(NaiveDate, &'static str, String), ValueCounts>,
     pub configs: HashMap<String, ConfigCounts>,
     pub users: HashMap<String, UserCounts>,
+    /// Jobs of users in an experiment's arm (migration 0015).
+    pub arms: HashMap<super::experiments::ArmHour, super::experiments::ArmCounts>,
 }
 
 impl Batch {
@@ -177,6 +179,7 @@ impl Batch {
             && self.values.is_empty()
             && self.configs.is_empty()
             && self.users.is_empty()
+            && self.arms.is_empty()
     }
 
     /// Adds `other` (a later batch) to this one.
@@ -195,6 +198,9 @@ impl Batch {
         }
         for (k, v) in other.users {
             self.users.entry(k).or_default().add(&v);
+        }
+        for (k, v) in other.arms {
+            self.arms.entry(k).or_default().add(&v);
         }
     }
 }
@@ -477,7 +483,7 @@ pub async fn record(conn: &mut PgConnection, batch: &Batch) -> Result<(), DbErro
         .bind(d.lags)
         .execute(&mut *conn)
         .await?;
-    Ok(())
+    super::experiments::record(conn, &batch.arms).await
 }
 
 /// One stored hour or day (`hour` is its start).

@@ -180,11 +180,14 @@ pub async fn current_image(pool: &PgPool, key: &CacheKey) -> Result<Option<Curre
     }))
 }
 
-/// Whether the key's row points at the stored object `path`. A path is built from its key, so
-/// no other row can (and the lookup stays on the key's index).
+/// Whether a row of the key — its entry or one of its variants (`db::variants`) — points at the
+/// stored object `path`. A path is built from its key, so no other key's row can (and the lookup
+/// stays on the key's index).
 pub async fn path_in_use(pool: &PgPool, key: &CacheKey, path: &str) -> Result<bool, DbError> {
     let (in_use,): (bool,) = sqlx::query_as(
-        "SELECT EXISTS (SELECT 1 FROM memoji_cache WHERE prompt_hash = $1 AND storage_path = $2)",
+        "SELECT EXISTS (SELECT 1 FROM memoji_cache WHERE prompt_hash = $1 AND storage_path = $2)
+             OR EXISTS (SELECT 1 FROM memoji_cache_variants
+                         WHERE prompt_hash = $1 AND storage_path = $2)",
     )
     .bind(key.as_str())
     .bind(path)

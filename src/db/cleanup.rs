@@ -2,6 +2,11 @@
 //! entries and delete old unused ones, and batches that prune old finished jobs and old credit
 //! ledger rows (retention).
 //!
+//! A key's variants (`memoji_cache_variants`) are one entry with its `memoji_cache` row: the
+//! rules count the key's uses together (the row's and its variants') and the row's age, and the
+//! statement that deletes the row deletes its variants too, returning all of their images. Variant rows whose key has no `memoji_cache` row (the JavaScript system deleted
+//! it, or only users of other variants ever asked) are judged by the same rules on their own.
+//!
 //! Every batch is two short statements: read the next `batch` ids in index order (the cursor),
 //! then change only those of them that qualify, skipping rows a hit holds right now
 //! (`FOR UPDATE SKIP LOCKED`). Locks are held for one batch, so hits keep flowing; a skipped row
@@ -57,7 +62,17 @@ pub async fn next_ids(
     Ok(ids)
 }
 
-/// Archives those of `ids` used more than `above` times; with `dry_run`, only counts them.
+/// A key's uses as one entry: its row's and its variants' (`memoji_cache_variants`) together, for
+/// `concat!` into the statements over `memoji_cache`. Without variants, the row's own count.
+macro_rules! key_uses {
+    () => {
+        "(COALESCE(memoji_cache.usage_count, 0) + COALESCE((SELECT sum(v.usage_count)
+           FROM memoji_cache_variants v WHERE v.prompt_hash = memoji_cache.prompt_hash), 0))"
+    };
+}
+
+/// Archives those of `ids` used more than `above` times (with their variants' uses); with
+/// `dry_run`, only counts them.
 pub async fn archive(
     pool: &PgPool,
     ids: &[Uuid],
@@ -65,17 +80,24 @@ pub async fn archive(
     dry_run: bool,
 ) -> Result<u64, DbError> {
     let sql = if dry_run {
-        "SELECT count(*) FROM memoji_cache
-          WHERE id = ANY($1) AND archived IS NOT TRUE AND COALESCE(usage_count, 0) > $2"
+        concat!(
+            "SELECT count(*) FROM memoji_cache
+              WHERE id = ANY($1) AND archived IS NOT TRUE AND ",
+            key_uses!(),
+            " > $2"
+        )
     } else {
-        "WITH archived AS (
-             UPDATE memoji_cache SET archived = true
-              WHERE id IN (SELECT id FROM memoji_cache
-                            WHERE id = ANY($1) AND archived IS NOT TRUE
-                              AND COALESCE(usage_count, 0) > $2
-                              FOR UPDATE SKIP LOCKED)
-             RETURNING 1)
-         SELECT count(*) FROM archived"
+        concat!(
+            "WITH archived AS (
+                 UPDATE memoji_cache SET archived = true
+                  WHERE id IN (SELECT id FROM memoji_cache
+                                WHERE id = ANY($1) AND archived IS NOT TRUE AND ",
+            key_uses!(),
+            " > $2
+                                  FOR UPDATE SKIP LOCKED)
+                 RETURNING 1)
+             SELECT count(*) FROM archived"
+        )
     };
     let n: i64 = sqlx::query_scalar(sql)
         .bind(ids)
@@ -122,24 +144,43 @@ pub struct Unused {
     pub archive_above: i64,
 }
 
-/// A deleted entry: what is needed to delete its image.
+/// A deleted entry, or one of its variants: what is needed to delete its image.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Deleted {
     pub prompt_hash: String,
+    /// 0 for the key's `memoji_cache` row, n for its variant n.
+    pub variant: i32,
     pub storage_path: Option<String>,
     pub image_url: String,
     pub image_bytes: i64,
 }
 
-const UNUSED: &str = "id = ANY($1) AND archived IS NOT TRUE AND created_at < $2
-                      AND COALESCE(usage_count, 0) < $3 AND COALESCE(usage_count, 0) <= $4";
+/// Of `ids`, the entries the rules delete, a key's uses counted with its variants'.
+const UNUSED: &str = concat!(
+    "id = ANY($1) AND archived IS NOT TRUE AND created_at < $2 AND ",
+    key_uses!(),
+    " < $3 AND ",
+    key_uses!(),
+    " <= $4"
+);
 
-/// Deletes those of `ids` that meet `rules`, returning them.
+/// Deletes those of `ids` that meet `rules`, with their variants, returning them all (each
+/// key's row first, as variant 0).
 pub async fn delete(pool: &PgPool, ids: &[Uuid], rules: Unused) -> Result<Vec<Deleted>, DbError> {
     let sql = format!(
-        "DELETE FROM memoji_cache
-          WHERE id IN (SELECT id FROM memoji_cache WHERE {UNUSED} FOR UPDATE SKIP LOCKED)
-         RETURNING prompt_hash, storage_path, image_url, COALESCE(image_bytes, 0) AS image_bytes"
+        "WITH gone AS (
+             DELETE FROM memoji_cache
+              WHERE id IN (SELECT id FROM memoji_cache WHERE {UNUSED} FOR UPDATE SKIP LOCKED)
+             RETURNING prompt_hash, storage_path, image_url,
+                       COALESCE(image_bytes, 0) AS image_bytes),
+         variants AS (
+             DELETE FROM memoji_cache_variants v USING gone
+              WHERE v.prompt_hash = gone.prompt_hash
+             RETURNING v.prompt_hash, v.variant, v.storage_path, v.image_url, v.image_bytes)
+         SELECT prompt_hash, 0 AS variant, storage_path, image_url, image_bytes FROM gone
+         UNION ALL
+         SELECT prompt_hash, variant, storage_path, image_url, image_bytes FROM variants
+         ORDER BY prompt_hash, variant"
     );
     let rows = sqlx::query_as(&sql)
         .bind(ids)
@@ -151,17 +192,94 @@ pub async fn delete(pool: &PgPool, ids: &[Uuid], rules: Unused) -> Result<Vec<De
     Ok(rows)
 }
 
-/// What [`delete`] would delete: how many entries, and their recorded image bytes.
+/// What [`delete`] would delete: how many entries, how many variant rows with them, and their
+/// recorded image bytes.
 pub async fn count_unused(
     pool: &PgPool,
     ids: &[Uuid],
     rules: Unused,
-) -> Result<(u64, u64), DbError> {
+) -> Result<(u64, u64, u64), DbError> {
     let sql = format!(
-        "SELECT count(*), COALESCE(sum(image_bytes), 0)::bigint FROM memoji_cache WHERE {UNUSED}"
+        "WITH unused AS (
+             SELECT prompt_hash, COALESCE(image_bytes, 0) AS image_bytes
+               FROM memoji_cache WHERE {UNUSED}),
+         variants AS (
+             SELECT v.image_bytes FROM memoji_cache_variants v
+               JOIN unused USING (prompt_hash))
+         SELECT (SELECT count(*) FROM unused),
+                (SELECT count(*) FROM variants),
+                ((SELECT COALESCE(sum(image_bytes), 0) FROM unused)
+                 + (SELECT COALESCE(sum(image_bytes), 0) FROM variants))::bigint"
+    );
+    let (n, variants, bytes): (i64, i64, i64) = sqlx::query_as(&sql)
+        .bind(ids)
+        .bind(rules.created_before)
+        .bind(rules.min_uses)
+        .bind(rules.archive_above)
+        .fetch_one(pool)
+        .await?;
+    let count = |n: i64| u64::try_from(n).unwrap_or(0);
+    Ok((count(n), count(variants), count(bytes)))
+}
+
+/// Whether a row of the key — its entry or a variant — exists and points at `storage_path`
+/// (re-recorded since the cleanup deleted it), so the image there must stay.
+pub async fn image_in_use(
+    pool: &PgPool,
+    prompt_hash: &str,
+    storage_path: &str,
+) -> Result<bool, DbError> {
+    let used: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM memoji_cache
+                         WHERE prompt_hash = $1
+                           AND (storage_path = $2 OR (storage_path IS NULL AND image_url LIKE '%/' || $2)))
+             OR EXISTS (SELECT 1 FROM memoji_cache_variants
+                         WHERE prompt_hash = $1 AND storage_path = $2)",
+    )
+    .bind(prompt_hash)
+    .bind(storage_path)
+    .fetch_one(pool)
+    .await?;
+    Ok(used)
+}
+
+/// Variant rows of keys without a `memoji_cache` row that meet the seed's rules on their own:
+/// created before the cutoff, fewer uses than `min_uses`, not popular enough to archive.
+const ORPHAN_UNUSED: &str = "created_at < $1 AND usage_count < $2 AND usage_count <= $3
+    AND NOT EXISTS (SELECT 1 FROM memoji_cache c WHERE c.prompt_hash = v.prompt_hash)";
+
+/// Deletes up to `batch` variant rows whose key has no `memoji_cache` row and that meet `rules`,
+/// returning them (rows a hit holds right now are skipped). Fewer than `batch` means done.
+pub async fn delete_orphans(
+    pool: &PgPool,
+    rules: Unused,
+    batch: i64,
+) -> Result<Vec<Deleted>, DbError> {
+    let sql = format!(
+        "DELETE FROM memoji_cache_variants
+          WHERE (prompt_hash, variant) IN (
+                SELECT prompt_hash, variant FROM memoji_cache_variants v
+                 WHERE {ORPHAN_UNUSED}
+                 ORDER BY created_at LIMIT $4 FOR UPDATE SKIP LOCKED)
+         RETURNING prompt_hash, variant, storage_path, image_url, image_bytes"
+    );
+    let rows = sqlx::query_as(&sql)
+        .bind(rules.created_before)
+        .bind(rules.min_uses)
+        .bind(rules.archive_above)
+        .bind(batch)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows)
+}
+
+/// What [`delete_orphans`] would delete, all batches together: how many rows, and their bytes.
+pub async fn count_orphans(pool: &PgPool, rules: Unused) -> Result<(u64, u64), DbError> {
+    let sql = format!(
+        "SELECT count(*), COALESCE(sum(image_bytes), 0)::bigint
+           FROM memoji_cache_variants v WHERE {ORPHAN_UNUSED}"
     );
     let (n, bytes): (i64, i64) = sqlx::query_as(&sql)
-        .bind(ids)
         .bind(rules.created_before)
         .bind(rules.min_uses)
         .bind(rules.archive_above)
@@ -171,25 +289,6 @@ pub async fn count_unused(
         u64::try_from(n).unwrap_or(0),
         u64::try_from(bytes).unwrap_or(0),
     ))
-}
-
-/// Whether the key's entry exists and points at `storage_path` (re-recorded since the cleanup
-/// deleted it), so the image there must stay.
-pub async fn image_in_use(
-    pool: &PgPool,
-    prompt_hash: &str,
-    storage_path: &str,
-) -> Result<bool, DbError> {
-    let used: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM memoji_cache
-                         WHERE prompt_hash = $1
-                           AND (storage_path = $2 OR (storage_path IS NULL AND image_url LIKE '%/' || $2)))",
-    )
-    .bind(prompt_hash)
-    .bind(storage_path)
-    .fetch_one(pool)
-    .await?;
-    Ok(used)
 }
 
 /// A finished job may go once it was created and finished before the cutoff — unless it failed

@@ -8,9 +8,11 @@
 //! - [`leases`]: who may generate a key right now (single flight across processes).
 //! - [`stats`]: counters and rollups behind `GET /api/cache/stats`.
 //! - [`analytics`]: the rollups behind `GET /api/analytics/…`, the dashboard and `report`.
+//! - [`experiments`]: the per-arm rollups of A/B tests, behind `GET /api/experiments/…`.
 //! - [`cleanup`]: the cleanup's batches and its single-replica lock.
 //! - [`refunds`]: the refund sweep's batches: charges whose job will never finish.
 //! - [`warm`]: cache warming's entries and the request history.
+//! - [`variants`]: a key's images by variant (`cache.variants`), variant 0 in [`cache`].
 //! - [`warm_batches`]: the OpenAI batches warming submitted, line by line, until handled.
 //! - [`preferences`]: users' stored cache preferences.
 //! - [`bypass`]: the images of `bypass` jobs, which are never cache entries.
@@ -22,6 +24,7 @@ pub mod cache;
 pub mod cleanup;
 pub mod credits;
 pub mod derived;
+pub mod experiments;
 pub mod hits;
 pub mod jobs;
 pub mod leases;
@@ -29,6 +32,7 @@ pub mod models;
 pub mod preferences;
 pub mod refunds;
 pub mod stats;
+pub mod variants;
 pub mod warm;
 pub mod warm_batches;
 

@@ -142,13 +142,14 @@ async fn render(state: &ApiState, since: &str, span: Duration) -> Result<String,
     let now = Utc::now();
     let step = analytics::step_for(span);
     let db = &state.db;
-    let (summary, series, breakdowns, top_uses, top_saved, cleanups) = tokio::try_join!(
+    let (summary, series, breakdowns, top_uses, top_saved, cleanups, experiments) = tokio::try_join!(
         analytics::summary(db, since, span, now),
         analytics::series(db, step, span, now),
         analytics::breakdowns(db, span, SHOWN, now),
         analytics::top_configs(db, TopBy::Uses, SHOWN),
         analytics::top_configs(db, TopBy::Saved, SHOWN),
         analytics::cleanups(db, span.max(Duration::days(30)), now),
+        crate::stats::arms::list(db, &state.settings.experiments, Some((since, span)), now),
     )?;
     let (warm_runs, warming) = tokio::try_join!(
         crate::db::warm::recent_runs(db, WARM_RUNS_SHOWN),
@@ -183,6 +184,10 @@ async fn render(state: &ApiState, since: &str, span: Duration) -> Result<String,
         ("top_saved", top_table("top-saved", &top_saved)),
         ("cleanups", cleanup_table(&cleanups)),
         ("warming", warming_html(since, &warming, &warm_runs)),
+        (
+            "experiments",
+            super::experiments::section(&experiments, since),
+        ),
     ];
     let values: Vec<(&str, &str)> = parts.iter().map(|(n, v)| (*n, v.as_str())).collect();
     Ok(fill(PAGE, &values))
@@ -624,6 +629,7 @@ mod tests {
             "top_saved",
             "cleanups",
             "warming",
+            "experiments",
         ];
         let values: Vec<(&str, &str)> = names.iter().map(|n| (*n, "")).collect();
         assert!(!fill(PAGE, &values).contains("{{"));

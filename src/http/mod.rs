@@ -6,6 +6,7 @@ mod analytics;
 mod auth;
 mod cleanup;
 mod dashboard;
+mod experiments;
 mod health;
 mod images;
 mod metrics;
@@ -53,6 +54,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(stats::router())
         .merge(metrics::router())
         .merge(analytics::router())
+        .merge(experiments::router())
         .merge(dashboard::router())
         .merge(users::router())
         .layer(timeout);

@@ -446,6 +446,138 @@ pub(crate) fn bars(id: &str, title: &str, names: (&str, &str), rows: &[Bar<'_>])
     out
 }
 
+/// One row of an interval chart: an estimate and its 95 % confidence interval.
+pub(crate) struct Estimate<'a> {
+    pub label: &'a str,
+    pub estimate: f64,
+    pub low: f64,
+    pub high: f64,
+    /// The figures in words, written beside the row.
+    pub note: String,
+}
+
+/// Horizontal bars from zero to each row's estimate, with its 95 % confidence interval drawn
+/// over the bar as a black line with end marks, and a zero line. Told apart by shape, not
+/// colour; each row's figures are written beside it, and the legend says what the marks mean.
+pub(crate) fn intervals(id: &str, title: &str, unit: &str, rows: &[Estimate<'_>]) -> String {
+    let row_h = 24.0;
+    let height = 56.0 + row_h * rows.len().max(1) as f64;
+    let label_w = 90.0;
+    let plot_w = WIDTH - label_w - 290.0;
+    let low = rows
+        .iter()
+        .map(|r| r.low.min(r.estimate))
+        .fold(0.0, f64::min);
+    let high = rows
+        .iter()
+        .map(|r| r.high.max(r.estimate))
+        .fold(0.0, f64::max);
+    let (low, high) = if high - low <= 0.0 {
+        (0.0, 1.0)
+    } else {
+        (low, high)
+    };
+    let x = |v: f64| label_w + plot_w * (v - low) / (high - low);
+    let mut out = String::new();
+    let summary = rows
+        .iter()
+        .map(|r| format!("{}: {}", r.label, r.note))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let _ = write!(
+        out,
+        "<svg class=\"chart\" id=\"{id}\" viewBox=\"0 0 {WIDTH} {height}\" width=\"100%\" role=\"img\" \
+         aria-labelledby=\"{id}-t {id}-d\" xmlns=\"http://www.w3.org/2000/svg\" font-family=\"sans-serif\" font-size=\"11\">\
+         <title id=\"{id}-t\">{}</title><desc id=\"{id}-d\">{}</desc>{PATTERNS}",
+        escape(title),
+        escape(&summary)
+    );
+    let look = Look::Solid;
+    let _ = write!(
+        out,
+        "<rect x=\"{label_w}\" y=\"8\" width=\"14\" height=\"10\" fill=\"url(#hatch)\" stroke=\"{}\"/>\
+         <text x=\"{:.1}\" y=\"17\" fill=\"#222222\">estimate (hatched bar)</text>\
+         <line x1=\"{:.1}\" y1=\"13\" x2=\"{:.1}\" y2=\"13\" stroke=\"#000000\" stroke-width=\"2\"/>\
+         <line x1=\"{:.1}\" y1=\"8\" x2=\"{:.1}\" y2=\"18\" stroke=\"#000000\" stroke-width=\"2\"/>\
+         <line x1=\"{:.1}\" y1=\"8\" x2=\"{:.1}\" y2=\"18\" stroke=\"#000000\" stroke-width=\"2\"/>\
+         <text x=\"{:.1}\" y=\"17\" fill=\"#222222\">95% confidence interval (line with end marks)</text>",
+        look.colour(),
+        label_w + 18.0,
+        label_w + 150.0,
+        label_w + 174.0,
+        label_w + 150.0,
+        label_w + 150.0,
+        label_w + 174.0,
+        label_w + 174.0,
+        label_w + 180.0
+    );
+    if rows.is_empty() {
+        let _ = write!(
+            out,
+            "<text x=\"{label_w}\" y=\"48\" fill=\"#222222\">no jobs in this period</text>"
+        );
+    }
+    let top = 28.0;
+    let bottom = top + row_h * rows.len().max(1) as f64;
+    // The zero line, and the axis' ends in words (an end too close to zero is left to the zero).
+    let zero = x(0.0);
+    let _ = write!(
+        out,
+        "<line x1=\"{zero:.1}\" y1=\"{top}\" x2=\"{zero:.1}\" y2=\"{bottom:.1}\" stroke=\"#222222\" stroke-width=\"1.2\"/>\
+         <text x=\"{zero:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#222222\">0</text>",
+        bottom + 14.0
+    );
+    for (value, anchor) in [(low, "start"), (high, "end")] {
+        if (x(value) - zero).abs() > 40.0 {
+            let _ = write!(
+                out,
+                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"{anchor}\" fill=\"#222222\">{}{}</text>",
+                x(value),
+                bottom + 14.0,
+                figure(value),
+                escape(unit)
+            );
+        }
+    }
+    for (i, row) in rows.iter().enumerate() {
+        let y = top + row_h * i as f64;
+        let shown: String = row.label.chars().take(14).collect();
+        let _ = write!(
+            out,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"#222222\">{}</text>",
+            label_w - 6.0,
+            y + 14.0,
+            escape(&shown)
+        );
+        let (from, to) = (x(0.0).min(x(row.estimate)), x(0.0).max(x(row.estimate)));
+        let _ = write!(
+            out,
+            "<rect class=\"bar\" x=\"{from:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"12\" fill=\"url(#hatch)\" stroke=\"{}\" stroke-width=\"0.5\"/>",
+            y + 4.0,
+            (to - from).max(1.0),
+            look.colour()
+        );
+        let (l, h, mid) = (x(row.low), x(row.high), y + 10.0);
+        let _ = write!(
+            out,
+            "<path class=\"ci\" d=\"M{l:.1} {mid:.1} H{h:.1} M{l:.1} {:.1} V{:.1} M{h:.1} {:.1} V{:.1}\" stroke=\"#000000\" stroke-width=\"2\" fill=\"none\"/>",
+            mid - 6.0,
+            mid + 6.0,
+            mid - 6.0,
+            mid + 6.0
+        );
+        let _ = write!(
+            out,
+            "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"#222222\">{}</text>",
+            label_w + plot_w + 8.0,
+            y + 14.0,
+            escape(&row.note)
+        );
+    }
+    out.push_str("</svg>");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -496,5 +628,20 @@ mod tests {
         );
         assert_eq!(svg.matches("class=\"bar\"").count(), 2);
         assert!(svg.contains("hits (hatched)"));
+        let svg = intervals(
+            "z",
+            "Difference",
+            " pts",
+            &[Estimate {
+                label: "three",
+                estimate: 10.0,
+                low: 5.8,
+                high: 14.1,
+                note: "+10.00 pts (95% CI +5.80 to +14.10): better".to_owned(),
+            }],
+        );
+        assert_eq!(svg.matches("class=\"ci\"").count(), 1);
+        assert!(svg.contains("95% confidence interval (line with end marks)"));
+        assert!(svg.contains("+10.00 pts (95% CI +5.80 to +14.10): better"));
     }
 }

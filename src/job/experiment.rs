@@ -83,6 +83,7 @@ mod tests {
             "variety".to_owned(),
             ExperimentSettings {
                 enabled: true,
+                control: None,
                 arms,
             },
         )])

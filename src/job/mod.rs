@@ -13,6 +13,7 @@ pub mod models;
 mod outcome;
 pub mod policy;
 mod result;
+pub mod variant;
 
 pub use avatar::{AvatarConfig, ConfigError, ModelRules};
 pub use experiment::Assignment;
@@ -21,4 +22,5 @@ pub use key::{CacheKey, GeneratorKind};
 pub use models::{Model, Plan};
 pub use outcome::{Outcome, Recipient};
 pub use policy::{CachePolicy, CacheRequest, Freshness, UserPreferences};
-pub use result::{ErrorCode, Image, JobError, JobResult, Spent, Status};
+pub use result::{ArmLabel, ErrorCode, Image, JobError, JobResult, Spent, Status};
+pub use variant::{Pick, Variant};

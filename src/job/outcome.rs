@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{JobId, JobResult};
+use super::{ArmLabel, JobId, JobResult};
 
 /// How a delivery ends.
 #[derive(Debug)]
@@ -41,4 +41,6 @@ pub struct Recipient {
     pub(crate) job_id: JobId,
     /// The user who asked.
     pub(crate) user_id: String,
+    /// The experiment and arm the user is in, which that result names too.
+    pub arm: Option<ArmLabel>,
 }

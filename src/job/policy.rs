@@ -205,7 +205,11 @@ mod tests {
     }
 
     fn config(max_age_days: Option<u32>, mode: CacheMode) -> CacheSettings {
-        CacheSettings { max_age_days, mode }
+        CacheSettings {
+            max_age_days,
+            mode,
+            ..CacheSettings::default()
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::{CacheKey, JobId};
+use super::{Assignment, CacheKey, JobId};
 
 /// Why a job failed. The strings are part of the contract: subscribers branch on them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -107,10 +107,41 @@ pub struct JobResult {
     /// without one), or on a failure the model that was called (`None` if none was).
     #[serde(default)]
     pub model: Option<String>,
+    /// With variants (`cache.variants` > 1 for the job's user): which of the key's images a
+    /// succeeded result serves, 0 being the key's `memoji_cache` entry. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<u32>,
     pub duration_ms: u64,
     #[serde(serialize_with = "millis_utc")]
     pub completed_at: DateTime<Utc>,
     pub error: Option<JobError>,
+    /// The A/B test the job's user is in (`[experiments.<name>]`, issue 15); absent when the
+    /// user is in no arm, so a job outside every experiment keeps today's message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<String>,
+    /// The arm of [`JobResult::experiment`] the user is in; present exactly when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arm: Option<String>,
+}
+
+/// Which arm of which experiment a job's user is in, as results, `job.completed` and the
+/// per-arm rollups name it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ArmLabel {
+    /// The experiment's name, as configured.
+    pub experiment: String,
+    /// The arm's name, as configured.
+    pub arm: String,
+}
+
+impl ArmLabel {
+    /// The label of an assignment (none for a user in no arm).
+    pub fn of(assignment: Option<&Assignment>) -> Option<ArmLabel> {
+        assignment.map(|a| ArmLabel {
+            experiment: a.experiment.clone(),
+            arm: a.arm.clone(),
+        })
+    }
 }
 
 /// `2026-11-24T14:03:07.512Z`, as JavaScript's `toISOString` writes it.
@@ -159,9 +190,12 @@ impl JobResult {
             saved_usd,
             attempts: 1,
             model: image.model,
+            variant: None,
             duration_ms: 0,
             completed_at: Utc::now(),
             error: None,
+            experiment: None,
+            arm: None,
         }
     }
 
@@ -187,9 +221,12 @@ impl JobResult {
             saved_usd: 0.0,
             attempts: spent.attempts,
             model: image.model,
+            variant: None,
             duration_ms: 0,
             completed_at: Utc::now(),
             error: None,
+            experiment: None,
+            arm: None,
         }
     }
 
@@ -214,9 +251,12 @@ impl JobResult {
             saved_usd: 0.0,
             attempts: 0,
             model: None,
+            variant: None,
             duration_ms: 0,
             completed_at: Utc::now(),
             error: Some(error),
+            experiment: None,
+            arm: None,
         }
     }
 
@@ -235,6 +275,15 @@ impl JobResult {
         self
     }
 
+    /// Names the variant a succeeded result serves (`Pick::shown`: `None` without variants).
+    #[must_use]
+    pub fn with_variant(mut self, variant: Option<u32>) -> JobResult {
+        if self.succeeded() {
+            self.variant = variant;
+        }
+        self
+    }
+
     /// Stamps how long the job took, from its delivery's start, and when it completed.
     #[must_use]
     pub fn took(mut self, started: tokio::time::Instant) -> JobResult {
@@ -249,6 +298,28 @@ impl JobResult {
         let message = "no cached image may serve this only_if_cached job; nothing was generated";
         let error = JobError::new(ErrorCode::NotCached, message, true);
         JobResult::failure(job_id, user_id, Some(key), error)
+    }
+
+    /// Names the experiment and arm the job's user is in; `None` leaves the result as it is
+    /// (a result recorded with its arm keeps it).
+    #[must_use]
+    pub fn in_arm(mut self, arm: Option<&ArmLabel>) -> JobResult {
+        if let Some(arm) = arm {
+            self.experiment = Some(arm.experiment.clone());
+            self.arm = Some(arm.arm.clone());
+        }
+        self
+    }
+
+    /// The experiment and arm this result names, if any.
+    pub fn arm_label(&self) -> Option<ArmLabel> {
+        match (&self.experiment, &self.arm) {
+            (Some(experiment), Some(arm)) => Some(ArmLabel {
+                experiment: experiment.clone(),
+                arm: arm.clone(),
+            }),
+            _ => None,
+        }
     }
 
     /// The `invalid_job` answer to a job that broke a rule.
@@ -328,6 +399,32 @@ mod tests {
                 assert!(!text.contains(secret), "{text}");
             }
         }
+    }
+
+    #[test]
+    fn a_result_names_its_arm_only_when_it_has_one() {
+        let id = JobId(Uuid::nil());
+        let plain = JobResult::invalid(id, "user-42", "bad");
+        let text = serde_json::to_value(&plain).unwrap();
+        assert!(text.get("experiment").is_none() && text.get("arm").is_none());
+        assert_eq!(plain.clone().in_arm(None), plain);
+        let arm = ArmLabel {
+            experiment: "variety".to_owned(),
+            arm: "three".to_owned(),
+        };
+        let labelled = plain.in_arm(Some(&arm));
+        let value = serde_json::to_value(&labelled).unwrap();
+        assert_eq!(
+            (value["experiment"].as_str(), value["arm"].as_str()),
+            (Some("variety"), Some("three"))
+        );
+        assert_eq!(labelled.arm_label(), Some(arm));
+        let back: JobResult = serde_json::from_value(value).unwrap();
+        assert_eq!(
+            back.arm_label(),
+            labelled.arm_label(),
+            "read back from the job table"
+        );
     }
 
     #[test]

@@ -18,6 +18,12 @@
 //! to be replaced, or orphaned at worst — never a row pointing at nothing); if the key's row is
 //! back and points at this path, the image is left alone too.
 //!
+//! Variants (`cache.variants`): a key's variant rows are one entry with its `memoji_cache` row
+//! for the seed's rules — its row's age, and the uses of all its images together. When they
+//! delete the row, its variants go in the same statement, and all of the key's images are deleted together, each under its own (key,
+//! variant) lease; archiving the row keeps its variants for good as well. Variant rows whose key
+//! has no row at all are judged by the same rules on their own, in a last pass.
+//!
 //! The advisory lock is about not doing the work twice, not about safety: should two runs ever
 //! overlap (the lock's connection dropped mid-run and another replica started), every batch
 //! still locks only its own rows and re-checks its conditions, so they share the work.
@@ -33,7 +39,7 @@ use tokio::time::Instant;
 use crate::config::CleanupSettings;
 use crate::db::cleanup::{self as sql, Deleted, Unused};
 use crate::db::{DbError, bypass, leases};
-use crate::job::{CacheKey, JobId};
+use crate::job::{CacheKey, JobId, Variant};
 use crate::stats::Feed;
 use crate::stats::feed::CLEANUP_COMPLETED;
 use crate::storage::{ImageStore, StoragePath};
@@ -55,6 +61,10 @@ pub struct CleanupReport {
     pub dry_run: bool,
     /// Entries deleted (dry run: that would be).
     pub deleted: u64,
+    /// Variant rows (`cache.variants`) deleted with their entry, or on their own where the key
+    /// has no entry (dry run: that would be). Their images are in `bytes_freed`.
+    #[serde(default)]
+    pub variants_deleted: u64,
     /// Entries archived (dry run: that would be).
     pub archived: u64,
     /// Image bytes the storage backend reported freed (dry run: recorded sizes of the images
@@ -165,6 +175,7 @@ impl Cleaner {
             started_at: started_at.to_rfc3339_opts(SecondsFormat::Millis, true),
             dry_run,
             deleted: 0,
+            variants_deleted: 0,
             archived: 0,
             bytes_freed: 0,
             images_kept: 0,
@@ -201,25 +212,65 @@ impl Cleaner {
             after = Some(*last);
             let ids: Vec<uuid::Uuid> = old.iter().map(|(_, id)| *id).collect();
             if dry_run {
-                let (n, bytes) = sql::count_unused(&self.db, &ids, rules).await?;
+                let (n, variants, bytes) = sql::count_unused(&self.db, &ids, rules).await?;
                 report.deleted += n;
+                report.variants_deleted += variants;
                 report.bytes_freed += bytes;
                 continue;
             }
             let deleted = sql::delete(&self.db, &ids, rules).await?;
-            report.deleted += deleted.len() as u64;
-            for entry in &deleted {
-                match self.delete_image(entry).await? {
-                    Some(bytes) => report.bytes_freed += bytes,
-                    None => report.images_kept += 1,
-                }
-            }
+            self.delete_images(&deleted, &mut report).await?;
         }
+        self.delete_orphan_variants(rules, batch, dry_run, &mut report)
+            .await?;
         self.prune(started_at, batch, dry_run, &mut report).await?;
         self.delete_bypass_images(batch, dry_run, &mut report)
             .await?;
         report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         Ok(report)
+    }
+
+    /// Deletes the images of deleted rows (entries and their variants, together), counting them.
+    async fn delete_images(
+        &self,
+        deleted: &[Deleted],
+        report: &mut CleanupReport,
+    ) -> Result<(), CleanupError> {
+        for entry in deleted {
+            if entry.variant == 0 {
+                report.deleted += 1;
+            } else {
+                report.variants_deleted += 1;
+            }
+            match self.delete_image(entry).await? {
+                Some(bytes) => report.bytes_freed += bytes,
+                None => report.images_kept += 1,
+            }
+        }
+        Ok(())
+    }
+
+    /// Variant rows of keys without an entry, judged by the same rules, in bounded batches.
+    async fn delete_orphan_variants(
+        &self,
+        rules: Unused,
+        batch: i64,
+        dry_run: bool,
+        report: &mut CleanupReport,
+    ) -> Result<(), CleanupError> {
+        if dry_run {
+            let (n, bytes) = sql::count_orphans(&self.db, rules).await?;
+            report.variants_deleted += n;
+            report.bytes_freed += bytes;
+            return Ok(());
+        }
+        loop {
+            let deleted = sql::delete_orphans(&self.db, rules, batch).await?;
+            self.delete_images(&deleted, report).await?;
+            if (deleted.len() as i64) < batch {
+                return Ok(());
+            }
+        }
     }
 
     /// Retention: old finished jobs, then old ledger rows, each walked oldest first in batches
@@ -302,7 +353,8 @@ impl Cleaner {
             return Ok(None);
         };
         let holder = JobId(uuid::Uuid::new_v4());
-        if !leases::claim(&self.db, &key, holder, LEASE_TTL).await? {
+        let variant = Variant::new(u32::try_from(entry.variant).unwrap_or(0));
+        if !leases::claim_variant(&self.db, &key, variant, holder, LEASE_TTL).await? {
             tracing::info!(%path, "key is being generated again; leaving its image");
             return Ok(None);
         }
@@ -319,7 +371,7 @@ impl Cleaner {
             }
         }
         .await;
-        leases::release(&self.db, &key, holder).await?;
+        leases::release_variant(&self.db, &key, variant, holder).await?;
         outcome
     }
 }
@@ -349,6 +401,7 @@ mod tests {
     fn entry(storage_path: Option<&str>, image_url: &str) -> Deleted {
         Deleted {
             prompt_hash: KEY.to_owned(),
+            variant: 0,
             storage_path: storage_path.map(str::to_owned),
             image_url: image_url.to_owned(),
             image_bytes: 0,

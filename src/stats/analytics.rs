@@ -69,6 +69,13 @@ pub fn add_job(
     if invalid {
         return;
     }
+    if let (Some(experiment), Some(arm)) = (&result.experiment, &result.arm) {
+        batch
+            .arms
+            .entry((hour, experiment.clone(), arm.clone()))
+            .or_default()
+            .add(&super::arms::counts_of(result));
+    }
     if let Some(config) = config {
         let counts = ValueCounts {
             jobs: 1,

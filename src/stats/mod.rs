@@ -7,10 +7,14 @@
 //!   flush keeps the counts for the next one.
 //! - [`feed`]: the metrics exchange's publisher, fed through a bounded channel that drops (and
 //!   counts) messages rather than ever making a job wait.
+//! - [`arms`] reports A/B tests per arm from their own rollups, with the intervals and verdicts
+//!   of [`experiment`] (pure statistics).
 //! - [`read`] turns the stored counters into [`Stats`], the body of `GET /api/cache/stats` and of
 //!   `stats.snapshot`, without scanning the cache table.
 
 pub mod analytics;
+pub mod arms;
+pub mod experiment;
 pub mod feed;
 pub mod observer;
 pub mod report;

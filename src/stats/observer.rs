@@ -38,6 +38,13 @@ pub struct JobCompleted {
     pub saved_usd: f64,
     pub duration_ms: u64,
     pub completed_at: String,
+    /// The experiment and arm the job's user is in, as its result names them; absent outside
+    /// every experiment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<String>,
+    /// The arm of `experiment`; present exactly when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arm: Option<String>,
 }
 
 impl JobCompleted {
@@ -53,6 +60,8 @@ impl JobCompleted {
             completed_at: result
                 .completed_at
                 .to_rfc3339_opts(SecondsFormat::Millis, true),
+            experiment: result.experiment.clone(),
+            arm: result.arm.clone(),
         }
     }
 }
@@ -228,5 +237,16 @@ mod tests {
         }
         let per_job = started.elapsed() / n;
         println!("analytics hook: {per_job:?} per job ({n} jobs)");
+        // The same jobs, each in an experiment's arm (one more map entry per hour and arm).
+        result.experiment = Some("freshness".to_owned());
+        let started = std::time::Instant::now();
+        for i in 0..n {
+            result.user_id = format!("u-{}", i % 1000);
+            result.arm = Some(if i % 2 == 0 { "control" } else { "fresh" }.to_owned());
+            let config = config_of(&result, body);
+            tally.add_job(&result, config.as_ref(), Some(Duration::from_secs(1)));
+        }
+        let per_job = started.elapsed() / n;
+        println!("analytics hook, jobs in an arm: {per_job:?} per job ({n} jobs)");
     }
 }

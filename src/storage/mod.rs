@@ -2,7 +2,7 @@
 //!
 //! Paths are `YYYY/MM/<hash>.png`, built only from a [`CacheKey`] the worker computed, never from
 //! text in a job. Stored objects are immutable (served with a year-long `immutable` lifetime): an
-//! image that replaces another (`force_refresh`) gets a path of its own, `YYYY/MM/<hash>-<n>.png`. Every image is checked ([`check_png`]) before any backend sees it. Backends sit
+//! image that replaces another (`force_refresh`), and a variant (`cache.variants`), gets a path of its own, `YYYY/MM/<hash>-<n>.png`. Every image is checked ([`check_png`]) before any backend sees it. Backends sit
 //! behind [`ImageStore`], chosen by `storage.kind`:
 //! - `local` writes to a directory that the admin API serves at `/images/…`;
 //! - `s3` speaks the S3 protocol (AWS S3, MinIO, R2, Supabase's S3 endpoint);
@@ -40,7 +40,7 @@ pub(crate) const LOCAL_PUBLIC_BASE_URL: &str = "http://127.0.0.1:8080/images";
 const CHECK_PREFIX: &str = "_memoji-check";
 
 /// Where an image lives inside a store: `YYYY/MM/<hash>.png`, or `YYYY/MM/<hash>-<n>.png` for
-/// the `n`th image that replaced the key's first (CONTRACT.md §5).
+/// the key's other images — those that replaced its first, and its variants (CONTRACT.md §5).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct StoragePath(String);
 
@@ -86,6 +86,26 @@ impl StoragePath {
             at.month(),
             job.0.simple()
         ))
+    }
+
+    /// This path, or the first after it in its key's and month's `<hash>-<n>.png` numbering that
+    /// `taken` does not refuse: where an image of a key that may have several (a replacement, a
+    /// variant) goes without meeting another one's object.
+    pub fn first_free(&self, taken: impl Fn(&StoragePath) -> bool) -> StoragePath {
+        let mut path = self.clone();
+        let mut n = self.revision_number();
+        // `YYYY/MM/<hash>`: what every number of this path's key and month shares.
+        let stem = self
+            .0
+            .strip_suffix(".png")
+            .map(|stem| stem.split_once('-').map_or(stem, |(hash, _)| hash))
+            .unwrap_or(&self.0)
+            .to_owned();
+        while taken(&path) && n < u32::MAX {
+            n += 1;
+            path = StoragePath(format!("{stem}-{n}.png"));
+        }
+        path
     }
 
     /// 0 for a key's first image, `n` for `<hash>-<n>.png`.
@@ -357,6 +377,27 @@ mod tests {
         ] {
             assert_eq!(StoragePath::parse(&broken), None, "{broken}");
         }
+    }
+
+    #[test]
+    fn the_first_free_path_skips_the_taken_ones() {
+        let key = CacheKey::parse(KEY).unwrap();
+        let at = DateTime::parse_from_rfc3339("2026-12-01T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let second = StoragePath::revision(&key, at, 2);
+        assert_eq!(second.first_free(|_| false), second);
+        let taken = [
+            format!("2026/12/{KEY}-2.png"),
+            format!("2026/12/{KEY}-3.png"),
+            format!("2026/11/{KEY}-4.png"),
+        ];
+        let free = second.first_free(|path| taken.iter().any(|t| t == path.as_str()));
+        assert_eq!(free.as_str(), format!("2026/12/{KEY}-4.png"));
+        assert_eq!(StoragePath::parse(free.as_str()), Some(free.clone()));
+        let first = StoragePath::for_key(&key, at);
+        let next = first.first_free(|path| path == &first);
+        assert_eq!(next.as_str(), format!("2026/12/{KEY}-1.png"));
     }
 
     #[test]

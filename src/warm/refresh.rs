@@ -14,9 +14,9 @@ use serde::Serialize;
 
 use super::{Shaping, WARM_USER, WarmError, Warmer};
 use crate::db::{self, DbError, cache, leases};
-use crate::job::{CacheKey, JobId};
+use crate::job::{CacheKey, JobId, Variant};
 use crate::storage::{self, StoragePath};
-use crate::worker::lead::retire_image;
+use crate::worker::lead::{fresh_path, retire_image};
 
 /// What a refresh did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -192,7 +192,11 @@ async fn refresh_one(
     }
     let outcome = async {
         let old_path = entry.storage_path.clone();
-        let path = StoragePath::replacing(key, Utc::now(), old_path.as_deref());
+        let next = StoragePath::replacing(key, Utc::now(), old_path.as_deref());
+        // Clear of the key's variants' images and of images being made for them.
+        let Some(path) = fresh_path(db, key, Variant::SEED, holder, &next).await? else {
+            return Ok(None);
+        };
         let generated = warmer
             .generator
             .generate(&candidate.config, &candidate.plan, WARM_USER)

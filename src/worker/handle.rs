@@ -23,10 +23,11 @@ use super::lead;
 use super::step::StepError;
 use crate::config::CacheMode;
 use crate::db::credits;
-use crate::db::{DbError, cache, derived, jobs, preferences};
+use crate::db::{DbError, cache, derived, jobs, preferences, variants};
+use crate::job::experiment::assign;
 use crate::job::{
-    CacheKey, CachePolicy, Intake, Job, JobError, JobResult, Outcome, Recipient, Rejection,
-    experiment, intake, policy,
+    ArmLabel, CacheKey, CachePolicy, Intake, Job, JobError, JobResult, Outcome, Pick, Recipient,
+    Rejection, experiment, intake, policy, variant,
 };
 
 /// What serving a job came to: a result made now, or one recorded earlier and answered again.
@@ -37,8 +38,50 @@ enum Served {
     Replay(JobResult),
 }
 
-/// Turns a delivery's body into its outcome. Records the job id on the current span.
+/// Turns a delivery's body into its outcome, whose result names the experiment and arm of its
+/// user (see [`in_arm`]). Records the job id on the current span.
 pub async fn handle(ctx: &Context, body: &[u8], message_id: Option<&str>) -> Outcome {
+    in_arm(ctx, journey(ctx, body, message_id).await)
+}
+
+/// Names the experiment and arm the outcome's user is in (issue 15) on its result, or on whom a
+/// given-up delivery would answer. The one place the job path asks: the arm is a pure function
+/// of the settings and the `user_id`, so a replayed result names the arm its first answer did.
+fn in_arm(ctx: &Context, outcome: Outcome) -> Outcome {
+    let user = match &outcome {
+        Outcome::Answer(result)
+        | Outcome::Replay(result)
+        | Outcome::Reject {
+            answer: Some(result),
+            ..
+        } => &result.user_id,
+        Outcome::Retry { job: Some(job), .. } => &job.user_id,
+        Outcome::Reject { answer: None, .. } | Outcome::Retry { job: None, .. } => {
+            return outcome;
+        }
+    };
+    let Some(arm) = ArmLabel::of(assign(&ctx.settings.experiments, user).as_ref()) else {
+        return outcome;
+    };
+    match outcome {
+        Outcome::Answer(result) => Outcome::Answer(result.in_arm(Some(&arm))),
+        Outcome::Replay(result) => Outcome::Replay(result.in_arm(Some(&arm))),
+        Outcome::Reject { reason, answer } => Outcome::Reject {
+            reason,
+            answer: answer.map(|result| result.in_arm(Some(&arm))),
+        },
+        Outcome::Retry { cause, after, job } => Outcome::Retry {
+            cause,
+            after,
+            job: job.map(|job| Recipient {
+                arm: Some(arm),
+                ..job
+            }),
+        },
+    }
+}
+
+async fn journey(ctx: &Context, body: &[u8], message_id: Option<&str>) -> Outcome {
     let started = Instant::now();
     let span = tracing::Span::current();
     match intake(body, message_id, &ctx.models) {
@@ -81,7 +124,10 @@ pub async fn handle(ctx: &Context, body: &[u8], message_id: Option<&str>) -> Out
 async fn serve(ctx: &Context, job: &Job, started: Instant) -> Result<Served, StepError> {
     let namespace = job.cache.namespace.as_deref();
     let key = CacheKey::in_namespace(&job.config, ctx.generator.kind(), namespace);
-    let served = serve_key(ctx, job, &key, started).await;
+    // The variant by the configuration and the user's arm; the one-job path settles it with the
+    // user's preferences (an opt-out) once it has read them.
+    let pick = variant::pick(&ctx.settings, &job.user_id, &key);
+    let served = serve_key(ctx, job, &key, pick, started).await;
     if let Ok(Served::Fresh(_)) = &served
         && namespace.is_none()
     {
@@ -96,9 +142,13 @@ async fn serve_key(
     ctx: &Context,
     job: &Job,
     key: &CacheKey,
+    pick: Pick,
     started: Instant,
 ) -> Result<Served, StepError> {
+    // Group commit serves the keys' entries in memoji_cache; a job with variants takes the
+    // one-job path, so N = 1 keeps the batched hit path as it is.
     if !job.cache.skips_batch()
+        && !pick.is_varied()
         && let Some(result) = ctx.hits.serve(job, key, started).await
     {
         return Ok(Served::Fresh(result));
@@ -147,7 +197,8 @@ struct Owned {
     conn: Option<Conn>,
 }
 
-/// The owned part of a job's journey: the cache, then single flight and generation.
+/// The owned part of a job's journey: its cache policy, the cache, then single flight and
+/// generation — of the job's variant of the key (variant 0, the key's entry, without variants).
 async fn work(
     ctx: &Context,
     job: &Job,
@@ -160,14 +211,22 @@ async fn work(
         - chrono::TimeDelta::from_std(started.elapsed()).unwrap_or(chrono::TimeDelta::zero());
     let policy = cache_policy(ctx, job, &mut owned).await?;
     let fresh = policy.freshness(received);
+    // A bypass job's image is its own, never one of the key's variants.
+    let pick = match policy.mode {
+        CacheMode::Bypass => Pick::SINGLE,
+        _ => variant::pick_for(ctx.settings.cache.variants, &policy, &job.user_id, key),
+    };
     if matches!(policy.mode, CacheMode::Default | CacheMode::OnlyIfCached) {
         let period = credits::current_period();
+        let variant = pick.variant;
         let hit = match owned.conn.as_mut() {
-            Some(conn) => cache::hit(&mut **conn, key, &job.user_id, period, &fresh).await?,
-            None => cache::hit(&ctx.db, key, &job.user_id, period, &fresh).await?,
+            Some(conn) => {
+                variants::hit(&mut **conn, key, variant, &job.user_id, period, &fresh).await?
+            }
+            None => variants::hit(&ctx.db, key, variant, &job.user_id, period, &fresh).await?,
         };
         if let Some(hit) = hit {
-            return finish_hit(ctx, job, key, hit, owned, started).await;
+            return finish_hit(ctx, job, key, pick, hit, owned, started).await;
         }
     }
     if policy.mode == CacheMode::OnlyIfCached {
@@ -178,14 +237,15 @@ async fn work(
     // long: from here on the job's claims are renewed. A hit ends well within a claim's life, so
     // the hit path spawns no renewal task.
     owned.conn = None;
-    let _heartbeat = Heartbeat::start(ctx.db.clone(), job, key, owned.owner, ctx.lease_ttl());
+    let (variant, ttl) = (pick.variant, ctx.lease_ttl());
+    let _heartbeat = Heartbeat::start(ctx.db.clone(), job, key, variant, owned.owner, ttl);
     if policy.mode == CacheMode::Bypass {
         // Its own image, never the key's entry: no single flight to join.
-        return lead::run(ctx, job, key, &policy, owned.owner, started).await;
+        return lead::run(ctx, job, key, &policy, pick, owned.owner, started).await;
     }
-    match claim::lead_or_wait(ctx, job, key, &fresh).await? {
-        Claim::Served(hit) => finish_hit(ctx, job, key, hit, owned, started).await,
-        Claim::Leader => lead::run(ctx, job, key, &policy, owned.owner, started).await,
+    match claim::lead_or_wait(ctx, job, key, variant, &fresh).await? {
+        Claim::Served(hit) => finish_hit(ctx, job, key, pick, hit, owned, started).await,
+        Claim::Leader => lead::run(ctx, job, key, &policy, pick, owned.owner, started).await,
     }
 }
 
@@ -244,6 +304,7 @@ async fn finish_hit(
     ctx: &Context,
     job: &Job,
     key: &CacheKey,
+    pick: Pick,
     hit: cache::Hit,
     owned: Owned,
     started: Instant,
@@ -253,7 +314,7 @@ async fn finish_hit(
         None => ctx.db.acquire().await.map_err(DbError::from)?,
     };
     let used = hit.credits_used.unwrap_or(0);
-    let result = hit_result(job.id, &job.user_id, key, hit);
+    let result = hit_result(job.id, &job.user_id, key, hit).with_variant(pick.shown());
     if !owned.resumed {
         let result = result
             .with_credits_remaining(ctx.remaining_after(job.tier, used))
@@ -301,6 +362,7 @@ fn failed_step(ctx: &Context, job: &Job, error: StepError, started: Instant) -> 
     let recipient = Some(Recipient {
         job_id: job.id,
         user_id: job.user_id.clone(),
+        arm: None,
     });
     match error {
         StepError::Retry { cause, after } => Outcome::Retry {

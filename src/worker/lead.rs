@@ -1,6 +1,7 @@
-//! The leader's path, for the one job that generates a missing key: wait for a turn, charge a
-//! credit, generate, check, store, record — or refund and fail. Each ending is written in one
-//! transaction with the job's result, the key's lease released in it.
+//! The leader's path, for the one job that generates a missing key — or a missing variant of a
+//! key (`cache.variants`): wait for a turn, charge a credit, generate, check, store, record — or
+//! refund and fail. Each ending is written in one transaction with the job's result, the lease
+//! of the (key, variant) released in it.
 //!
 //! A `bypass` job (`job::policy`) walks the same path without the key's lease: its image gets a
 //! path of its own per job and is recorded in `memoji_bypass_images`, never as the key's entry.
@@ -19,10 +20,11 @@ use super::context::Context;
 use super::step::StepError;
 use crate::config::CacheMode;
 use crate::db::credits::{self, Account, Charge};
-use crate::db::{DbError, bypass, cache, jobs, leases};
+use crate::db::{DbError, bypass, cache, jobs, leases, variants};
 use crate::generate::{GenerateError, Generated, pricing};
 use crate::job::{
-    CacheKey, CachePolicy, ErrorCode, GeneratorKind, Image, Job, JobError, JobResult, Spent,
+    CacheKey, CachePolicy, ErrorCode, GeneratorKind, Image, Job, JobError, JobId, JobResult, Pick,
+    Spent, Variant,
 };
 use crate::storage::{self, ImageStore, StorageError, StoragePath, Stored};
 
@@ -32,16 +34,18 @@ pub(super) async fn run(
     job: &Job,
     key: &CacheKey,
     policy: &CachePolicy,
+    pick: Pick,
     owner: Uuid,
     started: Instant,
 ) -> Result<JobResult, StepError> {
     let bypassing = policy.mode == CacheMode::Bypass;
+    let variant = pick.variant;
     // Waiting for a turn comes before the charge, and a shutdown ends the wait: the job goes
     // back to the queue uncharged, with the key free for whoever takes it next.
     let _turn = tokio::select! {
         turn = ctx.pacer.turn() => turn,
         () = ctx.stopping.cancelled() => {
-            leases::release(&ctx.db, key, job.id).await?;
+            leases::release_variant(&ctx.db, key, variant, job.id).await?;
             return Err(StepError::retry("shutting down before the generation started"));
         }
     };
@@ -65,7 +69,7 @@ pub(super) async fn run(
                 let result = JobResult::failure(job.id, &job.user_id, Some(key), error)
                     .with_credits_remaining(Some(0))
                     .took(started);
-                record_failure(ctx, job, key, owner, &result).await?;
+                record_failure(ctx, job, key, variant, owner, &result).await?;
                 return Ok(result);
             }
         }
@@ -77,20 +81,29 @@ pub(super) async fn run(
     // A regenerated image never overwrites a served one (CONTRACT.md §5): it gets the next
     // revision's path, and the image it replaces goes once nothing points at it. A job whose
     // policy may have passed over an entry (a refresh, a maximum age, an arm without warming)
-    // replaces it.
+    // replaces it. A variant's image gets a path of its own too, `<hash>-<n>.png`.
     let replaced = if policy.replaces() && !bypassing {
-        cache::current_image(&ctx.db, key).await?.map(|current| {
-            current
-                .storage_path
-                .or_else(|| StoragePath::in_url(&current.image_url).map(|p| p.to_string()))
-        })
+        variants::current_image(&ctx.db, key, variant)
+            .await?
+            .map(|current| {
+                current
+                    .storage_path
+                    .or_else(|| StoragePath::in_url(&current.image_url).map(|p| p.to_string()))
+            })
     } else {
         None
     };
-    let path = match &replaced {
+    let path = match (&replaced, variant.is_seed()) {
         _ if bypassing => StoragePath::for_bypass(key, generated_at, job.id),
-        Some(current) => StoragePath::replacing(key, generated_at, current.as_deref()),
-        None => StoragePath::for_key(key, generated_at),
+        (None, true) => StoragePath::for_key(key, generated_at),
+        (Some(current), _) => {
+            let from = StoragePath::replacing(key, generated_at, current.as_deref());
+            leader_path(ctx, key, variant, job.id, &from).await?
+        }
+        (None, false) => {
+            let from = StoragePath::revision(key, generated_at, variant.number());
+            leader_path(ctx, key, variant, job.id, &from).await?
+        }
     };
     let model = ctx.generator.model_name(&job.plan);
     let (generated, stored) = match make_image(ctx, job, &path).await {
@@ -101,7 +114,7 @@ pub(super) async fn run(
                 .with_attempts(attempts, model)
                 .with_credits_remaining(remaining.map(|r| r + 1))
                 .took(started);
-            record_failure(ctx, job, key, owner, &result).await?;
+            record_failure(ctx, job, key, variant, owner, &result).await?;
             return Ok(result);
         }
     };
@@ -117,6 +130,7 @@ pub(super) async fn run(
     };
     let result = JobResult::generated(job.id, &job.user_id, key, image, spent)
         .with_credits_remaining(remaining)
+        .with_variant(pick.shown())
         .took(started);
     let usage = match generated.usage.as_ref().map(serde_json::to_value) {
         Some(Ok(usage)) => Some(usage),
@@ -146,9 +160,9 @@ pub(super) async fn run(
     if bypassing {
         bypass::record(&mut *tx, job.id, key, stored.path.as_str(), image_bytes).await?;
     } else {
-        cache::record(&mut *tx, &entry).await?;
+        variants::record(&mut *tx, variant, &entry).await?;
     }
-    leases::release(&mut *tx, key, job.id).await?;
+    leases::release_variant(&mut *tx, key, variant, job.id).await?;
     jobs::finish(&mut *tx, &result, owner).await?;
     tx.commit().await.map_err(DbError::from)?;
     tracing::info!(
@@ -164,20 +178,57 @@ pub(super) async fn run(
     Ok(result)
 }
 
-/// Writes a failed result, refunding any charge and freeing the key for the next job.
+/// Writes a failed result, refunding any charge and freeing the (key, variant) for the next job.
 async fn record_failure(
     ctx: &Context,
     job: &Job,
     key: &CacheKey,
+    variant: Variant,
     owner: Uuid,
     result: &JobResult,
 ) -> Result<(), StepError> {
     let mut tx = ctx.db.begin().await.map_err(DbError::from)?;
     credits::refund(&mut *tx, job.id).await?;
-    leases::release(&mut *tx, key, job.id).await?;
+    leases::release_variant(&mut *tx, key, variant, job.id).await?;
     jobs::finish(&mut *tx, result, owner).await?;
     tx.commit().await.map_err(DbError::from)?;
     Ok(())
+}
+
+/// A path of its own for an image of the key's `variant` that is not the key's first
+/// (`<hash>-<n>.png`): `from`, or the next number that no row of the key points at and no other
+/// generation of the key has reserved — reserved in the holder's lease, so no two generations
+/// of a key ever write the same object (CONTRACT.md §5). A lease that reserved a path already
+/// (this job's earlier delivery, or the holder it took over from) keeps it, so an image stored
+/// but never recorded is found there and reused. `None` if the holder lost the lease.
+pub(crate) async fn fresh_path(
+    db: &PgPool,
+    key: &CacheKey,
+    variant: Variant,
+    holder: JobId,
+    from: &StoragePath,
+) -> Result<Option<StoragePath>, DbError> {
+    let (tx, paths) = leases::paths_of(db, key, variant, holder).await?;
+    if let Some(reserved) = paths.reserved.as_deref().and_then(StoragePath::parse) {
+        tx.commit().await?;
+        return Ok(Some(reserved));
+    }
+    let path = from.first_free(|path| paths.taken.contains(path.as_str()));
+    let reserved = leases::reserve_path(tx, key, variant, holder, path.as_str()).await?;
+    Ok(reserved.then_some(path))
+}
+
+/// [`fresh_path`] for the leader, which gives the job back if it lost its lease.
+async fn leader_path(
+    ctx: &Context,
+    key: &CacheKey,
+    variant: Variant,
+    holder: JobId,
+    from: &StoragePath,
+) -> Result<StoragePath, StepError> {
+    fresh_path(&ctx.db, key, variant, holder, from)
+        .await?
+        .ok_or_else(|| StepError::retry("lost the generation lease before storing the image"))
 }
 
 /// Deletes the image a refreshed entry served before (`old`, a path), once no row of `key`

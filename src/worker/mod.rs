@@ -247,12 +247,19 @@ fn recipient(
         Ok(Intake::Job(job)) => Some(Recipient {
             job_id: job.id,
             user_id: job.user_id,
+            arm: None,
         }),
         Ok(Intake::Invalid {
             job_id, user_id, ..
-        }) => Some(Recipient { job_id, user_id }),
-        Err(Rejection { answer, .. }) => {
-            answer.map(|(job_id, user_id)| Recipient { job_id, user_id })
-        }
+        }) => Some(Recipient {
+            job_id,
+            user_id,
+            arm: None,
+        }),
+        Err(Rejection { answer, .. }) => answer.map(|(job_id, user_id)| Recipient {
+            job_id,
+            user_id,
+            arm: None,
+        }),
     }
 }

@@ -67,6 +67,7 @@ pub(crate) async fn settle(
                     after: None,
                     hopeless: false,
                     job: reply.map(|r| Recipient {
+                        arm: r.arm_label(),
                         job_id: r.job_id,
                         user_id: r.user_id,
                     }),
@@ -122,7 +123,8 @@ async fn give_up(
             ),
             retryable: true,
         };
-        let result = JobResult::failure(job.job_id, &job.user_id, None, error);
+        let result =
+            JobResult::failure(job.job_id, &job.user_id, None, error).in_arm(job.arm.as_ref());
         if let Err(unsent) = answer(broker, delivery, &result, trace).await {
             tracing::warn!(cause = %unsent.cause, "could not publish the internal failure either");
         }
@@ -175,6 +177,7 @@ async fn answer(
                 job: Some(Recipient {
                     job_id: result.job_id,
                     user_id: result.user_id.clone(),
+                    arm: result.arm_label(),
                 }),
             })?;
         tracing::info!(

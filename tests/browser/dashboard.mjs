@@ -69,6 +69,41 @@ try {
           `${id} is empty or invisible: ${JSON.stringify(chart)}`);
   }
 
+  // The Experiments section (when experiments exist): each arm's figures and each verdict are
+  // the API's, and its interval charts are drawn.
+  const listing = await (await page.request.get(base + "/api/experiments?since=7d")).json();
+  report.experiments = [];
+  check((await page.$("#experiments")) !== null || listing.experiments.length === 0,
+        "experiments exist but the page has no Experiments section");
+  for (const e of listing.experiments) {
+    const rows = await page.$$eval(`#experiment-${e.experiment}-arms tr[data-arm]`, (trs) => trs.map((tr) => ({
+      arm: tr.dataset.arm,
+      figures: Object.fromEntries([...tr.querySelectorAll("[data-arm-figure]")]
+        .map((td) => [td.dataset.armFigure, td.textContent.trim()])),
+    })));
+    check(rows.length === e.arms.length, `${e.experiment}: ${rows.length} arms shown, API has ${e.arms.length}`);
+    for (const a of e.arms) {
+      const row = rows.find((r) => r.arm === a.arm);
+      const want = { jobs: String(a.jobs), misses: String(a.misses), hit_ratio_pct: `${a.hit_ratio_pct.toFixed(2)} %`,
+                     spend_usd: `$${a.spend_usd.toFixed(4)}` };
+      for (const [figure, value] of Object.entries(want)) {
+        check(row && row.figures[figure] === value,
+              `${e.experiment}/${a.arm} ${figure}: page shows ${row && row.figures[figure]}, API says ${value}`);
+      }
+    }
+    for (const c of e.comparisons) {
+      const shown = await page.$eval(`#experiment-${e.experiment} [data-verdict="${c.arm}"]`, (li) => li.textContent)
+        .catch(() => "");
+      check(shown.includes(c.verdict), `${e.experiment}/${c.arm}: verdict "${c.verdict}" not shown: ${shown}`);
+    }
+    for (const kind of ["hit-ratio", "hit-difference"]) {
+      const chart = charts.find((x) => x.id === `chart-exp-${e.experiment}-${kind}`);
+      check(chart && chart.marks > 0 && chart.width > 100 && chart.height > 30,
+            `chart-exp-${e.experiment}-${kind} is empty or invisible: ${JSON.stringify(chart)}`);
+    }
+    report.experiments.push({ name: e.experiment, arms: rows });
+  }
+
   // The top configuration's thumbnail loaded from this server.
   const thumbs = await page.$$eval("#top-uses img.thumb", (imgs) =>
     imgs.map((i) => ({ src: i.src, loaded: i.complete && i.naturalWidth > 0 })));

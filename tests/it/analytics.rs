@@ -345,7 +345,9 @@ async fn report_prints_the_period_its_trend_and_the_top_configurations() {
 
 #[tokio::test]
 async fn the_dashboard_in_chromium_shows_the_api_figures_and_fetches_nothing_else() {
-    let mut env = TestEnv::start(replies()).await;
+    // With an A/B test running: u-small is in its control arm, u-big in `fresh`.
+    let mut env =
+        TestEnv::start_with(replies(), |s| crate::experiments::two_arms(s, 50.0, 50.0)).await;
     known_traffic(&mut env).await;
     summary_of_all(&env, 7).await;
     // A warming run (as `warm --batch` records one), for the warming history.
@@ -389,6 +391,16 @@ async fn the_dashboard_in_chromium_shows_the_api_figures_and_fetches_nothing_els
     assert_eq!(report["figures"]["jobs"], "7", "{report}");
     assert_eq!(report["warming_runs"], 1, "{report}");
     assert!(report["charts"].as_array().unwrap().len() >= 13, "{report}");
+    // The Experiments section: both arms, with the jobs each ran (the invalid job is not
+    // counted: it never reached the cache).
+    let arms = &report["experiments"][0]["arms"];
+    assert_eq!(report["experiments"][0]["name"], "freshness", "{report}");
+    assert_eq!(arms[0]["arm"], "control", "{report}");
+    assert_eq!(
+        arms[0]["figures"]["jobs"], "4",
+        "u-small: three hits, one failure"
+    );
+    assert_eq!(arms[1]["figures"]["jobs"], "2", "u-big: two generations");
     let png = std::fs::read(&screenshot).unwrap();
     assert!(
         png.starts_with(b"\x89PNG") && png.len() > 10_000,

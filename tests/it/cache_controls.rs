@@ -547,6 +547,7 @@ fn experiment_settings(
         "freshness".to_owned(),
         ExperimentSettings {
             enabled: true,
+            control: None,
             arms: BTreeMap::from([
                 ("control".to_owned(), arm(None, None)),
                 ("short".to_owned(), arm(max_age_days, warming)),
