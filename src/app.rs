@@ -28,6 +28,7 @@ use tracing::Instrument;
 /// How often the Prometheus recorder's histograms are tidied.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
+/// The running worker's parts, connected from settings by [`App::build`].
 pub struct App {
     ctx: Arc<Context>,
     health: Arc<BrokerHealth>,
@@ -109,6 +110,7 @@ impl App {
         })
     }
 
+    /// The address the admin API listens on (the bound port when `http.bind` asked for port 0).
     pub fn http_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }

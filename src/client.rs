@@ -25,15 +25,19 @@ const RECOUNT: Duration = Duration::from_secs(1);
 /// How often [`Waiting::Tick`] is sent.
 const TICK: Duration = Duration::from_millis(100);
 
+/// Why `enqueue` returned no result.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The broker could not be reached.
     #[error("connecting to the broker at {url}")]
     Connect {
         /// Password masked.
         url: String,
+        /// What connecting failed with.
         #[source]
         source: BrokerError,
     },
+    /// Declaring, publishing or consuming failed.
     #[error(transparent)]
     Broker(#[from] BrokerError),
     #[error(
@@ -41,13 +45,19 @@ pub enum ClientError {
         wait.as_secs(),
         if *.worker_seen { "" } else { " (no worker consumed the job queue meanwhile: start one with `memoji-worker run`)" }
     )]
+    /// No result arrived in time; the job stays queued.
     Timeout {
+        /// The job waited for.
         job_id: String,
+        /// How long it was waited for.
         wait: Duration,
+        /// Whether a worker consumed the job queue at any point while waiting.
         worker_seen: bool,
     },
+    /// The reply queue closed before a result arrived.
     #[error("the reply queue closed before a result arrived")]
     Closed,
+    /// The reply was not a JSON result.
     #[error("the result is not JSON")]
     BadResult(#[from] serde_json::Error),
 }
@@ -56,11 +66,20 @@ pub enum ClientError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Waiting {
     /// Right after publishing: no worker consumes the job queue, so the job waits for one.
-    NoWorker { queue: String },
+    NoWorker {
+        /// The job queue.
+        queue: String,
+    },
     /// A worker started consuming the job queue after [`Waiting::NoWorker`].
-    WorkerAttached { consumers: u32 },
+    WorkerAttached {
+        /// Consumers of the job queue now.
+        consumers: u32,
+    },
     /// Still waiting, this long so far.
-    Tick { elapsed: Duration },
+    Tick {
+        /// Time since publishing.
+        elapsed: Duration,
+    },
 }
 
 /// Publishes `job` (which must carry a `job_id`) to the job queue, starting a trace for it (its

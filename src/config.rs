@@ -36,25 +36,34 @@ pub enum SettingsError {
     /// The file named by `--config` or `MEMOJI_CONFIG`, shown as it was given.
     #[error("configuration file {}", path.display())]
     Read {
+        /// The file as it was given.
         path: PathBuf,
+        /// Why it could not be read.
         #[source]
         source: std::io::Error,
     },
+    /// The file named by `--config` or `MEMOJI_CONFIG` is not valid TOML, or a value in it has the
+    /// wrong type.
     #[error("configuration file {}", path.display())]
     Parse {
+        /// The file as it was given.
         path: PathBuf,
+        /// What the parser refused.
         #[source]
         source: config::ConfigError,
     },
     /// A key no setting reads: a typo, or a key of another version.
     #[error("unknown configuration key `{key}`{}{}", suggestion_text(.suggestion), origin_text(.variable))]
     UnknownKey {
+        /// The key as written (`section.key`).
         key: String,
         /// The nearest valid key, when one is close.
         suggestion: Option<String>,
         /// The environment variable that set it, when one did.
         variable: Option<String>,
     },
+    /// A value that parsed but breaks a rule (a cron expression, a price table, an experiment's
+    /// shares).
     #[error("configuration: {0}")]
     Rule(String),
 }
@@ -73,26 +82,42 @@ fn origin_text(variable: &Option<String>) -> String {
         .unwrap_or_default()
 }
 
+/// Every setting of the worker, one field per section of `config/default.toml`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Settings {
+    /// The broker: URL, topology names, prefetch and reconnection (`[amqp]`).
     pub amqp: AmqpSettings,
+    /// Postgres: URL, pool and session limits (`[database]`).
     pub database: DatabaseSettings,
+    /// The OpenAI client: concurrency, pacing, timeouts, retries, model lifecycle (`[openai]`).
     pub openai: OpenAiSettings,
+    /// Which generator makes images (`[generator]`).
     pub generator: GeneratorSettings,
+    /// Where images are stored (`[storage]`).
     pub storage: StorageSettings,
+    /// The admin API's listener and limits (`[http]`).
     pub http: HttpSettings,
+    /// Credit charging and the tiers' monthly allowances (`[credits]`).
     pub credits: CreditSettings,
+    /// Statistics: snapshot interval, flush interval, metrics feed capacity (`[stats]`).
     pub stats: StatsSettings,
+    /// The cache cleanup: schedule, what is deleted or archived, retention (`[cleanup]`).
     pub cleanup: CleanupSettings,
+    /// What images cost, in US dollars (`[prices]`).
     pub prices: PriceSettings,
+    /// Leases, claims, shutdown grace and hit batching (`[worker]`).
     pub worker: WorkerSettings,
+    /// The refund sweep (`[refunds]`).
     pub refunds: RefundSettings,
+    /// Cache warming (`[warm]`).
     pub warm: WarmSettings,
     /// Cache controls every job starts from (a user's preferences and the job's own `cache`
     /// object override them, `job::policy`).
     #[serde(default)]
     pub cache: CacheSettings,
+    /// Log format and level (`[log]`).
     pub log: LogSettings,
+    /// Trace export (`[telemetry]`).
     pub telemetry: TelemetrySettings,
     /// A/B tests of cache strategies, by name (`[experiments.<name>]`); none by default.
     #[serde(default)]
@@ -102,10 +127,15 @@ pub struct Settings {
     pub secrets: Secrets,
 }
 
+/// The secrets, read from the environment only (never from a file, never serialized).
 #[derive(Debug, Clone, Default)]
 pub struct Secrets {
+    /// `OPENAI_API_KEY`; `None` when unset.
     pub openai_api_key: Option<SecretString>,
+    /// `ADMIN_TOKEN`, which the admin API's writes require; `None` when unset (writes are then
+    /// refused with 403).
     pub admin_token: Option<SecretString>,
+    /// The remote storage backends' credentials.
     pub storage: StorageSecrets,
 }
 
@@ -126,15 +156,17 @@ pub struct StorageSecrets {
 
 impl StorageSecrets {
     /// The variables each secret is read from, in order of preference.
-    pub const S3_ACCESS_KEY_ID: [&str; 2] = ["MEMOJI_S3_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"];
-    pub const S3_SECRET_ACCESS_KEY: [&str; 2] =
+    pub(crate) const S3_ACCESS_KEY_ID: [&str; 2] = ["MEMOJI_S3_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"];
+    pub(crate) const S3_SECRET_ACCESS_KEY: [&str; 2] =
         ["MEMOJI_S3_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY"];
-    pub const S3_SESSION_TOKEN: [&str; 2] = ["MEMOJI_S3_SESSION_TOKEN", "AWS_SESSION_TOKEN"];
-    pub const SUPABASE_SERVICE_KEY: [&str; 2] = [
+    pub(crate) const S3_SESSION_TOKEN: [&str; 2] = ["MEMOJI_S3_SESSION_TOKEN", "AWS_SESSION_TOKEN"];
+    pub(crate) const SUPABASE_SERVICE_KEY: [&str; 2] = [
         "MEMOJI_SUPABASE_SERVICE_ROLE_KEY",
         "SUPABASE_SERVICE_ROLE_KEY",
     ];
 
+    /// Reads each secret from the first of its variables that is set and not empty; `None` where
+    /// none is.
     pub fn from_env() -> StorageSecrets {
         Self::from_lookup(secret_from_env)
     }
@@ -151,48 +183,88 @@ impl StorageSecrets {
     }
 }
 
+/// The broker connection and topology (`[amqp]`, CONTRACT.md §2). The worker declares the topology
+/// at start, idempotently.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct AmqpSettings {
     /// A secret (it may carry a password): never serialized; see [`Settings::to_environment`].
     #[serde(skip_serializing)]
     pub url: SecretString,
+    /// Unacknowledged deliveries per worker process, and so the number of jobs it works on at once.
     pub prefetch: u16,
+    /// The queue jobs are consumed from.
     pub job_queue: String,
+    /// The exchange results are published to.
     pub result_exchange: String,
+    /// The queue bound to the result exchange.
     pub result_queue: String,
+    /// The exchange metrics messages (`stats.snapshot`, `job.completed`, …) are published to.
     pub metrics_exchange: String,
+    /// The queue bound to the metrics exchange.
     pub metrics_queue: String,
+    /// Oldest metrics messages are dropped first beyond this many.
     pub metrics_queue_max_length: u32,
+    /// The exchange dead-lettered jobs go to.
     pub dead_letter_exchange: String,
+    /// The queue bound to the dead-letter exchange.
     pub dead_letter_queue: String,
+    /// A job delivered this many times without being settled is dead-lettered by the broker instead
+    /// of looping forever.
     pub delivery_limit: u32,
+    /// Reconnection backoff after the broker connection drops: the shortest wait (milliseconds,
+    /// exponential with jitter).
     pub reconnect_min_ms: u64,
+    /// Reconnection backoff: the longest wait (milliseconds).
     pub reconnect_max_ms: u64,
 }
 
+/// Postgres (`[database]`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct DatabaseSettings {
     /// A secret (it may carry a password): never serialized; see [`Settings::to_environment`].
     #[serde(skip_serializing)]
     pub url: SecretString,
+    /// Pool size: connections per worker process.
     pub max_connections: u32,
+    /// How long a job waits for a pooled connection before it is handed back to the queue
+    /// (seconds).
     pub acquire_timeout_secs: u64,
+    /// Create the database at start if it is missing (and the user may).
     pub create_if_missing: bool,
+    /// At start, how long to keep retrying a database that is out of reach before giving up
+    /// (seconds).
     pub connect_retry_secs: u64,
+    /// Postgres `synchronous_commit` for the worker's sessions: `on` waits for every commit to
+    /// reach disk, `off` trades the last fraction of a second of committed work on a Postgres crash
+    /// for throughput.
     pub synchronous_commit: String,
+    /// Postgres `statement_timeout` for the worker's sessions (milliseconds; 0 = no limit).
     pub statement_timeout_ms: u64,
+    /// Postgres `lock_timeout` for the worker's sessions (milliseconds; 0 = no limit): a statement
+    /// stuck behind a lock fails after this and its job goes back to the queue with backoff.
     pub lock_timeout_ms: u64,
 }
 
+/// The OpenAI client (`[openai]`). The key comes from `OPENAI_API_KEY` only ([`Secrets`]).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct OpenAiSettings {
+    /// API root (also `OPENAI_BASE_URL`).
     pub base_url: String,
+    /// Generations in flight per worker process; further misses wait their turn.
     pub max_concurrency: usize,
+    /// Images started per minute per worker process (0 = no limit), so bursts do not draw 429s.
     pub images_per_minute: u32,
+    /// One HTTP request's timeout (seconds; image generation can take a minute).
     pub request_timeout_secs: u64,
+    /// All attempts of one generation together, backoff included (seconds).
     pub total_timeout_secs: u64,
+    /// Attempts per generation: 429, 5xx, timeouts and connection errors are retried; other 4xx are
+    /// not.
     pub max_attempts: u32,
+    /// Exponential backoff between attempts, with full jitter: the shortest wait (milliseconds).
+    /// `Retry-After` wins when the server sends it.
     pub backoff_min_ms: u64,
+    /// Exponential backoff between attempts: the longest wait (milliseconds).
     pub backoff_max_ms: u64,
     /// Retired model (configuration key form, `gpt_image_1`) → the active model that serves it.
     #[serde(default)]
@@ -231,16 +303,18 @@ impl AmqpSettings {
 }
 
 impl OpenAiSettings {
-    pub fn request_timeout(&self) -> Duration {
+    pub(crate) fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
     }
-    pub fn total_timeout(&self) -> Duration {
+    pub(crate) fn total_timeout(&self) -> Duration {
         Duration::from_secs(self.total_timeout_secs)
     }
 }
 
+/// Which generator makes images (`[generator]`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct GeneratorSettings {
+    /// `openai` or `placeholder`.
     pub kind: GeneratorKind,
 }
 
@@ -249,12 +323,15 @@ pub struct GeneratorSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GeneratorKind {
+    /// OpenAI's image API.
     OpenAi,
+    /// An offline generator drawing a deterministic PNG (`generate::placeholder`).
     Placeholder,
 }
 
 impl GeneratorKind {
-    pub fn as_str(self) -> &'static str {
+    /// The name used in the configuration and in cache keys: `openai` or `placeholder`.
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             GeneratorKind::OpenAi => "openai",
             GeneratorKind::Placeholder => "placeholder",
@@ -262,17 +339,24 @@ impl GeneratorKind {
     }
 }
 
+/// Where images go (`storage.kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StorageKind {
+    /// A directory (`storage.local_dir`), served by the admin API at `/images/…`.
     Local,
+    /// Any S3-compatible store (`[storage.s3]`).
     S3,
+    /// Supabase Storage's REST API (`[storage.supabase]`).
     Supabase,
 }
 
+/// Where images are stored (`[storage]`, docs/storage.md).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct StorageSettings {
+    /// The backend: `local`, `s3` or `supabase`.
     pub kind: StorageKind,
+    /// The local backend's directory.
     pub local_dir: PathBuf,
     /// Prefix of `image_url`; empty means the backend's own (see `config/default.toml`).
     pub public_base_url: String,
@@ -280,12 +364,14 @@ pub struct StorageSettings {
     pub cache_control: String,
     /// One request to a remote backend, connecting included.
     pub request_timeout_secs: u64,
+    /// The S3 backend's settings (used when `kind` is `s3`).
     pub s3: S3Settings,
+    /// The Supabase backend's settings (used when `kind` is `supabase`).
     pub supabase: SupabaseSettings,
 }
 
 impl StorageSettings {
-    pub fn request_timeout(&self) -> Duration {
+    pub(crate) fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
     }
 }
@@ -295,7 +381,9 @@ impl StorageSettings {
 pub struct S3Settings {
     /// Empty for AWS itself (`https://s3.<region>.amazonaws.com`).
     pub endpoint: String,
+    /// AWS region; `auto` for R2; MinIO takes anything.
     pub region: String,
+    /// The bucket, which must exist. Images are stored at its root as `<YYYY>/<MM>/<hash>.png`.
     pub bucket: String,
     /// `<endpoint>/<bucket>/<key>` rather than `<bucket>.<endpoint host>/<key>`.
     pub path_style: bool,
@@ -306,12 +394,14 @@ pub struct S3Settings {
 pub struct SupabaseSettings {
     /// The project URL, e.g. `https://abcd.supabase.co` (also `SUPABASE_URL`).
     pub url: String,
+    /// A public bucket, so `image_url` opens without a token.
     pub bucket: String,
 }
 
 /// The admin API's listener and the limits that keep a hostile client from exhausting it.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct HttpSettings {
+    /// The admin API's address (CONTRACT.md §8).
     pub bind: SocketAddr,
     /// A request's head (and, between keep-alive requests, the next one) must arrive within this.
     pub header_read_timeout_secs: u64,
@@ -325,20 +415,23 @@ pub struct HttpSettings {
 }
 
 impl HttpSettings {
-    pub fn header_read_timeout(&self) -> Duration {
+    pub(crate) fn header_read_timeout(&self) -> Duration {
         Duration::from_secs(self.header_read_timeout_secs)
     }
-    pub fn request_timeout(&self) -> Duration {
+    pub(crate) fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
     }
-    pub fn send_stall_timeout(&self) -> Duration {
+    pub(crate) fn send_stall_timeout(&self) -> Duration {
         Duration::from_secs(self.send_stall_timeout_secs)
     }
 }
 
+/// Credit charging (`[credits]`, CONTRACT.md §6).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct CreditSettings {
+    /// Charge one credit per miss, with a monthly allowance per tier.
     pub enabled: bool,
+    /// Tier name → credits per calendar month (UTC).
     pub allowances: BTreeMap<String, Allowance>,
 }
 
@@ -346,20 +439,30 @@ pub struct CreditSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum Allowance {
+    /// This many credits per month.
     Limited(u32),
+    /// No limit (`"unlimited"` in the configuration).
     Unlimited(UnlimitedWord),
 }
 
+/// The word `unlimited`, so that an allowance reads `lifetime = "unlimited"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UnlimitedWord {
+    /// `"unlimited"`.
     Unlimited,
 }
 
+/// Statistics (`[stats]`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct StatsSettings {
+    /// Seconds between `stats.snapshot` messages on the metrics exchange (CONTRACT.md §2.4).
     pub interval_secs: u64,
+    /// How often each process adds its in-memory counts to Postgres (milliseconds); a crash loses
+    /// at most this much counting.
     pub flush_ms: u64,
+    /// Metrics messages waiting for the broker, per process; beyond this, new ones are dropped (and
+    /// counted).
     pub feed_capacity: usize,
 }
 
@@ -376,18 +479,30 @@ pub struct PriceSettings {
 /// Dollars per 1M tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
 pub struct TokenPrices {
+    /// Text input, less its cached part.
     pub text_input: f64,
+    /// Cached text input.
     pub cached_text_input: f64,
+    /// Image input.
     pub image_input: f64,
+    /// Image output.
     pub image_output: f64,
 }
 
+/// The cache cleanup (`[cleanup]`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct CleanupSettings {
+    /// Six-field cron expression (sec min hour day month weekday), UTC; one replica cleans at a
+    /// time (an advisory lock).
     pub schedule: String,
+    /// Entries older than this (days), with fewer uses than `min_uses` and not archived, are
+    /// deleted.
     pub max_age_days: u32,
+    /// See `max_age_days`.
     pub min_uses: u32,
+    /// Entries used more than this are archived: kept for good, still serving hits.
     pub archive_above_uses: u32,
+    /// Rows per batch, so hits keep flowing while a cleanup runs.
     pub batch_size: u32,
     /// Finished jobs are pruned this many days after they were created; 0 keeps them forever.
     pub job_retention_days: u32,
@@ -405,11 +520,20 @@ fn bypass_retention_hours_by_default() -> u32 {
     24
 }
 
+/// Leases, claims and shutdown (`[worker]`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct WorkerSettings {
+    /// How long a generating worker holds a key before another may take over (seconds); renewed
+    /// while the generation runs.
     pub lease_secs: u64,
+    /// How long a job's claim lasts before its result or the start of a generation (seconds); a
+    /// miss extends its claim to `lease_secs` as it starts.
     pub hit_claim_secs: u64,
+    /// How often a job waiting for another worker's generation of the same key looks again
+    /// (milliseconds).
     pub wait_poll_ms: u64,
+    /// On SIGTERM/SIGINT: stop consuming, give in-flight jobs this long (seconds), then hand the
+    /// rest back.
     pub shutdown_grace_secs: u64,
     /// How long a job id derived from a message body is remembered after its job finished.
     pub derived_id_ttl_secs: u64,
@@ -441,6 +565,7 @@ pub struct WarmSettings {
     pub source: String,
     /// Configurations the scheduled warming considers, and the days of history it reads.
     pub top: u32,
+    /// Days of request history the scheduled warming reads.
     pub days: u32,
     /// Dollars the scheduled warming may spend a UTC day, all its runs together.
     pub daily_budget_usd: f64,
@@ -525,9 +650,12 @@ impl CacheMode {
     }
 }
 
+/// Logging (`[log]`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct LogSettings {
+    /// `auto`, `pretty`, `plain` or `json`.
     pub format: LogFormat,
+    /// The level filter (tracing's EnvFilter syntax); `RUST_LOG`, when set, replaces it.
     pub level: String,
 }
 
@@ -543,7 +671,7 @@ pub struct TelemetrySettings {
 impl TelemetrySettings {
     /// Where spans are posted, if anywhere: the endpoint with `/v1/traces` appended unless it
     /// already ends so.
-    pub fn traces_url(&self) -> Option<String> {
+    pub(crate) fn traces_url(&self) -> Option<String> {
         let base = self.otlp_endpoint.trim();
         if base.is_empty() {
             return None;
@@ -595,6 +723,7 @@ pub struct ArmSettings {
     pub warming: Option<bool>,
 }
 
+/// How log lines are written (`log.format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -610,7 +739,7 @@ pub enum LogFormat {
 
 impl LogFormat {
     /// The format to write, `Auto` resolved by whether the output is a terminal.
-    pub fn resolve(self, terminal: bool) -> LogFormat {
+    pub(crate) fn resolve(self, terminal: bool) -> LogFormat {
         match self {
             LogFormat::Auto if terminal => LogFormat::Pretty,
             LogFormat::Auto => LogFormat::Json,
@@ -954,7 +1083,7 @@ fn secret_from_env(variable: &str) -> Option<SecretString> {
 
 /// A URL fit for logs: scheme, host, port and path, never the password (in the userinfo or in a
 /// query parameter such as `?password=`); see [`crate::redact::url`].
-pub fn redacted_url(url: &SecretString) -> String {
+pub(crate) fn redacted_url(url: &SecretString) -> String {
     crate::redact::url(url.expose_secret())
 }
 

@@ -14,7 +14,7 @@
 use std::borrow::Cow;
 
 /// What a masked secret reads as.
-pub const MASK: &str = "***";
+pub(crate) const MASK: &str = "***";
 
 /// A URL fit for logs and errors: scheme, host, port, path and harmless query parameters, never
 /// the password, whether it sits in the userinfo or in a query parameter. Text that is not a URL
@@ -37,7 +37,7 @@ pub fn url(text: &str) -> String {
 
 /// `text` with every secret this module recognizes masked (see the module comment). Borrowed when
 /// there was nothing to mask, which is the common case.
-pub fn text(text: &str) -> Cow<'_, str> {
+pub(crate) fn text(text: &str) -> Cow<'_, str> {
     let step = mask_userinfo(text);
     let step = match mask_params(&step) {
         Cow::Borrowed(_) => step,

@@ -34,30 +34,32 @@ use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use crate::config::{LogFormat, LogSettings, TelemetrySettings};
 
-pub const JOBS: &str = "memoji_jobs_total";
-pub const JOB_FAILURES: &str = "memoji_job_failures_total";
-pub const JOB_DURATION: &str = "memoji_job_duration_seconds";
-pub const QUEUE_LAG: &str = "memoji_job_queue_lag_seconds";
-pub const HIT_RATIO: &str = "memoji_cache_hit_ratio";
-pub const GENERATION_COST: &str = "memoji_generation_cost_usd";
-pub const SAVED: &str = "memoji_saved_usd";
-pub const OPENAI_REQUESTS: &str = "memoji_openai_requests_total";
-pub const OPENAI_RETRIES: &str = "memoji_openai_retries_total";
-pub const OPENAI_MODEL_NOT_FOUND: &str = "memoji_openai_model_not_found_total";
-pub const OPENAI_MODEL_DAYS_LEFT: &str = "memoji_openai_model_days_left";
-pub const OPENAI_MODEL_UNKNOWN: &str = "memoji_openai_model_unknown";
-pub const CREDITS_CHARGED: &str = "memoji_credits_charged_total";
-pub const CREDITS_REFUNDED: &str = "memoji_credits_refunded_total";
-pub const FEED_PUBLISHED: &str = "memoji_metrics_messages_published_total";
-pub const FEED_DROPPED: &str = "memoji_metrics_messages_dropped_total";
-pub const STATS_FLUSH_FAILURES: &str = "memoji_stats_flush_failures_total";
-pub const CLEANUP_RUNS: &str = "memoji_cleanup_runs_total";
-pub const CLEANUP_DELETED: &str = "memoji_cleanup_deleted_total";
-pub const CLEANUP_ARCHIVED: &str = "memoji_cleanup_archived_total";
-pub const CLEANUP_BYTES_FREED: &str = "memoji_cleanup_bytes_freed_total";
-pub const HIT_BATCHES: &str = "memoji_hit_batches_total";
-pub const HIT_BATCH_JOBS: &str = "memoji_hit_batch_jobs_total";
-pub const HIT_BATCH_FALLBACKS: &str = "memoji_hit_batch_fallbacks_total";
+/// Counter of jobs settled, by `outcome` (hit, generated, failed, invalid, rejected, retried,
+/// replayed).
+pub(crate) const JOBS: &str = "memoji_jobs_total";
+pub(crate) const JOB_FAILURES: &str = "memoji_job_failures_total";
+pub(crate) const JOB_DURATION: &str = "memoji_job_duration_seconds";
+pub(crate) const QUEUE_LAG: &str = "memoji_job_queue_lag_seconds";
+pub(crate) const HIT_RATIO: &str = "memoji_cache_hit_ratio";
+pub(crate) const GENERATION_COST: &str = "memoji_generation_cost_usd";
+pub(crate) const SAVED: &str = "memoji_saved_usd";
+pub(crate) const OPENAI_REQUESTS: &str = "memoji_openai_requests_total";
+pub(crate) const OPENAI_RETRIES: &str = "memoji_openai_retries_total";
+pub(crate) const OPENAI_MODEL_NOT_FOUND: &str = "memoji_openai_model_not_found_total";
+pub(crate) const OPENAI_MODEL_DAYS_LEFT: &str = "memoji_openai_model_days_left";
+pub(crate) const OPENAI_MODEL_UNKNOWN: &str = "memoji_openai_model_unknown";
+pub(crate) const CREDITS_CHARGED: &str = "memoji_credits_charged_total";
+pub(crate) const CREDITS_REFUNDED: &str = "memoji_credits_refunded_total";
+pub(crate) const FEED_PUBLISHED: &str = "memoji_metrics_messages_published_total";
+pub(crate) const FEED_DROPPED: &str = "memoji_metrics_messages_dropped_total";
+pub(crate) const STATS_FLUSH_FAILURES: &str = "memoji_stats_flush_failures_total";
+pub(crate) const CLEANUP_RUNS: &str = "memoji_cleanup_runs_total";
+pub(crate) const CLEANUP_DELETED: &str = "memoji_cleanup_deleted_total";
+pub(crate) const CLEANUP_ARCHIVED: &str = "memoji_cleanup_archived_total";
+pub(crate) const CLEANUP_BYTES_FREED: &str = "memoji_cleanup_bytes_freed_total";
+pub(crate) const HIT_BATCHES: &str = "memoji_hit_batches_total";
+pub(crate) const HIT_BATCH_JOBS: &str = "memoji_hit_batch_jobs_total";
+pub(crate) const HIT_BATCH_FALLBACKS: &str = "memoji_hit_batch_fallbacks_total";
 
 /// Seconds: from a cache hit (milliseconds) to a slow generation with retries (minutes).
 const SECONDS_BUCKETS: [f64; 15] = [
@@ -72,7 +74,7 @@ const SECONDS_BUCKETS: [f64; 15] = [
 ///   worker logs once with what it does about it (a connection refused showed up three times
 ///   more), and its WARN for a returned message dumps the whole body as a decimal byte array (the
 ///   worker logs one line of its own for an unroutable reply, see `broker::publish_result`).
-pub const QUIET: [&str; 3] = [
+pub(crate) const QUIET: [&str; 3] = [
     "sqlx::postgres::notice=warn",
     "tokio_cron_scheduler=warn",
     "lapin=off",
@@ -80,7 +82,7 @@ pub const QUIET: [&str; 3] = [
 
 /// Targets whose logging never goes below debug, even under RUST_LOG=trace: lapin and amq-protocol
 /// trace every frame, including the connection's PLAIN response with the broker password.
-pub const AMQP_CAP: [&str; 2] = ["lapin", "amq_protocol"];
+pub(crate) const AMQP_CAP: [&str; 2] = ["lapin", "amq_protocol"];
 
 /// Installs the global subscriber, writing to stderr, with the span exporter when
 /// `telemetry.otlp_endpoint` is set (call it inside the Tokio runtime). A second call (tests)
@@ -114,7 +116,7 @@ pub fn init(
 /// The subscriber [`init`] installs, writing to `writer`; `terminal` says whether that is a
 /// terminal (colours, and what `auto` means). With a `tracer`, the worker's own spans (and their
 /// info-and-above events) become OpenTelemetry spans too; no other crate's.
-pub fn subscriber<W>(
+pub(crate) fn subscriber<W>(
     settings: &LogSettings,
     rust_log: Option<&str>,
     terminal: bool,
@@ -178,7 +180,7 @@ pub fn filter(level: &str, rust_log: Option<&str>) -> EnvFilter {
 }
 
 /// Drops trace-level events and spans of [`AMQP_CAP`]'s targets, whatever the other filters say.
-pub fn amqp_cap() -> Targets {
+pub(crate) fn amqp_cap() -> Targets {
     AMQP_CAP.into_iter().fold(
         Targets::new().with_default(LevelFilter::TRACE),
         |targets, target| targets.with_target(target, LevelFilter::DEBUG),
@@ -206,7 +208,7 @@ pub fn causes(error: &(dyn std::error::Error + 'static)) -> String {
 
 /// The process's Prometheus recorder, installed on first call. Metrics are process-wide: several
 /// `App`s in one process (tests) share them. `None` if another recorder was installed first.
-pub fn install_prometheus() -> Option<&'static PrometheusHandle> {
+pub(crate) fn install_prometheus() -> Option<&'static PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
@@ -318,7 +320,7 @@ fn describe() {
 }
 
 /// One settled job: its outcome label, failure code, and time from delivery to result.
-pub fn count_job(
+pub(crate) fn count_job(
     outcome: &'static str,
     failure: Option<&'static str>,
     cached: bool,
@@ -334,12 +336,12 @@ pub fn count_job(
 
 /// The span a spawned task runs in, so its log lines (and its traces) say which task wrote them:
 /// `task{name="stats flush"}`. Tokio's own task names need an unstable build; this needs none.
-pub fn task(name: &'static str) -> tracing::Span {
+pub(crate) fn task(name: &'static str) -> tracing::Span {
     tracing::info_span!("task", name)
 }
 
 /// One batch of `jobs` deliveries through group commit; `failed` when its jobs fell back.
-pub fn count_hit_batch(jobs: usize, failed: bool) {
+pub(crate) fn count_hit_batch(jobs: usize, failed: bool) {
     counter!(HIT_BATCHES).increment(1);
     counter!(HIT_BATCH_JOBS).increment(jobs as u64);
     if failed {
@@ -347,15 +349,15 @@ pub fn count_hit_batch(jobs: usize, failed: bool) {
     }
 }
 
-pub fn record_queue_lag(lag: Duration) {
+pub(crate) fn record_queue_lag(lag: Duration) {
     histogram!(QUEUE_LAG).record(lag.as_secs_f64());
 }
 
-pub fn set_hit_ratio(ratio: f64) {
+pub(crate) fn set_hit_ratio(ratio: f64) {
     gauge!(HIT_RATIO).set(ratio);
 }
 
-pub fn add_costs(generation_cost_usd: f64, saved_usd: f64) {
+pub(crate) fn add_costs(generation_cost_usd: f64, saved_usd: f64) {
     if generation_cost_usd != 0.0 {
         gauge!(GENERATION_COST).increment(generation_cost_usd);
     }
@@ -364,18 +366,18 @@ pub fn add_costs(generation_cost_usd: f64, saved_usd: f64) {
     }
 }
 
-pub fn count_openai_request(outcome: &'static str) {
+pub(crate) fn count_openai_request(outcome: &'static str) {
     counter!(OPENAI_REQUESTS, "outcome" => outcome).increment(1);
 }
 
 /// A `404 model_not_found` for `model` during a job.
-pub fn count_model_not_found(model: &str) {
+pub(crate) fn count_model_not_found(model: &str) {
     metrics::counter!(OPENAI_MODEL_NOT_FOUND, "model" => model.to_owned()).increment(1);
 }
 
 /// What the lifecycle check learnt of a model: days to its `shutdown_date` (none: no gauge), and
 /// whether OpenAI knows it at all.
-pub fn set_model_lifecycle(model: &str, days_left: Option<i64>, unknown: bool) {
+pub(crate) fn set_model_lifecycle(model: &str, days_left: Option<i64>, unknown: bool) {
     if let Some(days) = days_left {
         metrics::gauge!(OPENAI_MODEL_DAYS_LEFT, "model" => model.to_owned()).set(days as f64);
     }
@@ -383,31 +385,31 @@ pub fn set_model_lifecycle(model: &str, days_left: Option<i64>, unknown: bool) {
         .set(f64::from(u8::from(unknown)));
 }
 
-pub fn count_openai_retry() {
+pub(crate) fn count_openai_retry() {
     counter!(OPENAI_RETRIES).increment(1);
 }
 
-pub fn count_credit_charged() {
+pub(crate) fn count_credit_charged() {
     counter!(CREDITS_CHARGED).increment(1);
 }
 
-pub fn count_credit_refunded() {
+pub(crate) fn count_credit_refunded() {
     counter!(CREDITS_REFUNDED).increment(1);
 }
 
-pub fn count_feed_published(routing_key: &'static str) {
+pub(crate) fn count_feed_published(routing_key: &'static str) {
     counter!(FEED_PUBLISHED, "routing_key" => routing_key).increment(1);
 }
 
-pub fn count_feed_dropped(routing_key: &'static str) {
+pub(crate) fn count_feed_dropped(routing_key: &'static str) {
     counter!(FEED_DROPPED, "routing_key" => routing_key).increment(1);
 }
 
-pub fn count_stats_flush_failure() {
+pub(crate) fn count_stats_flush_failure() {
     counter!(STATS_FLUSH_FAILURES).increment(1);
 }
 
-pub fn count_cleanup(result: &'static str, deleted: u64, archived: u64, bytes_freed: u64) {
+pub(crate) fn count_cleanup(result: &'static str, deleted: u64, archived: u64, bytes_freed: u64) {
     counter!(CLEANUP_RUNS, "result" => result).increment(1);
     counter!(CLEANUP_DELETED).increment(deleted);
     counter!(CLEANUP_ARCHIVED).increment(archived);

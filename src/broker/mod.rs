@@ -28,14 +28,19 @@ use publisher::Publisher;
 /// Header that carries why a message was dead-lettered.
 pub const REASON_HEADER: &str = "x-memoji-reason";
 
+/// What went wrong talking to RabbitMQ.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
+    /// The connection or a channel failed.
     #[error("broker: {0}")]
     Amqp(#[from] lapin::Error),
+    /// The broker nacked a published message (the `exchange/routing key` named).
     #[error("broker refused the message (nack) on {0}")]
     Nacked(String),
+    /// A mandatory message reached no queue (the `exchange/routing key` named).
     #[error("broker could not route the message to {0}")]
     Unroutable(String),
+    /// A message could not be serialized to JSON.
     #[error("message could not be encoded: {0}")]
     Encode(#[from] serde_json::Error),
 }
@@ -44,7 +49,7 @@ impl BrokerError {
     /// Whether doing the same again later may succeed: a connection or channel that is reopened,
     /// a queue that comes back, a broker that accepts again. A message that cannot be encoded
     /// never will be.
-    pub fn retryable(&self) -> bool {
+    pub(crate) fn retryable(&self) -> bool {
         match self {
             BrokerError::Amqp(error) => error.can_be_recovered(),
             BrokerError::Nacked(_) | BrokerError::Unroutable(_) => true,
@@ -55,9 +60,9 @@ impl BrokerError {
 
 /// Where a job asked for its result to be sent too (AMQP `reply_to` / `correlation_id`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReplyTo {
-    pub queue: ShortString,
-    pub correlation_id: ShortString,
+pub(crate) struct ReplyTo {
+    pub(crate) queue: ShortString,
+    pub(crate) correlation_id: ShortString,
 }
 
 /// One connection to the broker with a confirming publisher channel, and a reply publisher on a
@@ -94,16 +99,17 @@ impl Broker {
         })
     }
 
-    pub fn settings(&self) -> &AmqpSettings {
+    /// The settings it was connected with (`[amqp]`).
+    pub(crate) fn settings(&self) -> &AmqpSettings {
         &self.settings
     }
 
-    pub fn is_connected(&self) -> bool {
+    pub(crate) fn is_connected(&self) -> bool {
         self.connection.status().connected()
     }
 
     /// Connected, with a publishing channel open: results can be published right now.
-    pub fn can_publish(&self) -> bool {
+    pub(crate) fn can_publish(&self) -> bool {
         self.is_connected() && self.publisher.is_open()
     }
 
@@ -165,7 +171,7 @@ impl Broker {
     /// Publishes a job's result to the result exchange, with `trace` headers (the job's trace
     /// context, `telemetry::trace`) if any; `Ok` once the broker has routed it to a queue and
     /// confirmed it.
-    pub async fn publish_result(
+    pub(crate) async fn publish_result(
         &self,
         result: &JobResult,
         trace: Option<&FieldTable>,
@@ -183,7 +189,7 @@ impl Broker {
 
     /// Sends a copy of a result to the queue its job named in `reply_to`, on the reply connection,
     /// with the same `trace` headers as the result.
-    pub async fn publish_reply(
+    pub(crate) async fn publish_reply(
         &self,
         result: &JobResult,
         reply: &ReplyTo,
@@ -207,7 +213,7 @@ impl Broker {
 
     /// Whether `queue` is one of the worker's own queues, which a `reply_to` may not name
     /// (CONTRACT.md §2.1): a reply into the job queue would come back as a job.
-    pub fn is_own_queue(&self, queue: &str) -> bool {
+    pub(crate) fn is_own_queue(&self, queue: &str) -> bool {
         let names = &self.settings;
         [
             &names.job_queue,
@@ -224,7 +230,7 @@ impl Broker {
     /// The copy keeps the message's properties but two: its `expiration`, which would make it
     /// vanish from the dead-letter queue, and its AMQP `user_id`, which the broker checks against
     /// the publishing connection's user and refuses (closing the channel) when they differ.
-    pub async fn dead_letter(
+    pub(crate) async fn dead_letter(
         &self,
         body: &[u8],
         properties: &BasicProperties,

@@ -36,6 +36,7 @@ fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
     table
 }
 
+/// Declares the worker's exchanges and queues, named by `names`, idempotently (CONTRACT.md §2).
 pub async fn declare(channel: &Channel, names: &AmqpSettings) -> Result<(), BrokerError> {
     let text = |s: &str| AMQPValue::LongString(s.into());
 

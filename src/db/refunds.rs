@@ -24,17 +24,17 @@ const LOOKBACK: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// A charged job that will not finish.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct Abandoned {
-    pub job_id: Uuid,
-    pub user_id: String,
-    pub prompt_hash: Option<String>,
+pub(crate) struct Abandoned {
+    pub(crate) job_id: Uuid,
+    pub(crate) user_id: String,
+    pub(crate) prompt_hash: Option<String>,
     /// Still `processing` (to be recorded as failed); otherwise it failed and only the refund is
     /// missing.
-    pub processing: bool,
+    pub(crate) processing: bool,
 }
 
 /// Takes the sweep's lock for the rest of `tx`; `false` if another process holds it.
-pub async fn try_lock(tx: &mut Transaction<'_, Postgres>) -> Result<bool, DbError> {
+pub(crate) async fn try_lock(tx: &mut Transaction<'_, Postgres>) -> Result<bool, DbError> {
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
         .bind(LOCK_KEY)
         .fetch_one(&mut **tx)
@@ -45,7 +45,7 @@ pub async fn try_lock(tx: &mut Transaction<'_, Postgres>) -> Result<bool, DbErro
 /// Up to `batch` abandoned charged jobs, locked for `tx` (rows another transaction holds are
 /// skipped, for the next run): unrefunded charges of the last [`LOOKBACK`] whose job failed, or
 /// is still processing with a claim that expired more than `abandoned_after` ago.
-pub async fn next_batch(
+pub(crate) async fn next_batch(
     tx: &mut Transaction<'_, Postgres>,
     abandoned_after: Duration,
     batch: i64,
@@ -74,7 +74,7 @@ pub async fn next_batch(
 
 /// Records a processing job as finished with `result` (a failure), so that a delivery of it that
 /// still comes is answered with that instead of being worked on (and generated uncharged).
-pub async fn give_up(
+pub(crate) async fn give_up(
     executor: impl PgExecutor<'_>,
     job_id: Uuid,
     result: &serde_json::Value,

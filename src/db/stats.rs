@@ -12,20 +12,28 @@ use super::DbError;
 /// Job events counted in memory for one hour, added to Postgres in one upsert.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Counts {
-    pub hits: i64,
-    pub misses: i64,
-    pub generations: i64,
-    pub failures: i64,
-    pub generation_cost_usd: f64,
-    pub saved_usd: f64,
+    /// Jobs answered from the cache.
+    pub(crate) hits: i64,
+    /// Jobs whose key was not cached.
+    pub(crate) misses: i64,
+    /// Images generated.
+    pub(crate) generations: i64,
+    /// Jobs that ended in a failure result.
+    pub(crate) failures: i64,
+    /// What the generations cost, in US dollars.
+    pub(crate) generation_cost_usd: f64,
+    /// What the hits saved, in US dollars (what their entries cost to make).
+    pub(crate) saved_usd: f64,
 }
 
 impl Counts {
-    pub fn is_empty(&self) -> bool {
+    /// Nothing was counted.
+    pub(crate) fn is_empty(&self) -> bool {
         *self == Counts::default()
     }
 
-    pub fn add(&mut self, other: &Counts) {
+    /// Adds `other`'s counts to these.
+    pub(crate) fn add(&mut self, other: &Counts) {
         self.hits += other.hits;
         self.misses += other.misses;
         self.generations += other.generations;
@@ -38,7 +46,7 @@ impl Counts {
 /// Adds counts to their hour buckets and to the lifetime row, and the analytics batch to its
 /// rollups ([`super::analytics::record`]), in one transaction: either all of a flush counts or
 /// none of it does (and the caller keeps it for the next try).
-pub async fn add(
+pub(crate) async fn add(
     pool: &PgPool,
     buckets: &[(DateTime<Utc>, Counts)],
     analytics: &super::analytics::Batch,
@@ -92,26 +100,32 @@ pub async fn add(
 /// What the cache table holds now.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Totals {
-    pub entries: i64,
-    pub usage: i64,
-    pub archived: i64,
+    /// Rows in the cache table.
+    pub(crate) entries: i64,
+    /// The sum of their use counts.
+    pub(crate) usage: i64,
+    /// Archived rows (kept for good).
+    pub(crate) archived: i64,
 }
 
 /// Changes to the cache table within a window, counted by the triggers.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct TableChanges {
-    pub entries_added: i64,
-    pub entries_deleted: i64,
-    pub entries_archived: i64,
+pub(crate) struct TableChanges {
+    pub(crate) entries_added: i64,
+    pub(crate) entries_deleted: i64,
+    pub(crate) entries_archived: i64,
 }
 
 /// Everything the statistics are computed from.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Raw {
-    pub totals: Totals,
-    pub lifetime: Counts,
-    pub last_24h: Counts,
-    pub last_24h_changes: TableChanges,
+    /// What the cache table holds now.
+    pub(crate) totals: Totals,
+    /// Job events since the statistics began.
+    pub(crate) lifetime: Counts,
+    /// Job events in the last 24 hours.
+    pub(crate) last_24h: Counts,
+    pub(crate) last_24h_changes: TableChanges,
 }
 
 #[derive(sqlx::FromRow)]
@@ -163,7 +177,7 @@ pub const READ: &str = "SELECT t.entries, t.usage, t.archived,
           WHERE l.id = 1";
 
 /// Reads the figures in one round trip. The window is the current hour and the 23 before it.
-pub async fn read(pool: &PgPool) -> Result<Raw, DbError> {
+pub(crate) async fn read(pool: &PgPool) -> Result<Raw, DbError> {
     let row: RawRow = sqlx::query_as(READ).fetch_one(pool).await?;
     Ok(Raw {
         totals: Totals {

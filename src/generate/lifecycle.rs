@@ -15,22 +15,28 @@ use serde::Deserialize;
 /// What OpenAI said of one model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelStatus {
-    pub model: String,
-    pub state: ModelState,
-    pub checked_at: DateTime<Utc>,
+    /// The model's name.
+    pub(crate) model: String,
+    /// What OpenAI said of it.
+    pub(crate) state: ModelState,
+    pub(crate) checked_at: DateTime<Utc>,
 }
 
+/// Whether OpenAI serves a model, as `GET /models/{id}` answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelState {
     /// OpenAI serves it; `shutdown` is its announced `shutdown_date`, if any.
-    Served { shutdown: Option<NaiveDate> },
+    Served {
+        /// The announced shutdown date; `None` when none is announced.
+        shutdown: Option<NaiveDate>,
+    },
     /// OpenAI answered 404: it does not know the model (never existed, or gone).
     Unknown,
 }
 
 impl ModelStatus {
     /// Days from `today` to the shutdown date, where one is announced.
-    pub fn days_left(&self, today: NaiveDate) -> Option<i64> {
+    pub(crate) fn days_left(&self, today: NaiveDate) -> Option<i64> {
         match self.state {
             ModelState::Served {
                 shutdown: Some(date),
@@ -40,7 +46,7 @@ impl ModelStatus {
     }
 
     /// The warning a person should read about this model, if any.
-    pub fn warning(&self, today: NaiveDate, warning_days: u32) -> Option<String> {
+    pub(crate) fn warning(&self, today: NaiveDate, warning_days: u32) -> Option<String> {
         match &self.state {
             ModelState::Unknown => Some(format!(
                 "{}: OpenAI does not serve this model (404); jobs routed to it fail. Set openai.successors",
@@ -69,10 +75,17 @@ impl ModelStatus {
 /// A check that says nothing about the model: OpenAI could not be asked.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
+    /// The request failed (connection, timeout, unreadable body).
     #[error("OpenAI could not be reached: {0}")]
     Unreachable(String),
     #[error("OpenAI answered {status} to GET /models/{model}")]
-    Refused { model: String, status: u16 },
+    /// OpenAI answered with a status other than 200 or 404.
+    Refused {
+        /// The model asked about.
+        model: String,
+        /// The HTTP status.
+        status: u16,
+    },
 }
 
 #[derive(Deserialize)]
@@ -97,6 +110,8 @@ impl std::fmt::Debug for ModelChecker {
 }
 
 impl ModelChecker {
+    /// A checker asking the API at `base_url` with `api_key`; fails only if the HTTP client
+    /// cannot be built.
     pub fn new(base_url: &str, api_key: SecretString) -> Result<ModelChecker, reqwest::Error> {
         Ok(ModelChecker {
             http: super::openai::http_client()?,
@@ -152,6 +167,7 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
+    /// No statuses yet; a shutdown date within `warning_days` days is warned about.
     pub fn new(warning_days: u32) -> Lifecycle {
         Lifecycle {
             statuses: RwLock::new(Vec::new()),
@@ -159,12 +175,12 @@ impl Lifecycle {
         }
     }
 
-    pub fn warning_days(&self) -> u32 {
+    pub(crate) fn warning_days(&self) -> u32 {
         self.warning_days
     }
 
     /// Replaces what is known of each model in `statuses`.
-    pub fn update(&self, statuses: &[ModelStatus]) {
+    pub(crate) fn update(&self, statuses: &[ModelStatus]) {
         let mut known = match self.statuses.write() {
             Ok(known) => known,
             Err(poisoned) => poisoned.into_inner(),
@@ -178,7 +194,7 @@ impl Lifecycle {
     }
 
     /// Today's warnings, one line per model that needs attention.
-    pub fn warnings(&self) -> Vec<String> {
+    pub(crate) fn warnings(&self) -> Vec<String> {
         let today = Utc::now().date_naive();
         let known = match self.statuses.read() {
             Ok(known) => known,

@@ -7,6 +7,8 @@ use std::time::Duration;
 use tokio::sync::{Mutex, Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
+/// Paces generations: at most `max_concurrency` at once and, when a per-minute limit is set,
+/// starts spaced evenly across the minute.
 #[derive(Debug)]
 pub struct Pacer {
     slots: Semaphore,
@@ -19,7 +21,8 @@ pub struct Pacer {
 pub type Turn<'a> = SemaphorePermit<'a>;
 
 impl Pacer {
-    pub fn new(max_concurrency: usize, per_minute: u32) -> Pacer {
+    /// `max_concurrency` slots; `per_minute` starts a minute at most (0 = no limit).
+    pub(crate) fn new(max_concurrency: usize, per_minute: u32) -> Pacer {
         let spacing = (per_minute > 0).then(|| Duration::from_secs(60) / per_minute);
         Pacer {
             slots: Semaphore::new(max_concurrency),
@@ -29,7 +32,7 @@ impl Pacer {
     }
 
     /// Waits for a free slot and, under a per-minute limit, for this start's moment.
-    pub async fn turn(&self) -> Turn<'_> {
+    pub(crate) async fn turn(&self) -> Turn<'_> {
         // The semaphore is never closed, so acquiring only ever waits.
         let slot = loop {
             if let Ok(slot) = self.slots.acquire().await {

@@ -13,6 +13,8 @@ use crate::job::{AvatarConfig, GeneratorKind, Plan};
 /// asked size: cheap to draw, and flat colours compress well at any size.
 const SCALE: u32 = 4;
 
+/// The offline generator (`generator.kind = "placeholder"`): draws a deterministic PNG of the
+/// asked size from the job's configuration, with no network and no cost.
 #[derive(Debug, Clone, Default)]
 pub struct PlaceholderGenerator;
 

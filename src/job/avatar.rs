@@ -17,8 +17,9 @@ use super::models::{Asked, Plan, RuleError, SEED_DEFAULT_MODEL, Successors};
 /// when a job names none (`openai.successors`, `openai.default_quality`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelRules {
-    pub successors: Successors,
-    pub default_quality: Option<String>,
+    /// Which active model serves each retired model.
+    pub(crate) successors: Successors,
+    pub(crate) default_quality: Option<String>,
 }
 
 impl ModelRules {
@@ -46,21 +47,41 @@ impl Default for ModelRules {
 /// Why a configuration was refused; the message goes into the `invalid_job` result.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
+    /// `config` is not a JSON object.
     #[error("config must be a JSON object")]
     NotAnObject,
+    /// A field that must be a string is not one.
     #[error("config.{field} must be a string")]
-    NotAString { field: &'static str },
+    NotAString {
+        /// The field's name.
+        field: &'static str,
+    },
+    /// `accessories` is not an array of strings.
     #[error("config.accessories must be an array of strings")]
     BadAccessories,
     /// The job does not fit its model's rules (CONTRACT.md §11).
     #[error(transparent)]
     Rule(#[from] RuleError),
+    /// A field is longer than allowed.
     #[error("config.{field} is too long (at most {max} characters)")]
-    TooLong { field: &'static str, max: usize },
+    TooLong {
+        /// The field's name.
+        field: &'static str,
+        /// The most characters it may have.
+        max: usize,
+    },
+    /// A field holds control characters.
     #[error("config.{field} contains control characters")]
-    ControlCharacters { field: &'static str },
+    ControlCharacters {
+        /// The field's name.
+        field: &'static str,
+    },
+    /// `accessories` has too many items.
     #[error("config.accessories has more than {max} items")]
-    TooManyAccessories { max: usize },
+    TooManyAccessories {
+        /// The most it may have.
+        max: usize,
+    },
 }
 
 /// Longest descriptive field (hair, gesture, …) and accessory name we accept.
@@ -74,21 +95,31 @@ const MAX_PROMPT_CHARS: usize = 1000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AvatarConfig {
     /// The model the job asked for (the seed's default when it named none): part of the key.
-    pub model: String,
-    pub size: String,
-    pub family_type: String,
-    pub gesture: String,
-    pub hair: String,
-    pub skin_tone: String,
-    pub accessories: Vec<String>,
-    pub color_theme: String,
-    pub background: String,
-    pub prompt: Option<String>,
-    pub quality: Option<String>,
+    pub(crate) model: String,
+    /// `size` (default `1024x1024`): `auto` or `WxH`.
+    pub(crate) size: String,
+    /// `familyType` (default `father`).
+    pub(crate) family_type: String,
+    /// `gesture` (default `wave`).
+    pub(crate) gesture: String,
+    /// `hair` (default `short`), lowercased.
+    pub(crate) hair: String,
+    /// `skinTone` (default `medium`), lowercased.
+    pub(crate) skin_tone: String,
+    /// `accessories` (default none), sorted in UTF-16 order.
+    pub(crate) accessories: Vec<String>,
+    /// `colorTheme` (default `pastel-blue`).
+    pub(crate) color_theme: String,
+    /// `background` (default `auto`).
+    pub(crate) background: String,
+    /// The free-text prompt addition; `None` when the job gave none.
+    pub(crate) prompt: Option<String>,
+    /// `quality` as the job named it; `None` when it named none.
+    pub(crate) quality: Option<String>,
     /// `low`, `medium` or `high`, for the models that take it; in the key after `quality`.
-    pub complexity: Option<String>,
+    pub(crate) complexity: Option<String>,
     /// Whether the job set `background` itself (it is sent to OpenAI only then); not in the key.
-    pub background_given: bool,
+    pub(crate) background_given: bool,
 }
 
 impl AvatarConfig {
@@ -102,7 +133,7 @@ impl AvatarConfig {
 
     /// Checks the configuration against the rules of the model that will be called, and says
     /// what to ask it for.
-    pub fn plan(&self, rules: &ModelRules) -> Result<Plan, ConfigError> {
+    pub(crate) fn plan(&self, rules: &ModelRules) -> Result<Plan, ConfigError> {
         let asked = Asked {
             model: &self.model,
             size: &self.size,
@@ -194,7 +225,7 @@ impl AvatarConfig {
     }
 
     /// Pixel size asked for; `auto`, or a size that is not `WxH`, counts as 1024x1024.
-    pub fn dimensions(&self) -> (u32, u32) {
+    pub(crate) fn dimensions(&self) -> (u32, u32) {
         super::models::parse_size(&self.size).unwrap_or((1024, 1024))
     }
 }

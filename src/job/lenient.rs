@@ -11,8 +11,8 @@
 /// when a key repeats).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(super) struct Ids {
-    pub job_id: Option<String>,
-    pub user_id: Option<String>,
+    pub(crate) job_id: Option<String>,
+    pub(crate) user_id: Option<String>,
 }
 
 /// Why the scan stopped before the text was read.

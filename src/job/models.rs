@@ -12,17 +12,19 @@ use std::fmt;
 
 /// Whether OpenAI serves a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
+pub(crate) enum State {
+    /// OpenAI serves it.
     Active,
     /// Shut down on that date (`YYYY-MM-DD`); jobs naming it are served by a successor.
     Retired {
+        /// The shutdown date, `YYYY-MM-DD`.
         shutdown: &'static str,
     },
 }
 
 /// The sizes a model takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sizes {
+pub(crate) enum Sizes {
     /// Exactly these, as OpenAI listed them.
     Listed(&'static [&'static str]),
     /// `auto` or any `WxH` within the GPT image 2.x limits ([`check_custom_size`]).
@@ -31,16 +33,20 @@ pub enum Sizes {
 
 /// One row of the catalogue.
 #[derive(Debug, PartialEq, Eq)]
-pub struct ModelSpec {
-    pub name: &'static str,
-    pub state: State,
-    pub sizes: Sizes,
-    pub qualities: &'static [&'static str],
-    pub backgrounds: &'static [&'static str],
+pub(crate) struct ModelSpec {
+    /// The model's name, as OpenAI spells it.
+    pub(crate) name: &'static str,
+    /// Whether OpenAI still serves it.
+    pub(crate) state: State,
+    /// The sizes it takes.
+    pub(crate) sizes: Sizes,
+    /// The `quality` values it takes.
+    pub(crate) qualities: &'static [&'static str],
+    pub(crate) backgrounds: &'static [&'static str],
     /// Whether `complexity` (low, medium, high) is accepted.
-    pub complexity: bool,
+    pub(crate) complexity: bool,
     /// For a retired model: its own quality words, as the successor says them.
-    pub quality_names: &'static [(&'static str, &'static str)],
+    pub(crate) quality_names: &'static [(&'static str, &'static str)],
 }
 
 const GPT_IMAGE_1_SIZES: &[&str] = &["1024x1024", "1536x1024", "1024x1536", "auto"];
@@ -48,7 +54,7 @@ const QUALITIES_2: &[&str] = &["low", "medium", "high", "auto"];
 const QUALITIES_2_5: &[&str] = &["low", "medium", "high", "xhigh", "max", "auto"];
 const GPT_BACKGROUNDS: &[&str] = &["transparent", "opaque", "auto"];
 /// `complexity` values of the models that take it.
-pub const COMPLEXITIES: &[&str] = &["low", "medium", "high"];
+pub(crate) const COMPLEXITIES: &[&str] = &["low", "medium", "high"];
 
 const fn active(
     name: &'static str,
@@ -85,7 +91,7 @@ const fn retired(
 }
 
 /// Every model the worker knows, as of 2026-12-01 (CONTRACT.md §11).
-pub static CATALOGUE: [ModelSpec; 10] = [
+pub(crate) static CATALOGUE: [ModelSpec; 10] = [
     active("gpt-image-2.6-flare", QUALITIES_2_5, true),
     active("gpt-image-2.6-sunburst", QUALITIES_2_5, true),
     active("gpt-image-2.5-flare", QUALITIES_2_5, false),
@@ -129,9 +135,9 @@ pub static CATALOGUE: [ModelSpec; 10] = [
 ];
 
 /// The model a job without `model` asks for: the seed's default, kept for the cache key (§3).
-pub const SEED_DEFAULT_MODEL: &str = "gpt-image-1";
+pub(crate) const SEED_DEFAULT_MODEL: &str = "gpt-image-1";
 /// The successor of every retired model unless configured otherwise.
-pub const DEFAULT_SUCCESSOR: &str = "gpt-image-2.6-flare";
+pub(crate) const DEFAULT_SUCCESSOR: &str = "gpt-image-2.6-flare";
 
 /// A model of the catalogue. Cheap to copy; compares by name.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -150,33 +156,35 @@ impl Model {
     }
 
     /// The models OpenAI serves today.
-    pub fn active() -> impl Iterator<Item = Model> {
+    pub(crate) fn active() -> impl Iterator<Item = Model> {
         Model::all().filter(|m| m.is_active())
     }
 
-    pub fn from_name(name: &str) -> Option<Model> {
+    pub(crate) fn from_name(name: &str) -> Option<Model> {
         Model::all().find(|m| m.name() == name)
     }
 
+    /// The model's name, as OpenAI spells it.
     pub fn name(self) -> &'static str {
         self.0.name
     }
 
-    pub fn spec(self) -> &'static ModelSpec {
+    /// The model's row of the catalogue.
+    pub(crate) fn spec(self) -> &'static ModelSpec {
         self.0
     }
 
-    pub fn is_active(self) -> bool {
+    pub(crate) fn is_active(self) -> bool {
         self.0.state == State::Active
     }
 
     /// The model's name as a configuration key: `gpt-image-2.6-flare` → `gpt_image_2_6_flare`.
-    pub fn config_key(self) -> String {
+    pub(crate) fn config_key(self) -> String {
         config_key(self.name())
     }
 
     /// A one-line summary of the model's rules, for `--help` and error messages.
-    pub fn describe(self) -> String {
+    pub(crate) fn describe(self) -> String {
         let spec = self.0;
         let sizes = match spec.sizes {
             Sizes::Listed(sizes) => sizes.join("|"),
@@ -223,6 +231,7 @@ pub mod help {
         all
     }
 
+    /// Help for `--model`: the default and every known model.
     pub fn model() -> String {
         let mut text = format!(
             "The model to ask for (default {SEED_DEFAULT_MODEL}, which is retired: its successor makes the image). Known models:"
@@ -234,12 +243,14 @@ pub mod help {
         text
     }
 
+    /// Help for `--size`: the size rules.
     pub fn size() -> String {
         format!(
             "auto or WxH. Active models: both edges multiples of 16, longest at most {MAX_EDGE}, aspect 1:3 to 3:1, {MIN_PIXELS} to {MAX_PIXELS} pixels; a retired model takes only its own sizes (see --model)"
         )
     }
 
+    /// Help for `--quality`: every quality any model takes.
     pub fn quality() -> String {
         let mut text = format!("One of {}.", union(|m| m.spec().qualities).join(", "));
         let only: Vec<&str> = Model::active()
@@ -253,10 +264,12 @@ pub mod help {
         text
     }
 
+    /// Help for `--background`: every background any model takes.
     pub fn background() -> String {
         format!("One of {}", union(|m| m.spec().backgrounds).join(", "))
     }
 
+    /// Help for `--complexity`: the values and the models that take it.
     pub fn complexity() -> String {
         let takers: Vec<&str> = Model::active()
             .filter(|m| m.spec().complexity)
@@ -272,7 +285,7 @@ pub mod help {
 
 /// A model name as a configuration key (`-` and `.` become `_`), so that every per-model setting
 /// can also be set from the environment.
-pub fn config_key(name: &str) -> String {
+pub(crate) fn config_key(name: &str) -> String {
     name.replace(['-', '.'], "_")
 }
 
@@ -286,18 +299,28 @@ pub struct Successors {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SuccessorError {
     #[error("openai.successors.{key}: no retired model is called that (known: {known})")]
-    UnknownRetired { key: String, known: String },
-    #[error("openai.successors.{key} = {value:?}: not an active model (active: {active})")]
-    NotActive {
+    /// A key that names no retired model.
+    UnknownRetired {
+        /// The key as configured.
         key: String,
+        /// The retired models' keys, for the message.
+        known: String,
+    },
+    #[error("openai.successors.{key} = {value:?}: not an active model (active: {active})")]
+    /// A successor that is not an active model.
+    NotActive {
+        /// The retired model's key.
+        key: String,
+        /// The successor as configured.
         value: String,
+        /// The active models, for the message.
         active: String,
     },
 }
 
 impl Successors {
     /// Every retired model served by [`DEFAULT_SUCCESSOR`].
-    pub fn defaults() -> Successors {
+    pub(crate) fn defaults() -> Successors {
         Successors::from_config(&BTreeMap::new()).unwrap_or_else(|_| Successors {
             map: BTreeMap::new(),
         })
@@ -305,7 +328,9 @@ impl Successors {
 
     /// Reads `openai.successors` (keys in configuration form, values model names); a retired model
     /// it does not name gets [`DEFAULT_SUCCESSOR`].
-    pub fn from_config(table: &BTreeMap<String, String>) -> Result<Successors, SuccessorError> {
+    pub(crate) fn from_config(
+        table: &BTreeMap<String, String>,
+    ) -> Result<Successors, SuccessorError> {
         let retired: Vec<Model> = Model::all().filter(|m| !m.is_active()).collect();
         let active_names = || {
             Model::active()
@@ -347,7 +372,7 @@ impl Successors {
     }
 
     /// The model that is called for a job asking for `asked`.
-    pub fn called(&self, asked: Model) -> Model {
+    pub(crate) fn called(&self, asked: Model) -> Model {
         if asked.is_active() {
             return asked;
         }
@@ -359,7 +384,7 @@ impl Successors {
     }
 
     /// Every model a job can make the worker call: the active ones (a successor is always one).
-    pub fn callable(&self) -> Vec<Model> {
+    pub(crate) fn callable(&self) -> Vec<Model> {
         Model::active().collect()
     }
 
@@ -370,13 +395,13 @@ impl Successors {
 }
 
 /// Longest edge of a custom size.
-pub const MAX_EDGE: u32 = 3840;
+pub(crate) const MAX_EDGE: u32 = 3840;
 /// Fewest and most pixels of a custom size.
-pub const MIN_PIXELS: u64 = 655_360;
-pub const MAX_PIXELS: u64 = 8_294_400;
+pub(crate) const MIN_PIXELS: u64 = 655_360;
+pub(crate) const MAX_PIXELS: u64 = 8_294_400;
 
 /// Parses `WxH` (decimal digits only).
-pub fn parse_size(size: &str) -> Option<(u32, u32)> {
+pub(crate) fn parse_size(size: &str) -> Option<(u32, u32)> {
     let (w, h) = size.split_once('x')?;
     let digits = |s: &str| !s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit());
     (digits(w) && digits(h)).then_some(())?;
@@ -384,7 +409,7 @@ pub fn parse_size(size: &str) -> Option<(u32, u32)> {
 }
 
 /// Why a `WxH` is not a size the GPT image 2.x models make; `None` when it is one.
-pub fn check_custom_size(width: u32, height: u32) -> Option<String> {
+pub(crate) fn check_custom_size(width: u32, height: u32) -> Option<String> {
     let pixels = u64::from(width) * u64::from(height);
     if width == 0 || height == 0 || !width.is_multiple_of(16) || !height.is_multiple_of(16) {
         Some("both edges must be multiples of 16".to_owned())
@@ -417,56 +442,77 @@ pub enum RuleError {
         active = Model::active().map(Model::name).collect::<Vec<_>>().join(", "),
         retired = Model::all().filter(|m| !m.is_active()).map(Model::name).collect::<Vec<_>>().join(", ")
     )]
+    /// The job named a model the catalogue does not know.
     UnknownModel(String),
     #[error("config.{field} {value:?} is not allowed for {model}; allowed: {allowed}")]
+    /// A value the model does not take.
     NotAllowed {
+        /// The field (`quality`, `background`, …).
         field: &'static str,
+        /// The value the job gave.
         value: String,
+        /// The model whose rules refused it.
         model: &'static str,
+        /// The values the model takes, for the message.
         allowed: String,
     },
     #[error("config.size {size:?} is not allowed for {model}: {rule}")]
+    /// A size the model does not take.
     BadSize {
+        /// The size the job gave.
         size: String,
+        /// The model whose rules refused it.
         model: &'static str,
+        /// The rule it breaks.
         rule: String,
     },
     #[error("config.complexity is not supported by {model} (only gpt-image-2.6 models take it)")]
-    NoComplexity { model: &'static str },
+    /// `complexity` given for a model that does not take it.
+    NoComplexity {
+        /// The model called.
+        model: &'static str,
+    },
 }
 
 /// What the job's configuration asks the image model for, before the successor is applied.
 #[derive(Debug, Clone, Copy)]
-pub struct Asked<'a> {
-    pub model: &'a str,
-    pub size: &'a str,
-    pub quality: Option<&'a str>,
-    pub background: Option<&'a str>,
-    pub complexity: Option<&'a str>,
+pub(crate) struct Asked<'a> {
+    /// The model the job named.
+    pub(crate) model: &'a str,
+    /// `auto` or `WxH`.
+    pub(crate) size: &'a str,
+    /// `quality`; `None` when the job named none.
+    pub(crate) quality: Option<&'a str>,
+    /// `background`; `None` when the job set none itself.
+    pub(crate) background: Option<&'a str>,
+    /// `complexity`; `None` when the job named none.
+    pub(crate) complexity: Option<&'a str>,
 }
 
 /// Exactly what to ask OpenAI for, after the job passed the rules (CONTRACT.md §11).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     /// The model the job named (or the seed's default).
-    pub asked: Model,
+    pub(crate) asked: Model,
     /// The model that is called: `asked`, or its successor.
-    pub called: Model,
+    pub(crate) called: Model,
     /// `size` as sent: `auto` or `WxH`.
-    pub request_size: String,
+    pub(crate) request_size: String,
     /// The size the stored image must have, where the job named one (`None` for `auto`).
-    pub output: Option<(u32, u32)>,
+    pub(crate) output: Option<(u32, u32)>,
     /// `quality` as sent, in the called model's words; `None` leaves OpenAI's default.
-    pub quality: Option<String>,
-    pub background: Option<String>,
-    pub complexity: Option<String>,
+    pub(crate) quality: Option<String>,
+    /// `background` as sent; `None` sends none.
+    pub(crate) background: Option<String>,
+    /// `complexity` as sent; `None` sends none.
+    pub(crate) complexity: Option<String>,
 }
 
 impl Plan {
     /// Checks the job against the asked model's sizes and the called model's other rules.
     /// `default_quality` (`openai.default_quality`) applies when the job sets none and the called
     /// model takes it.
-    pub fn new(
+    pub(crate) fn new(
         asked: Asked<'_>,
         successors: &Successors,
         default_quality: Option<&str>,
@@ -517,7 +563,7 @@ impl Plan {
 
     /// Pixels of the image that is made (`auto` counted as 1024x1024), for the per-image fallback
     /// price.
-    pub fn request_pixels(&self) -> u64 {
+    pub(crate) fn request_pixels(&self) -> u64 {
         parse_size(&self.request_size).map_or(1024 * 1024, |(w, h)| u64::from(w) * u64::from(h))
     }
 }

@@ -19,13 +19,15 @@ use crate::telemetry;
 /// What to check, and how often.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    pub models: Vec<String>,
-    pub every: Duration,
-    pub retry_after: Duration,
+    /// The models to ask OpenAI about.
+    pub(crate) models: Vec<String>,
+    /// The time between checks (`openai.lifecycle_check_hours`).
+    pub(crate) every: Duration,
+    pub(crate) retry_after: Duration,
 }
 
 /// Checks every model once: the statuses learnt, and whether OpenAI could be asked about all.
-pub async fn check_all(
+pub(crate) async fn check_all(
     checker: &ModelChecker,
     models: &[String],
 ) -> (Vec<ModelStatus>, Option<CheckError>) {

@@ -23,8 +23,10 @@ use crate::job::{CacheKey, ErrorCode, JobError, JobId, JobResult};
 /// Jobs per batch (one transaction).
 const BATCH: i64 = 200;
 
+/// Why a refund sweep stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RefundError {
+    /// The database failed; the next sweep tries again.
     #[error("refund sweep: {0}")]
     Db(#[from] DbError),
 }
@@ -33,15 +35,17 @@ pub enum RefundError {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RefundReport {
     /// Charges given back.
-    pub refunded: u64,
+    pub(crate) refunded: u64,
     /// Jobs left processing that were recorded as failed.
-    pub given_up: u64,
-    pub duration_ms: u64,
+    pub(crate) given_up: u64,
+    /// How long the sweep took (milliseconds).
+    pub(crate) duration_ms: u64,
 }
 
 /// The outcome of asking for a sweep.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Swept {
+    /// The sweep ran, and did this.
     Completed(RefundReport),
     /// Another process is sweeping right now.
     Skipped,
@@ -55,10 +59,12 @@ pub struct Refunder {
 }
 
 impl Refunder {
+    /// A refunder sweeping `db` with `settings` (`[refunds]`).
     pub fn new(db: PgPool, settings: RefundSettings) -> Refunder {
         Refunder { db, settings }
     }
 
+    /// The time between sweeps (`refunds.every_secs`).
     pub fn every(&self) -> Duration {
         Duration::from_secs(self.settings.every_secs)
     }

@@ -11,8 +11,11 @@ use super::Cleaner;
 use super::cleanup::Ran;
 use super::refund::{Refunder, Swept};
 
+/// Why the schedules could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum ScheduleError {
+    /// The cron scheduler failed: it could not be created or started, or refused a job (its cron
+    /// expression).
     #[error("cleanup schedule: {0}")]
     Scheduler(#[from] JobSchedulerError),
 }
@@ -52,7 +55,7 @@ pub async fn start(cleaner: Arc<Cleaner>, expression: &str) -> Result<Schedule, 
 impl Schedule {
     /// Adds the refund sweep, every `refunder.every()`. Every replica schedules it; the sweep's
     /// advisory lock lets one of them work at a time.
-    pub async fn add_refunds(&self, refunder: Arc<Refunder>) -> Result<(), ScheduleError> {
+    pub(crate) async fn add_refunds(&self, refunder: Arc<Refunder>) -> Result<(), ScheduleError> {
         let every = refunder.every();
         let job = Job::new_repeated_async(every, move |_, _| {
             let refunder = refunder.clone();
@@ -75,7 +78,7 @@ impl Schedule {
 
     /// Adds the scheduled warming on `expression` (UTC). Every replica schedules it; its
     /// advisory lock lets one of them warm at a time.
-    pub async fn add_warming(
+    pub(crate) async fn add_warming(
         &self,
         warming: Arc<super::warming::ScheduledWarming>,
         expression: &str,

@@ -32,28 +32,28 @@ pub struct Tally {
     /// Requests served.
     pub requests: u64,
     /// Of which hits.
-    pub hits: u64,
+    pub(crate) hits: u64,
     /// Live generations: the misses (every miss generates).
-    pub generations: u64,
+    pub(crate) generations: u64,
     /// Images warming made that night.
-    pub warmed: u64,
+    pub(crate) warmed: u64,
     /// Dollars of the live generations, and of that night's warming.
-    pub live_usd: f64,
+    pub(crate) live_usd: f64,
     /// Dollars of the warming.
-    pub warm_usd: f64,
+    pub(crate) warm_usd: f64,
     /// What the hits would have cost to generate (each its entry's list price).
-    pub saved_usd: f64,
+    pub(crate) saved_usd: f64,
     /// Entries (keys) removed: by the cleanup's deletion, or evicted by GDSF.
-    pub evictions: u64,
+    pub(crate) evictions: u64,
     /// Their images' bytes.
-    pub evicted_bytes: u64,
+    pub(crate) evicted_bytes: u64,
     /// Entries the cleanup archived.
-    pub archived: u64,
+    pub(crate) archived: u64,
     /// What the cache holds at the end of the day (after the night's cleanup and warming):
     /// entries (keys), images (variants count apart) and their bytes.
-    pub entries: u64,
+    pub(crate) entries: u64,
     /// Images held (a key's variants each count).
-    pub images: u64,
+    pub(crate) images: u64,
     /// Their bytes.
     pub bytes: u64,
 }
@@ -65,7 +65,7 @@ impl Tally {
     }
 
     /// Hits ÷ requests, 0 without requests.
-    pub fn hit_ratio(&self) -> f64 {
+    pub(crate) fn hit_ratio(&self) -> f64 {
         if self.requests == 0 {
             0.0
         } else {
@@ -78,13 +78,13 @@ impl Tally {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Outcome {
     /// Each day.
-    pub days: Vec<Tally>,
+    pub(crate) days: Vec<Tally>,
     /// Sums of the days; `entries`, `images` and `bytes` are those at the end.
-    pub total: Tally,
+    pub(crate) total: Tally,
     /// The most the cache held at the end of any day.
-    pub peak_entries: u64,
+    pub(crate) peak_entries: u64,
     /// The most bytes it held at the end of any day.
-    pub peak_bytes: u64,
+    pub(crate) peak_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -221,7 +221,7 @@ impl Cache<'_> {
 }
 
 /// The warming's popularity model reads this many days of history, as `warm.days` does.
-pub const WARM_HISTORY_DAYS: u32 = 30;
+pub(crate) const WARM_HISTORY_DAYS: u32 = 30;
 
 /// Replays `log` under `policy`.
 pub fn run(log: &Prepared, policy: &Policy, pricing: &Pricing<'_>) -> Outcome {

@@ -31,7 +31,7 @@ use crate::warm::replay::{self, LogShape, People};
 
 /// Bytes of a stored PNG per pixel, for images whose size the log does not give: 1.5, so a
 /// 1024x1024 image takes 1.5 MiB (what the GPT image models' PNGs weigh, give or take).
-pub const BYTES_PER_PIXEL: f64 = 1.5;
+pub(crate) const BYTES_PER_PIXEL: f64 = 1.5;
 
 /// One line: a key's requests on one day.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,9 +59,9 @@ pub struct Line {
 #[error("line {line}: {message}")]
 pub struct LogError {
     /// The line's number, from 1.
-    pub line: usize,
+    pub(crate) line: usize,
     /// What is wrong with it.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 /// Reads a log; the first bad line stops it (an operator comparing policies wants to know).
@@ -151,7 +151,7 @@ pub fn generated(shape: &LogShape, people: &People, start: NaiveDate) -> Vec<Lin
 }
 
 /// What `history generate` says about its log, for the file's first lines.
-pub fn describe(shape: &LogShape, people: &People, start: NaiveDate) -> String {
+pub(crate) fn describe(shape: &LogShape, people: &People, start: NaiveDate) -> String {
     format!(
         "memoji request log (memoji-worker history generate): {} days from {start} × {} requests, \
          Zipf exponents {:?}, trends move every {} days, {} users (exponent {}), seed {}",

@@ -22,30 +22,30 @@ use serde::Serialize;
 use crate::config::CleanupSettings;
 
 /// The most variants a key may hold (Helicone's limit, issue 15).
-pub const MAX_VARIANTS: u32 = 20;
+pub(crate) const MAX_VARIANTS: u32 = 20;
 
 /// A policy, parsed.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Policy {
     /// The label in the output.
-    pub name: String,
+    pub(crate) name: String,
     /// Images per key.
-    pub variants: u32,
+    pub(crate) variants: u32,
     /// Days an image is served before a request makes it again.
-    pub max_age_days: Option<u32>,
+    pub(crate) max_age_days: Option<u32>,
     /// Nightly warming.
-    pub warm: Option<Warm>,
+    pub(crate) warm: Option<Warm>,
     /// What leaves the cache.
-    pub retention: Retention,
+    pub(crate) retention: Retention,
 }
 
 /// Nightly warming: the popularity model's top `top`, within `budget_usd` a night.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Warm {
     /// Predictions considered a night, best first.
-    pub top: usize,
+    pub(crate) top: usize,
     /// Dollars a night at most (list prices).
-    pub budget_usd: f64,
+    pub(crate) budget_usd: f64,
 }
 
 /// What leaves the cache.
@@ -69,11 +69,11 @@ pub enum Retention {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct SeedRules {
     /// `cleanup.max_age_days`.
-    pub max_age_days: u32,
+    pub(crate) max_age_days: u32,
     /// `cleanup.min_uses`.
-    pub min_uses: u32,
+    pub(crate) min_uses: u32,
     /// `cleanup.archive_above_uses`.
-    pub archive_above_uses: u32,
+    pub(crate) archive_above_uses: u32,
 }
 
 impl From<&CleanupSettings> for SeedRules {
@@ -120,18 +120,18 @@ pub enum Budget {
 #[error("policy `{spec}`: {message}")]
 pub struct PolicyError {
     /// The spec as given.
-    pub spec: String,
+    pub(crate) spec: String,
     /// What is wrong with it.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 /// What a spec leaves out: the configuration's cleanup rules, and `--storage-budget`.
 #[derive(Debug, Clone, Copy)]
 pub struct Defaults {
     /// `[cleanup]`'s thresholds.
-    pub seed: SeedRules,
+    pub(crate) seed: SeedRules,
     /// `--storage-budget`.
-    pub storage_budget: Option<Budget>,
+    pub(crate) storage_budget: Option<Budget>,
 }
 
 const SETTINGS: &str = "name, variants, max_age, warm, retention";
@@ -200,7 +200,7 @@ impl Policy {
     }
 
     /// The policy in words, for the output.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let variants = match self.variants {
             1 => "1 image a key".to_owned(),
             n => format!("{n} variants a key"),
@@ -327,7 +327,7 @@ impl Budget {
     }
 
     /// `50000 entries`, `2.00 GB`.
-    pub fn describe(self) -> String {
+    pub(crate) fn describe(self) -> String {
         match self {
             Budget::Entries(n) => format!("{n} entries"),
             Budget::Bytes(n) => format!("{:.2} GB", n as f64 / 1e9),

@@ -19,9 +19,9 @@ use crate::job::{AvatarConfig, ModelRules};
 #[derive(Debug, Clone, Copy)]
 pub struct Pricing<'a> {
     /// The model rules (successors, default quality).
-    pub rules: &'a ModelRules,
+    pub(crate) rules: &'a ModelRules,
     /// `[prices]`.
-    pub prices: &'a PriceSettings,
+    pub(crate) prices: &'a PriceSettings,
 }
 
 impl Pricing<'_> {
@@ -48,7 +48,7 @@ pub struct Known {
     /// Its configuration.
     pub config: Value,
     /// The list price of one image.
-    pub price_usd: f64,
+    pub(crate) price_usd: f64,
     /// The bytes of one image.
     pub image_bytes: u64,
 }
@@ -57,7 +57,7 @@ pub struct Known {
 #[derive(Debug, Clone, Default)]
 pub struct Catalogue {
     /// Each key, by number.
-    pub keys: Vec<Known>,
+    pub(crate) keys: Vec<Known>,
     index: HashMap<String, u32>,
 }
 
@@ -101,7 +101,7 @@ impl Catalogue {
 
 /// Who asked for a key on a day.
 #[derive(Debug, Clone)]
-pub enum Askers {
+pub(crate) enum Askers {
     /// Named users: each one's stable hash (with the key) and requests.
     Named(Vec<(u64, u32)>),
     /// A count without users (an exported history): each request a different user.
@@ -114,7 +114,7 @@ pub struct Asked {
     /// The key's number.
     pub key: u32,
     /// Who asked.
-    pub askers: Askers,
+    pub(crate) askers: Askers,
 }
 
 impl Asked {
@@ -136,26 +136,26 @@ pub struct Refused {
     /// Its requests.
     pub requests: u32,
     /// Why it cannot be made.
-    pub reason: String,
+    pub(crate) reason: String,
 }
 
 /// A whole log, ready.
 #[derive(Debug, Clone)]
 pub struct Prepared {
     /// The first day.
-    pub start: NaiveDate,
+    pub(crate) start: NaiveDate,
     /// Each day's lines, from `start`, one day after another.
-    pub days: Vec<Vec<Asked>>,
+    pub(crate) days: Vec<Vec<Asked>>,
     /// The keys of the log.
-    pub catalogue: Catalogue,
+    pub(crate) catalogue: Catalogue,
     /// Lines left out.
-    pub refused: Vec<Refused>,
+    pub(crate) refused: Vec<Refused>,
     /// Whether every line named its users.
-    pub named_users: bool,
+    pub(crate) named_users: bool,
 }
 
 /// The stable hash a user's variant is picked by: the same user, the same key, the same variant.
-pub fn user_hash(user: &str, key: &str) -> u64 {
+pub(crate) fn user_hash(user: &str, key: &str) -> u64 {
     let digest = Sha256::new()
         .chain_update(user.as_bytes())
         .chain_update([0u8])
@@ -167,7 +167,7 @@ pub fn user_hash(user: &str, key: &str) -> u64 {
 }
 
 /// The hash of the `n`th anonymous request for key `id` on day `day`: uniform over variants.
-pub fn anonymous_hash(day: u32, id: u32, n: u32) -> u64 {
+pub(crate) fn anonymous_hash(day: u32, id: u32, n: u32) -> u64 {
     let mut z = (u64::from(day) << 40) ^ (u64::from(id) << 16) ^ u64::from(n);
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

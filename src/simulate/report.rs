@@ -14,17 +14,17 @@ use super::prepared::{Prepared, Refused};
 #[derive(Debug, Clone, Serialize)]
 pub struct LogSummary {
     /// The log's first day.
-    pub first_day: NaiveDate,
+    pub(crate) first_day: NaiveDate,
     /// Days replayed.
-    pub days: usize,
+    pub(crate) days: usize,
     /// Requests replayed.
     pub requests: u64,
     /// Distinct keys asked for.
-    pub keys: usize,
+    pub(crate) keys: usize,
     /// `named` (the log says who asked) or `anonymous` (each request a different user).
     pub users: &'static str,
     /// Lines left out: configurations a job could not make.
-    pub refused: Vec<Refused>,
+    pub(crate) refused: Vec<Refused>,
 }
 
 impl LogSummary {
@@ -50,16 +50,16 @@ impl LogSummary {
 pub struct Figures {
     /// The day; `None` for the total.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub date: Option<NaiveDate>,
+    pub(crate) date: Option<NaiveDate>,
     /// The counts.
     #[serde(flatten)]
-    pub tally: Tally,
+    pub(crate) tally: Tally,
     /// Requests that were not hits (each one a live generation).
-    pub misses: u64,
+    pub(crate) misses: u64,
     /// Hits ÷ requests.
-    pub hit_ratio: f64,
+    pub(crate) hit_ratio: f64,
     /// Live and warming dollars.
-    pub spend_usd: f64,
+    pub(crate) spend_usd: f64,
 }
 
 impl Figures {
@@ -78,28 +78,28 @@ impl Figures {
 #[derive(Debug, Clone, Serialize)]
 pub struct PolicyReport {
     /// The policy's label.
-    pub name: String,
+    pub(crate) name: String,
     /// The policy in words.
-    pub description: String,
+    pub(crate) description: String,
     /// The policy.
-    pub policy: Policy,
+    pub(crate) policy: Policy,
     /// The whole log; storage at the end.
-    pub total: Figures,
+    pub(crate) total: Figures,
     /// The most entries held at the end of a day.
-    pub peak_entries: u64,
+    pub(crate) peak_entries: u64,
     /// The most bytes held at the end of a day.
-    pub peak_bytes: u64,
+    pub(crate) peak_bytes: u64,
     /// Each day.
-    pub days: Vec<Figures>,
+    pub(crate) days: Vec<Figures>,
 }
 
 /// The whole output.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     /// What was replayed.
-    pub log: LogSummary,
+    pub(crate) log: LogSummary,
     /// Each policy, in the order given.
-    pub policies: Vec<PolicyReport>,
+    pub(crate) policies: Vec<PolicyReport>,
 }
 
 impl Report {

@@ -24,17 +24,19 @@ use crate::broker::{Broker, BrokerError};
 use crate::config::AmqpSettings;
 use crate::telemetry;
 
-pub const STATS_SNAPSHOT: &str = "stats.snapshot";
-pub const JOB_COMPLETED: &str = "job.completed";
-pub const CLEANUP_COMPLETED: &str = "cleanup.completed";
+pub(crate) const STATS_SNAPSHOT: &str = "stats.snapshot";
+pub(crate) const JOB_COMPLETED: &str = "job.completed";
+pub(crate) const CLEANUP_COMPLETED: &str = "cleanup.completed";
 /// A scheduled warming run's report (`maintenance::warming`).
-pub const WARM_COMPLETED: &str = "warm.completed";
+pub(crate) const WARM_COMPLETED: &str = "warm.completed";
 
 /// How long a stopping process keeps trying to publish what is still queued.
 const DRAIN_GRACE: Duration = Duration::from_secs(3);
 
+/// One message for the metrics exchange: its routing key, its JSON body and, for
+/// `job.completed`, the job's trace headers.
 #[derive(Debug)]
-pub struct Message {
+pub(crate) struct Message {
     routing_key: &'static str,
     body: Vec<u8>,
     /// A job's trace context (`telemetry::trace`), for `job.completed`.
@@ -59,12 +61,12 @@ pub fn channel(capacity: usize) -> (Feed, Outbox) {
 
 impl Feed {
     /// Queues a message for the metrics exchange, or drops it if the queue is full.
-    pub fn send(&self, routing_key: &'static str, body: &impl Serialize) {
+    pub(crate) fn send(&self, routing_key: &'static str, body: &impl Serialize) {
         self.send_with(routing_key, body, None);
     }
 
     /// [`Feed::send`] with AMQP headers (a job's trace context).
-    pub fn send_with(
+    pub(crate) fn send_with(
         &self,
         routing_key: &'static str,
         body: &impl Serialize,

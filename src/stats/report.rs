@@ -16,20 +16,26 @@ const TOP: i64 = 5;
 /// What a report says (its `--format json` body).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
-    pub summary: Summary,
+    /// The period's figures and their trend against the period before.
+    pub(crate) summary: Summary,
     /// Since the beginning: the rollups count configurations over their whole life.
-    pub top_by_uses: Vec<TopConfig>,
-    pub top_by_saved: Vec<TopConfig>,
+    pub(crate) top_by_uses: Vec<TopConfig>,
+    pub(crate) top_by_saved: Vec<TopConfig>,
 }
 
 /// A report's format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
+    /// Markdown.
     Md,
+    /// The [`Report`] as JSON.
     Json,
+    /// A standalone HTML page.
     Html,
 }
 
+/// Reads the report of the `span` before `now` from the rollups (`since` is the period as the user
+/// wrote it, e.g. `7d`). Fails only when the database does.
 pub async fn build(
     pool: &PgPool,
     since: &str,
@@ -151,7 +157,7 @@ fn md_cell(text: &str) -> String {
 }
 
 /// HTML escaping for text and attribute values.
-pub fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

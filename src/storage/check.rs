@@ -26,16 +26,18 @@ use super::{BucketInfo, ImageStore, StorageError, StoragePath, check_png};
 /// What a successful check found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckReport {
-    pub path: StoragePath,
+    /// Where the probe object was written.
+    pub(crate) path: StoragePath,
     /// The URL the object had while it existed.
     pub url: String,
+    /// The probe object's size in bytes.
     pub bytes: u64,
     /// Bytes the backend said it freed on delete (0 when it cannot tell).
-    pub freed: u64,
+    pub(crate) freed: u64,
     /// What fetching `url` anonymously gave, when it was tried.
-    pub public: Option<PublicUrl>,
+    pub(crate) public: Option<PublicUrl>,
     /// The bucket, where the backend describes it.
-    pub bucket: Option<BucketInfo>,
+    pub(crate) bucket: Option<BucketInfo>,
 }
 
 /// The answer to an anonymous GET of the probe object's URL.
@@ -78,8 +80,10 @@ impl fmt::Display for CheckReport {
     }
 }
 
+/// Why a storage check failed: the step that failed, and what the backend said.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
+    /// Describing the bucket failed.
     #[error("reading the bucket failed: {0}")]
     Bucket(StorageError),
     #[error(
@@ -87,36 +91,61 @@ pub enum CheckError {
          not open image_url; make the bucket public, or set storage.public_base_url to a URL \
          that serves it"
     )]
+    /// The bucket is private and the object's URL does not serve the image.
     Private {
+        /// The bucket's name.
         bucket: String,
+        /// The URL that was tried.
         url: String,
+        /// What fetching it gave.
         why: String,
     },
     #[error("writing {path} failed: {error}")]
+    /// Writing the probe object failed.
     Write {
+        /// The probe's path.
         path: StoragePath,
+        /// The backend's error.
         error: StorageError,
     },
     #[error("reading {path} back failed: {error}")]
+    /// Reading the probe object back failed.
     Read {
+        /// The probe's path.
         path: StoragePath,
+        /// The backend's error.
         error: StorageError,
     },
     #[error("{path} was written but reading it back found nothing")]
-    Missing { path: StoragePath },
-    #[error("{path} read back {got} bytes that differ from the {sent} written")]
-    Differs {
+    /// The probe object was written but reading it back found nothing.
+    Missing {
+        /// The probe's path.
         path: StoragePath,
+    },
+    #[error("{path} read back {got} bytes that differ from the {sent} written")]
+    /// The probe object read back differs from what was written.
+    Differs {
+        /// The probe's path.
+        path: StoragePath,
+        /// Bytes written.
         sent: usize,
+        /// Bytes read back.
         got: usize,
     },
     #[error("deleting {path} failed: {error}")]
+    /// Deleting the probe object failed.
     Delete {
+        /// The probe's path.
         path: StoragePath,
+        /// The backend's error.
         error: StorageError,
     },
     #[error("{path} is still there after it was deleted")]
-    Undeleted { path: StoragePath },
+    /// The probe object is still there after it was deleted.
+    Undeleted {
+        /// The probe's path.
+        path: StoragePath,
+    },
 }
 
 /// A 1×1 PNG, unique per check so a stale read can't pass for a fresh one.

@@ -10,6 +10,8 @@ use tokio::io::AsyncWriteExt;
 
 use super::{CHECK_PREFIX, ImageStore, StorageError, StoragePath, Stored, join_url};
 
+/// Images in a local directory (`storage.kind = "local"`), served by the admin API's `/images`
+/// route.
 #[derive(Debug, Clone)]
 pub struct LocalStore {
     root: PathBuf,
@@ -17,6 +19,7 @@ pub struct LocalStore {
 }
 
 impl LocalStore {
+    /// A store under `root`, whose URLs start with `public_base_url`.
     pub fn new(root: PathBuf, public_base_url: String) -> LocalStore {
         LocalStore {
             root,

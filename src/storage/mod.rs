@@ -25,17 +25,17 @@ use bytes::Bytes;
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 
 pub use local::LocalStore;
-pub use s3::S3Store;
-pub use supabase::SupabaseStore;
+pub(crate) use s3::S3Store;
+pub(crate) use supabase::SupabaseStore;
 
 use crate::config::{StorageKind, StorageSecrets, StorageSettings};
 use crate::job::CacheKey;
 
 /// Largest image stored.
-pub const MAX_IMAGE_BYTES: usize = 5 * 1024 * 1024;
+pub(crate) const MAX_IMAGE_BYTES: usize = 5 * 1024 * 1024;
 const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
 /// `image_url`'s prefix for the local backend when `storage.public_base_url` is empty.
-pub const LOCAL_PUBLIC_BASE_URL: &str = "http://127.0.0.1:8080/images";
+pub(crate) const LOCAL_PUBLIC_BASE_URL: &str = "http://127.0.0.1:8080/images";
 /// The first segment of every check object; no cache path starts with anything but a year.
 const CHECK_PREFIX: &str = "_memoji-check";
 
@@ -51,7 +51,7 @@ impl StoragePath {
     }
 
     /// The path for the key's `n`th replacement image (0: the first image).
-    pub fn revision(key: &CacheKey, at: DateTime<Utc>, n: u32) -> StoragePath {
+    pub(crate) fn revision(key: &CacheKey, at: DateTime<Utc>, n: u32) -> StoragePath {
         let suffix = if n == 0 {
             String::new()
         } else {
@@ -66,7 +66,11 @@ impl StoragePath {
 
     /// The path for an image that replaces the one at `current` (the key's entry's path, if it
     /// has one): the next revision number, so no served object is ever written again.
-    pub fn replacing(key: &CacheKey, at: DateTime<Utc>, current: Option<&str>) -> StoragePath {
+    pub(crate) fn replacing(
+        key: &CacheKey,
+        at: DateTime<Utc>,
+        current: Option<&str>,
+    ) -> StoragePath {
         let n = current
             .and_then(StoragePath::parse)
             .map_or(0, |path| path.revision_number());
@@ -105,7 +109,7 @@ impl StoragePath {
     }
 
     /// 0 for a key's first image, `n` for `<hash>-<n>.png`.
-    pub fn revision_number(&self) -> u32 {
+    pub(crate) fn revision_number(&self) -> u32 {
         self.0
             .strip_suffix(".png")
             .and_then(|stem| stem.rsplit_once('/'))
@@ -116,7 +120,7 @@ impl StoragePath {
 
     /// The `YYYY/MM/<hash>.png` tail of an image URL, for cache rows imported without a storage
     /// path.
-    pub fn in_url(url: &str) -> Option<StoragePath> {
+    pub(crate) fn in_url(url: &str) -> Option<StoragePath> {
         let parts: Vec<&str> = url.rsplitn(4, '/').collect();
         let tail = format!("{}/{}/{}", parts.get(2)?, parts.get(1)?, parts.first()?);
         StoragePath::parse(&tail)
@@ -170,14 +174,15 @@ impl StoragePath {
     /// A fresh path for `storage check`'s probe object: `_memoji-check/<uuid>.png`. Its first
     /// segment is not a year, so it can never equal a cache path, and [`StoragePath::parse`]
     /// refuses it, so it is never served or cleaned up as an image.
-    pub fn check_object() -> StoragePath {
+    pub(crate) fn check_object() -> StoragePath {
         StoragePath(format!(
             "{CHECK_PREFIX}/{}.png",
             uuid::Uuid::new_v4().simple()
         ))
     }
 
-    pub fn as_str(&self) -> &str {
+    /// The path as text: `<YYYY>/<MM>/<hash>.png`, relative to the store's root.
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -188,6 +193,7 @@ impl fmt::Display for StoragePath {
     }
 }
 
+/// Why a storage operation failed, and whether a retry can help.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     /// The image itself is unfit to store; retrying will not help.
@@ -205,8 +211,11 @@ pub enum StorageError {
 /// A stored image: where it is, the URL that serves it, and its size.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
-    pub path: StoragePath,
+    /// Where it is in the store.
+    pub(crate) path: StoragePath,
+    /// The public URL that serves it (`image_url`).
     pub url: String,
+    /// Its size in bytes.
     pub bytes: u64,
 }
 
@@ -232,9 +241,10 @@ pub trait ImageStore: Send + Sync + fmt::Debug {
 /// What a backend says about its bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BucketInfo {
-    pub name: String,
+    /// The bucket's name.
+    pub(crate) name: String,
     /// Readable by anyone: the backend's own public URLs open.
-    pub public: bool,
+    pub(crate) public: bool,
 }
 
 /// A configuration that cannot make a backend: a missing credential, a malformed URL.

@@ -31,7 +31,7 @@ use crate::config::{S3Settings, StorageSecrets, StorageSettings};
 /// `object_store`'s own attempts per request, beyond the first.
 const REQUEST_RETRIES: usize = 2;
 
-pub struct S3Store {
+pub(crate) struct S3Store {
     store: Arc<dyn ObjectStore>,
     /// Where the bucket's objects live, e.g. `http://127.0.0.1:9000/memoji-images`.
     bucket_url: String,
@@ -50,7 +50,7 @@ impl fmt::Debug for S3Store {
 }
 
 impl S3Store {
-    pub fn new(
+    pub(crate) fn new(
         settings: &StorageSettings,
         secrets: &StorageSecrets,
     ) -> Result<S3Store, SetupError> {

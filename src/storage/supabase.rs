@@ -39,7 +39,7 @@ use super::{BucketInfo, ImageStore, SetupError, StorageError, StoragePath, Store
 use crate::config::{StorageSecrets, StorageSettings};
 use answer::Failure;
 
-pub struct SupabaseStore {
+pub(crate) struct SupabaseStore {
     http: reqwest::Client,
     /// `<url>/storage/v1`
     api: String,
@@ -60,7 +60,7 @@ impl fmt::Debug for SupabaseStore {
 }
 
 impl SupabaseStore {
-    pub fn new(
+    pub(crate) fn new(
         settings: &StorageSettings,
         secrets: &StorageSecrets,
     ) -> Result<SupabaseStore, SetupError> {

@@ -38,20 +38,25 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::config::TelemetrySettings;
 
-pub const TRACEPARENT: &str = "traceparent";
+pub(crate) const TRACEPARENT: &str = "traceparent";
+/// The W3C `tracestate` AMQP header, continued with `traceparent`.
 pub const TRACESTATE: &str = "tracestate";
 
 /// How long one export may take, and how long stopping waits for the last spans to go out.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Why trace export could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
+    /// The OTLP exporter refused its configuration.
     #[error("telemetry.otlp_endpoint: {0}")]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    /// The exporter's HTTP client could not be built.
     #[error("telemetry.otlp_endpoint: the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
     #[error("telemetry.otlp_endpoint needs a Tokio runtime to export from")]
+    /// Export was asked for outside a Tokio runtime.
     NoRuntime,
 }
 
@@ -62,7 +67,7 @@ pub struct Incoming(Option<SpanContext>);
 
 impl Incoming {
     /// Reads `traceparent` (and `tracestate`) from a message's headers; parses only what is there.
-    pub fn from_headers(headers: Option<&FieldTable>) -> Incoming {
+    pub(crate) fn from_headers(headers: Option<&FieldTable>) -> Incoming {
         let Some(headers) = headers.filter(|h| h.inner().contains_key(TRACEPARENT)) else {
             return Incoming(None);
         };
@@ -83,7 +88,7 @@ impl Incoming {
 
     /// Makes `span` (not entered yet) a child of the incoming context when spans are exported,
     /// and records the trace it belongs to in its `trace_id` field.
-    pub fn adopt(&self, span: &Span) {
+    pub(crate) fn adopt(&self, span: &Span) {
         if !exporting() {
             if let Some(parent) = &self.0 {
                 span.record("trace_id", tracing::field::display(parent.trace_id()));
@@ -107,7 +112,7 @@ impl Incoming {
     /// The trace headers for a message published now on behalf of this message: the current
     /// span's context when spans are exported, else the incoming context unchanged; `None` when
     /// there is neither.
-    pub fn outgoing(&self) -> Option<FieldTable> {
+    pub(crate) fn outgoing(&self) -> Option<FieldTable> {
         if !exporting() {
             return self.0.as_ref().map(headers_of);
         }
@@ -246,7 +251,7 @@ impl Exporter {
         Ok(Some(Exporter { provider, url }))
     }
 
-    pub fn tracer(&self) -> SdkTracer {
+    pub(crate) fn tracer(&self) -> SdkTracer {
         self.provider.tracer("memoji-worker")
     }
 

@@ -37,24 +37,29 @@ impl Default for Outage {
 
 impl Outage {
     /// A job found the database out of reach.
-    pub fn report(&self) {
+    pub(crate) fn report(&self) {
         self.0
             .send_if_modified(|down| !std::mem::replace(down, true));
     }
 
+    /// Whether the database is out of reach right now, as the jobs last found.
     pub fn is_down(&self) -> bool {
         *self.0.borrow()
     }
 
     /// Resolves once an outage is reported (at once if one is).
-    pub async fn reported(&self) {
+    pub(crate) async fn reported(&self) {
         let mut seen = self.0.subscribe();
         let _ = seen.wait_for(|down| *down).await;
     }
 
     /// Probes the database with backoff until it answers, then clears the outage. `false` if
     /// `shutdown` came first.
-    pub async fn wait_for_database(&self, pool: &PgPool, shutdown: &CancellationToken) -> bool {
+    pub(crate) async fn wait_for_database(
+        &self,
+        pool: &PgPool,
+        shutdown: &CancellationToken,
+    ) -> bool {
         let mut pauses = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(200))
             .with_max_delay(Duration::from_secs(5))
@@ -77,7 +82,7 @@ impl Outage {
 
 /// Stops `consumer` and hands back the deliveries the broker sent before the cancel took effect.
 /// The jobs in flight settle on their own (they are handed back too while the database is away).
-pub async fn stop_consuming(
+pub(crate) async fn stop_consuming(
     channel: &Channel,
     consumer: &mut Consumer,
     tag: &str,
@@ -111,7 +116,7 @@ pub async fn stop_consuming(
 }
 
 /// Consumes the job queue again on `channel`, under the same tag.
-pub async fn resume_consuming(
+pub(crate) async fn resume_consuming(
     channel: &Channel,
     queue: &str,
     tag: &str,

@@ -34,7 +34,11 @@ struct Failure {
 /// Longest pause before handing a failing delivery back.
 const MAX_RETRY_PAUSE: Duration = Duration::from_secs(30);
 
-pub async fn settle(
+/// Carries out `outcome` for `delivery`: publishes what it says (waiting for the broker's
+/// confirm), then acks; on any failure before the ack, hands the delivery back to the queue after
+/// a pause, or gives it up once its delivery budget is spent. Never fails: what cannot be done is
+/// logged.
+pub(crate) async fn settle(
     broker: &Broker,
     delivery: &Delivery,
     outcome: Outcome,
@@ -218,7 +222,7 @@ fn reply_to(broker: &Broker, delivery: &Delivery, result: &JobResult) -> Option<
 }
 
 /// How often the quorum queue has delivered this message before (its `x-delivery-count`).
-pub fn delivery_count(delivery: &Delivery) -> u32 {
+pub(crate) fn delivery_count(delivery: &Delivery) -> u32 {
     let header = delivery
         .properties
         .headers()
