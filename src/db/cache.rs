@@ -12,9 +12,13 @@ use crate::job::{CacheKey, Freshness, GeneratorKind};
 /// A cached image, as a hit serves it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
+    /// The image's public URL.
     pub image_url: String,
+    /// Where the image is stored; `None` for rows imported without one.
     pub storage_path: Option<String>,
+    /// What generating the image cost, in US dollars (what a hit saves).
     pub generation_cost: f64,
+    /// When the entry's image was last written.
     pub updated_at: DateTime<Utc>,
     /// The model that made the image; `None` for rows imported without one.
     pub model: Option<String>,
@@ -26,6 +30,7 @@ pub struct Entry {
 /// A hit together with the user's credit use this month, read in the same round trip.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hit {
+    /// The cached image.
     pub entry: Entry,
     /// Credits used this period, where the user has a balance row.
     pub credits_used: Option<i64>,
@@ -111,12 +116,19 @@ pub async fn hit(
 /// A freshly generated image to record.
 #[derive(Debug, Clone)]
 pub struct NewEntry<'a> {
+    /// The job's cache key.
     pub key: &'a CacheKey,
+    /// The stored image's public URL.
     pub image_url: &'a str,
+    /// Where the image is stored.
     pub storage_path: &'a str,
+    /// The canonical configuration the key was computed from.
     pub prompt_config: serde_json::Value,
+    /// What the generation cost, in US dollars.
     pub generation_cost: f64,
+    /// The stored image's size, in bytes.
     pub image_bytes: i64,
+    /// What made the image (OpenAI or the placeholder).
     pub generator: GeneratorKind,
     /// The model that made the image.
     pub model: &'a str,
@@ -162,6 +174,7 @@ pub async fn record(executor: impl PgExecutor<'_>, entry: &NewEntry<'_>) -> Resu
 /// The image a key's entry serves now, without counting a use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CurrentImage {
+    /// The image's public URL.
     pub image_url: String,
     /// `None` for a row imported without one.
     pub storage_path: Option<String>,

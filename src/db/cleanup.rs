@@ -137,6 +137,7 @@ pub async fn next_old(
 /// The rules an entry must meet to be deleted.
 #[derive(Debug, Clone, Copy)]
 pub struct Unused {
+    /// Only entries created before this.
     pub created_before: DateTime<Utc>,
     /// Fewer uses than this.
     pub min_uses: i64,
@@ -147,11 +148,15 @@ pub struct Unused {
 /// A deleted entry, or one of its variants: what is needed to delete its image.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Deleted {
+    /// The entry's cache key.
     pub prompt_hash: String,
     /// 0 for the key's `memoji_cache` row, n for its variant n.
     pub variant: i32,
+    /// Where its image is stored; `None` for a row imported without one.
     pub storage_path: Option<String>,
+    /// Its image's public URL.
     pub image_url: String,
+    /// Its image's size, in bytes.
     pub image_bytes: i64,
 }
 
@@ -312,7 +317,9 @@ const PRUNABLE_CHARGE: &str = "job_id = ANY($1) AND charged_at < $2
 /// What the retention pass prunes: finished jobs, and ledger rows that can no longer be refunded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retained {
+    /// Finished jobs in `memoji_jobs`.
     Jobs,
+    /// Ledger rows in `memoji_credit_ledger` that can no longer be refunded.
     Charges,
 }
 

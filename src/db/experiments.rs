@@ -221,6 +221,7 @@ pub struct ArmRow {
     pub counts: ArmCounts,
     /// The first and last hours (days, read from the daily rows) with jobs in the span.
     pub first_hour: DateTime<Utc>,
+    /// The last such hour (or day).
     pub last_hour: DateTime<Utc>,
 }
 

@@ -20,7 +20,10 @@ pub enum Seen {
     /// First delivery; this delivery owns the job.
     New,
     /// Delivered before and never finished (its owner died); this delivery owns it now.
-    Unfinished { deliveries: i32 },
+    Unfinished {
+        /// Deliveries counted so far, this one included.
+        deliveries: i32,
+    },
     /// Finished before: publish this result again.
     Finished(Box<JobResult>),
     /// Another delivery of the same job is working on it right now.
@@ -40,10 +43,15 @@ struct ArrivalRow {
 /// Who is arriving: the job, its key, and this delivery's identity as owner.
 #[derive(Debug, Clone, Copy)]
 pub struct Arrival<'a> {
+    /// The job's id.
     pub id: JobId,
+    /// The user id as the job gave it.
     pub user_id: &'a str,
+    /// The job's cache key.
     pub key: &'a CacheKey,
+    /// This delivery's identity as owner.
     pub owner: Uuid,
+    /// How long the ownership lasts unless renewed.
     pub ttl: Duration,
 }
 

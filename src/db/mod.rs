@@ -50,10 +50,14 @@ use crate::config::DatabaseSettings;
 /// pauses consuming instead), any other is answered at once as `internal`.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
+    /// A query or connection failed.
     #[error("database: {0}")]
     Sqlx(#[from] sqlx::Error),
+    /// Running the migrations failed.
     #[error("database: migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Stored data does not convert to or from its form in the table (a result that does not
+    /// (de)serialize, an unexpected row).
     #[error("database: stored data is unreadable: {0}")]
     Corrupt(String),
     /// This delivery's claim on the job expired and another delivery took it over (or finished

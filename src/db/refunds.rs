@@ -25,8 +25,11 @@ const LOOKBACK: Duration = Duration::from_secs(7 * 24 * 3600);
 /// A charged job that will not finish.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct Abandoned {
+    /// The job's id.
     pub job_id: Uuid,
+    /// The user whose credit is to be refunded.
     pub user_id: String,
+    /// The job's cache key, where it was recorded.
     pub prompt_hash: Option<String>,
     /// Still `processing` (to be recorded as failed); otherwise it failed and only the refund is
     /// missing.

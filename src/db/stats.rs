@@ -12,19 +12,27 @@ use super::DbError;
 /// Job events counted in memory for one hour, added to Postgres in one upsert.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Counts {
+    /// Jobs answered from the cache.
     pub hits: i64,
+    /// Jobs not answered from the cache.
     pub misses: i64,
+    /// Images generated.
     pub generations: i64,
+    /// Failed jobs.
     pub failures: i64,
+    /// What the generations cost, in US dollars.
     pub generation_cost_usd: f64,
+    /// What the hits saved, in US dollars.
     pub saved_usd: f64,
 }
 
 impl Counts {
+    /// Whether nothing was counted.
     pub fn is_empty(&self) -> bool {
         *self == Counts::default()
     }
 
+    /// Adds `other`'s counts to these.
     pub fn add(&mut self, other: &Counts) {
         self.hits += other.hits;
         self.misses += other.misses;
@@ -92,25 +100,35 @@ pub async fn add(
 /// What the cache table holds now.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Totals {
+    /// Rows in `memoji_cache`.
     pub entries: i64,
+    /// The sum of the rows' use counts.
     pub usage: i64,
+    /// Of the rows, the archived ones.
     pub archived: i64,
 }
 
 /// Changes to the cache table within a window, counted by the triggers.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct TableChanges {
+    /// Rows added.
     pub entries_added: i64,
+    /// Rows deleted.
     pub entries_deleted: i64,
+    /// Rows archived.
     pub entries_archived: i64,
 }
 
 /// Everything the statistics are computed from.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Raw {
+    /// What the cache table holds now.
     pub totals: Totals,
+    /// Job events since the beginning.
     pub lifetime: Counts,
+    /// Job events in the last 24 hours.
     pub last_24h: Counts,
+    /// Changes to the cache table in the last 24 hours.
     pub last_24h_changes: TableChanges,
 }
 

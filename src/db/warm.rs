@@ -68,11 +68,15 @@ pub async fn live_leases(pool: &PgPool, ours: &[uuid::Uuid]) -> Result<i64, DbEr
 /// warmed entries nobody has asked for yet.
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
 pub struct Worth {
+    /// Warmed entries in the cache now.
     pub warmed_entries: i64,
+    /// Of those, the ones asked for at least once.
     pub warmed_used: i64,
+    /// What those asked-for entries cost to generate, in US dollars.
     pub saved_usd: f64,
 }
 
+/// What warming has been worth so far, over every warmed entry in the cache now.
 pub async fn worth(pool: &PgPool) -> Result<Worth, DbError> {
     let (warmed_entries, warmed_used, saved_usd): (i64, i64, f64) = sqlx::query_as(
         "SELECT count(*),
@@ -92,9 +96,13 @@ pub async fn worth(pool: &PgPool) -> Result<Worth, DbError> {
 /// One key's requests on one day, as the history keeps them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Asked {
+    /// The day (UTC) of the requests.
     pub day: NaiveDate,
+    /// The cache key (prompt hash).
     pub key: String,
+    /// The key's canonical configuration.
     pub config: serde_json::Value,
+    /// Requests for the key on that day.
     pub requests: i32,
 }
 
@@ -124,8 +132,11 @@ pub async fn add_history(pool: &PgPool, rows: &[Asked]) -> Result<(), DbError> {
 /// A key the history has seen, with its configuration and its requests in the window.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Popular {
+    /// The cache key (prompt hash).
     pub key: String,
+    /// The key's canonical configuration.
     pub config: serde_json::Value,
+    /// Its requests in the window.
     pub requests: i64,
 }
 
@@ -224,10 +235,15 @@ pub async fn spent_today(pool: &PgPool) -> Result<f64, DbError> {
 /// An entry a model refresh may regenerate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Refreshable {
+    /// The cache key (prompt hash).
     pub key: String,
+    /// The entry's canonical configuration.
     pub config: serde_json::Value,
+    /// The image the entry serves now.
     pub image_url: String,
+    /// Where that image is stored; `None` for an entry imported without one.
     pub storage_path: Option<String>,
+    /// How often the entry has been used.
     pub usage_count: i64,
 }
 
@@ -292,15 +308,23 @@ pub struct Run {
     pub source: String,
     /// `live` or `batch`.
     pub mode: String,
+    /// Images generated and recorded.
     pub generated: i64,
+    /// Keys left out because another warming's open batch is to answer them.
     pub skipped: i64,
+    /// Lines that failed.
     pub failed: i64,
     /// Generated, but the key was recorded by someone else first (paid, dropped).
     pub wasted: i64,
+    /// Dollars the run paid, wasted copies included.
     pub spent_usd: f64,
+    /// Dollars paid for the wasted copies.
     pub wasted_usd: f64,
+    /// The OpenAI Batch API batch, for a batch run; `None` for a live run.
     pub batch_id: Option<uuid::Uuid>,
+    /// When the run started.
     pub started_at: chrono::DateTime<chrono::Utc>,
+    /// When the run finished.
     pub finished_at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -391,11 +415,13 @@ pub struct Figures {
     pub runs: i64,
     /// Images warming generated and recorded in the period.
     pub generated: i64,
+    /// Lines that failed in the period.
     pub failed: i64,
     /// Generated but dropped (a live job recorded the key first).
     pub wasted: i64,
     /// Dollars warming paid in the period (wasted copies included).
     pub spent_usd: f64,
+    /// Dollars paid in the period for wasted copies.
     pub wasted_usd: f64,
     /// Now: entries warming made that are in the cache.
     pub warmed_entries: i64,

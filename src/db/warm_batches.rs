@@ -23,13 +23,21 @@ pub async fn try_lock(pool: &PgPool) -> Result<Option<super::advisory::AdvisoryL
 /// A line to submit.
 #[derive(Debug, Clone)]
 pub struct NewItem {
+    /// The id OpenAI answers the line under.
     pub custom_id: String,
+    /// The cache key (prompt hash).
     pub key: String,
+    /// The canonical configuration (as `memoji_cache.prompt_config` records it).
     pub config: Value,
+    /// Where the candidate came from (`line 3`, `history`, `predicted`, …).
     pub origin: String,
+    /// The generation lease holder used while its image is stored and recorded.
     pub holder: Uuid,
+    /// The line's batch-price estimate, in US dollars.
     pub estimate_usd: f64,
+    /// For a model refresh: the image the entry served at submission.
     pub old_image_url: Option<String>,
+    /// For a model refresh: where that image is stored.
     pub old_storage_path: Option<String>,
 }
 
@@ -127,16 +135,27 @@ pub async fn set_not_submitted(pool: &PgPool, id: Uuid, why: &str) -> Result<(),
 /// A batch as stored.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StoredBatch {
+    /// The batch's own id.
     pub id: Uuid,
+    /// What made its list: `from`, `history`, `predict`, `refresh` or `schedule`.
     pub source: String,
+    /// OpenAI's batch id; `None` until OpenAI answered.
     pub openai_batch_id: Option<String>,
+    /// `submitting`, then OpenAI's status (`validating` … `completed`, `failed`, `expired`, `cancelled`); `not_submitted` when refused.
     pub status: String,
+    /// Lines in the batch.
     pub lines: i32,
+    /// The batch price of its lines before submission, in US dollars.
     pub estimated_usd: f64,
+    /// OpenAI's request counts, as last polled.
     pub request_counts: Option<Value>,
+    /// Why OpenAI failed the batch as a whole, or why it was never submitted.
     pub errors: Option<String>,
+    /// When it was recorded.
     pub created_at: DateTime<Utc>,
+    /// When its output was handled; `None` while open.
     pub finished_at: Option<DateTime<Utc>>,
+    /// The final report (JSON), once finished.
     pub report: Option<Value>,
 }
 
@@ -222,16 +241,27 @@ pub async fn recent(pool: &PgPool, limit: i64) -> Result<Vec<StoredBatch>, DbErr
 /// A line of a batch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Item {
+    /// The id OpenAI answers the line under.
     pub custom_id: String,
+    /// The cache key (prompt hash).
     pub key: String,
+    /// The canonical configuration.
     pub config: Value,
+    /// Where the candidate came from (`line 3`, `history`, `predicted`, …).
     pub origin: String,
+    /// The generation lease holder used while its image is stored and recorded.
     pub holder: Uuid,
+    /// The line's batch-price estimate, in US dollars.
     pub estimate_usd: f64,
+    /// For a model refresh: the image the entry served at submission.
     pub old_image_url: Option<String>,
+    /// For a model refresh: where that image is stored.
     pub old_storage_path: Option<String>,
+    /// `generated`, `wasted` or `failed`; `None` while pending.
     pub outcome: Option<String>,
+    /// What its answer cost, in US dollars, once handled.
     pub cost_usd: Option<f64>,
+    /// What went wrong, for a failed line.
     pub message: Option<String>,
 }
 
