@@ -111,6 +111,7 @@ impl CacheKey {
         ok.then(|| CacheKey(text.to_owned()))
     }
 
+    /// The key as 64 lowercase hex digits.
     pub fn as_str(&self) -> &str {
         &self.0
     }
