@@ -17,7 +17,7 @@ pub struct AdvisoryLock {
 }
 
 /// Takes the lock `key` if no other process holds it; `None` if one does.
-pub async fn try_lock(pool: &PgPool, key: i64) -> Result<Option<AdvisoryLock>, DbError> {
+pub(crate) async fn try_lock(pool: &PgPool, key: i64) -> Result<Option<AdvisoryLock>, DbError> {
     let options = pool.connect_options();
     let mut connection = PgConnection::connect_with(&options).await?;
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")

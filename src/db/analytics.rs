@@ -15,16 +15,16 @@ use super::DbError;
 
 /// Histogram buckets per hour, for durations and queue lags: bucket `i < BUCKETS - 1` counts values
 /// up to [`bucket_bound_ms`]`(i)`; the last counts everything above.
-pub const BUCKETS: usize = 42;
+pub(crate) const BUCKETS: usize = 42;
 
 /// The upper bound of bucket `i`, in milliseconds: 2^(i/2), so from 1 ms to about 17 minutes in
 /// steps of √2.
-pub fn bucket_bound_ms(i: usize) -> f64 {
+pub(crate) fn bucket_bound_ms(i: usize) -> f64 {
     2f64.powf(i as f64 / 2.0)
 }
 
 /// The bucket a value in milliseconds falls in.
-pub fn bucket_of(ms: f64) -> usize {
+pub(crate) fn bucket_of(ms: f64) -> usize {
     if ms <= 1.0 {
         return 0;
     }
@@ -52,9 +52,9 @@ pub struct HourCounts {
     /// What the cache hits saved, in US dollars.
     pub saved_usd: f64,
     /// Job durations, one count per [`bucket_of`] bucket.
-    pub durations: [i64; BUCKETS],
+    pub(crate) durations: [i64; BUCKETS],
     /// Queue lags (where the publisher said when it sent the job), one count per bucket.
-    pub lags: [i64; BUCKETS],
+    pub(crate) lags: [i64; BUCKETS],
 }
 
 impl Default for HourCounts {
@@ -179,7 +179,7 @@ pub struct UserCounts {
     /// What their cache hits saved, in US dollars.
     pub saved_usd: f64,
     /// When the user's latest job completed; `None` only for an empty value.
-    pub last_seen_at: Option<DateTime<Utc>>,
+    pub(crate) last_seen_at: Option<DateTime<Utc>>,
 }
 
 impl UserCounts {
@@ -222,7 +222,7 @@ impl Batch {
     }
 
     /// Adds `other` (a later batch) to this one.
-    pub fn merge(&mut self, other: Batch) {
+    pub(crate) fn merge(&mut self, other: Batch) {
         for (k, v) in other.hours {
             self.hours.entry(k).or_default().add(&v);
         }
@@ -559,7 +559,7 @@ fn buckets(stored: &[i64]) -> [i64; BUCKETS] {
 
 /// The hours (or, with `daily`, the UTC days) in `[from, to)`, oldest first: a primary-key
 /// range, one row per hour or day.
-pub async fn periods(
+pub(crate) async fn periods(
     pool: &PgPool,
     daily: bool,
     from: DateTime<Utc>,
@@ -639,7 +639,7 @@ pub struct ValueRow {
 }
 
 /// The `limit` most used values of every dimension over the days `[from, to)`.
-pub async fn breakdown(
+pub(crate) async fn breakdown(
     pool: &PgPool,
     from: NaiveDate,
     to: NaiveDate,
@@ -702,7 +702,11 @@ pub enum TopBy {
 }
 
 /// The `limit` configurations used most, or that saved most (a walk down one index).
-pub async fn top_configs(pool: &PgPool, by: TopBy, limit: i64) -> Result<Vec<ConfigRow>, DbError> {
+pub(crate) async fn top_configs(
+    pool: &PgPool,
+    by: TopBy,
+    limit: i64,
+) -> Result<Vec<ConfigRow>, DbError> {
     let order = match by {
         TopBy::Uses => "uses DESC",
         TopBy::Saved => "saved_usd DESC",
@@ -731,11 +735,11 @@ pub struct UserRow {
     /// What their cache hits saved, in US dollars.
     pub saved_usd: f64,
     /// When the user's latest job completed.
-    pub last_seen_at: DateTime<Utc>,
+    pub(crate) last_seen_at: DateTime<Utc>,
 }
 
 /// The `limit` users who cost most.
-pub async fn top_users(pool: &PgPool, limit: i64) -> Result<Vec<UserRow>, DbError> {
+pub(crate) async fn top_users(pool: &PgPool, limit: i64) -> Result<Vec<UserRow>, DbError> {
     Ok(sqlx::query_as(
         "SELECT user_id, jobs, generations, spend_usd, saved_usd, last_seen_at
            FROM memoji_analytics_users ORDER BY spend_usd DESC LIMIT $1",
@@ -747,7 +751,7 @@ pub async fn top_users(pool: &PgPool, limit: i64) -> Result<Vec<UserRow>, DbErro
 
 /// Entries archived and deleted per UTC day in `[from, to)`, from the statistics' hourly rows
 /// (the cache table's triggers count them, whoever ran the cleanup): the cleanup history.
-pub async fn cleanups(
+pub(crate) async fn cleanups(
     pool: &PgPool,
     from: DateTime<Utc>,
     to: DateTime<Utc>,

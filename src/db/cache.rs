@@ -24,7 +24,7 @@ pub struct Entry {
     pub model: Option<String>,
     /// Warming made the entry and no live job has used it yet (`warmed_at` set, no use
     /// counted): an arm with `warming = false` does not serve it (`job::policy`).
-    pub warmed_unused: bool,
+    pub(crate) warmed_unused: bool,
 }
 
 /// A hit together with the user's credit use this month, read in the same round trip.
@@ -33,7 +33,7 @@ pub struct Hit {
     /// The cached image.
     pub entry: Entry,
     /// Credits used this period, where the user has a balance row.
-    pub credits_used: Option<i64>,
+    pub(crate) credits_used: Option<i64>,
 }
 
 /// The columns of a cache row that a hit serves, as [`EntryRow`] reads them, for `concat!` into
@@ -181,7 +181,10 @@ pub struct CurrentImage {
 }
 
 /// The key's current image; `None` on a miss.
-pub async fn current_image(pool: &PgPool, key: &CacheKey) -> Result<Option<CurrentImage>, DbError> {
+pub(crate) async fn current_image(
+    pool: &PgPool,
+    key: &CacheKey,
+) -> Result<Option<CurrentImage>, DbError> {
     let row: Option<(String, Option<String>)> =
         sqlx::query_as("SELECT image_url, storage_path FROM memoji_cache WHERE prompt_hash = $1")
             .bind(key.as_str())
@@ -196,7 +199,11 @@ pub async fn current_image(pool: &PgPool, key: &CacheKey) -> Result<Option<Curre
 /// Whether a row of the key — its entry or one of its variants (`db::variants`) — points at the
 /// stored object `path`. A path is built from its key, so no other key's row can (and the lookup
 /// stays on the key's index).
-pub async fn path_in_use(pool: &PgPool, key: &CacheKey, path: &str) -> Result<bool, DbError> {
+pub(crate) async fn path_in_use(
+    pool: &PgPool,
+    key: &CacheKey,
+    path: &str,
+) -> Result<bool, DbError> {
     let (in_use,): (bool,) = sqlx::query_as(
         "SELECT EXISTS (SELECT 1 FROM memoji_cache WHERE prompt_hash = $1 AND storage_path = $2)
              OR EXISTS (SELECT 1 FROM memoji_cache_variants
@@ -210,7 +217,10 @@ pub async fn path_in_use(pool: &PgPool, key: &CacheKey, path: &str) -> Result<bo
 }
 
 /// When the key's entry was last (re)generated, without counting a use; `None` on a miss.
-pub async fn recorded_at(pool: &PgPool, key: &CacheKey) -> Result<Option<DateTime<Utc>>, DbError> {
+pub(crate) async fn recorded_at(
+    pool: &PgPool,
+    key: &CacheKey,
+) -> Result<Option<DateTime<Utc>>, DbError> {
     let row: Option<(DateTime<Utc>,)> = sqlx::query_as(
         "SELECT COALESCE(updated_at, created_at, now()) FROM memoji_cache WHERE prompt_hash = $1",
     )

@@ -12,7 +12,7 @@ use crate::config::{Allowance, CreditSettings};
 use crate::job::{JobId, Tier};
 
 /// The period a charge counts against: the first day of the current UTC month.
-pub fn current_period() -> NaiveDate {
+pub(crate) fn current_period() -> NaiveDate {
     let today = Utc::now().date_naive();
     today.with_day(1).unwrap_or(today)
 }
@@ -27,7 +27,7 @@ pub fn remaining(allowance: Allowance, used: i64) -> Option<i64> {
 
 /// Credits a user of `tier` has left after using `used` this period; `None` where credits are
 /// off or the tier is unlimited.
-pub fn remaining_after(credits: &CreditSettings, tier: Tier, used: i64) -> Option<i64> {
+pub(crate) fn remaining_after(credits: &CreditSettings, tier: Tier, used: i64) -> Option<i64> {
     credits
         .enabled
         .then(|| remaining(tier.allowance(credits), used))

@@ -54,7 +54,11 @@ impl Current {
 /// The id of the job that a body whose derived id is `derived` stands for now: `derived` itself
 /// the first time, the same id for a redelivery, a fresh one once the last job is over (finished
 /// `ttl` ago, or failed retryably). Deliveries of the same body are serialized on its row.
-pub async fn current_job(pool: &PgPool, derived: JobId, ttl: Duration) -> Result<JobId, DbError> {
+pub(crate) async fn current_job(
+    pool: &PgPool,
+    derived: JobId,
+    ttl: Duration,
+) -> Result<JobId, DbError> {
     let mut tx = pool.begin().await?;
     sqlx::query(
         "INSERT INTO memoji_derived_jobs (derived_id, job_id) VALUES ($1, $1)

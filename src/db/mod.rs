@@ -72,7 +72,7 @@ const AFTER_LOST_CLAIM: Duration = Duration::from_millis(500);
 
 impl DbError {
     /// How long to wait before the retry, where the failure knows better than the default pause.
-    pub fn retry_after(&self) -> Option<Duration> {
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
         match self {
             DbError::LostClaim(_) => Some(AFTER_LOST_CLAIM),
             _ => None,
@@ -80,7 +80,7 @@ impl DbError {
     }
 
     /// Whether the failure is the database being out of reach rather than a query at fault.
-    pub fn is_connectivity(&self) -> bool {
+    pub(crate) fn is_connectivity(&self) -> bool {
         match self {
             DbError::Sqlx(error) => match error {
                 sqlx::Error::Io(_)
@@ -190,7 +190,7 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
 }
 
 /// Is the database answering?
-pub async fn ping(pool: &PgPool) -> bool {
+pub(crate) async fn ping(pool: &PgPool) -> bool {
     sqlx::query("SELECT 1").execute(pool).await.is_ok()
 }
 

@@ -8,7 +8,7 @@ use super::DbError;
 use crate::generate::lifecycle::{ModelState, ModelStatus};
 
 /// Records each status, replacing the model's previous one.
-pub async fn save(pool: &PgPool, statuses: &[ModelStatus]) -> Result<(), DbError> {
+pub(crate) async fn save(pool: &PgPool, statuses: &[ModelStatus]) -> Result<(), DbError> {
     let mut models = Vec::with_capacity(statuses.len());
     let mut states = Vec::with_capacity(statuses.len());
     let mut dates: Vec<Option<NaiveDate>> = Vec::with_capacity(statuses.len());

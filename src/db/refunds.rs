@@ -37,7 +37,7 @@ pub struct Abandoned {
 }
 
 /// Takes the sweep's lock for the rest of `tx`; `false` if another process holds it.
-pub async fn try_lock(tx: &mut Transaction<'_, Postgres>) -> Result<bool, DbError> {
+pub(crate) async fn try_lock(tx: &mut Transaction<'_, Postgres>) -> Result<bool, DbError> {
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
         .bind(LOCK_KEY)
         .fetch_one(&mut **tx)
@@ -48,7 +48,7 @@ pub async fn try_lock(tx: &mut Transaction<'_, Postgres>) -> Result<bool, DbErro
 /// Up to `batch` abandoned charged jobs, locked for `tx` (rows another transaction holds are
 /// skipped, for the next run): unrefunded charges of the last [`LOOKBACK`] whose job failed, or
 /// is still processing with a claim that expired more than `abandoned_after` ago.
-pub async fn next_batch(
+pub(crate) async fn next_batch(
     tx: &mut Transaction<'_, Postgres>,
     abandoned_after: Duration,
     batch: i64,
@@ -77,7 +77,7 @@ pub async fn next_batch(
 
 /// Records a processing job as finished with `result` (a failure), so that a delivery of it that
 /// still comes is answered with that instead of being worked on (and generated uncharged).
-pub async fn give_up(
+pub(crate) async fn give_up(
     executor: impl PgExecutor<'_>,
     job_id: Uuid,
     result: &serde_json::Value,

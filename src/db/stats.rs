@@ -112,11 +112,11 @@ pub struct Totals {
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct TableChanges {
     /// Rows added.
-    pub entries_added: i64,
+    pub(crate) entries_added: i64,
     /// Rows deleted.
-    pub entries_deleted: i64,
+    pub(crate) entries_deleted: i64,
     /// Rows archived.
-    pub entries_archived: i64,
+    pub(crate) entries_archived: i64,
 }
 
 /// Everything the statistics are computed from.
@@ -129,7 +129,7 @@ pub struct Raw {
     /// Job events in the last 24 hours.
     pub last_24h: Counts,
     /// Changes to the cache table in the last 24 hours.
-    pub last_24h_changes: TableChanges,
+    pub(crate) last_24h_changes: TableChanges,
 }
 
 #[derive(sqlx::FromRow)]

@@ -14,7 +14,10 @@ use super::DbError;
 use super::cache::NewEntry;
 
 /// The keys among `keys` that have a cache entry now.
-pub async fn cached_among(pool: &PgPool, keys: &[String]) -> Result<HashSet<String>, DbError> {
+pub(crate) async fn cached_among(
+    pool: &PgPool,
+    keys: &[String],
+) -> Result<HashSet<String>, DbError> {
     let rows: Vec<(String,)> =
         sqlx::query_as("SELECT prompt_hash FROM memoji_cache WHERE prompt_hash = ANY($1)")
             .bind(keys)
@@ -25,7 +28,7 @@ pub async fn cached_among(pool: &PgPool, keys: &[String]) -> Result<HashSet<Stri
 
 /// Records an image warming made, with no use counted (nobody asked for it yet). `false` when
 /// the key already had an entry: the warmed copy is not recorded.
-pub async fn record_warmed(
+pub(crate) async fn record_warmed(
     executor: impl PgExecutor<'_>,
     entry: &NewEntry<'_>,
 ) -> Result<bool, DbError> {
@@ -52,7 +55,7 @@ pub async fn record_warmed(
 
 /// Generation leases held now by anyone but `ours`: live jobs generating (or waiting for a turn
 /// to generate) a key.
-pub async fn live_leases(pool: &PgPool, ours: &[uuid::Uuid]) -> Result<i64, DbError> {
+pub(crate) async fn live_leases(pool: &PgPool, ours: &[uuid::Uuid]) -> Result<i64, DbError> {
     let (n,): (i64,) = sqlx::query_as(
         "SELECT count(*) FROM memoji_generation_leases
           WHERE expires_at > now() AND NOT (holder = ANY($1))",
@@ -69,9 +72,9 @@ pub async fn live_leases(pool: &PgPool, ours: &[uuid::Uuid]) -> Result<i64, DbEr
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
 pub struct Worth {
     /// Warmed entries in the cache now.
-    pub warmed_entries: i64,
+    pub(crate) warmed_entries: i64,
     /// Of those, the ones asked for at least once.
-    pub warmed_used: i64,
+    pub(crate) warmed_used: i64,
     /// What those asked-for entries cost to generate, in US dollars.
     pub saved_usd: f64,
 }
@@ -107,7 +110,7 @@ pub struct Asked {
 }
 
 /// Adds request counts to the history: one statement for any number of keys.
-pub async fn add_history(pool: &PgPool, rows: &[Asked]) -> Result<(), DbError> {
+pub(crate) async fn add_history(pool: &PgPool, rows: &[Asked]) -> Result<(), DbError> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -141,7 +144,7 @@ pub struct Popular {
 }
 
 /// The `top` keys most asked for since `since` that have no cache entry now.
-pub async fn most_asked_uncached(
+pub(crate) async fn most_asked_uncached(
     pool: &PgPool,
     since: NaiveDate,
     top: i64,
@@ -170,7 +173,7 @@ pub async fn most_asked_uncached(
 }
 
 /// Every history row since `since`, for the popularity model.
-pub async fn history_since(pool: &PgPool, since: NaiveDate) -> Result<Vec<Asked>, DbError> {
+pub(crate) async fn history_since(pool: &PgPool, since: NaiveDate) -> Result<Vec<Asked>, DbError> {
     let rows: Vec<(NaiveDate, String, serde_json::Value, i32)> = sqlx::query_as(
         "SELECT day, prompt_hash, prompt_config, requests FROM memoji_request_history
           WHERE day >= $1",
@@ -190,7 +193,7 @@ pub async fn history_since(pool: &PgPool, since: NaiveDate) -> Result<Vec<Asked>
 }
 
 /// Deletes history rows older than `before` (with `dry_run`, only counts them); returns how many.
-pub async fn prune_history(
+pub(crate) async fn prune_history(
     pool: &PgPool,
     before: NaiveDate,
     dry_run: bool,
@@ -217,12 +220,12 @@ const LOCK_KEY: i64 = 0x4d45_4d4f_4a49_574d;
 pub type WarmLock = super::advisory::AdvisoryLock;
 
 /// Takes the warming lock if no other process holds it; `None` if one does.
-pub async fn try_lock(pool: &PgPool) -> Result<Option<WarmLock>, DbError> {
+pub(crate) async fn try_lock(pool: &PgPool) -> Result<Option<WarmLock>, DbError> {
     super::advisory::try_lock(pool, LOCK_KEY).await
 }
 
 /// Dollars warming spent today (UTC), from the rows it recorded.
-pub async fn spent_today(pool: &PgPool) -> Result<f64, DbError> {
+pub(crate) async fn spent_today(pool: &PgPool) -> Result<f64, DbError> {
     let (spent,): (f64,) = sqlx::query_as(
         "SELECT COALESCE(sum(generation_cost), 0)::float8 FROM memoji_cache
           WHERE warmed_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
@@ -248,7 +251,7 @@ pub struct Refreshable {
 }
 
 /// The `top` most used entries whose image `model` made.
-pub async fn most_used_by_model(
+pub(crate) async fn most_used_by_model(
     pool: &PgPool,
     model: &str,
     top: i64,
@@ -278,7 +281,7 @@ pub async fn most_used_by_model(
 
 /// Moves an entry to its regenerated image, only if it still serves `old_url` (a job's
 /// `force_refresh` meanwhile wins). Its history (uses, creation, archived) stays.
-pub async fn move_to_refreshed(
+pub(crate) async fn move_to_refreshed(
     executor: impl PgExecutor<'_>,
     entry: &NewEntry<'_>,
     old_url: &str,
@@ -321,7 +324,7 @@ pub struct Run {
     /// Dollars paid for the wasted copies.
     pub wasted_usd: f64,
     /// The OpenAI Batch API batch, for a batch run; `None` for a live run.
-    pub batch_id: Option<uuid::Uuid>,
+    pub(crate) batch_id: Option<uuid::Uuid>,
     /// When the run started.
     pub started_at: chrono::DateTime<chrono::Utc>,
     /// When the run finished.
@@ -329,7 +332,7 @@ pub struct Run {
 }
 
 /// Records a finished run.
-pub async fn record_run(executor: impl PgExecutor<'_>, run: &Run) -> Result<(), DbError> {
+pub(crate) async fn record_run(executor: impl PgExecutor<'_>, run: &Run) -> Result<(), DbError> {
     sqlx::query(
         "INSERT INTO memoji_warm_runs
              (source, mode, generated, skipped, failed, wasted, spent_usd, wasted_usd, batch_id,
@@ -367,7 +370,7 @@ type RunRow = (
 );
 
 /// The `limit` most recent runs, newest first.
-pub async fn recent_runs(pool: &PgPool, limit: i64) -> Result<Vec<Run>, DbError> {
+pub(crate) async fn recent_runs(pool: &PgPool, limit: i64) -> Result<Vec<Run>, DbError> {
     let rows: Vec<RunRow> = sqlx::query_as(
         "SELECT source, mode, generated, skipped, failed, wasted, spent_usd, wasted_usd, batch_id,
                 started_at, finished_at
@@ -424,11 +427,11 @@ pub struct Figures {
     /// Dollars paid in the period for wasted copies.
     pub wasted_usd: f64,
     /// Now: entries warming made that are in the cache.
-    pub warmed_entries: i64,
+    pub(crate) warmed_entries: i64,
     /// Now: of those, the ones asked for at least once.
-    pub warmed_used: i64,
+    pub(crate) warmed_used: i64,
     /// Now: the hits those entries served (their uses; a warmed entry starts at 0).
-    pub warmed_hits: i64,
+    pub(crate) warmed_hits: i64,
     /// Now: the generation cost of the warmed entries asked for (what warming spared askers).
     pub saved_usd: f64,
 }
