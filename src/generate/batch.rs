@@ -29,9 +29,9 @@ use crate::config::{OpenAiSettings, PriceSettings};
 use crate::job::{AvatarConfig, Plan};
 
 /// The endpoint every line of a warming batch calls.
-pub const IMAGES_ENDPOINT: &str = "/v1/images/generations";
+pub(crate) const IMAGES_ENDPOINT: &str = "/v1/images/generations";
 /// The only completion window OpenAI offers.
-pub const COMPLETION_WINDOW: &str = "24h";
+pub(crate) const COMPLETION_WINDOW: &str = "24h";
 
 /// Why a Batch API request failed, after the retries worth making.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

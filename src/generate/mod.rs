@@ -54,7 +54,7 @@ pub struct InputDetails {
     pub image_tokens: u64,
     /// Of the text tokens, those OpenAI had cached.
     #[serde(default)]
-    pub cached_tokens: u64,
+    pub(crate) cached_tokens: u64,
 }
 
 /// A generated image, not yet checked or stored.
