@@ -52,7 +52,7 @@ pub enum Tier {
 
 impl Tier {
     /// Every tier, in declaration order.
-    pub const ALL: [Tier; 5] = [
+    pub(crate) const ALL: [Tier; 5] = [
         Tier::Free,
         Tier::MonthlyBasic,
         Tier::MonthlyStandard,
@@ -94,7 +94,7 @@ pub struct Job {
     pub id: JobId,
     /// The id was derived from the body (no `job_id`, no UUID `message_id`): it is remembered
     /// only for a while after the job finished (CONTRACT.md §2.1, `db::jobs::derived`).
-    pub derived_id: bool,
+    pub(crate) derived_id: bool,
     /// The user id as the job gave it.
     pub user_id: String,
     /// The user's plan.

@@ -296,14 +296,14 @@ impl JobResult {
 
     /// The user's credits left after this job (`None` where credits are off or unknown).
     #[must_use]
-    pub fn with_credits_remaining(mut self, remaining: Option<i64>) -> JobResult {
+    pub(crate) fn with_credits_remaining(mut self, remaining: Option<i64>) -> JobResult {
         self.credits_remaining = remaining;
         self
     }
 
     /// The generation attempts a failed job made, and the model they called (none if none was).
     #[must_use]
-    pub fn with_attempts(mut self, attempts: u32, model: &str) -> JobResult {
+    pub(crate) fn with_attempts(mut self, attempts: u32, model: &str) -> JobResult {
         self.attempts = attempts;
         self.model = (attempts > 0).then(|| model.to_owned());
         self
@@ -311,7 +311,7 @@ impl JobResult {
 
     /// Names the variant a succeeded result serves (`Pick::shown`: `None` without variants).
     #[must_use]
-    pub fn with_variant(mut self, variant: Option<u32>) -> JobResult {
+    pub(crate) fn with_variant(mut self, variant: Option<u32>) -> JobResult {
         if self.succeeded() {
             self.variant = variant;
         }
@@ -337,7 +337,7 @@ impl JobResult {
     /// Names the experiment and arm the job's user is in; `None` leaves the result as it is
     /// (a result recorded with its arm keeps it).
     #[must_use]
-    pub fn in_arm(mut self, arm: Option<&ArmLabel>) -> JobResult {
+    pub(crate) fn in_arm(mut self, arm: Option<&ArmLabel>) -> JobResult {
         if let Some(arm) = arm {
             self.experiment = Some(arm.experiment.clone());
             self.arm = Some(arm.arm.clone());
@@ -346,7 +346,7 @@ impl JobResult {
     }
 
     /// The experiment and arm this result names, if any.
-    pub fn arm_label(&self) -> Option<ArmLabel> {
+    pub(crate) fn arm_label(&self) -> Option<ArmLabel> {
         match (&self.experiment, &self.arm) {
             (Some(experiment), Some(arm)) => Some(ArmLabel {
                 experiment: experiment.clone(),
