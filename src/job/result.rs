@@ -128,7 +128,8 @@ pub struct JobResult {
     pub cost_usd: f64,
     /// What a hit saved (the entry's generation cost), in US dollars.
     pub saved_usd: f64,
-    /// Generation attempts made (1 for a hit, 0 for a failure before any call).
+    /// Attempts made: 1 for a hit, the HTTP attempts of a generation, 0 for a failure that never
+    /// called the model.
     pub attempts: u32,
     /// The model that made the served image (for a hit, the entry's; `None` for an entry imported
     /// without one), or on a failure the model that was called (`None` if none was).
