@@ -15,16 +15,16 @@ use super::DbError;
 
 /// Histogram buckets per hour, for durations and queue lags: bucket `i < BUCKETS - 1` counts values
 /// up to [`bucket_bound_ms`]`(i)`; the last counts everything above.
-pub const BUCKETS: usize = 42;
+pub(crate) const BUCKETS: usize = 42;
 
 /// The upper bound of bucket `i`, in milliseconds: 2^(i/2), so from 1 ms to about 17 minutes in
 /// steps of √2.
-pub fn bucket_bound_ms(i: usize) -> f64 {
+pub(crate) fn bucket_bound_ms(i: usize) -> f64 {
     2f64.powf(i as f64 / 2.0)
 }
 
 /// The bucket a value in milliseconds falls in.
-pub fn bucket_of(ms: f64) -> usize {
+pub(crate) fn bucket_of(ms: f64) -> usize {
     if ms <= 1.0 {
         return 0;
     }
@@ -35,16 +35,26 @@ pub fn bucket_of(ms: f64) -> usize {
 /// One hour's job events.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HourCounts {
+    /// Jobs answered in the hour, every outcome.
     pub jobs: i64,
+    /// Jobs answered from the cache.
     pub hits: i64,
+    /// Jobs not answered from the cache (invalid jobs excluded).
     pub misses: i64,
+    /// Jobs answered by a new generation.
     pub generations: i64,
+    /// Failed jobs other than `invalid_job`.
     pub failures: i64,
+    /// Jobs that failed as `invalid_job`.
     pub invalid: i64,
+    /// What the generations cost, in US dollars.
     pub spend_usd: f64,
+    /// What the cache hits saved, in US dollars.
     pub saved_usd: f64,
-    pub durations: [i64; BUCKETS],
-    pub lags: [i64; BUCKETS],
+    /// Job durations, one count per [`bucket_of`] bucket.
+    pub(crate) durations: [i64; BUCKETS],
+    /// Queue lags (where the publisher said when it sent the job), one count per bucket.
+    pub(crate) lags: [i64; BUCKETS],
 }
 
 impl Default for HourCounts {
@@ -65,6 +75,7 @@ impl Default for HourCounts {
 }
 
 impl HourCounts {
+    /// Adds `other`'s counts and histogram buckets to these.
     pub fn add(&mut self, other: &HourCounts) {
         self.jobs += other.jobs;
         self.hits += other.hits;
@@ -84,14 +95,20 @@ impl HourCounts {
 /// Jobs with one attribute value, on one day.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct ValueCounts {
+    /// Jobs with the value.
     pub jobs: i64,
+    /// Of those, jobs answered from the cache.
     pub hits: i64,
+    /// Of those, jobs not answered from the cache.
     pub misses: i64,
+    /// What their generations cost, in US dollars.
     pub spend_usd: f64,
+    /// What their cache hits saved, in US dollars.
     pub saved_usd: f64,
 }
 
 impl ValueCounts {
+    /// Adds `other`'s counts to these.
     pub fn add(&mut self, other: &ValueCounts) {
         self.jobs += other.jobs;
         self.hits += other.hits;
@@ -104,15 +121,25 @@ impl ValueCounts {
 /// Uses of one configuration (cache key).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ConfigCounts {
+    /// Succeeded jobs with this configuration.
     pub uses: i64,
+    /// Of those, jobs answered from the cache.
     pub hits: i64,
+    /// Of those, jobs answered by a new generation.
     pub generations: i64,
+    /// What its generations cost, in US dollars.
     pub spend_usd: f64,
+    /// What its cache hits saved, in US dollars.
     pub saved_usd: f64,
+    /// The configuration in words (`stats::analytics::label`); empty when unknown.
     pub label: String,
+    /// The model of its latest image, when known.
     pub model: Option<String>,
+    /// Where its latest image is stored, when known.
     pub storage_path: Option<String>,
+    /// Its latest image's URL, when known.
     pub image_url: Option<String>,
+    /// When it was last used; `None` only for an empty value.
     pub last_used_at: Option<DateTime<Utc>>,
 }
 
@@ -143,14 +170,20 @@ impl ConfigCounts {
 /// One user's jobs.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct UserCounts {
+    /// Jobs the user sent (invalid jobs excluded).
     pub jobs: i64,
+    /// Of those, jobs answered by a new generation.
     pub generations: i64,
+    /// What their generations cost, in US dollars.
     pub spend_usd: f64,
+    /// What their cache hits saved, in US dollars.
     pub saved_usd: f64,
-    pub last_seen_at: Option<DateTime<Utc>>,
+    /// When the user's latest job completed; `None` only for an empty value.
+    pub(crate) last_seen_at: Option<DateTime<Utc>>,
 }
 
 impl UserCounts {
+    /// Adds `other`'s counts to these; the later `last_seen_at` wins.
     pub fn add(&mut self, other: &UserCounts) {
         self.jobs += other.jobs;
         self.generations += other.generations;
@@ -163,16 +196,22 @@ impl UserCounts {
 /// Everything one flush adds, each row once.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Batch {
+    /// Counts per hour (keyed by the hour's start).
     pub hours: HashMap<DateTime<Utc>, HourCounts>,
+    /// Failed jobs per hour and error code.
     pub failures: HashMap<(DateTime<Utc>, &'static str), i64>,
+    /// Counts per day, dimension (`model`, `size`, `gesture`, …) and value.
     pub values: HashMap<(NaiveDate, &'static str, String), ValueCounts>,
+    /// Counts per configuration, keyed by prompt hash.
     pub configs: HashMap<String, ConfigCounts>,
+    /// Counts per user id.
     pub users: HashMap<String, UserCounts>,
     /// Jobs of users in an experiment's arm (migration 0015).
     pub arms: HashMap<super::experiments::ArmHour, super::experiments::ArmCounts>,
 }
 
 impl Batch {
+    /// Whether the batch adds nothing (then there is nothing to write).
     pub fn is_empty(&self) -> bool {
         self.hours.is_empty()
             && self.failures.is_empty()
@@ -183,7 +222,7 @@ impl Batch {
     }
 
     /// Adds `other` (a later batch) to this one.
-    pub fn merge(&mut self, other: Batch) {
+    pub(crate) fn merge(&mut self, other: Batch) {
         for (k, v) in other.hours {
             self.hours.entry(k).or_default().add(&v);
         }
@@ -489,7 +528,9 @@ pub async fn record(conn: &mut PgConnection, batch: &Batch) -> Result<(), DbErro
 /// One stored hour or day (`hour` is its start).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hour {
+    /// The start of the hour or day.
     pub hour: DateTime<Utc>,
+    /// Its counts.
     pub counts: HourCounts,
 }
 
@@ -518,7 +559,7 @@ fn buckets(stored: &[i64]) -> [i64; BUCKETS] {
 
 /// The hours (or, with `daily`, the UTC days) in `[from, to)`, oldest first: a primary-key
 /// range, one row per hour or day.
-pub async fn periods(
+pub(crate) async fn periods(
     pool: &PgPool,
     daily: bool,
     from: DateTime<Utc>,
@@ -581,17 +622,24 @@ pub async fn failures(
 /// One attribute value's jobs over a range of days.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct ValueRow {
+    /// The attribute (`model`, `size`, `quality`, `gesture`, …).
     pub dimension: String,
+    /// The attribute's value.
     pub value: String,
+    /// Jobs with the value.
     pub jobs: i64,
+    /// Of those, jobs answered from the cache.
     pub hits: i64,
+    /// Of those, jobs not answered from the cache.
     pub misses: i64,
+    /// What their generations cost, in US dollars.
     pub spend_usd: f64,
+    /// What their cache hits saved, in US dollars.
     pub saved_usd: f64,
 }
 
 /// The `limit` most used values of every dimension over the days `[from, to)`.
-pub async fn breakdown(
+pub(crate) async fn breakdown(
     pool: &PgPool,
     from: NaiveDate,
     to: NaiveDate,
@@ -620,28 +668,45 @@ pub async fn breakdown(
 /// A configuration in a top list.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct ConfigRow {
+    /// The configuration's cache key (prompt hash).
     pub prompt_hash: String,
+    /// Succeeded jobs with this configuration.
     pub uses: i64,
+    /// Of those, jobs answered from the cache.
     pub hits: i64,
+    /// Of those, jobs answered by a new generation.
     pub generations: i64,
+    /// What its generations cost, in US dollars.
     pub spend_usd: f64,
+    /// What its cache hits saved, in US dollars.
     pub saved_usd: f64,
+    /// The configuration in words; empty when unknown.
     pub label: String,
+    /// The model of its latest image, when known.
     pub model: Option<String>,
+    /// Where its latest image is stored, when known.
     pub storage_path: Option<String>,
+    /// Its latest image's URL, when known.
     pub image_url: Option<String>,
+    /// When it was last used.
     pub last_used_at: DateTime<Utc>,
 }
 
 /// What a top list of configurations is ordered by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TopBy {
+    /// By uses, most first.
     Uses,
+    /// By US dollars saved, most first.
     Saved,
 }
 
 /// The `limit` configurations used most, or that saved most (a walk down one index).
-pub async fn top_configs(pool: &PgPool, by: TopBy, limit: i64) -> Result<Vec<ConfigRow>, DbError> {
+pub(crate) async fn top_configs(
+    pool: &PgPool,
+    by: TopBy,
+    limit: i64,
+) -> Result<Vec<ConfigRow>, DbError> {
     let order = match by {
         TopBy::Uses => "uses DESC",
         TopBy::Saved => "saved_usd DESC",
@@ -659,16 +724,22 @@ pub async fn top_configs(pool: &PgPool, by: TopBy, limit: i64) -> Result<Vec<Con
 /// A user in the top list by spend: the id as the jobs gave it, and figures.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct UserRow {
+    /// The user id as the jobs gave it.
     pub user_id: String,
+    /// Jobs the user sent (invalid jobs excluded).
     pub jobs: i64,
+    /// Of those, jobs answered by a new generation.
     pub generations: i64,
+    /// What their generations cost, in US dollars.
     pub spend_usd: f64,
+    /// What their cache hits saved, in US dollars.
     pub saved_usd: f64,
-    pub last_seen_at: DateTime<Utc>,
+    /// When the user's latest job completed.
+    pub(crate) last_seen_at: DateTime<Utc>,
 }
 
 /// The `limit` users who cost most.
-pub async fn top_users(pool: &PgPool, limit: i64) -> Result<Vec<UserRow>, DbError> {
+pub(crate) async fn top_users(pool: &PgPool, limit: i64) -> Result<Vec<UserRow>, DbError> {
     Ok(sqlx::query_as(
         "SELECT user_id, jobs, generations, spend_usd, saved_usd, last_seen_at
            FROM memoji_analytics_users ORDER BY spend_usd DESC LIMIT $1",
@@ -680,7 +751,7 @@ pub async fn top_users(pool: &PgPool, limit: i64) -> Result<Vec<UserRow>, DbErro
 
 /// Entries archived and deleted per UTC day in `[from, to)`, from the statistics' hourly rows
 /// (the cache table's triggers count them, whoever ran the cleanup): the cleanup history.
-pub async fn cleanups(
+pub(crate) async fn cleanups(
     pool: &PgPool,
     from: DateTime<Utc>,
     to: DateTime<Utc>,

@@ -42,7 +42,11 @@ pub struct Expired {
 }
 
 /// Up to `limit` bypass images older than `hours`, oldest first.
-pub async fn next_expired(pool: &PgPool, hours: u32, limit: i64) -> Result<Vec<Expired>, DbError> {
+pub(crate) async fn next_expired(
+    pool: &PgPool,
+    hours: u32,
+    limit: i64,
+) -> Result<Vec<Expired>, DbError> {
     Ok(sqlx::query_as(
         "SELECT job_id, storage_path, image_bytes FROM memoji_bypass_images
           WHERE created_at < now() - make_interval(hours => $1)
@@ -64,7 +68,7 @@ pub async fn forget(pool: &PgPool, job_ids: &[Uuid]) -> Result<u64, DbError> {
 }
 
 /// How many bypass images are older than `hours` (a dry run's count).
-pub async fn count_expired(pool: &PgPool, hours: u32) -> Result<u64, DbError> {
+pub(crate) async fn count_expired(pool: &PgPool, hours: u32) -> Result<u64, DbError> {
     let (n,): (i64,) = sqlx::query_as(
         "SELECT count(*) FROM memoji_bypass_images
           WHERE created_at < now() - make_interval(hours => $1)",

@@ -12,23 +12,28 @@ use crate::job::{CacheKey, Freshness, GeneratorKind};
 /// A cached image, as a hit serves it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
+    /// The image's public URL.
     pub image_url: String,
+    /// Where the image is stored; `None` for rows imported without one.
     pub storage_path: Option<String>,
+    /// What generating the image cost, in US dollars (what a hit saves).
     pub generation_cost: f64,
+    /// When the entry's image was last written.
     pub updated_at: DateTime<Utc>,
     /// The model that made the image; `None` for rows imported without one.
     pub model: Option<String>,
     /// Warming made the entry and no live job has used it yet (`warmed_at` set, no use
     /// counted): an arm with `warming = false` does not serve it (`job::policy`).
-    pub warmed_unused: bool,
+    pub(crate) warmed_unused: bool,
 }
 
 /// A hit together with the user's credit use this month, read in the same round trip.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hit {
+    /// The cached image.
     pub entry: Entry,
     /// Credits used this period, where the user has a balance row.
-    pub credits_used: Option<i64>,
+    pub(crate) credits_used: Option<i64>,
 }
 
 /// The columns of a cache row that a hit serves, as [`EntryRow`] reads them, for `concat!` into
@@ -111,12 +116,19 @@ pub async fn hit(
 /// A freshly generated image to record.
 #[derive(Debug, Clone)]
 pub struct NewEntry<'a> {
+    /// The job's cache key.
     pub key: &'a CacheKey,
+    /// The stored image's public URL.
     pub image_url: &'a str,
+    /// Where the image is stored.
     pub storage_path: &'a str,
+    /// The canonical configuration the key was computed from.
     pub prompt_config: serde_json::Value,
+    /// What the generation cost, in US dollars.
     pub generation_cost: f64,
+    /// The stored image's size, in bytes.
     pub image_bytes: i64,
+    /// What made the image (OpenAI or the placeholder).
     pub generator: GeneratorKind,
     /// The model that made the image.
     pub model: &'a str,
@@ -162,13 +174,17 @@ pub async fn record(executor: impl PgExecutor<'_>, entry: &NewEntry<'_>) -> Resu
 /// The image a key's entry serves now, without counting a use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CurrentImage {
+    /// The image's public URL.
     pub image_url: String,
     /// `None` for a row imported without one.
     pub storage_path: Option<String>,
 }
 
 /// The key's current image; `None` on a miss.
-pub async fn current_image(pool: &PgPool, key: &CacheKey) -> Result<Option<CurrentImage>, DbError> {
+pub(crate) async fn current_image(
+    pool: &PgPool,
+    key: &CacheKey,
+) -> Result<Option<CurrentImage>, DbError> {
     let row: Option<(String, Option<String>)> =
         sqlx::query_as("SELECT image_url, storage_path FROM memoji_cache WHERE prompt_hash = $1")
             .bind(key.as_str())
@@ -183,7 +199,11 @@ pub async fn current_image(pool: &PgPool, key: &CacheKey) -> Result<Option<Curre
 /// Whether a row of the key — its entry or one of its variants (`db::variants`) — points at the
 /// stored object `path`. A path is built from its key, so no other key's row can (and the lookup
 /// stays on the key's index).
-pub async fn path_in_use(pool: &PgPool, key: &CacheKey, path: &str) -> Result<bool, DbError> {
+pub(crate) async fn path_in_use(
+    pool: &PgPool,
+    key: &CacheKey,
+    path: &str,
+) -> Result<bool, DbError> {
     let (in_use,): (bool,) = sqlx::query_as(
         "SELECT EXISTS (SELECT 1 FROM memoji_cache WHERE prompt_hash = $1 AND storage_path = $2)
              OR EXISTS (SELECT 1 FROM memoji_cache_variants
@@ -197,7 +217,10 @@ pub async fn path_in_use(pool: &PgPool, key: &CacheKey, path: &str) -> Result<bo
 }
 
 /// When the key's entry was last (re)generated, without counting a use; `None` on a miss.
-pub async fn recorded_at(pool: &PgPool, key: &CacheKey) -> Result<Option<DateTime<Utc>>, DbError> {
+pub(crate) async fn recorded_at(
+    pool: &PgPool,
+    key: &CacheKey,
+) -> Result<Option<DateTime<Utc>>, DbError> {
     let row: Option<(DateTime<Utc>,)> = sqlx::query_as(
         "SELECT COALESCE(updated_at, created_at, now()) FROM memoji_cache WHERE prompt_hash = $1",
     )

@@ -28,7 +28,7 @@ const LOCK_KEY: i64 = 0x4d45_4d4f_4a49_434c;
 pub type CleanupLock = super::advisory::AdvisoryLock;
 
 /// Takes the cleanup lock if no other process holds it; `None` if one does.
-pub async fn try_lock(pool: &PgPool) -> Result<Option<CleanupLock>, DbError> {
+pub(crate) async fn try_lock(pool: &PgPool) -> Result<Option<CleanupLock>, DbError> {
     super::advisory::try_lock(pool, LOCK_KEY).await
 }
 
@@ -47,7 +47,7 @@ pub async fn is_locked(pool: &PgPool) -> Result<bool, DbError> {
 }
 
 /// The next `batch` entry ids after `after`, in primary-key order: the archive pass's cursor.
-pub async fn next_ids(
+pub(crate) async fn next_ids(
     pool: &PgPool,
     after: Option<Uuid>,
     batch: i64,
@@ -113,7 +113,7 @@ pub type Cursor = (DateTime<Utc>, Uuid);
 /// The next `batch` non-archived entries created before `cutoff`, after `after`, oldest first.
 /// Entries without a creation time (possible in imported rows) are never candidates: their age
 /// is unknown.
-pub async fn next_old(
+pub(crate) async fn next_old(
     pool: &PgPool,
     cutoff: DateTime<Utc>,
     after: Option<Cursor>,
@@ -137,21 +137,26 @@ pub async fn next_old(
 /// The rules an entry must meet to be deleted.
 #[derive(Debug, Clone, Copy)]
 pub struct Unused {
-    pub created_before: DateTime<Utc>,
+    /// Only entries created before this.
+    pub(crate) created_before: DateTime<Utc>,
     /// Fewer uses than this.
-    pub min_uses: i64,
+    pub(crate) min_uses: i64,
     /// Never one that qualifies for archiving, even if archiving skipped it this time.
-    pub archive_above: i64,
+    pub(crate) archive_above: i64,
 }
 
 /// A deleted entry, or one of its variants: what is needed to delete its image.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Deleted {
+    /// The entry's cache key.
     pub prompt_hash: String,
     /// 0 for the key's `memoji_cache` row, n for its variant n.
     pub variant: i32,
+    /// Where its image is stored; `None` for a row imported without one.
     pub storage_path: Option<String>,
+    /// Its image's public URL.
     pub image_url: String,
+    /// Its image's size, in bytes.
     pub image_bytes: i64,
 }
 
@@ -194,7 +199,7 @@ pub async fn delete(pool: &PgPool, ids: &[Uuid], rules: Unused) -> Result<Vec<De
 
 /// What [`delete`] would delete: how many entries, how many variant rows with them, and their
 /// recorded image bytes.
-pub async fn count_unused(
+pub(crate) async fn count_unused(
     pool: &PgPool,
     ids: &[Uuid],
     rules: Unused,
@@ -224,7 +229,7 @@ pub async fn count_unused(
 
 /// Whether a row of the key — its entry or a variant — exists and points at `storage_path`
 /// (re-recorded since the cleanup deleted it), so the image there must stay.
-pub async fn image_in_use(
+pub(crate) async fn image_in_use(
     pool: &PgPool,
     prompt_hash: &str,
     storage_path: &str,
@@ -250,7 +255,7 @@ const ORPHAN_UNUSED: &str = "created_at < $1 AND usage_count < $2 AND usage_coun
 
 /// Deletes up to `batch` variant rows whose key has no `memoji_cache` row and that meet `rules`,
 /// returning them (rows a hit holds right now are skipped). Fewer than `batch` means done.
-pub async fn delete_orphans(
+pub(crate) async fn delete_orphans(
     pool: &PgPool,
     rules: Unused,
     batch: i64,
@@ -274,7 +279,7 @@ pub async fn delete_orphans(
 }
 
 /// What [`delete_orphans`] would delete, all batches together: how many rows, and their bytes.
-pub async fn count_orphans(pool: &PgPool, rules: Unused) -> Result<(u64, u64), DbError> {
+pub(crate) async fn count_orphans(pool: &PgPool, rules: Unused) -> Result<(u64, u64), DbError> {
     let sql = format!(
         "SELECT count(*), COALESCE(sum(image_bytes), 0)::bigint
            FROM memoji_cache_variants v WHERE {ORPHAN_UNUSED}"
@@ -312,7 +317,9 @@ const PRUNABLE_CHARGE: &str = "job_id = ANY($1) AND charged_at < $2
 /// What the retention pass prunes: finished jobs, and ledger rows that can no longer be refunded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retained {
+    /// Finished jobs in `memoji_jobs`.
     Jobs,
+    /// Ledger rows in `memoji_credit_ledger` that can no longer be refunded.
     Charges,
 }
 
@@ -328,7 +335,7 @@ impl Retained {
 
 /// The next `batch` rows older than `cutoff`, after `after`, oldest first (the retention pass's
 /// cursor over the table's age index: `memoji_jobs_created_at`, `memoji_credit_ledger_charged_at`).
-pub async fn next_retained(
+pub(crate) async fn next_retained(
     pool: &PgPool,
     what: Retained,
     cutoff: DateTime<Utc>,

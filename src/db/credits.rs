@@ -12,7 +12,7 @@ use crate::config::{Allowance, CreditSettings};
 use crate::job::{JobId, Tier};
 
 /// The period a charge counts against: the first day of the current UTC month.
-pub fn current_period() -> NaiveDate {
+pub(crate) fn current_period() -> NaiveDate {
     let today = Utc::now().date_naive();
     today.with_day(1).unwrap_or(today)
 }
@@ -27,7 +27,7 @@ pub fn remaining(allowance: Allowance, used: i64) -> Option<i64> {
 
 /// Credits a user of `tier` has left after using `used` this period; `None` where credits are
 /// off or the tier is unlimited.
-pub fn remaining_after(credits: &CreditSettings, tier: Tier, used: i64) -> Option<i64> {
+pub(crate) fn remaining_after(credits: &CreditSettings, tier: Tier, used: i64) -> Option<i64> {
     credits
         .enabled
         .then(|| remaining(tier.allowance(credits), used))
@@ -38,7 +38,10 @@ pub fn remaining_after(credits: &CreditSettings, tier: Tier, used: i64) -> Optio
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Charge {
     /// One credit taken now, or earlier for this same job; `remaining` after it.
-    Charged { remaining: Option<i64> },
+    Charged {
+        /// Credits left this period; `None` for an unlimited allowance.
+        remaining: Option<i64>,
+    },
     /// Nothing left this period; nothing taken.
     OutOfCredits,
 }
@@ -46,10 +49,15 @@ pub enum Charge {
 /// Who is charged, for which job, against which allowance.
 #[derive(Debug, Clone, Copy)]
 pub struct Account<'a> {
+    /// The job the credit is for (charged at most once).
     pub job: JobId,
+    /// The user charged.
     pub user_id: &'a str,
+    /// The user's plan.
     pub tier: Tier,
+    /// The plan's allowance this period.
     pub allowance: Allowance,
+    /// The period charged against: the first day of its UTC month ([`current_period`]).
     pub period: NaiveDate,
 }
 

@@ -32,9 +32,9 @@ pub struct ArmCounts {
     /// The jobs' `saved_usd`, summed.
     pub saved_usd: f64,
     /// The sum of each job's `cost_usd` squared, for the variance of the cost per job.
-    pub spend_sq_usd: f64,
+    pub(crate) spend_sq_usd: f64,
     /// Job durations, in the analytics' histogram buckets.
-    pub durations: [i64; BUCKETS],
+    pub(crate) durations: [i64; BUCKETS],
 }
 
 impl Default for ArmCounts {
@@ -220,8 +220,9 @@ pub struct ArmRow {
     /// Its jobs, summed over the span.
     pub counts: ArmCounts,
     /// The first and last hours (days, read from the daily rows) with jobs in the span.
-    pub first_hour: DateTime<Utc>,
-    pub last_hour: DateTime<Utc>,
+    pub(crate) first_hour: DateTime<Utc>,
+    /// The last such hour (or day).
+    pub(crate) last_hour: DateTime<Utc>,
 }
 
 #[derive(sqlx::FromRow)]

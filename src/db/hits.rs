@@ -19,8 +19,11 @@ use crate::job::{CacheKey, JobId, JobResult, UserPreferences};
 /// A delivery asking for its key.
 #[derive(Debug, Clone, Copy)]
 pub struct Ask<'a> {
+    /// The delivery's job id.
     pub job_id: JobId,
+    /// The user id as the job gave it.
     pub user_id: &'a str,
+    /// The job's cache key.
     pub key: &'a CacheKey,
 }
 
@@ -149,7 +152,9 @@ pub async fn look_up(
 /// A hit's result to record, with the image the lookup found.
 #[derive(Debug, Clone, Copy)]
 pub struct Served<'a> {
+    /// The hit's result.
     pub result: &'a JobResult,
+    /// The job's cache key.
     pub key: &'a CacheKey,
     /// The entry's image when it was looked up: the result is recorded only if the entry still
     /// serves it (a refresh or a cleanup in between sends the job down the one-job path).

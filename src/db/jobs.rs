@@ -20,7 +20,10 @@ pub enum Seen {
     /// First delivery; this delivery owns the job.
     New,
     /// Delivered before and never finished (its owner died); this delivery owns it now.
-    Unfinished { deliveries: i32 },
+    Unfinished {
+        /// Deliveries counted so far, this one included.
+        deliveries: i32,
+    },
     /// Finished before: publish this result again.
     Finished(Box<JobResult>),
     /// Another delivery of the same job is working on it right now.
@@ -40,10 +43,15 @@ struct ArrivalRow {
 /// Who is arriving: the job, its key, and this delivery's identity as owner.
 #[derive(Debug, Clone, Copy)]
 pub struct Arrival<'a> {
+    /// The job's id.
     pub id: JobId,
+    /// The user id as the job gave it.
     pub user_id: &'a str,
+    /// The job's cache key.
     pub key: &'a CacheKey,
+    /// This delivery's identity as owner.
     pub owner: Uuid,
+    /// How long the ownership lasts unless renewed.
     pub ttl: Duration,
 }
 
@@ -90,7 +98,7 @@ pub async fn arrive(executor: impl PgExecutor<'_>, arrival: Arrival<'_>) -> Resu
 
 /// For a delivery waiting on a busy job: the job's result once finished, or ownership once the
 /// owner stopped renewing. `None` while the owner is still at work.
-pub async fn wait_turn(
+pub(crate) async fn wait_turn(
     pool: &PgPool,
     id: JobId,
     owner: Uuid,
@@ -121,7 +129,12 @@ pub async fn wait_turn(
 }
 
 /// Extends this delivery's ownership; `false` if it was lost.
-pub async fn renew(pool: &PgPool, id: JobId, owner: Uuid, ttl: Duration) -> Result<bool, DbError> {
+pub(crate) async fn renew(
+    pool: &PgPool,
+    id: JobId,
+    owner: Uuid,
+    ttl: Duration,
+) -> Result<bool, DbError> {
     let renewed = sqlx::query(
         "UPDATE memoji_jobs SET owner_expires_at = now() + $3 * interval '1 millisecond'
           WHERE job_id = $1 AND owner = $2 AND status = 'processing'",
@@ -135,7 +148,7 @@ pub async fn renew(pool: &PgPool, id: JobId, owner: Uuid, ttl: Duration) -> Resu
 }
 
 /// Gives up this delivery's ownership of an unfinished job, so its next delivery starts at once.
-pub async fn disown(pool: &PgPool, id: JobId, owner: Uuid) -> Result<(), DbError> {
+pub(crate) async fn disown(pool: &PgPool, id: JobId, owner: Uuid) -> Result<(), DbError> {
     sqlx::query(
         "UPDATE memoji_jobs SET owner_expires_at = now()
           WHERE job_id = $1 AND owner = $2 AND status = 'processing'",
@@ -182,7 +195,7 @@ pub async fn finish(
 /// job) is answered, not done. Where the id is already known to the same user with a result, that
 /// result is returned to be published again instead; where it is known otherwise (at work, or
 /// another user's), nothing is recorded and `None` tells the caller to answer as it meant to.
-pub async fn record_answer(
+pub(crate) async fn record_answer(
     executor: impl PgExecutor<'_>,
     result: &JobResult,
 ) -> Result<Option<JobResult>, DbError> {

@@ -33,7 +33,7 @@ pub async fn claim(
 
 /// Takes the lease of the key's `variant` for `holder` if it is free, expired, or already the
 /// holder's. A lease taken over keeps the path its last holder reserved.
-pub async fn claim_variant(
+pub(crate) async fn claim_variant(
     pool: &PgPool,
     key: &CacheKey,
     variant: Variant,
@@ -59,7 +59,7 @@ pub async fn claim_variant(
 }
 
 /// Extends a held (variant 0) lease; `false` if it was lost (expired and taken by another job).
-pub async fn renew(
+pub(crate) async fn renew(
     pool: &PgPool,
     key: &CacheKey,
     holder: JobId,
@@ -69,7 +69,7 @@ pub async fn renew(
 }
 
 /// Extends a held lease of the key's `variant`; `false` if it was lost.
-pub async fn renew_variant(
+pub(crate) async fn renew_variant(
     pool: &PgPool,
     key: &CacheKey,
     variant: Variant,
@@ -99,7 +99,7 @@ pub async fn release(
 }
 
 /// Gives the lease of the key's `variant` up (and the path it reserved).
-pub async fn release_variant(
+pub(crate) async fn release_variant(
     executor: impl PgExecutor<'_>,
     key: &CacheKey,
     variant: Variant,
@@ -121,7 +121,7 @@ pub async fn release_variant(
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyPaths {
     /// The path this holder's lease reserved already (a redelivery, a lease taken over).
-    pub reserved: Option<String>,
+    pub(crate) reserved: Option<String>,
     /// Every path a row of the key points at, or another lease of the key reserved.
     pub taken: HashSet<String>,
 }
@@ -130,7 +130,7 @@ pub struct KeyPaths {
 /// commit releases it) and reads the key's [`KeyPaths`]. Rows and reservations are read in one
 /// statement: a generation recording its row releases its reservation in the same commit, so a
 /// path is always seen as one or the other. Finish with [`reserve_path`].
-pub async fn paths_of(
+pub(crate) async fn paths_of(
     pool: &PgPool,
     key: &CacheKey,
     variant: Variant,
@@ -170,7 +170,7 @@ pub async fn paths_of(
 
 /// Reserves `path` in the holder's lease and commits, releasing the key's path lock. `false` if
 /// the holder no longer holds the lease.
-pub async fn reserve_path(
+pub(crate) async fn reserve_path(
     mut tx: Transaction<'static, Postgres>,
     key: &CacheKey,
     variant: Variant,

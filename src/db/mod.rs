@@ -50,10 +50,14 @@ use crate::config::DatabaseSettings;
 /// pauses consuming instead), any other is answered at once as `internal`.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
+    /// A query or connection failed.
     #[error("database: {0}")]
     Sqlx(#[from] sqlx::Error),
+    /// Running the migrations failed.
     #[error("database: migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Stored data does not convert to or from its form in the table (a result that does not
+    /// (de)serialize, an unexpected row).
     #[error("database: stored data is unreadable: {0}")]
     Corrupt(String),
     /// This delivery's claim on the job expired and another delivery took it over (or finished
@@ -68,7 +72,7 @@ const AFTER_LOST_CLAIM: Duration = Duration::from_millis(500);
 
 impl DbError {
     /// How long to wait before the retry, where the failure knows better than the default pause.
-    pub fn retry_after(&self) -> Option<Duration> {
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
         match self {
             DbError::LostClaim(_) => Some(AFTER_LOST_CLAIM),
             _ => None,
@@ -76,7 +80,7 @@ impl DbError {
     }
 
     /// Whether the failure is the database being out of reach rather than a query at fault.
-    pub fn is_connectivity(&self) -> bool {
+    pub(crate) fn is_connectivity(&self) -> bool {
         match self {
             DbError::Sqlx(error) => match error {
                 sqlx::Error::Io(_)
@@ -186,7 +190,7 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
 }
 
 /// Is the database answering?
-pub async fn ping(pool: &PgPool) -> bool {
+pub(crate) async fn ping(pool: &PgPool) -> bool {
     sqlx::query("SELECT 1").execute(pool).await.is_ok()
 }
 

@@ -93,7 +93,7 @@ pub async fn record(
 }
 
 /// The image the key's `variant` serves now, without counting a use; `None` if it does not exist.
-pub async fn current_image(
+pub(crate) async fn current_image(
     pool: &PgPool,
     key: &CacheKey,
     variant: Variant,
@@ -117,7 +117,7 @@ pub async fn current_image(
 
 /// When the key's `variant` was last (re)generated, without counting a use; `None` if it does not
 /// exist.
-pub async fn recorded_at(
+pub(crate) async fn recorded_at(
     pool: &PgPool,
     key: &CacheKey,
     variant: Variant,

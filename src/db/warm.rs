@@ -14,7 +14,10 @@ use super::DbError;
 use super::cache::NewEntry;
 
 /// The keys among `keys` that have a cache entry now.
-pub async fn cached_among(pool: &PgPool, keys: &[String]) -> Result<HashSet<String>, DbError> {
+pub(crate) async fn cached_among(
+    pool: &PgPool,
+    keys: &[String],
+) -> Result<HashSet<String>, DbError> {
     let rows: Vec<(String,)> =
         sqlx::query_as("SELECT prompt_hash FROM memoji_cache WHERE prompt_hash = ANY($1)")
             .bind(keys)
@@ -25,7 +28,7 @@ pub async fn cached_among(pool: &PgPool, keys: &[String]) -> Result<HashSet<Stri
 
 /// Records an image warming made, with no use counted (nobody asked for it yet). `false` when
 /// the key already had an entry: the warmed copy is not recorded.
-pub async fn record_warmed(
+pub(crate) async fn record_warmed(
     executor: impl PgExecutor<'_>,
     entry: &NewEntry<'_>,
 ) -> Result<bool, DbError> {
@@ -52,7 +55,7 @@ pub async fn record_warmed(
 
 /// Generation leases held now by anyone but `ours`: live jobs generating (or waiting for a turn
 /// to generate) a key.
-pub async fn live_leases(pool: &PgPool, ours: &[uuid::Uuid]) -> Result<i64, DbError> {
+pub(crate) async fn live_leases(pool: &PgPool, ours: &[uuid::Uuid]) -> Result<i64, DbError> {
     let (n,): (i64,) = sqlx::query_as(
         "SELECT count(*) FROM memoji_generation_leases
           WHERE expires_at > now() AND NOT (holder = ANY($1))",
@@ -68,11 +71,15 @@ pub async fn live_leases(pool: &PgPool, ours: &[uuid::Uuid]) -> Result<i64, DbEr
 /// warmed entries nobody has asked for yet.
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
 pub struct Worth {
-    pub warmed_entries: i64,
-    pub warmed_used: i64,
+    /// Warmed entries in the cache now.
+    pub(crate) warmed_entries: i64,
+    /// Of those, the ones asked for at least once.
+    pub(crate) warmed_used: i64,
+    /// What those asked-for entries cost to generate, in US dollars.
     pub saved_usd: f64,
 }
 
+/// What warming has been worth so far, over every warmed entry in the cache now.
 pub async fn worth(pool: &PgPool) -> Result<Worth, DbError> {
     let (warmed_entries, warmed_used, saved_usd): (i64, i64, f64) = sqlx::query_as(
         "SELECT count(*),
@@ -92,14 +99,18 @@ pub async fn worth(pool: &PgPool) -> Result<Worth, DbError> {
 /// One key's requests on one day, as the history keeps them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Asked {
+    /// The day (UTC) of the requests.
     pub day: NaiveDate,
+    /// The cache key (prompt hash).
     pub key: String,
+    /// The key's canonical configuration.
     pub config: serde_json::Value,
+    /// Requests for the key on that day.
     pub requests: i32,
 }
 
 /// Adds request counts to the history: one statement for any number of keys.
-pub async fn add_history(pool: &PgPool, rows: &[Asked]) -> Result<(), DbError> {
+pub(crate) async fn add_history(pool: &PgPool, rows: &[Asked]) -> Result<(), DbError> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -124,13 +135,16 @@ pub async fn add_history(pool: &PgPool, rows: &[Asked]) -> Result<(), DbError> {
 /// A key the history has seen, with its configuration and its requests in the window.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Popular {
+    /// The cache key (prompt hash).
     pub key: String,
+    /// The key's canonical configuration.
     pub config: serde_json::Value,
+    /// Its requests in the window.
     pub requests: i64,
 }
 
 /// The `top` keys most asked for since `since` that have no cache entry now.
-pub async fn most_asked_uncached(
+pub(crate) async fn most_asked_uncached(
     pool: &PgPool,
     since: NaiveDate,
     top: i64,
@@ -159,7 +173,7 @@ pub async fn most_asked_uncached(
 }
 
 /// Every history row since `since`, for the popularity model.
-pub async fn history_since(pool: &PgPool, since: NaiveDate) -> Result<Vec<Asked>, DbError> {
+pub(crate) async fn history_since(pool: &PgPool, since: NaiveDate) -> Result<Vec<Asked>, DbError> {
     let rows: Vec<(NaiveDate, String, serde_json::Value, i32)> = sqlx::query_as(
         "SELECT day, prompt_hash, prompt_config, requests FROM memoji_request_history
           WHERE day >= $1",
@@ -179,7 +193,7 @@ pub async fn history_since(pool: &PgPool, since: NaiveDate) -> Result<Vec<Asked>
 }
 
 /// Deletes history rows older than `before` (with `dry_run`, only counts them); returns how many.
-pub async fn prune_history(
+pub(crate) async fn prune_history(
     pool: &PgPool,
     before: NaiveDate,
     dry_run: bool,
@@ -206,12 +220,12 @@ const LOCK_KEY: i64 = 0x4d45_4d4f_4a49_574d;
 pub type WarmLock = super::advisory::AdvisoryLock;
 
 /// Takes the warming lock if no other process holds it; `None` if one does.
-pub async fn try_lock(pool: &PgPool) -> Result<Option<WarmLock>, DbError> {
+pub(crate) async fn try_lock(pool: &PgPool) -> Result<Option<WarmLock>, DbError> {
     super::advisory::try_lock(pool, LOCK_KEY).await
 }
 
 /// Dollars warming spent today (UTC), from the rows it recorded.
-pub async fn spent_today(pool: &PgPool) -> Result<f64, DbError> {
+pub(crate) async fn spent_today(pool: &PgPool) -> Result<f64, DbError> {
     let (spent,): (f64,) = sqlx::query_as(
         "SELECT COALESCE(sum(generation_cost), 0)::float8 FROM memoji_cache
           WHERE warmed_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
@@ -224,15 +238,20 @@ pub async fn spent_today(pool: &PgPool) -> Result<f64, DbError> {
 /// An entry a model refresh may regenerate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Refreshable {
+    /// The cache key (prompt hash).
     pub key: String,
+    /// The entry's canonical configuration.
     pub config: serde_json::Value,
+    /// The image the entry serves now.
     pub image_url: String,
+    /// Where that image is stored; `None` for an entry imported without one.
     pub storage_path: Option<String>,
+    /// How often the entry has been used.
     pub usage_count: i64,
 }
 
 /// The `top` most used entries whose image `model` made.
-pub async fn most_used_by_model(
+pub(crate) async fn most_used_by_model(
     pool: &PgPool,
     model: &str,
     top: i64,
@@ -262,7 +281,7 @@ pub async fn most_used_by_model(
 
 /// Moves an entry to its regenerated image, only if it still serves `old_url` (a job's
 /// `force_refresh` meanwhile wins). Its history (uses, creation, archived) stays.
-pub async fn move_to_refreshed(
+pub(crate) async fn move_to_refreshed(
     executor: impl PgExecutor<'_>,
     entry: &NewEntry<'_>,
     old_url: &str,
@@ -292,20 +311,28 @@ pub struct Run {
     pub source: String,
     /// `live` or `batch`.
     pub mode: String,
+    /// Images generated and recorded.
     pub generated: i64,
+    /// Keys left out because another warming's open batch is to answer them.
     pub skipped: i64,
+    /// Lines that failed.
     pub failed: i64,
     /// Generated, but the key was recorded by someone else first (paid, dropped).
     pub wasted: i64,
+    /// Dollars the run paid, wasted copies included.
     pub spent_usd: f64,
+    /// Dollars paid for the wasted copies.
     pub wasted_usd: f64,
-    pub batch_id: Option<uuid::Uuid>,
+    /// The OpenAI Batch API batch, for a batch run; `None` for a live run.
+    pub(crate) batch_id: Option<uuid::Uuid>,
+    /// When the run started.
     pub started_at: chrono::DateTime<chrono::Utc>,
+    /// When the run finished.
     pub finished_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Records a finished run.
-pub async fn record_run(executor: impl PgExecutor<'_>, run: &Run) -> Result<(), DbError> {
+pub(crate) async fn record_run(executor: impl PgExecutor<'_>, run: &Run) -> Result<(), DbError> {
     sqlx::query(
         "INSERT INTO memoji_warm_runs
              (source, mode, generated, skipped, failed, wasted, spent_usd, wasted_usd, batch_id,
@@ -343,7 +370,7 @@ type RunRow = (
 );
 
 /// The `limit` most recent runs, newest first.
-pub async fn recent_runs(pool: &PgPool, limit: i64) -> Result<Vec<Run>, DbError> {
+pub(crate) async fn recent_runs(pool: &PgPool, limit: i64) -> Result<Vec<Run>, DbError> {
     let rows: Vec<RunRow> = sqlx::query_as(
         "SELECT source, mode, generated, skipped, failed, wasted, spent_usd, wasted_usd, batch_id,
                 started_at, finished_at
@@ -391,18 +418,20 @@ pub struct Figures {
     pub runs: i64,
     /// Images warming generated and recorded in the period.
     pub generated: i64,
+    /// Lines that failed in the period.
     pub failed: i64,
     /// Generated but dropped (a live job recorded the key first).
     pub wasted: i64,
     /// Dollars warming paid in the period (wasted copies included).
     pub spent_usd: f64,
+    /// Dollars paid in the period for wasted copies.
     pub wasted_usd: f64,
     /// Now: entries warming made that are in the cache.
-    pub warmed_entries: i64,
+    pub(crate) warmed_entries: i64,
     /// Now: of those, the ones asked for at least once.
-    pub warmed_used: i64,
+    pub(crate) warmed_used: i64,
     /// Now: the hits those entries served (their uses; a warmed entry starts at 0).
-    pub warmed_hits: i64,
+    pub(crate) warmed_hits: i64,
     /// Now: the generation cost of the warmed entries asked for (what warming spared askers).
     pub saved_usd: f64,
 }

@@ -16,21 +16,31 @@ use crate::generate::batch::Batch;
 const LOCK_KEY: i64 = 0x4d45_4d4f_4a49_5742;
 
 /// Takes the batch lock if no other process holds it; `None` if one does.
-pub async fn try_lock(pool: &PgPool) -> Result<Option<super::advisory::AdvisoryLock>, DbError> {
+pub(crate) async fn try_lock(
+    pool: &PgPool,
+) -> Result<Option<super::advisory::AdvisoryLock>, DbError> {
     super::advisory::try_lock(pool, LOCK_KEY).await
 }
 
 /// A line to submit.
 #[derive(Debug, Clone)]
 pub struct NewItem {
+    /// The id OpenAI answers the line under.
     pub custom_id: String,
+    /// The cache key (prompt hash).
     pub key: String,
+    /// The canonical configuration (as `memoji_cache.prompt_config` records it).
     pub config: Value,
+    /// Where the candidate came from (`line 3`, `history`, `predicted`, …).
     pub origin: String,
+    /// The generation lease holder used while its image is stored and recorded.
     pub holder: Uuid,
+    /// The line's batch-price estimate, in US dollars.
     pub estimate_usd: f64,
-    pub old_image_url: Option<String>,
-    pub old_storage_path: Option<String>,
+    /// For a model refresh: the image the entry served at submission.
+    pub(crate) old_image_url: Option<String>,
+    /// For a model refresh: where that image is stored.
+    pub(crate) old_storage_path: Option<String>,
 }
 
 /// Records a batch about to be submitted, with its lines, in one transaction.
@@ -82,7 +92,7 @@ pub async fn insert(
 }
 
 /// Notes the uploaded input file.
-pub async fn set_input_file(pool: &PgPool, id: Uuid, file_id: &str) -> Result<(), DbError> {
+pub(crate) async fn set_input_file(pool: &PgPool, id: Uuid, file_id: &str) -> Result<(), DbError> {
     sqlx::query("UPDATE memoji_warm_batches SET input_file_id = $2 WHERE id = $1")
         .bind(id)
         .bind(file_id)
@@ -92,7 +102,7 @@ pub async fn set_input_file(pool: &PgPool, id: Uuid, file_id: &str) -> Result<()
 }
 
 /// Notes what OpenAI says of the batch now (after its creation, and at each poll).
-pub async fn set_status(pool: &PgPool, id: Uuid, batch: &Batch) -> Result<(), DbError> {
+pub(crate) async fn set_status(pool: &PgPool, id: Uuid, batch: &Batch) -> Result<(), DbError> {
     sqlx::query(
         "UPDATE memoji_warm_batches
             SET openai_batch_id = $2, status = $3, request_counts = $4, output_file_id = $5,
@@ -112,7 +122,7 @@ pub async fn set_status(pool: &PgPool, id: Uuid, batch: &Batch) -> Result<(), Db
 }
 
 /// A batch OpenAI never accepted (the upload or the creation was refused): closed, with why.
-pub async fn set_not_submitted(pool: &PgPool, id: Uuid, why: &str) -> Result<(), DbError> {
+pub(crate) async fn set_not_submitted(pool: &PgPool, id: Uuid, why: &str) -> Result<(), DbError> {
     sqlx::query(
         "UPDATE memoji_warm_batches SET status = 'not_submitted', errors = $2, finished_at = now()
           WHERE id = $1",
@@ -127,16 +137,27 @@ pub async fn set_not_submitted(pool: &PgPool, id: Uuid, why: &str) -> Result<(),
 /// A batch as stored.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StoredBatch {
+    /// The batch's own id.
     pub id: Uuid,
+    /// What made its list: `from`, `history`, `predict`, `refresh` or `schedule`.
     pub source: String,
-    pub openai_batch_id: Option<String>,
+    /// OpenAI's batch id; `None` until OpenAI answered.
+    pub(crate) openai_batch_id: Option<String>,
+    /// `submitting`, then OpenAI's status (`validating` … `completed`, `failed`, `expired`, `cancelled`); `not_submitted` when refused.
     pub status: String,
+    /// Lines in the batch.
     pub lines: i32,
+    /// The batch price of its lines before submission, in US dollars.
     pub estimated_usd: f64,
+    /// OpenAI's request counts, as last polled.
     pub request_counts: Option<Value>,
+    /// Why OpenAI failed the batch as a whole, or why it was never submitted.
     pub errors: Option<String>,
+    /// When it was recorded.
     pub created_at: DateTime<Utc>,
+    /// When its output was handled; `None` while open.
     pub finished_at: Option<DateTime<Utc>>,
+    /// The final report (JSON), once finished.
     pub report: Option<Value>,
 }
 
@@ -222,16 +243,27 @@ pub async fn recent(pool: &PgPool, limit: i64) -> Result<Vec<StoredBatch>, DbErr
 /// A line of a batch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Item {
+    /// The id OpenAI answers the line under.
     pub custom_id: String,
+    /// The cache key (prompt hash).
     pub key: String,
+    /// The canonical configuration.
     pub config: Value,
+    /// Where the candidate came from (`line 3`, `history`, `predicted`, …).
     pub origin: String,
+    /// The generation lease holder used while its image is stored and recorded.
     pub holder: Uuid,
+    /// The line's batch-price estimate, in US dollars.
     pub estimate_usd: f64,
-    pub old_image_url: Option<String>,
-    pub old_storage_path: Option<String>,
+    /// For a model refresh: the image the entry served at submission.
+    pub(crate) old_image_url: Option<String>,
+    /// For a model refresh: where that image is stored.
+    pub(crate) old_storage_path: Option<String>,
+    /// `generated`, `wasted` or `failed`; `None` while pending.
     pub outcome: Option<String>,
+    /// What its answer cost, in US dollars, once handled.
     pub cost_usd: Option<f64>,
+    /// What went wrong, for a failed line.
     pub message: Option<String>,
 }
 
@@ -292,7 +324,7 @@ pub async fn items(pool: &PgPool, id: Uuid) -> Result<Vec<Item>, DbError> {
 }
 
 /// Records what came of one line (once: a line already handled keeps its outcome).
-pub async fn set_outcome(
+pub(crate) async fn set_outcome(
     executor: impl PgExecutor<'_>,
     id: Uuid,
     custom_id: &str,
@@ -332,7 +364,7 @@ pub async fn finish(
 }
 
 /// Dollars of open batches (their estimates): spent already as far as a daily budget goes.
-pub async fn open_estimates(pool: &PgPool) -> Result<f64, DbError> {
+pub(crate) async fn open_estimates(pool: &PgPool) -> Result<f64, DbError> {
     let (sum,): (f64,) = sqlx::query_as(
         "SELECT COALESCE(sum(estimated_usd), 0)::float8 FROM memoji_warm_batches
           WHERE finished_at IS NULL",
@@ -344,7 +376,7 @@ pub async fn open_estimates(pool: &PgPool) -> Result<f64, DbError> {
 
 /// The keys among `keys` that a line of an open batch is still to answer: another warming is
 /// making them.
-pub async fn pending_among(
+pub(crate) async fn pending_among(
     pool: &PgPool,
     keys: &[String],
 ) -> Result<std::collections::HashSet<String>, DbError> {

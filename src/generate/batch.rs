@@ -29,16 +29,21 @@ use crate::config::{OpenAiSettings, PriceSettings};
 use crate::job::{AvatarConfig, Plan};
 
 /// The endpoint every line of a warming batch calls.
-pub const IMAGES_ENDPOINT: &str = "/v1/images/generations";
+pub(crate) const IMAGES_ENDPOINT: &str = "/v1/images/generations";
 /// The only completion window OpenAI offers.
-pub const COMPLETION_WINDOW: &str = "24h";
+pub(crate) const COMPLETION_WINDOW: &str = "24h";
 
 /// Why a Batch API request failed, after the retries worth making.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum BatchError {
     /// OpenAI refused or could not be reached; `retryable`: trying again later may help.
     #[error("OpenAI Batch API: {message}")]
-    Api { message: String, retryable: bool },
+    Api {
+        /// What went wrong (redacted: never the key).
+        message: String,
+        /// Whether trying again later may help.
+        retryable: bool,
+    },
     /// OpenAI answered something this client cannot read.
     #[error("OpenAI Batch API: unreadable answer: {0}")]
     Unreadable(String),
@@ -60,13 +65,21 @@ impl BatchError {
 /// A batch's status, as OpenAI names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BatchStatus {
+    /// `validating`: OpenAI is checking the input file.
     Validating,
+    /// `in_progress`: lines are being answered.
     InProgress,
+    /// `finalizing`: the output file is being prepared.
     Finalizing,
+    /// `completed`: the output (and error) file is ready.
     Completed,
+    /// `failed`: OpenAI failed the batch as a whole (see [`Batch::errors`]).
     Failed,
+    /// `expired`: the completion window passed before every line was answered.
     Expired,
+    /// `cancelling`: a cancel is under way.
     Cancelling,
+    /// `cancelled`: the batch was cancelled.
     Cancelled,
     /// A status this client does not know: treated as still running.
     Other(String),
@@ -119,10 +132,13 @@ impl BatchStatus {
 /// How many lines a batch has answered so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestCounts {
+    /// Lines in the batch.
     #[serde(default)]
     pub total: u64,
+    /// Lines answered successfully.
     #[serde(default)]
     pub completed: u64,
+    /// Lines that failed.
     #[serde(default)]
     pub failed: u64,
 }
@@ -132,9 +148,13 @@ pub struct RequestCounts {
 pub struct Batch {
     /// OpenAI's id (`batch_…`).
     pub id: String,
+    /// Its status.
     pub status: BatchStatus,
+    /// How many lines it has answered so far.
     pub request_counts: RequestCounts,
+    /// The file of answered lines, once there is one.
     pub output_file_id: Option<String>,
+    /// The file of failed lines, once there is one.
     pub error_file_id: Option<String>,
     /// Why OpenAI failed the batch as a whole (its `errors.data` messages), if it did.
     pub errors: Option<String>,
@@ -190,6 +210,7 @@ struct LineResponse {
 pub struct Answered {
     /// The id the line was submitted under.
     pub custom_id: String,
+    /// What came back for it.
     pub answer: Answer,
 }
 

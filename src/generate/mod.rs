@@ -29,12 +29,16 @@ use crate::job::{AvatarConfig, ErrorCode, GeneratorKind, Plan};
 /// Token counts OpenAI reports for GPT image models (CONTRACT.md §11); recorded with the entry.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
+    /// Tokens of input (text and image).
     #[serde(default)]
     pub input_tokens: u64,
+    /// How the input tokens split; `None` when OpenAI did not say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_tokens_details: Option<InputDetails>,
+    /// Tokens of output (the image).
     #[serde(default)]
     pub output_tokens: u64,
+    /// Input and output tokens together.
     #[serde(default)]
     pub total_tokens: u64,
 }
@@ -42,21 +46,27 @@ pub struct Usage {
 /// How the input tokens split: text (of which `cached_tokens` were cached) and image.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InputDetails {
+    /// Input tokens of text.
     #[serde(default)]
     pub text_tokens: u64,
+    /// Input tokens of images.
     #[serde(default)]
     pub image_tokens: u64,
+    /// Of the text tokens, those OpenAI had cached.
     #[serde(default)]
-    pub cached_tokens: u64,
+    pub(crate) cached_tokens: u64,
 }
 
 /// A generated image, not yet checked or stored.
 #[derive(Clone, PartialEq)]
 pub struct Generated {
+    /// The image bytes as the generator returned them (not yet checked).
     pub png: Bytes,
     /// HTTP attempts it took (1 when the first one succeeded).
     pub attempts: u32,
+    /// What the generation cost, in US dollars.
     pub cost_usd: f64,
+    /// The token counts, where the model reports them (GPT image models).
     pub usage: Option<Usage>,
 }
 
@@ -76,21 +86,35 @@ impl fmt::Debug for Generated {
 pub enum GenerateError {
     /// The provider refused the request on content grounds.
     #[error("refused by the content policy: {message}")]
-    ContentPolicy { message: String, attempts: u32 },
+    ContentPolicy {
+        /// The provider's explanation.
+        message: String,
+        /// HTTP attempts made.
+        attempts: u32,
+    },
     /// The provider answered with something that is not a usable image.
     #[error("the generated image is unusable: {message}")]
-    BadImage { message: String, attempts: u32 },
+    BadImage {
+        /// What is wrong with the image.
+        message: String,
+        /// HTTP attempts made.
+        attempts: u32,
+    },
     /// Anything else; `retryable` says whether the same job may succeed later (rate limits and
     /// outages) or not (a rejected request, a bad key, no quota).
     #[error("generation failed: {message}")]
     Failed {
+        /// What went wrong, in words.
         message: String,
+        /// Whether the same job may succeed later.
         retryable: bool,
+        /// HTTP attempts made.
         attempts: u32,
     },
 }
 
 impl GenerateError {
+    /// The result's error code for this failure.
     pub fn code(&self) -> ErrorCode {
         match self {
             GenerateError::ContentPolicy { .. } => ErrorCode::ContentPolicy,
@@ -99,6 +123,7 @@ impl GenerateError {
         }
     }
 
+    /// HTTP attempts made before giving up.
     pub fn attempts(&self) -> u32 {
         match self {
             GenerateError::ContentPolicy { attempts, .. }
@@ -107,6 +132,7 @@ impl GenerateError {
         }
     }
 
+    /// Whether the job may succeed if sent again (only a retryable [`GenerateError::Failed`]).
     pub fn retryable(&self) -> bool {
         matches!(
             self,

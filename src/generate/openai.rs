@@ -42,6 +42,8 @@ const QUOTA_CODES: [&str; 2] = ["insufficient_quota", "billing_hard_limit_reache
 /// OpenAI's code for a model it does not serve (never existed, or shut down).
 pub(crate) const MODEL_NOT_FOUND: &str = "model_not_found";
 
+/// The live [`ImageGenerator`]: OpenAI's Images API, with retries (see the module). Its `Debug`
+/// never shows the API key.
 pub struct OpenAiGenerator {
     http: reqwest::Client,
     endpoint: String,
@@ -115,6 +117,8 @@ pub(crate) fn http_client() -> Result<reqwest::Client, reqwest::Error> {
 }
 
 impl OpenAiGenerator {
+    /// A generator calling `{base_url}/images/generations` with `api_key`; fails only if the HTTP
+    /// client cannot be built.
     pub fn new(
         settings: &OpenAiSettings,
         prices: &PriceSettings,

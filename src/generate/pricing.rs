@@ -27,7 +27,7 @@ fn priced_quality(quality: Option<&str>) -> &str {
 
 /// The per-image estimate for a plan, before any usage is known; 0 only if the table lacks it,
 /// which [`check`] rules out at start.
-pub fn list_price(prices: &PriceSettings, plan: &Plan) -> f64 {
+pub(crate) fn list_price(prices: &PriceSettings, plan: &Plan) -> f64 {
     prices
         .per_image
         .get(&plan.called.config_key())
@@ -38,7 +38,7 @@ pub fn list_price(prices: &PriceSettings, plan: &Plan) -> f64 {
 }
 
 /// Dollars for the tokens a response reports.
-pub fn token_cost(tokens: &TokenPrices, usage: &Usage) -> f64 {
+pub(crate) fn token_cost(tokens: &TokenPrices, usage: &Usage) -> f64 {
     let details = usage.input_tokens_details.unwrap_or_default();
     // Without details, every input token counts as text.
     let (text, image) = if usage.input_tokens_details.is_some() {
@@ -65,15 +65,15 @@ pub fn cost(prices: &PriceSettings, plan: &Plan, usage: Option<&Usage>) -> f64 {
 
 /// What the Batch API bills of the synchronous price: half (OpenAI's price list, "Batch API":
 /// 50% off inputs and outputs, results within 24 hours).
-pub const BATCH_DISCOUNT: f64 = 0.5;
+pub(crate) const BATCH_DISCOUNT: f64 = 0.5;
 
 /// The per-image estimate of a plan sent through the Batch API: half of [`list_price`].
-pub fn batch_list_price(prices: &PriceSettings, plan: &Plan) -> f64 {
+pub(crate) fn batch_list_price(prices: &PriceSettings, plan: &Plan) -> f64 {
     list_price(prices, plan) * BATCH_DISCOUNT
 }
 
 /// The cost of a generation made through the Batch API: half of [`cost`], from its `usage`.
-pub fn batch_cost(prices: &PriceSettings, plan: &Plan, usage: Option<&Usage>) -> f64 {
+pub(crate) fn batch_cost(prices: &PriceSettings, plan: &Plan, usage: Option<&Usage>) -> f64 {
     cost(prices, plan, usage) * BATCH_DISCOUNT
 }
 

@@ -38,15 +38,21 @@ impl fmt::Display for JobId {
 /// A user's plan; allowances per tier come from configuration (CONTRACT.md §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Tier {
+    /// `free`.
     Free,
+    /// `monthly_basic`.
     MonthlyBasic,
+    /// `monthly_standard`.
     MonthlyStandard,
+    /// `monthly_pro`.
     MonthlyPro,
+    /// `lifetime`.
     Lifetime,
 }
 
 impl Tier {
-    pub const ALL: [Tier; 5] = [
+    /// Every tier, in declaration order.
+    pub(crate) const ALL: [Tier; 5] = [
         Tier::Free,
         Tier::MonthlyBasic,
         Tier::MonthlyStandard,
@@ -54,6 +60,7 @@ impl Tier {
         Tier::Lifetime,
     ];
 
+    /// The tier as jobs and configuration spell it (`free`, `monthly_basic`, …).
     pub fn as_str(self) -> &'static str {
         match self {
             Tier::Free => "free",
@@ -64,6 +71,7 @@ impl Tier {
         }
     }
 
+    /// The tier spelled `name`; `None` for an unknown name.
     pub fn from_name(name: &str) -> Option<Tier> {
         Tier::ALL.into_iter().find(|t| t.as_str() == name)
     }
@@ -82,12 +90,16 @@ impl Tier {
 /// A valid generation job.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Job {
+    /// The job id: the message's `job_id`, its UUID `message_id`, or one derived from the body.
     pub id: JobId,
     /// The id was derived from the body (no `job_id`, no UUID `message_id`): it is remembered
     /// only for a while after the job finished (CONTRACT.md §2.1, `db::jobs::derived`).
-    pub derived_id: bool,
+    pub(crate) derived_id: bool,
+    /// The user id as the job gave it.
     pub user_id: String,
+    /// The user's plan.
     pub tier: Tier,
+    /// The avatar to draw.
     pub config: AvatarConfig,
     /// What to ask the image model for (CONTRACT.md §11).
     pub plan: Plan,
@@ -100,11 +112,15 @@ pub struct Job {
 /// What a readable message turned out to be.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Intake {
+    /// A valid job, to be answered from the cache or generated.
     Job(Box<Job>),
     /// A job that breaks a rule: answered with an `invalid_job` result, never retried or charged.
     Invalid {
+        /// The job's id (read or derived), for the result.
         job_id: JobId,
+        /// The user id as the message gave it.
         user_id: String,
+        /// Which rule the job broke, for the result's error message.
         message: String,
     },
 }
@@ -113,7 +129,9 @@ pub enum Intake {
 /// and user id could be read, also gets an `invalid_job` result.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rejection {
+    /// Why the message is not a job, for the dead-letter queue.
     pub reason: String,
+    /// The job id and user id to send an `invalid_job` result to; `None` when they could not be read.
     pub answer: Option<(JobId, String)>,
 }
 

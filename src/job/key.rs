@@ -30,7 +30,7 @@ impl CacheKey {
 
     /// The key of a configuration in a job's `cache.namespace` (`None`: the shared cache, the
     /// same key as [`CacheKey::of`]).
-    pub fn in_namespace(
+    pub(crate) fn in_namespace(
         config: &AvatarConfig,
         generator: GeneratorKind,
         namespace: Option<&str>,
@@ -54,7 +54,7 @@ impl CacheKey {
 
     /// [`CacheKey::canonical_value`] in a namespace: `"namespace"` follows the extras, only when
     /// present, so a job without one keeps the seed's text.
-    pub fn canonical_value_in(
+    pub(crate) fn canonical_value_in(
         config: &AvatarConfig,
         generator: GeneratorKind,
         namespace: Option<&str>,
@@ -111,6 +111,7 @@ impl CacheKey {
         ok.then(|| CacheKey(text.to_owned()))
     }
 
+    /// The key as 64 lowercase hex digits.
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -27,7 +27,7 @@ pub struct CacheRequest {
 impl CacheRequest {
     /// Whether the job's own fields already rule out the batched hit path: a refresh or a bypass
     /// never serves the entry it finds.
-    pub fn skips_batch(&self) -> bool {
+    pub(crate) fn skips_batch(&self) -> bool {
         matches!(self.mode, Some(CacheMode::Refresh | CacheMode::Bypass))
     }
 }
@@ -68,13 +68,13 @@ pub struct CachePolicy {
     pub max_age_days: Option<u32>,
     /// Whether an entry that warming made and no live job has used yet is served (an arm's
     /// `warming = false` says no).
-    pub serve_warmed: bool,
+    pub(crate) serve_warmed: bool,
     /// The user opted out of variants (their preference).
     pub variants_opt_out: bool,
     /// The arm's `variants`, passed through for the variants code (`None`: the configuration's).
     pub variants: Option<u32>,
     /// The experiment and arm the job's user is in, for labels on results and statistics.
-    pub assignment: Option<Assignment>,
+    pub(crate) assignment: Option<Assignment>,
 }
 
 impl CachePolicy {
@@ -112,7 +112,7 @@ impl CachePolicy {
 
     /// Whether the batched hit path may answer this job: only a plain lookup (a hit, or for
     /// `only_if_cached` the hit it needs); a refresh and a bypass never serve what they find.
-    pub fn batchable(&self) -> bool {
+    pub(crate) fn batchable(&self) -> bool {
         matches!(self.mode, CacheMode::Default | CacheMode::OnlyIfCached)
     }
 }
@@ -121,9 +121,9 @@ impl CachePolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Freshness {
     /// The entry must have been (re)generated at or after this time.
-    pub not_before: Option<DateTime<Utc>>,
+    pub(crate) not_before: Option<DateTime<Utc>>,
     /// Whether an entry that warming made and nobody has used yet is served.
-    pub serve_unused_warmed: bool,
+    pub(crate) serve_unused_warmed: bool,
 }
 
 impl Freshness {
@@ -144,7 +144,7 @@ impl Freshness {
 /// The job's policy: each field from the first source that sets it, in the order job, user,
 /// arm, configuration (the arm sets only `max_age_days`, `warming` and `variants`; only the user
 /// sets `variants_opt_out`).
-pub fn resolve(
+pub(crate) fn resolve(
     job: &CacheRequest,
     user: Option<&UserPreferences>,
     assignment: Option<Assignment>,

@@ -9,12 +9,19 @@ use super::{Assignment, CacheKey, JobId};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
+    /// `invalid_job`: the message is not a valid job; sending it again cannot help.
     InvalidJob,
+    /// `out_of_credits`: the user had no credits left for a generation.
     OutOfCredits,
+    /// `content_policy`: OpenAI refused the prompt.
     ContentPolicy,
+    /// `generation_failed`: OpenAI could not make the image (errors, time-outs, an unknown model).
     GenerationFailed,
+    /// `image_invalid`: OpenAI answered with something that is not a usable image.
     ImageInvalid,
+    /// `storage_failed`: the image could not be stored.
     StorageFailed,
+    /// `internal`: the worker itself failed (database, broker, a bug).
     Internal,
     /// An `only_if_cached` job whose key has no entry it may serve (none, too old, or being
     /// generated right now): never generated, never charged.
@@ -22,6 +29,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in declaration order.
     pub const ALL: [ErrorCode; 8] = [
         ErrorCode::InvalidJob,
         ErrorCode::OutOfCredits,
@@ -33,6 +41,7 @@ impl ErrorCode {
         ErrorCode::NotCached,
     ];
 
+    /// The code as the contract spells it (`invalid_job`, `out_of_credits`, …).
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::InvalidJob => "invalid_job",
@@ -55,9 +64,12 @@ impl ErrorCode {
 /// OpenAI 401 body, a connection error naming a URL) reaches a subscriber or the job table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobError {
+    /// Why the job failed.
     pub code: ErrorCode,
     #[serde(serialize_with = "masked")]
+    /// What went wrong, in words; masked of secrets when serialized.
     pub message: String,
+    /// Whether sending the job again (with a new job id) may succeed.
     pub retryable: bool,
 }
 
@@ -83,25 +95,41 @@ fn masked<S: Serializer>(message: &str, serializer: S) -> Result<S::Ok, S::Error
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+/// Whether a job succeeded or failed; serialized `succeeded` / `failed`.
 pub enum Status {
+    /// The job was answered with an image (`result.succeeded`).
     Succeeded,
+    /// The job failed; the result's `error` says why (`result.failed`).
     Failed,
 }
 
 /// A job's result, field for field as CONTRACT.md §2.3 shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobResult {
+    /// The job's id (also the result message's AMQP `message_id`).
     pub job_id: JobId,
+    /// The user id as the job gave it.
     pub user_id: String,
+    /// Succeeded or failed.
     pub status: Status,
+    /// Whether the image came from the cache rather than a new generation.
     pub cached: bool,
+    /// The job's cache key (hex SHA-256), `None` when it could not be computed (an invalid job).
     pub prompt_hash: Option<String>,
+    /// The served image's URL; `None` on a failure.
     pub image_url: Option<String>,
+    /// Where the served image is stored; `None` on a failure or for an entry imported without one.
     pub storage_path: Option<String>,
+    /// Credits taken for this job (0 for a hit or a failure).
     pub credits_charged: u32,
+    /// The user's credits left after this job; `None` where credits are off or unknown.
     pub credits_remaining: Option<i64>,
+    /// What this job's generation cost, in US dollars (0 for a hit).
     pub cost_usd: f64,
+    /// What a hit saved (the entry's generation cost), in US dollars.
     pub saved_usd: f64,
+    /// Attempts made: 1 for a hit, the HTTP attempts of a generation, 0 for a failure that never
+    /// called the model.
     pub attempts: u32,
     /// The model that made the served image (for a hit, the entry's; `None` for an entry imported
     /// without one), or on a failure the model that was called (`None` if none was).
@@ -111,9 +139,12 @@ pub struct JobResult {
     /// succeeded result serves, 0 being the key's `memoji_cache` entry. Absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<u32>,
+    /// How long the worker took over the job, in milliseconds.
     pub duration_ms: u64,
     #[serde(serialize_with = "millis_utc")]
+    /// When the result was made; serialized with milliseconds, as JavaScript's `toISOString`.
     pub completed_at: DateTime<Utc>,
+    /// Why the job failed; `None` exactly when it succeeded.
     pub error: Option<JobError>,
     /// The A/B test the job's user is in (`[experiments.<name>]`, issue 15); absent when the
     /// user is in no arm, so a job outside every experiment keeps today's message.
@@ -152,6 +183,7 @@ fn millis_utc<S: Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok,
 /// The image a succeeded result serves: where it is and what made it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Image {
+    /// The image's public URL.
     pub image_url: String,
     /// `None` for a cache row imported without one.
     pub storage_path: Option<String>,
@@ -162,8 +194,11 @@ pub struct Image {
 /// What a generation spent, for [`JobResult::generated`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Spent {
+    /// What the generation cost, in US dollars.
     pub cost_usd: f64,
+    /// Generation attempts made.
     pub attempts: u32,
+    /// Credits charged for it.
     pub credits_charged: u32,
 }
 
@@ -262,14 +297,14 @@ impl JobResult {
 
     /// The user's credits left after this job (`None` where credits are off or unknown).
     #[must_use]
-    pub fn with_credits_remaining(mut self, remaining: Option<i64>) -> JobResult {
+    pub(crate) fn with_credits_remaining(mut self, remaining: Option<i64>) -> JobResult {
         self.credits_remaining = remaining;
         self
     }
 
     /// The generation attempts a failed job made, and the model they called (none if none was).
     #[must_use]
-    pub fn with_attempts(mut self, attempts: u32, model: &str) -> JobResult {
+    pub(crate) fn with_attempts(mut self, attempts: u32, model: &str) -> JobResult {
         self.attempts = attempts;
         self.model = (attempts > 0).then(|| model.to_owned());
         self
@@ -277,7 +312,7 @@ impl JobResult {
 
     /// Names the variant a succeeded result serves (`Pick::shown`: `None` without variants).
     #[must_use]
-    pub fn with_variant(mut self, variant: Option<u32>) -> JobResult {
+    pub(crate) fn with_variant(mut self, variant: Option<u32>) -> JobResult {
         if self.succeeded() {
             self.variant = variant;
         }
@@ -303,7 +338,7 @@ impl JobResult {
     /// Names the experiment and arm the job's user is in; `None` leaves the result as it is
     /// (a result recorded with its arm keeps it).
     #[must_use]
-    pub fn in_arm(mut self, arm: Option<&ArmLabel>) -> JobResult {
+    pub(crate) fn in_arm(mut self, arm: Option<&ArmLabel>) -> JobResult {
         if let Some(arm) = arm {
             self.experiment = Some(arm.experiment.clone());
             self.arm = Some(arm.arm.clone());
@@ -312,7 +347,7 @@ impl JobResult {
     }
 
     /// The experiment and arm this result names, if any.
-    pub fn arm_label(&self) -> Option<ArmLabel> {
+    pub(crate) fn arm_label(&self) -> Option<ArmLabel> {
         match (&self.experiment, &self.arm) {
             (Some(experiment), Some(arm)) => Some(ArmLabel {
                 experiment: experiment.clone(),
@@ -328,10 +363,12 @@ impl JobResult {
         JobResult::failure(job_id, user_id, None, error)
     }
 
+    /// Whether the job succeeded.
     pub fn succeeded(&self) -> bool {
         self.status == Status::Succeeded
     }
 
+    /// The failure's error code; `None` for a succeeded job.
     pub fn error_code(&self) -> Option<ErrorCode> {
         self.error.as_ref().map(|e| e.code)
     }

@@ -21,7 +21,7 @@ pub struct Variant(u32);
 
 impl Variant {
     /// The key's entry in `memoji_cache`, as the seed's system has it.
-    pub const SEED: Variant = Variant(0);
+    pub(crate) const SEED: Variant = Variant(0);
 
     /// Variant number `n` (0 is [`Variant::SEED`]).
     pub fn new(n: u32) -> Variant {
@@ -34,7 +34,7 @@ impl Variant {
     }
 
     /// Whether this is the seed's entry (`memoji_cache`).
-    pub fn is_seed(self) -> bool {
+    pub(crate) fn is_seed(self) -> bool {
         self.0 == 0
     }
 }
@@ -50,13 +50,13 @@ pub struct Pick {
 
 impl Pick {
     /// N = 1: the seed's entry, today's behaviour.
-    pub const SINGLE: Pick = Pick {
+    pub(crate) const SINGLE: Pick = Pick {
         variant: Variant::SEED,
         of: 1,
     };
 
     /// Whether variants are on for this job (N > 1).
-    pub fn is_varied(self) -> bool {
+    pub(crate) fn is_varied(self) -> bool {
         self.of > 1
     }
 
@@ -72,7 +72,11 @@ impl Pick {
 ///
 /// This is the one place the effective N is decided; a per-user preference or policy feeds
 /// `opted_out` and `arm_variants` here.
-pub fn variants_for(settings_variants: u32, arm_variants: Option<u32>, opted_out: bool) -> u32 {
+pub(crate) fn variants_for(
+    settings_variants: u32,
+    arm_variants: Option<u32>,
+    opted_out: bool,
+) -> u32 {
     if opted_out {
         return 1;
     }
@@ -117,7 +121,7 @@ pub fn pick(settings: &Settings, user_id: &str, key: &CacheKey) -> Pick {
 
 /// The variant a job gets under its resolved cache policy (`job::policy`): the configuration's
 /// `settings_variants`, or its arm's, and 1 when its user opted out of variants.
-pub fn pick_for(
+pub(crate) fn pick_for(
     settings_variants: u32,
     policy: &super::CachePolicy,
     user_id: &str,
