@@ -148,10 +148,13 @@ pub struct Figures {
     pub estimated_cost_saved_usd: f64,
     /// hits ÷ (hits + misses) × 100; 0 before the first lookup.
     pub cache_efficiency_pct: f64,
+    /// Lookups answered from the cache.
     pub hits: i64,
     /// Lookups that found nothing (force_refresh jobs included), whatever came of them.
     pub misses: i64,
+    /// Images generated (misses that generated).
     pub generations: i64,
+    /// What those generations cost, USD.
     pub generation_cost_usd: f64,
     /// Lifetime: archived entries now. Last 24 h: entries archived.
     pub archived: i64,
@@ -161,9 +164,12 @@ pub struct Figures {
 /// (where dashboards of the JavaScript system read them), the last 24 hours beside them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
+    /// Since the beginning, flattened into the top level.
     #[serde(flatten)]
     pub lifetime: Figures,
+    /// The last 24 hours.
     pub last_24h: Figures,
+    /// When these figures were computed, RFC 3339 with milliseconds (UTC).
     pub generated_at: String,
 }
 
@@ -181,6 +187,7 @@ fn round(value: f64, digits: i32) -> f64 {
 }
 
 impl Stats {
+    /// The statistics of `raw`, as of `now` (which only stamps `generated_at`).
     pub fn from_raw(raw: &Raw, now: DateTime<Utc>) -> Stats {
         let entries = raw.totals.entries;
         let figures =
