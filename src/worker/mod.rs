@@ -49,6 +49,7 @@ use crate::telemetry::trace::Incoming;
 pub struct BrokerHealth(Mutex<Option<Arc<Broker>>>);
 
 impl BrokerHealth {
+    /// Whether a session is consuming and can publish right now.
     pub fn is_up(&self) -> bool {
         self.current().is_some_and(|broker| broker.can_publish())
     }
