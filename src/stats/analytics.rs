@@ -19,7 +19,7 @@ use crate::db::analytics::{
 use crate::job::{AvatarConfig, ErrorCode, JobResult, Status};
 
 /// The attributes jobs are broken down by, in the order the dashboard shows them.
-pub const DIMENSIONS: [&str; 9] = [
+pub(crate) const DIMENSIONS: [&str; 9] = [
     "model",
     "size",
     "quality",
@@ -38,7 +38,7 @@ const MAX_KEYS_PER_BATCH: usize = 100_000;
 /// Adds one answered job to `batch`. `config` is the job's configuration where it could be read
 /// (not for an invalid job); `lag` the time it waited in the queue, where its publisher said when
 /// it was sent.
-pub fn add_job(
+pub(crate) fn add_job(
     batch: &mut Batch,
     result: &JobResult,
     config: Option<&AvatarConfig>,
@@ -165,7 +165,7 @@ pub fn label(config: &AvatarConfig) -> String {
 
 /// The `p`-quantile (0–1) of a histogram, interpolated within its bucket on a log scale; `None`
 /// when it counts nothing.
-pub fn percentile(buckets: &[i64; BUCKETS], p: f64) -> Option<f64> {
+pub(crate) fn percentile(buckets: &[i64; BUCKETS], p: f64) -> Option<f64> {
     let total: i64 = buckets.iter().sum();
     if total == 0 {
         return None;
@@ -450,7 +450,7 @@ async fn total(
 }
 
 /// The step a span is counted in: hours up to [`HOURLY_UP_TO`] hours, whole UTC days beyond.
-pub fn step_for(span: Duration) -> Step {
+pub(crate) fn step_for(span: Duration) -> Step {
     if span <= Duration::hours(HOURLY_UP_TO) {
         Step::Hour
     } else {
@@ -459,9 +459,9 @@ pub fn step_for(span: Duration) -> Step {
 }
 
 /// Longest span (hours) counted in hours by the summary and the dashboard.
-pub const HOURLY_UP_TO: i64 = 72;
+pub(crate) const HOURLY_UP_TO: i64 = 72;
 /// Longest span (hours) an hourly series may ask for (a series of days covers more).
-pub const MAX_HOURLY_SERIES: i64 = 14 * 24;
+pub(crate) const MAX_HOURLY_SERIES: i64 = 14 * 24;
 
 /// The last `span` (whole hours up to 72 h, else whole UTC days, the current one included) and
 /// the same span before it.
@@ -608,7 +608,11 @@ impl From<ConfigRow> for TopConfig {
 }
 
 /// The top configurations (since the beginning) by uses or by cost saved.
-pub async fn top_configs(pool: &PgPool, by: TopBy, limit: i64) -> Result<Vec<TopConfig>, DbError> {
+pub(crate) async fn top_configs(
+    pool: &PgPool,
+    by: TopBy,
+    limit: i64,
+) -> Result<Vec<TopConfig>, DbError> {
     Ok(store::top_configs(pool, by, limit)
         .await?
         .into_iter()
@@ -634,7 +638,7 @@ pub struct TopUser {
 }
 
 /// The `limit` users who cost the most since the beginning, most first.
-pub async fn top_users(pool: &PgPool, limit: i64) -> Result<Vec<TopUser>, DbError> {
+pub(crate) async fn top_users(pool: &PgPool, limit: i64) -> Result<Vec<TopUser>, DbError> {
     Ok(store::top_users(pool, limit)
         .await?
         .into_iter()
@@ -661,7 +665,7 @@ pub struct CleanupDay {
 }
 
 /// The cleanup history of the last `span`, days with work only.
-pub async fn cleanups(
+pub(crate) async fn cleanups(
     pool: &PgPool,
     span: Duration,
     now: DateTime<Utc>,

@@ -48,7 +48,7 @@ pub struct Tally {
 }
 
 /// The hour bucket of a moment.
-pub fn hour_of(at: DateTime<Utc>) -> DateTime<Utc> {
+pub(crate) fn hour_of(at: DateTime<Utc>) -> DateTime<Utc> {
     at.duration_trunc(chrono::Duration::hours(1)).unwrap_or(at)
 }
 
@@ -60,7 +60,7 @@ impl Tally {
     }
 
     /// Adds one answered job to the analytics batch (see [`analytics::add_job`]).
-    pub fn add_job(
+    pub(crate) fn add_job(
         &self,
         result: &crate::job::JobResult,
         config: Option<&crate::job::AvatarConfig>,
@@ -188,7 +188,7 @@ fn round(value: f64, digits: i32) -> f64 {
 
 impl Stats {
     /// The statistics of `raw`, as of `now` (which only stamps `generated_at`).
-    pub fn from_raw(raw: &Raw, now: DateTime<Utc>) -> Stats {
+    pub(crate) fn from_raw(raw: &Raw, now: DateTime<Utc>) -> Stats {
         let entries = raw.totals.entries;
         let figures =
             |counts: &Counts, total_cached: i64, total_usage: i64, archived: i64| Figures {
@@ -234,7 +234,7 @@ pub async fn read(pool: &PgPool) -> Result<Stats, DbError> {
 }
 
 /// Publishes `stats.snapshot` every `every` until `shutdown`, after writing this process's counts.
-pub async fn publish_snapshots(
+pub(crate) async fn publish_snapshots(
     tally: Arc<Tally>,
     pool: PgPool,
     feed: Feed,
