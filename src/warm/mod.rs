@@ -40,7 +40,7 @@ use crate::job::{AvatarConfig, CacheKey, GeneratorKind, ModelRules, Plan};
 
 /// The user id warming's requests carry (hashed into OpenAI's `safety_identifier`): never a
 /// real user's.
-pub const WARM_USER: &str = "memoji-warm";
+pub(crate) const WARM_USER: &str = "memoji-warm";
 
 /// Why a warming command failed; [`WarmError::retryable`] says whether running it again may help.
 #[derive(Debug, thiserror::Error)]

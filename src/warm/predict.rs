@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 /// The attributes scored apart, by their configuration field names.
-pub const ATTRIBUTES: [&str; 6] = [
+pub(crate) const ATTRIBUTES: [&str; 6] = [
     "gesture",
     "hair",
     "skinTone",

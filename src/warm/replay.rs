@@ -183,7 +183,7 @@ impl Default for People {
 /// What a request orders beyond the avatar, with its share of the requests: most take the
 /// defaults (gpt-image-1, served by gpt-image-2.6-flare, 1024x1024, medium: $0.04), some a
 /// cheaper or a dearer image, so that entries differ in cost and size.
-pub const ORDERS: [(f64, &[(&str, &str)]); 5] = [
+pub(crate) const ORDERS: [(f64, &[(&str, &str)]); 5] = [
     (0.70, &[]),
     (0.12, &[("quality", "low")]),
     (0.08, &[("quality", "high")]),
