@@ -48,7 +48,7 @@ pub struct ApiState {
 
 /// The admin HTTP API's routes over `state`; every route but the cleanup answers within
 /// `http.request_timeout_secs` or with 408.
-pub fn router(state: ApiState) -> Router {
+pub(crate) fn router(state: ApiState) -> Router {
     // The timeout covers producing the response (an image's body streams afterwards, bounded by
     // the connection cap). The cleanup is exempt: a long run should still answer with its report.
     let timeout = TimeoutLayer::with_status_code(

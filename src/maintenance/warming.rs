@@ -212,7 +212,7 @@ pub struct BatchSweep {
 
 impl BatchSweep {
     /// Sweeps every `every` until `stop`. A failed sweep is logged; the next one tries again.
-    pub async fn run_every(self, every: std::time::Duration, stop: CancellationToken) {
+    pub(crate) async fn run_every(self, every: std::time::Duration, stop: CancellationToken) {
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

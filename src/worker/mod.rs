@@ -50,7 +50,7 @@ pub struct BrokerHealth(Mutex<Option<Arc<Broker>>>);
 
 impl BrokerHealth {
     /// Whether a session is consuming and can publish right now.
-    pub fn is_up(&self) -> bool {
+    pub(crate) fn is_up(&self) -> bool {
         self.current().is_some_and(|broker| broker.can_publish())
     }
     fn current(&self) -> Option<Arc<Broker>> {
