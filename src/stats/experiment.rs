@@ -26,23 +26,23 @@ pub(crate) const MIN_JOBS_PER_ARM: i64 = 100;
 
 /// An estimate of a difference (arm − control) with its 95 % confidence interval.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Interval {
+pub(crate) struct Interval {
     /// The observed difference.
-    pub estimate: f64,
+    pub(crate) estimate: f64,
     /// The interval's lower end.
-    pub low: f64,
+    pub(crate) low: f64,
     /// The interval's upper end.
-    pub high: f64,
+    pub(crate) high: f64,
 }
 
 impl Interval {
     /// Whether "no difference" is inside the interval.
-    pub fn contains_zero(&self) -> bool {
+    pub(crate) fn contains_zero(&self) -> bool {
         self.low <= 0.0 && 0.0 <= self.high
     }
 
     /// The interval scaled (e.g. a proportion to percentage points).
-    pub fn scaled(&self, by: f64) -> Interval {
+    pub(crate) fn scaled(&self, by: f64) -> Interval {
         Interval {
             estimate: self.estimate * by,
             low: self.low * by,
@@ -78,7 +78,11 @@ impl Verdict {
 
 /// The verdict on `interval` (arm − control) when both arms have `enough` jobs; a higher value
 /// is better when `higher_is_better` (hit ratio), a lower one otherwise (cost).
-pub fn verdict(interval: Option<&Interval>, enough: bool, higher_is_better: bool) -> Verdict {
+pub(crate) fn verdict(
+    interval: Option<&Interval>,
+    enough: bool,
+    higher_is_better: bool,
+) -> Verdict {
     match interval {
         Some(i) if enough && !i.contains_zero() => {
             if (i.estimate > 0.0) == higher_is_better {
@@ -123,18 +127,18 @@ pub(crate) fn newcombe(x_b: i64, n_b: i64, x_a: i64, n_a: i64) -> Option<Interva
 
 /// One arm's per-job values as the rollups keep them: count, sum and sum of squares.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Moments {
+pub(crate) struct Moments {
     /// How many values.
-    pub n: i64,
+    pub(crate) n: i64,
     /// Their sum.
-    pub sum: f64,
+    pub(crate) sum: f64,
     /// The sum of their squares.
-    pub sum_sq: f64,
+    pub(crate) sum_sq: f64,
 }
 
 impl Moments {
     /// The mean; `None` without values.
-    pub fn mean(&self) -> Option<f64> {
+    pub(crate) fn mean(&self) -> Option<f64> {
         (self.n > 0).then(|| self.sum / self.n as f64)
     }
 
