@@ -32,16 +32,23 @@ use crate::worker::BrokerHealth;
 /// What the handlers read.
 #[derive(Clone)]
 pub struct ApiState {
+    /// The database.
     pub db: PgPool,
+    /// Where the images are (served under `/images/…`).
     pub store: Arc<dyn ImageStore>,
+    /// Whether the broker is up, for `/readyz`.
     pub broker: Arc<BrokerHealth>,
+    /// The worker's settings.
     pub settings: Arc<Settings>,
+    /// Runs the cleanup for `POST /api/cache/cleanup`.
     pub cleaner: Arc<Cleaner>,
     /// What OpenAI said of the models the worker may call, for `/readyz`.
     pub lifecycle: Arc<crate::generate::lifecycle::Lifecycle>,
 }
 
-pub fn router(state: ApiState) -> Router {
+/// The admin HTTP API's routes over `state`; every route but the cleanup answers within
+/// `http.request_timeout_secs` or with 408.
+pub(crate) fn router(state: ApiState) -> Router {
     // The timeout covers producing the response (an image's body streams afterwards, bounded by
     // the connection cap). The cleanup is exempt: a long run should still answer with its report.
     let timeout = TimeoutLayer::with_status_code(

@@ -48,8 +48,10 @@ use crate::telemetry;
 /// How long the cleanup holds a key's generation lease while it deletes the image.
 const LEASE_TTL: Duration = Duration::from_secs(30);
 
+/// Why a cleanup run failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CleanupError {
+    /// The database failed (the run stops; the next one starts over).
     #[error("cleanup: {0}")]
     Db(#[from] DbError),
 }
@@ -57,7 +59,9 @@ pub enum CleanupError {
 /// What a run did (or, dry, would do): the `cleanup.completed` message and the API's answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CleanupReport {
+    /// When the run started, RFC 3339 (UTC).
     pub started_at: String,
+    /// Whether this was a dry run (nothing deleted, archived or pruned).
     pub dry_run: bool,
     /// Entries deleted (dry run: that would be).
     pub deleted: u64,
@@ -85,12 +89,14 @@ pub struct CleanupReport {
     /// Images of `bypass` jobs deleted past `bypass_retention_hours` (dry run: that would be).
     #[serde(default)]
     pub bypass_deleted: u64,
+    /// How long the run took, milliseconds.
     pub duration_ms: u64,
 }
 
 /// The outcome of asking for a run.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Ran {
+    /// The run happened; what it did.
     Completed(CleanupReport),
     /// Another process holds the cleanup lock: it is cleaning right now.
     Skipped,

@@ -19,7 +19,7 @@ use crate::db::analytics::{
 use crate::job::{AvatarConfig, ErrorCode, JobResult, Status};
 
 /// The attributes jobs are broken down by, in the order the dashboard shows them.
-pub const DIMENSIONS: [&str; 9] = [
+pub(crate) const DIMENSIONS: [&str; 9] = [
     "model",
     "size",
     "quality",
@@ -38,7 +38,7 @@ const MAX_KEYS_PER_BATCH: usize = 100_000;
 /// Adds one answered job to `batch`. `config` is the job's configuration where it could be read
 /// (not for an invalid job); `lag` the time it waited in the queue, where its publisher said when
 /// it was sent.
-pub fn add_job(
+pub(crate) fn add_job(
     batch: &mut Batch,
     result: &JobResult,
     config: Option<&AvatarConfig>,
@@ -165,7 +165,7 @@ pub fn label(config: &AvatarConfig) -> String {
 
 /// The `p`-quantile (0–1) of a histogram, interpolated within its bucket on a log scale; `None`
 /// when it counts nothing.
-pub fn percentile(buckets: &[i64; BUCKETS], p: f64) -> Option<f64> {
+pub(crate) fn percentile(buckets: &[i64; BUCKETS], p: f64) -> Option<f64> {
     let total: i64 = buckets.iter().sum();
     if total == 0 {
         return None;
@@ -209,24 +209,34 @@ fn millis(at: DateTime<Utc>) -> String {
 /// The figures of a stretch of time (one point of a series, or a whole period).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Figures {
+    /// Jobs answered.
     pub jobs: i64,
+    /// Jobs answered from the cache.
     pub hits: i64,
+    /// Valid jobs not answered from the cache.
     pub misses: i64,
     /// hits ÷ (hits + misses) × 100; 0 before the first lookup.
     pub hit_ratio_pct: f64,
+    /// Images generated (successes not from the cache).
     pub generations: i64,
     /// Failed jobs other than `invalid_job`.
     pub failures: i64,
+    /// Jobs refused as `invalid_job`.
     pub invalid: i64,
+    /// Failed jobs per error code (`invalid_job` included).
     pub failures_by_code: BTreeMap<String, i64>,
+    /// What generation cost, USD.
     pub spend_usd: f64,
+    /// What cache hits saved, USD.
     pub saved_usd: f64,
     /// Job durations (`duration_ms` of the results), from the hourly histograms.
     pub p50_ms: Option<f64>,
+    /// 95th percentile of the job durations, milliseconds; `None` without jobs.
     pub p95_ms: Option<f64>,
     /// Time between the publisher's AMQP `timestamp` and the delivery (whole seconds), for the
     /// jobs that carry one.
     pub queue_lag_p50_ms: Option<f64>,
+    /// 95th percentile of the queue lag, milliseconds; `None` when no job carried a timestamp.
     pub queue_lag_p95_ms: Option<f64>,
 }
 
@@ -255,7 +265,9 @@ impl Figures {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Step {
+    /// One point per hour.
     Hour,
+    /// One point per UTC day.
     Day,
 }
 
@@ -271,7 +283,9 @@ impl Step {
 /// One point of a series: the figures of the step starting at `start`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Point {
+    /// Start of the step, RFC 3339 (UTC, whole seconds).
     pub start: String,
+    /// The step's figures, flattened into the point.
     #[serde(flatten)]
     pub figures: Figures,
 }
@@ -279,8 +293,11 @@ pub struct Point {
 /// `GET /api/analytics/series`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Series {
+    /// The resolution of the points.
     pub step: Step,
+    /// Start of the first step, RFC 3339.
     pub from: String,
+    /// End of the last step (exclusive), RFC 3339.
     pub to: String,
     /// Every step of the range, oldest first; steps without jobs are zeros.
     pub points: Vec<Point>,
@@ -289,8 +306,10 @@ pub struct Series {
 /// Why a requested span was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpanError {
+    /// The text is not a number followed by `h` or `d`.
     #[error("`{0}` is not a span: write a number and a unit, h or d (48h, 7d, 90d)")]
     Unreadable(String),
+    /// The span is shorter than 1 hour or longer than 400 days.
     #[error("`{0}` is out of range: from 1h to 400d")]
     OutOfRange(String),
 }
@@ -386,18 +405,26 @@ pub struct Trend {
     pub hit_ratio_pts: f64,
     /// Percent change; `None` when the previous period had none.
     pub jobs_pct: Option<f64>,
+    /// Percent change in spend; `None` when the previous period spent nothing.
     pub spend_pct: Option<f64>,
+    /// Percent change in savings; `None` when the previous period saved nothing.
     pub saved_pct: Option<f64>,
 }
 
 /// `GET /api/analytics/summary`: a period's figures beside the period before it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
+    /// The span as the caller asked for it (e.g. `7d`).
     pub since: String,
+    /// Start of the current period, RFC 3339.
     pub from: String,
+    /// End of the current period (exclusive), RFC 3339.
     pub to: String,
+    /// The current period's figures.
     pub current: Figures,
+    /// The figures of the period of the same length before it.
     pub previous: Figures,
+    /// Changes from `previous` to `current`.
     pub trend: Trend,
 }
 
@@ -423,7 +450,7 @@ async fn total(
 }
 
 /// The step a span is counted in: hours up to [`HOURLY_UP_TO`] hours, whole UTC days beyond.
-pub fn step_for(span: Duration) -> Step {
+pub(crate) fn step_for(span: Duration) -> Step {
     if span <= Duration::hours(HOURLY_UP_TO) {
         Step::Hour
     } else {
@@ -432,9 +459,9 @@ pub fn step_for(span: Duration) -> Step {
 }
 
 /// Longest span (hours) counted in hours by the summary and the dashboard.
-pub const HOURLY_UP_TO: i64 = 72;
+pub(crate) const HOURLY_UP_TO: i64 = 72;
 /// Longest span (hours) an hourly series may ask for (a series of days covers more).
-pub const MAX_HOURLY_SERIES: i64 = 14 * 24;
+pub(crate) const MAX_HOURLY_SERIES: i64 = 14 * 24;
 
 /// The last `span` (whole hours up to 72 h, else whole UTC days, the current one included) and
 /// the same span before it.
@@ -468,20 +495,30 @@ pub async fn summary(
 /// One value of an attribute.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ValueFigures {
+    /// The attribute's value (e.g. `wave`).
     pub value: String,
+    /// Jobs with this value.
     pub jobs: i64,
+    /// Of them, answered from the cache.
     pub hits: i64,
+    /// Of them, not answered from the cache.
     pub misses: i64,
+    /// hits ÷ (hits + misses) × 100; 0 without lookups.
     pub hit_ratio_pct: f64,
+    /// What generation cost, USD.
     pub spend_usd: f64,
+    /// What cache hits saved, USD.
     pub saved_usd: f64,
 }
 
 /// `GET /api/analytics/breakdowns`: per attribute, its most used values over whole UTC days.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Breakdowns {
+    /// First day counted, RFC 3339 (midnight UTC).
     pub from: String,
+    /// End of the last day counted (exclusive), RFC 3339.
     pub to: String,
+    /// Per attribute of [`DIMENSIONS`], its values, most used first (every attribute present, maybe empty).
     pub dimensions: BTreeMap<String, Vec<ValueFigures>>,
 }
 
@@ -524,17 +561,27 @@ pub async fn breakdowns(
 /// A configuration in a top list.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TopConfig {
+    /// The configuration's cache key.
     pub prompt_hash: String,
+    /// The configuration in words (see [`label`]).
     pub label: String,
+    /// Jobs that asked for it.
     pub uses: i64,
+    /// Of them, answered from the cache.
     pub hits: i64,
+    /// Images generated for it.
     pub generations: i64,
+    /// What its generations cost, USD.
     pub spend_usd: f64,
+    /// What its cache hits saved, USD.
     pub saved_usd: f64,
+    /// The model of its last image, where known.
     pub model: Option<String>,
+    /// The public URL of its image, where known.
     pub image_url: Option<String>,
     /// The image on this admin server (`/images/…`), for the dashboard's thumbnails.
     pub thumbnail: Option<String>,
+    /// When it was last asked for, RFC 3339.
     pub last_used_at: String,
 }
 
@@ -561,7 +608,11 @@ impl From<ConfigRow> for TopConfig {
 }
 
 /// The top configurations (since the beginning) by uses or by cost saved.
-pub async fn top_configs(pool: &PgPool, by: TopBy, limit: i64) -> Result<Vec<TopConfig>, DbError> {
+pub(crate) async fn top_configs(
+    pool: &PgPool,
+    by: TopBy,
+    limit: i64,
+) -> Result<Vec<TopConfig>, DbError> {
     Ok(store::top_configs(pool, by, limit)
         .await?
         .into_iter()
@@ -572,15 +623,22 @@ pub async fn top_configs(pool: &PgPool, by: TopBy, limit: i64) -> Result<Vec<Top
 /// A user in the top list by spend (since the beginning): the id as jobs gave it, nothing else.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TopUser {
+    /// The user id as jobs gave it.
     pub user_id: String,
+    /// Jobs the user sent.
     pub jobs: i64,
+    /// Images generated for the user.
     pub generations: i64,
+    /// What the user's generations cost, USD.
     pub spend_usd: f64,
+    /// What cache hits saved on the user's jobs, USD.
     pub saved_usd: f64,
+    /// When the user's last job was answered, RFC 3339.
     pub last_seen_at: String,
 }
 
-pub async fn top_users(pool: &PgPool, limit: i64) -> Result<Vec<TopUser>, DbError> {
+/// The `limit` users who cost the most since the beginning, most first.
+pub(crate) async fn top_users(pool: &PgPool, limit: i64) -> Result<Vec<TopUser>, DbError> {
     Ok(store::top_users(pool, limit)
         .await?
         .into_iter()
@@ -598,13 +656,16 @@ pub async fn top_users(pool: &PgPool, limit: i64) -> Result<Vec<TopUser>, DbErro
 /// A day's cleanup work: entries archived and deleted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CleanupDay {
+    /// The UTC day, `YYYY-MM-DD`.
     pub day: String,
+    /// Cache entries archived that day.
     pub archived: i64,
+    /// Cache entries deleted that day.
     pub deleted: i64,
 }
 
 /// The cleanup history of the last `span`, days with work only.
-pub async fn cleanups(
+pub(crate) async fn cleanups(
     pool: &PgPool,
     span: Duration,
     now: DateTime<Utc>,

@@ -23,7 +23,7 @@ use crate::db::experiments::{self as store, ArmCounts, ArmRow};
 use crate::job::{JobResult, Status};
 
 /// What one answered job adds to its arm's hour.
-pub fn counts_of(result: &JobResult) -> ArmCounts {
+pub(crate) fn counts_of(result: &JobResult) -> ArmCounts {
     let hit = result.status == Status::Succeeded && result.cached;
     let mut counts = ArmCounts {
         jobs: 1,

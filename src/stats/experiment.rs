@@ -17,32 +17,32 @@
 use serde::{Deserialize, Serialize};
 
 /// The standard normal's 97.5 % quantile: a two-sided 95 % interval.
-pub const Z95: f64 = 1.959_963_984_540_054;
+pub(crate) const Z95: f64 = 1.959_963_984_540_054;
 
 /// Fewer jobs than this in either arm and the verdict is "too small to tell", whatever the
 /// interval: below it the intervals' own approximations (normal or t) are not to be trusted
 /// for a decision, and a test stopped that early is mostly noise.
-pub const MIN_JOBS_PER_ARM: i64 = 100;
+pub(crate) const MIN_JOBS_PER_ARM: i64 = 100;
 
 /// An estimate of a difference (arm − control) with its 95 % confidence interval.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Interval {
+pub(crate) struct Interval {
     /// The observed difference.
-    pub estimate: f64,
+    pub(crate) estimate: f64,
     /// The interval's lower end.
-    pub low: f64,
+    pub(crate) low: f64,
     /// The interval's upper end.
-    pub high: f64,
+    pub(crate) high: f64,
 }
 
 impl Interval {
     /// Whether "no difference" is inside the interval.
-    pub fn contains_zero(&self) -> bool {
+    pub(crate) fn contains_zero(&self) -> bool {
         self.low <= 0.0 && 0.0 <= self.high
     }
 
     /// The interval scaled (e.g. a proportion to percentage points).
-    pub fn scaled(&self, by: f64) -> Interval {
+    pub(crate) fn scaled(&self, by: f64) -> Interval {
         Interval {
             estimate: self.estimate * by,
             low: self.low * by,
@@ -78,7 +78,11 @@ impl Verdict {
 
 /// The verdict on `interval` (arm − control) when both arms have `enough` jobs; a higher value
 /// is better when `higher_is_better` (hit ratio), a lower one otherwise (cost).
-pub fn verdict(interval: Option<&Interval>, enough: bool, higher_is_better: bool) -> Verdict {
+pub(crate) fn verdict(
+    interval: Option<&Interval>,
+    enough: bool,
+    higher_is_better: bool,
+) -> Verdict {
     match interval {
         Some(i) if enough && !i.contains_zero() => {
             if (i.estimate > 0.0) == higher_is_better {
@@ -92,7 +96,7 @@ pub fn verdict(interval: Option<&Interval>, enough: bool, higher_is_better: bool
 }
 
 /// Wilson's score interval for a proportion, `successes` of `n` (0–1); `None` for `n` = 0.
-pub fn wilson(successes: i64, n: i64) -> Option<(f64, f64)> {
+pub(crate) fn wilson(successes: i64, n: i64) -> Option<(f64, f64)> {
     if n <= 0 {
         return None;
     }
@@ -107,7 +111,7 @@ pub fn wilson(successes: i64, n: i64) -> Option<(f64, f64)> {
 
 /// Newcombe's hybrid score interval (method 10) for `x_b/n_b − x_a/n_a`; `None` if an arm is
 /// empty.
-pub fn newcombe(x_b: i64, n_b: i64, x_a: i64, n_a: i64) -> Option<Interval> {
+pub(crate) fn newcombe(x_b: i64, n_b: i64, x_a: i64, n_a: i64) -> Option<Interval> {
     let (l_b, u_b) = wilson(x_b, n_b)?;
     let (l_a, u_a) = wilson(x_a, n_a)?;
     let (p_b, p_a) = (x_b as f64 / n_b as f64, x_a as f64 / n_a as f64);
@@ -123,23 +127,23 @@ pub fn newcombe(x_b: i64, n_b: i64, x_a: i64, n_a: i64) -> Option<Interval> {
 
 /// One arm's per-job values as the rollups keep them: count, sum and sum of squares.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Moments {
+pub(crate) struct Moments {
     /// How many values.
-    pub n: i64,
+    pub(crate) n: i64,
     /// Their sum.
-    pub sum: f64,
+    pub(crate) sum: f64,
     /// The sum of their squares.
-    pub sum_sq: f64,
+    pub(crate) sum_sq: f64,
 }
 
 impl Moments {
     /// The mean; `None` without values.
-    pub fn mean(&self) -> Option<f64> {
+    pub(crate) fn mean(&self) -> Option<f64> {
         (self.n > 0).then(|| self.sum / self.n as f64)
     }
 
     /// The sample variance (n − 1 in the denominator); `None` below two values.
-    pub fn variance(&self) -> Option<f64> {
+    pub(crate) fn variance(&self) -> Option<f64> {
         if self.n < 2 {
             return None;
         }
@@ -151,7 +155,7 @@ impl Moments {
 
 /// Welch's interval for `mean(b) − mean(a)`, with the Welch–Satterthwaite degrees of freedom;
 /// `None` if an arm has fewer than two values.
-pub fn welch(b: Moments, a: Moments) -> Option<Interval> {
+pub(crate) fn welch(b: Moments, a: Moments) -> Option<Interval> {
     let (var_b, var_a) = (b.variance()?, a.variance()?);
     let (n_b, n_a) = (b.n as f64, a.n as f64);
     let d = b.mean()? - a.mean()?;
@@ -185,7 +189,7 @@ const T95: [f64; 30] = [
 /// are): the table up to 30, interpolated in 1/df between whole values; beyond 30 the
 /// Cornish–Fisher expansion around the normal quantile (Abramowitz & Stegun 26.7.5), within
 /// 1e-4 of the exact value there.
-pub fn t95(df: f64) -> f64 {
+pub(crate) fn t95(df: f64) -> f64 {
     if !df.is_finite() || df > 30.0 {
         let v = if df.is_finite() { df } else { f64::MAX };
         let z = Z95;

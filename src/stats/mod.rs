@@ -48,7 +48,7 @@ pub struct Tally {
 }
 
 /// The hour bucket of a moment.
-pub fn hour_of(at: DateTime<Utc>) -> DateTime<Utc> {
+pub(crate) fn hour_of(at: DateTime<Utc>) -> DateTime<Utc> {
     at.duration_trunc(chrono::Duration::hours(1)).unwrap_or(at)
 }
 
@@ -60,7 +60,7 @@ impl Tally {
     }
 
     /// Adds one answered job to the analytics batch (see [`analytics::add_job`]).
-    pub fn add_job(
+    pub(crate) fn add_job(
         &self,
         result: &crate::job::JobResult,
         config: Option<&crate::job::AvatarConfig>,
@@ -148,10 +148,13 @@ pub struct Figures {
     pub estimated_cost_saved_usd: f64,
     /// hits ÷ (hits + misses) × 100; 0 before the first lookup.
     pub cache_efficiency_pct: f64,
+    /// Lookups answered from the cache.
     pub hits: i64,
     /// Lookups that found nothing (force_refresh jobs included), whatever came of them.
     pub misses: i64,
+    /// Images generated (misses that generated).
     pub generations: i64,
+    /// What those generations cost, USD.
     pub generation_cost_usd: f64,
     /// Lifetime: archived entries now. Last 24 h: entries archived.
     pub archived: i64,
@@ -161,9 +164,12 @@ pub struct Figures {
 /// (where dashboards of the JavaScript system read them), the last 24 hours beside them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
+    /// Since the beginning, flattened into the top level.
     #[serde(flatten)]
     pub lifetime: Figures,
+    /// The last 24 hours.
     pub last_24h: Figures,
+    /// When these figures were computed, RFC 3339 with milliseconds (UTC).
     pub generated_at: String,
 }
 
@@ -181,7 +187,8 @@ fn round(value: f64, digits: i32) -> f64 {
 }
 
 impl Stats {
-    pub fn from_raw(raw: &Raw, now: DateTime<Utc>) -> Stats {
+    /// The statistics of `raw`, as of `now` (which only stamps `generated_at`).
+    pub(crate) fn from_raw(raw: &Raw, now: DateTime<Utc>) -> Stats {
         let entries = raw.totals.entries;
         let figures =
             |counts: &Counts, total_cached: i64, total_usage: i64, archived: i64| Figures {
@@ -227,7 +234,7 @@ pub async fn read(pool: &PgPool) -> Result<Stats, DbError> {
 }
 
 /// Publishes `stats.snapshot` every `every` until `shutdown`, after writing this process's counts.
-pub async fn publish_snapshots(
+pub(crate) async fn publish_snapshots(
     tally: Arc<Tally>,
     pool: PgPool,
     feed: Feed,

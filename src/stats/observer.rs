@@ -30,13 +30,21 @@ use crate::telemetry::trace::Incoming;
 /// The `job.completed` message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobCompleted {
+    /// The job this reports on.
     pub job_id: JobId,
+    /// Whether it succeeded or failed.
     pub status: Status,
+    /// Whether it was answered from the cache.
     pub cached: bool,
+    /// Why it failed; `None` on success.
     pub error_code: Option<ErrorCode>,
+    /// What generating it cost, USD (0 for a hit).
     pub cost_usd: f64,
+    /// What the cache saved on it, USD.
     pub saved_usd: f64,
+    /// How long the job took, milliseconds.
     pub duration_ms: u64,
+    /// When it was answered, RFC 3339 with milliseconds (UTC).
     pub completed_at: String,
     /// The experiment and arm the job's user is in, as its result names them; absent outside
     /// every experiment.
@@ -48,6 +56,7 @@ pub struct JobCompleted {
 }
 
 impl JobCompleted {
+    /// The message for a job's result.
     pub fn of(result: &JobResult) -> JobCompleted {
         JobCompleted {
             job_id: result.job_id,
@@ -76,6 +85,7 @@ pub struct Observer {
 }
 
 impl Observer {
+    /// An observer that counts into `tally` and queues its messages on `feed`.
     pub fn new(tally: Arc<Tally>, feed: Feed) -> Observer {
         Observer {
             tally,
@@ -91,6 +101,7 @@ impl Observer {
         self.tally.requests.asked(key, config, generator);
     }
 
+    /// The feed the `job.completed` messages are queued on.
     pub fn feed(&self) -> &Feed {
         &self.feed
     }

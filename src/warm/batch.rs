@@ -46,9 +46,11 @@ const MAX_LINES: usize = 50_000;
 pub struct BatchSummary {
     /// The worker's id for it (`memoji_warm_batches.id`).
     pub id: Uuid,
+    /// OpenAI's id for it; `None` until it is submitted.
     pub openai_batch_id: Option<String>,
     /// OpenAI's last status (or `submitting`, `not_submitted`).
     pub status: String,
+    /// Requests in the batch.
     pub lines: usize,
     /// Lines whose image was generated but dropped: the key was recorded by someone else first.
     pub wasted: usize,
@@ -65,6 +67,7 @@ pub struct FailedLine {
     pub custom_id: String,
     /// Where its configuration came from (`line 3`, `history: …`).
     pub origin: String,
+    /// The cache key it was to fill.
     pub key: String,
     /// Why: OpenAI's error (redacted), the image check's, or that no answer came.
     pub message: String,

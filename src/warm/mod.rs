@@ -40,18 +40,29 @@ use crate::job::{AvatarConfig, CacheKey, GeneratorKind, ModelRules, Plan};
 
 /// The user id warming's requests carry (hashed into OpenAI's `safety_identifier`): never a
 /// real user's.
-pub const WARM_USER: &str = "memoji-warm";
+pub(crate) const WARM_USER: &str = "memoji-warm";
 
+/// Why a warming command failed; [`WarmError::retryable`] says whether running it again may help.
 #[derive(Debug, thiserror::Error)]
 pub enum WarmError {
+    /// The database failed.
     #[error(transparent)]
     Db(#[from] DbError),
+    /// An input (a file, an argument) could not be read.
     #[error("reading {what}: {message}")]
-    Input { what: String, message: String },
+    Input {
+        /// What was being read.
+        what: String,
+        /// Why it could not be read.
+        message: String,
+    },
+    /// The broker failed while checking for waiting live jobs.
     #[error("the broker (to see whether live jobs are waiting): {0}")]
     Broker(#[from] crate::broker::BrokerError),
+    /// OpenAI's Batch API failed (`--batch`).
     #[error(transparent)]
     Batch(#[from] crate::generate::batch::BatchError),
+    /// The command cannot do what was asked (e.g. no such batch); the message says why.
     #[error("{0}")]
     Refused(String),
 }
@@ -73,8 +84,11 @@ impl WarmError {
 pub struct Candidate {
     /// Where it came from: `line 3`, `history`, `predicted`.
     pub origin: String,
+    /// The parsed configuration.
     pub config: AvatarConfig,
+    /// What it generates with, per its model's rules.
     pub plan: Plan,
+    /// Its cache key.
     pub key: CacheKey,
     /// The canonical configuration, as recorded in `prompt_config`.
     pub canonical: Value,
@@ -86,15 +100,20 @@ pub struct Candidate {
 /// would get).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Refused {
+    /// Where it came from, as in [`Candidate::origin`].
     pub origin: String,
+    /// Why it was refused.
     pub reason: String,
 }
 
 /// How candidates are made: the rules jobs are checked with, and `--model`.
 #[derive(Debug, Clone)]
 pub struct Shaping<'a> {
+    /// The model rules jobs are checked with.
     pub rules: &'a ModelRules,
+    /// The list prices estimates are made with.
     pub prices: &'a PriceSettings,
+    /// The generator keys are made for (OpenAI or the placeholder).
     pub generator: GeneratorKind,
     /// `--model`: replaces each configuration's `model` (a different key per model).
     pub model: Option<&'a str>,
@@ -197,8 +216,10 @@ impl Options {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
+    /// Through the live Images API, one request per image.
     #[default]
     Live,
+    /// Through OpenAI's Batch API, at the batch price.
     Batch,
 }
 
@@ -218,15 +239,19 @@ impl Mode {
 pub enum Done {
     /// Generated, stored and recorded.
     Generated {
+        /// What it cost, USD.
         cost_usd: f64,
     },
     /// A live job (or another warming run) was generating it, or recorded it meanwhile.
     Skipped,
     /// Generated, but a live job recorded the key first: the copy is dropped (paid, wasted).
     Dropped {
+        /// What it cost, USD (paid for nothing).
         cost_usd: f64,
     },
+    /// The generation or the recording failed.
     Failed {
+        /// Why, in words.
         message: String,
     },
 }
@@ -234,8 +259,11 @@ pub enum Done {
 /// A line of the final report for one candidate.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Line {
+    /// Where the candidate came from.
     pub origin: String,
+    /// Its cache key.
     pub key: String,
+    /// What happened to it, flattened into the line (`outcome` names the variant).
     #[serde(flatten)]
     pub done: Done,
 }
@@ -245,19 +273,26 @@ pub struct Line {
 pub struct Report {
     /// `live`, or `batch` (OpenAI's Batch API: prices and spend at the batch price).
     pub mode: Mode,
+    /// Whether this was a `--dry-run` (nothing generated).
     pub dry_run: bool,
     /// Configurations read (valid ones, each key once).
     pub considered: usize,
+    /// Candidates whose key was already cached (nothing to do).
     pub already_cached: usize,
+    /// Configurations that could not be warmed, with the reason.
     pub refused: Vec<Refused>,
     /// What was to be generated (after `--max`), and its list-price estimate.
     pub planned: usize,
+    /// The list-price estimate of `planned`, USD.
     pub estimated_usd: f64,
+    /// Images generated and recorded.
     pub generated: usize,
+    /// Candidates skipped because a live job or another run had them.
     pub skipped: usize,
     /// Generated, but a live job (or another run) recorded the key first: the copy is dropped,
     /// paid for nothing (`wasted_usd`).
     pub dropped: usize,
+    /// Candidates whose generation or recording failed.
     pub failed: usize,
     /// Left out because the budget would have been passed.
     pub over_budget: usize,
@@ -267,7 +302,9 @@ pub struct Report {
     pub wasted_usd: f64,
     /// Times a generation waited for live jobs first.
     pub yielded: u64,
+    /// How long the run took, milliseconds.
     pub duration_ms: u64,
+    /// One line per candidate that was attempted.
     pub lines: Vec<Line>,
     /// For `--dry-run`: what would be generated.
     pub would_generate: Vec<Planned>,
@@ -279,9 +316,13 @@ pub struct Report {
 /// A configuration a dry run would generate.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Planned {
+    /// Where it came from.
     pub origin: String,
+    /// Its cache key.
     pub key: String,
+    /// The canonical configuration.
     pub config: Value,
+    /// Its list-price estimate, USD.
     pub estimate_usd: f64,
 }
 

@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 /// The attributes scored apart, by their configuration field names.
-pub const ATTRIBUTES: [&str; 6] = [
+pub(crate) const ATTRIBUTES: [&str; 6] = [
     "gesture",
     "hair",
     "skinTone",
@@ -33,15 +33,20 @@ pub const ATTRIBUTES: [&str; 6] = [
 /// One day's requests for one configuration (as the history stores it).
 #[derive(Debug, Clone)]
 pub struct Row {
+    /// The UTC day.
     pub day: NaiveDate,
+    /// The configuration's cache key.
     pub key: String,
+    /// The configuration (a job's `config` object).
     pub config: Value,
+    /// Requests for it that day.
     pub requests: f64,
 }
 
 /// The model's knobs.
 #[derive(Debug, Clone, Copy)]
 pub struct Model {
+    /// Days after which a day's requests weigh half as much.
     pub half_life_days: f64,
     /// β: how much a seen key's own history weighs against its attributes.
     pub own_weight: f64,
@@ -62,6 +67,7 @@ impl Default for Model {
 /// A predicted configuration, with why.
 #[derive(Debug, Clone, Serialize)]
 pub struct Prediction {
+    /// The configuration (a job's `config` object) to warm.
     pub config: Value,
     /// Expected requests tomorrow.
     pub score: f64,

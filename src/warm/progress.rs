@@ -8,13 +8,20 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{Done, Line, Report};
 
+/// How a run shows its progress: a bar, plain lines, or nothing.
 pub enum Progress {
+    /// A progress bar (a terminal).
     Bar(ProgressBar),
+    /// One line per finished generation (logs and pipes).
     Lines {
+        /// Where the lines go.
         out: Box<dyn Write + Send>,
+        /// Generations to do.
         total: usize,
+        /// Generations finished so far.
         done: usize,
     },
+    /// Nothing shown (the scheduler).
     Quiet,
 }
 

@@ -62,12 +62,15 @@ const ACCESSORIES: [&[&str]; 8] = [
 /// The request log's shape.
 #[derive(Debug, Clone, Copy)]
 pub struct LogShape {
+    /// Days the log covers.
     pub days: u32,
+    /// Requests each day.
     pub requests_per_day: u32,
     /// Zipf exponents: gesture, hair, skin tone, theme, family type, accessories.
     pub exponents: [f64; 6],
     /// Every this many days the theme and gesture ranks rotate (0: never).
     pub drift_every_days: u32,
+    /// Seed of the random draws (the same seed, the same log).
     pub seed: u64,
 }
 
@@ -180,7 +183,7 @@ impl Default for People {
 /// What a request orders beyond the avatar, with its share of the requests: most take the
 /// defaults (gpt-image-1, served by gpt-image-2.6-flare, 1024x1024, medium: $0.04), some a
 /// cheaper or a dearer image, so that entries differ in cost and size.
-pub const ORDERS: [(f64, &[(&str, &str)]); 5] = [
+pub(crate) const ORDERS: [(f64, &[(&str, &str)]); 5] = [
     (0.70, &[]),
     (0.12, &[("quality", "low")]),
     (0.08, &[("quality", "high")]),
@@ -235,26 +238,36 @@ fn fast_draw(rng: &mut Rng, cumulative: &[f64]) -> usize {
 /// The replay's policy: how many to warm each night, for how much.
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {
+    /// How many predicted configurations to warm each night, at most.
     pub top: usize,
+    /// Most to spend on warming each night, USD.
     pub nightly_budget_usd: f64,
+    /// What a live generation costs, USD.
     pub price_usd: f64,
+    /// What a warmed generation costs, USD (the list price, or the Batch API's half).
     pub warm_price_usd: f64,
+    /// The popularity model that ranks what to warm.
     pub model: Model,
 }
 
 /// One day of the replay.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Day {
+    /// Requests that day.
     pub requests: u64,
+    /// Of them, hits without warming.
     pub hits_without: u64,
+    /// Of them, hits with warming.
     pub hits_with: u64,
     /// Dollars of live generations, without warming.
     pub live_usd_without: f64,
     /// Dollars of live generations with warming, and of the warming the night before.
     pub live_usd_with: f64,
+    /// Dollars of the warming the night before.
     pub warm_usd: f64,
     /// Warmed images that were asked for that day.
     pub warmed_used: u64,
+    /// Images warmed the night before.
     pub warmed: u64,
 }
 

@@ -26,10 +26,15 @@ use crate::storage::{self, ImageStore, StoragePath};
 /// whether live jobs are waiting (`None`: never yield to the queue, only to live leases).
 #[derive(Clone)]
 pub struct Warmer {
+    /// The cache's database.
     pub db: PgPool,
+    /// Where the images are stored.
     pub store: Arc<dyn ImageStore>,
+    /// What generates the images.
     pub generator: Arc<dyn ImageGenerator>,
+    /// The worker's settings (`warm.*`, `openai.*`, prices).
     pub settings: Arc<Settings>,
+    /// The broker, to see whether live jobs are waiting; `None`: never yield to the queue.
     pub broker: Option<Arc<Broker>>,
 }
 

@@ -19,11 +19,15 @@ use crate::storage::ImageStore;
 /// Everything a job's journey needs; shared by all in-flight jobs.
 #[derive(Clone)]
 pub struct Context {
+    /// The database.
     pub db: PgPool,
+    /// Where the images are stored.
     pub store: Arc<dyn ImageStore>,
+    /// What generates the images.
     pub generator: Arc<dyn ImageGenerator>,
     /// Turns for generations: concurrency and per-minute limits.
     pub pacer: Arc<Pacer>,
+    /// The worker's settings.
     pub settings: Arc<Settings>,
     /// Successors of retired models and the default quality: what jobs are checked against.
     pub models: Arc<ModelRules>,

@@ -49,7 +49,8 @@ use crate::telemetry::trace::Incoming;
 pub struct BrokerHealth(Mutex<Option<Arc<Broker>>>);
 
 impl BrokerHealth {
-    pub fn is_up(&self) -> bool {
+    /// Whether a session is consuming and can publish right now.
+    pub(crate) fn is_up(&self) -> bool {
         self.current().is_some_and(|broker| broker.can_publish())
     }
     fn current(&self) -> Option<Arc<Broker>> {
