@@ -48,14 +48,17 @@ pub(crate) fn add_job(
     let hour = at.duration_trunc(Duration::hours(1)).unwrap_or(at);
     let code = result.error_code();
     let invalid = code == Some(ErrorCode::InvalidJob);
+    // An `only_if_cached` job that found nothing (a preview): neither a miss nor a failure, and
+    // nothing generated; it shows in the failures by code under `not_cached` only.
+    let preview = code == Some(ErrorCode::NotCached);
     let hit = result.status == Status::Succeeded && result.cached;
     let generated = result.status == Status::Succeeded && !result.cached;
     let h = batch.hours.entry(hour).or_default();
     h.jobs += 1;
     h.hits += i64::from(hit);
-    h.misses += i64::from(!hit && !invalid);
+    h.misses += i64::from(!hit && !invalid && !preview);
     h.generations += i64::from(generated);
-    h.failures += i64::from(code.is_some() && !invalid);
+    h.failures += i64::from(code.is_some() && !invalid && !preview);
     h.invalid += i64::from(invalid);
     h.spend_usd += result.cost_usd;
     h.saved_usd += result.saved_usd;
@@ -66,7 +69,7 @@ pub(crate) fn add_job(
     if let Some(code) = code {
         *batch.failures.entry((hour, code.as_str())).or_default() += 1;
     }
-    if invalid {
+    if invalid || preview {
         return;
     }
     if let (Some(experiment), Some(arm)) = (&result.experiment, &result.arm) {
@@ -777,14 +780,26 @@ mod tests {
         );
         add_job(&mut batch, &failed, Some(&config), None);
         add_job(&mut batch, &invalid, None, None);
+        let mut preview = failed.clone();
+        preview.error = Some(crate::job::JobError::new(
+            ErrorCode::NotCached,
+            "not cached",
+            true,
+        ));
+        add_job(&mut batch, &preview, Some(&config), None);
         let hour = batch.hours.values().next().unwrap();
         assert_eq!(
             (hour.jobs, hour.hits, hour.misses, hour.generations),
-            (4, 1, 2, 1)
+            (5, 1, 2, 1),
+            "a not_cached preview is a job, not a miss"
         );
         assert_eq!((hour.failures, hour.invalid), (1, 1));
         assert_eq!(hour.lags.iter().sum::<i64>(), 1);
-        assert_eq!(batch.failures.values().sum::<i64>(), 2);
+        assert_eq!(batch.failures.values().sum::<i64>(), 3);
+        assert_eq!(
+            batch.failures[&(*batch.hours.keys().next().unwrap(), "not_cached")],
+            1
+        );
         let day = at.date_naive();
         let hair = &batch.values[&(day, "hair", "long".to_owned())];
         assert_eq!((hair.jobs, hair.hits, hair.misses), (3, 1, 2));

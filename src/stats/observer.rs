@@ -175,6 +175,8 @@ impl Observer {
                 },
             ),
             (Status::Failed, _, Some(ErrorCode::InvalidJob)) => ("invalid", Counts::default()),
+            // A preview (`only_if_cached`) that found nothing: neither a miss nor a failure.
+            (Status::Failed, _, Some(ErrorCode::NotCached)) => ("not_cached", Counts::default()),
             (Status::Failed, _, _) => (
                 "failed",
                 Counts {
