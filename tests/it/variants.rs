@@ -469,3 +469,67 @@ async fn a_user_who_opted_out_of_variants_gets_the_keys_first_image() {
     assert_eq!(own["cached"], false, "{own}");
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn an_arms_variants_apply_to_its_users_only() {
+    use memoji_worker::config::{ArmSettings, ExperimentSettings};
+    use memoji_worker::job::experiment::assign;
+    let arm = |share, variants| ArmSettings {
+        share,
+        variants,
+        max_age_days: None,
+        warming: None,
+    };
+    let mut env = TestEnv::start_with(vec![openai_ok()], |s| {
+        s.experiments = BTreeMap::from([(
+            "variety".to_owned(),
+            ExperimentSettings {
+                enabled: true,
+                control: None,
+                arms: BTreeMap::from([
+                    ("control".to_owned(), arm(50.0, None)),
+                    ("three".to_owned(), arm(50.0, Some(3))),
+                ]),
+            },
+        )]);
+    })
+    .await;
+    let config = json!({"hair": "bun", "gesture": "peace"});
+    let key = key_of(&config);
+    let experiments = env.settings.experiments.clone();
+    let in_arm = |name: &str, variant: Option<u32>| {
+        (0..)
+            .map(|n| format!("user-{n}"))
+            .find(|user| {
+                assign(&experiments, user).is_some_and(|a| a.arm == name)
+                    && variant.is_none_or(|v| choose(user, &key, 3).variant.number() == v)
+            })
+            .unwrap()
+    };
+    // The control arm keeps one image per key: its users share variant 0, no variant field.
+    let (control_a, control_b) = {
+        let first = in_arm("control", None);
+        let second = (0..)
+            .map(|n| format!("other-{n}"))
+            .find(|user| {
+                assign(&env.settings.experiments, user).is_some_and(|a| a.arm == "control")
+            })
+            .unwrap();
+        (first, second)
+    };
+    let made = env.run(&env.job(&control_a, config.clone())).await;
+    assert!(made.get("variant").is_none(), "{made}");
+    let served = env.run(&env.job(&control_b, config.clone())).await;
+    assert_eq!(served["cached"], true, "{served}");
+    assert!(served.get("variant").is_none(), "{served}");
+    // The `three` arm's user whose variant is 2 gets an image of their own, named variant 2.
+    let varied = env
+        .run(&env.job(&in_arm("three", Some(2)), config.clone()))
+        .await;
+    assert_eq!(varied["cached"], false, "{varied}");
+    assert_eq!(varied["variant"], 2, "{varied}");
+    assert_eq!(varied["arm"], "three", "{varied}");
+    assert_ne!(varied["image_url"], made["image_url"]);
+    assert_eq!(env.openai.calls(), 2);
+    env.cleanup().await;
+}
