@@ -205,17 +205,7 @@ async fn a_batch_completes_at_half_price_within_the_budget_and_charges_nobody() 
 
     // The other sources go the same way: the history's top, as a batch.
     let config = json!({"hair": "from-history", "gesture": "heart"});
-    let parsed = memoji_worker::job::AvatarConfig::normalize(&config).unwrap();
-    let key = memoji_worker::job::CacheKey::of(&parsed, memoji_worker::job::GeneratorKind::OpenAi);
-    sqlx::query(
-        "INSERT INTO memoji_request_history (day, prompt_hash, prompt_config, requests)
-         VALUES (current_date, $1, $2, 7)",
-    )
-    .bind(key.as_str())
-    .bind(&config)
-    .execute(&env.db)
-    .await
-    .unwrap();
+    let key = env.asked(&config, 0, 7).await;
     let (_, report) = cli(
         &env,
         &[
@@ -704,19 +694,7 @@ async fn scheduled_warming_with_warm_batch_submits_one_batch_within_the_daily_bu
     let env = TestEnv::start_with(vec![openai_ok()], tweak).await;
     let mut tap = env.metrics_tap().await;
     for hair in ["sh1", "sh2", "sh3"] {
-        let config = json!({"hair": hair});
-        let parsed = memoji_worker::job::AvatarConfig::normalize(&config).unwrap();
-        let key =
-            memoji_worker::job::CacheKey::of(&parsed, memoji_worker::job::GeneratorKind::OpenAi);
-        sqlx::query(
-            "INSERT INTO memoji_request_history (day, prompt_hash, prompt_config, requests)
-             VALUES (current_date, $1, $2, 5)",
-        )
-        .bind(key.as_str())
-        .bind(&config)
-        .execute(&env.db)
-        .await
-        .unwrap();
+        env.asked(&json!({"hair": hair}), 0, 5).await;
     }
     let completed = tap
         .next_with("warm.completed", |m| m["mode"] == "batch")

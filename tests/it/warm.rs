@@ -466,19 +466,7 @@ async fn warm_predict_explains_and_warms_popular_combinations_nobody_asked_for_y
         let config = json!({"model": "gpt-image-1", "size": "1024x1024", "familyType": "father",
             "gesture": gesture, "hair": hair, "skinTone": "medium", "accessories": [],
             "colorTheme": "pastel-blue", "background": "auto"});
-        let parsed = memoji_worker::job::AvatarConfig::normalize(&config).unwrap();
-        let key =
-            memoji_worker::job::CacheKey::of(&parsed, memoji_worker::job::GeneratorKind::OpenAi);
-        sqlx::query(
-            "INSERT INTO memoji_request_history (day, prompt_hash, prompt_config, requests)
-             VALUES (current_date - 1, $1, $2, $3)",
-        )
-        .bind(key.as_str())
-        .bind(&config)
-        .bind(requests)
-        .execute(&env.db)
-        .await
-        .unwrap();
+        env.asked(&config, 1, requests).await;
     }
     let run = |args: &[&str]| {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_memoji-worker"));
@@ -575,19 +563,7 @@ async fn scheduled_warming_runs_on_one_replica_within_the_daily_budget_and_repor
     let env = TestEnv::start_with(vec![openai_ok()], tweak).await;
     let mut tap = env.metrics_tap().await;
     for hair in ["h1", "h2", "h3"] {
-        let config = json!({"hair": hair});
-        let parsed = memoji_worker::job::AvatarConfig::normalize(&config).unwrap();
-        let key =
-            memoji_worker::job::CacheKey::of(&parsed, memoji_worker::job::GeneratorKind::OpenAi);
-        sqlx::query(
-            "INSERT INTO memoji_request_history (day, prompt_hash, prompt_config, requests)
-             VALUES (current_date, $1, $2, 5)",
-        )
-        .bind(key.as_str())
-        .bind(&config)
-        .execute(&env.db)
-        .await
-        .unwrap();
+        env.asked(&json!({"hair": hair}), 0, 5).await;
     }
     let second = env.second_app().await;
     let completed = tap

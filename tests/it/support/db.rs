@@ -8,6 +8,27 @@ use sqlx::PgPool;
 use super::env::TestEnv;
 
 impl TestEnv {
+    /// Records `requests` requests for `config` (a job's `config`, as sent) `days_ago` days ago in
+    /// the request history warming reads, under the key the worker computes for it; returns the
+    /// key.
+    pub async fn asked(&self, config: &serde_json::Value, days_ago: i32, requests: i32) -> String {
+        let parsed = memoji_worker::job::AvatarConfig::normalize(config).unwrap();
+        let key =
+            memoji_worker::job::CacheKey::of(&parsed, memoji_worker::job::GeneratorKind::OpenAi);
+        sqlx::query(
+            "INSERT INTO memoji_request_history (day, prompt_hash, prompt_config, requests)
+             VALUES (current_date - $1::int, $2, $3, $4)",
+        )
+        .bind(days_ago)
+        .bind(key.as_str())
+        .bind(config)
+        .bind(requests)
+        .execute(&self.db)
+        .await
+        .unwrap();
+        key.as_str().to_owned()
+    }
+
     /// Terminates every Postgres session on this environment's database, as a failover would.
     pub async fn terminate_database_sessions(&self) -> i64 {
         let url = self.settings.database.url.expose_secret().to_owned();
