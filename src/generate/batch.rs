@@ -16,7 +16,6 @@
 
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::{Bytes, BytesMut};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -400,12 +399,7 @@ impl BatchClient {
         request: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, BatchError> {
         let deadline = Instant::now() + self.settings.total_timeout();
-        let mut backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(self.settings.backoff_min_ms))
-            .with_max_delay(Duration::from_millis(self.settings.backoff_max_ms))
-            .with_jitter()
-            .without_max_times()
-            .build();
+        let mut backoff = super::openai::backoff(&self.settings);
         let mut attempts = 0;
         loop {
             attempts += 1;

@@ -241,12 +241,7 @@ impl ImageGenerator for OpenAiGenerator {
     ) -> Result<Generated, GenerateError> {
         let body = self.body(config, plan, user);
         let deadline = Instant::now() + self.settings.total_timeout();
-        let mut backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(self.settings.backoff_min_ms))
-            .with_max_delay(Duration::from_millis(self.settings.backoff_max_ms))
-            .with_jitter()
-            .without_max_times()
-            .build();
+        let mut backoff = backoff(&self.settings);
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -483,6 +478,18 @@ pub(super) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
         .to_std()
         .ok()
+}
+
+/// The retry schedule of a call to OpenAI (the live client's and the Batch API's): jittered
+/// exponential delays from `openai.backoff_min_ms` to `openai.backoff_max_ms`, with no cap on the
+/// number of tries — the caller's deadline (`openai.total_timeout_secs`) and attempts decide.
+pub(crate) fn backoff(settings: &OpenAiSettings) -> backon::ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(settings.backoff_min_ms))
+        .with_max_delay(Duration::from_millis(settings.backoff_max_ms))
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
 #[cfg(test)]
