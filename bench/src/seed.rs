@@ -59,6 +59,12 @@ pub async fn seed(db: &PgPool, total: i64) -> anyhow::Result<Duration> {
     let mut from = have;
     while from < total {
         let to = (from + SEED_CHUNK).min(total);
+        // A million rows at a time outlasts the worker's statement timeout
+        // (`database.statement_timeout_ms`, which this pool has too) once the table is large.
+        let mut tx = db.begin().await?;
+        sqlx::query("SET LOCAL statement_timeout = 0")
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
             "INSERT INTO memoji_cache
                  (prompt_hash, image_url, prompt_config, generation_cost, usage_count, created_at,
@@ -76,8 +82,9 @@ pub async fn seed(db: &PgPool, total: i64) -> anyhow::Result<Duration> {
         )
         .bind(from)
         .bind(to)
-        .execute(db)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         eprintln!(
             "  seeded {to} rows ({:.0} s)",
             started.elapsed().as_secs_f64()
