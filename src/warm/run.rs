@@ -125,25 +125,16 @@ pub async fn run(
             next = Some(candidate);
             break;
         }
-        if budget.is_some_and(|b| spent + reserved + candidate.estimate_usd > b + f64::EPSILON) {
-            if running.is_empty() {
-                // Real costs came in above the estimates: stop before passing the budget.
-                report.over_budget += 1 + queue.len();
-                break;
-            }
-            next = Some(candidate);
-            wait_one(
-                &mut running,
-                &mut report,
-                &mut spent,
-                &mut reserved,
-                &mut holders,
-                progress,
-            )
-            .await;
-            continue;
+        let over_budget =
+            budget.is_some_and(|b| spent + reserved + candidate.estimate_usd > b + f64::EPSILON);
+        if over_budget && running.is_empty() {
+            // Real costs came in above the estimates: stop before passing the budget.
+            report.over_budget += 1 + queue.len();
+            break;
         }
-        if running.len() >= slots {
+        // Over budget with generations running (they may come in cheaper), or every slot taken:
+        // wait for one to finish, then look at this candidate again.
+        if over_budget || running.len() >= slots {
             next = Some(candidate);
             wait_one(
                 &mut running,
