@@ -504,6 +504,9 @@ pub struct CleanupSettings {
     pub archive_above_uses: u32,
     /// Rows per batch, so hits keep flowing while a cleanup runs.
     pub batch_size: u32,
+    /// After each batch, rest this many times as long as the batch took (at most 1 s); 0 runs
+    /// flat out.
+    pub pause_factor: f64,
     /// Finished jobs are pruned this many days after they were created; 0 keeps them forever.
     pub job_retention_days: u32,
     /// Credit-ledger rows are pruned this many days after the charge; 0 keeps them forever.
@@ -541,6 +544,8 @@ pub struct WorkerSettings {
     pub hit_batch_max: u32,
     /// Group commit: how many batches may be at the database at once.
     pub hit_batches_in_flight: usize,
+    /// Acks of deliveries settled together go out as one `multiple` ack (`worker::acks`).
+    pub coalesce_acks: bool,
 }
 
 /// The refund sweep (`maintenance::refund`).
@@ -854,6 +859,10 @@ impl Settings {
         rule(
             self.cleanup.batch_size > 0,
             "cleanup.batch_size must be at least 1",
+        )?;
+        rule(
+            self.cleanup.pause_factor.is_finite() && self.cleanup.pause_factor >= 0.0,
+            "cleanup.pause_factor must be a number, 0 or more",
         )?;
         // A URL that does not parse would be quoted whole, password and all, by the client
         // library's error; refuse it here with a message that names the key only.

@@ -60,6 +60,8 @@ pub(crate) const CLEANUP_BYTES_FREED: &str = "memoji_cleanup_bytes_freed_total";
 pub(crate) const HIT_BATCHES: &str = "memoji_hit_batches_total";
 pub(crate) const HIT_BATCH_JOBS: &str = "memoji_hit_batch_jobs_total";
 pub(crate) const HIT_BATCH_FALLBACKS: &str = "memoji_hit_batch_fallbacks_total";
+pub(crate) const ACK_FRAMES: &str = "memoji_ack_frames_total";
+pub(crate) const ACKED_DELIVERIES: &str = "memoji_acked_deliveries_total";
 
 /// Seconds: from a cache hit (milliseconds) to a slow generation with retries (minutes).
 const SECONDS_BUCKETS: [f64; 15] = [
@@ -243,6 +245,11 @@ fn describe() {
         "Batches the database refused, whose jobs took the one-job path"
     );
     describe_counter!(
+        ACK_FRAMES,
+        "basic.ack frames sent for job deliveries (one can ack a run of them: multiple)"
+    );
+    describe_counter!(ACKED_DELIVERIES, "Job deliveries acked");
+    describe_counter!(
         JOBS,
         "Jobs settled, by outcome: hit, generated, failed, invalid, rejected, retried, replayed"
     );
@@ -347,6 +354,12 @@ pub(crate) fn count_hit_batch(jobs: usize, failed: bool) {
     if failed {
         counter!(HIT_BATCH_FALLBACKS).increment(1);
     }
+}
+
+/// One ack frame sent, acking `deliveries` job deliveries.
+pub(crate) fn count_ack_frame(deliveries: usize) {
+    counter!(ACK_FRAMES).increment(1);
+    counter!(ACKED_DELIVERIES).increment(deliveries as u64);
 }
 
 pub(crate) fn record_queue_lag(lag: Duration) {

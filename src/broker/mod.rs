@@ -16,7 +16,10 @@ use std::sync::Arc;
 
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
+    PublisherConfirm,
+};
 use secrecy::ExposeSecret;
 
 pub use topology::declare;
@@ -56,6 +59,16 @@ impl BrokerError {
             BrokerError::Encode(_) => false,
         }
     }
+}
+
+/// One message for [`Broker::publish_pipelined`].
+#[derive(Debug)]
+pub(crate) struct Outgoing<'a> {
+    pub(crate) routing_key: &'a str,
+    pub(crate) body: &'a [u8],
+    pub(crate) properties: BasicProperties,
+    /// Written to disk by the broker (delivery mode 2), or kept in memory (1).
+    pub(crate) persistent: bool,
 }
 
 /// Where a job asked for its result to be sent too (AMQP `reply_to` / `correlation_id`).
@@ -166,6 +179,73 @@ impl Broker {
             mandatory,
         )
         .await
+    }
+
+    /// Publishes `messages` (JSON, not mandatory) to `exchange` one after another,
+    /// without waiting for a confirm in between, then waits for every confirm: one round trip
+    /// for the lot instead of one per message. Returns how many of them, from the first, the
+    /// broker confirmed, and the error that stopped the rest (those may or may not have arrived:
+    /// sending them again is at least once).
+    pub(crate) async fn publish_pipelined(
+        &self,
+        exchange: &str,
+        messages: &[Outgoing<'_>],
+    ) -> (usize, Option<BrokerError>) {
+        let channel = match self.publisher.channel().await {
+            Ok(channel) => channel,
+            Err(error) => return (0, Some(error)),
+        };
+        let mut confirms = Vec::with_capacity(messages.len());
+        let mut stopped = None;
+        for message in messages {
+            let properties = message
+                .properties
+                .clone()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(if message.persistent { 2 } else { 1 });
+            match send(
+                &channel,
+                exchange,
+                message.routing_key,
+                message.body,
+                properties,
+                false,
+            )
+            .await
+            {
+                Ok(confirm) => confirms.push(confirm),
+                Err(error) => {
+                    stopped = Some(error);
+                    break;
+                }
+            }
+        }
+        let mut confirmed = 0;
+        for (confirm, message) in confirms.into_iter().zip(messages) {
+            let answer = confirm.await;
+            if let Err(error) = judged(
+                &self.publisher,
+                &channel,
+                exchange,
+                message.routing_key,
+                answer,
+            )
+            .await
+            {
+                return (confirmed, Some(error));
+            }
+            confirmed += 1;
+        }
+        match stopped {
+            Some(error) => {
+                let routing_key = messages.get(confirmed).map_or("", |m| m.routing_key);
+                let error = judged(&self.publisher, &channel, exchange, routing_key, Err(error))
+                    .await
+                    .err();
+                (confirmed, error)
+            }
+            None => (confirmed, None),
+        }
     }
 
     /// Publishes a job's result to the result exchange, with `trace` headers (the job's trace
@@ -286,23 +366,47 @@ async fn confirmed(
     mandatory: bool,
 ) -> Result<(), BrokerError> {
     let channel = publisher.channel().await?;
-    let options = BasicPublishOptions {
-        mandatory,
-        ..BasicPublishOptions::default()
-    };
     let sent = async {
-        channel
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                options,
-                body,
-                properties,
-            )
+        send(&channel, exchange, routing_key, body, properties, mandatory)
             .await?
             .await
     }
     .await;
+    judged(publisher, &channel, exchange, routing_key, sent).await
+}
+
+/// Hands one message to the broker; the returned future resolves to its confirm.
+async fn send(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+    mandatory: bool,
+) -> Result<PublisherConfirm, lapin::Error> {
+    let options = BasicPublishOptions {
+        mandatory,
+        ..BasicPublishOptions::default()
+    };
+    channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            options,
+            body,
+            properties,
+        )
+        .await
+}
+
+/// What the broker's answer to one publish means; a channel the publish left closed is reopened.
+async fn judged(
+    publisher: &Publisher,
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    sent: Result<Confirmation, lapin::Error>,
+) -> Result<(), BrokerError> {
     let target = || format!("{exchange:?}/{routing_key:?}");
     match sent {
         Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => Ok(()),

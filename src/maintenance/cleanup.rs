@@ -24,6 +24,11 @@
 //! variant) lease; archiving the row keeps its variants for good as well. Variant rows whose key
 //! has no row at all are judged by the same rules on their own, in a last pass.
 //!
+//! Pacing: after each batch the run rests `pause_factor` times as long as the batch took (at
+//! most [`MAX_REST`]), so on a busy database it holds a connection, a core and the WAL at most
+//! 1 / (1 + pause_factor) of the time, and a slow batch (a loaded database) buys a longer rest.
+//! Hits keep their latency while the run takes longer; 0 runs flat out.
+//!
 //! The advisory lock is about not doing the work twice, not about safety: should two runs ever
 //! overlap (the lock's connection dropped mid-run and another replica started), every batch
 //! still locks only its own rows and re-checks its conditions, so they share the work.
@@ -37,6 +42,42 @@ use sqlx::PgPool;
 use tokio::time::Instant;
 
 use crate::config::CleanupSettings;
+
+/// The longest rest between two batches, whatever the batch took.
+const MAX_REST: Duration = Duration::from_secs(1);
+
+/// Rests between batches: `factor` times as long as the last batch took.
+struct Pace {
+    factor: f64,
+    since: Instant,
+}
+
+impl Pace {
+    fn new(factor: f64) -> Pace {
+        Pace {
+            factor: if factor.is_finite() {
+                factor.max(0.0)
+            } else {
+                0.0
+            },
+            since: Instant::now(),
+        }
+    }
+
+    /// The rest after a batch that took `took`.
+    fn rest_after(&self, took: Duration) -> Duration {
+        took.mul_f64(self.factor).min(MAX_REST)
+    }
+
+    /// Ends a batch: rests, then starts timing the next.
+    async fn rest(&mut self) {
+        let rest = self.rest_after(self.since.elapsed());
+        if !rest.is_zero() {
+            tokio::time::sleep(rest).await;
+        }
+        self.since = Instant::now();
+    }
+}
 use crate::db::cleanup::{self as sql, Deleted, Unused};
 use crate::db::{DbError, bypass, leases};
 use crate::job::{CacheKey, JobId, Variant};
@@ -197,12 +238,14 @@ impl Cleaner {
         // qualify updated): an index on usage_count would make it shorter, but every hit updates
         // usage_count, and such an index would cost each hit its HOT update. Once a day, a read
         // through the primary key is the cheaper side.
+        let mut pace = Pace::new(self.settings.pause_factor);
         let mut after = None;
         loop {
             let ids = sql::next_ids(&self.db, after, batch).await?;
             let Some(last) = ids.last() else { break };
             after = Some(*last);
             report.archived += sql::archive(&self.db, &ids, archive_above, dry_run).await?;
+            pace.rest().await;
         }
 
         let rules = Unused {
@@ -222,15 +265,17 @@ impl Cleaner {
                 report.deleted += n;
                 report.variants_deleted += variants;
                 report.bytes_freed += bytes;
-                continue;
+            } else {
+                let deleted = sql::delete(&self.db, &ids, rules).await?;
+                self.delete_images(&deleted, &mut report).await?;
             }
-            let deleted = sql::delete(&self.db, &ids, rules).await?;
-            self.delete_images(&deleted, &mut report).await?;
+            pace.rest().await;
         }
-        self.delete_orphan_variants(rules, batch, dry_run, &mut report)
+        self.delete_orphan_variants(rules, batch, dry_run, &mut pace, &mut report)
             .await?;
-        self.prune(started_at, batch, dry_run, &mut report).await?;
-        self.delete_bypass_images(batch, dry_run, &mut report)
+        self.prune(started_at, batch, dry_run, &mut pace, &mut report)
+            .await?;
+        self.delete_bypass_images(batch, dry_run, &mut pace, &mut report)
             .await?;
         report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         Ok(report)
@@ -262,6 +307,7 @@ impl Cleaner {
         rules: Unused,
         batch: i64,
         dry_run: bool,
+        pace: &mut Pace,
         report: &mut CleanupReport,
     ) -> Result<(), CleanupError> {
         if dry_run {
@@ -276,6 +322,7 @@ impl Cleaner {
             if (deleted.len() as i64) < batch {
                 return Ok(());
             }
+            pace.rest().await;
         }
     }
 
@@ -286,6 +333,7 @@ impl Cleaner {
         now: DateTime<Utc>,
         batch: i64,
         dry_run: bool,
+        pace: &mut Pace,
         report: &mut CleanupReport,
     ) -> Result<(), CleanupError> {
         for (what, days) in [
@@ -306,6 +354,7 @@ impl Cleaner {
                     sql::Retained::Jobs => report.jobs_pruned += pruned,
                     sql::Retained::Charges => report.ledger_pruned += pruned,
                 }
+                pace.rest().await;
             }
         }
         // The request history: whole days, a small table (one row per key asked that day).
@@ -322,6 +371,7 @@ impl Cleaner {
         &self,
         batch: i64,
         dry_run: bool,
+        pace: &mut Pace,
         report: &mut CleanupReport,
     ) -> Result<(), CleanupError> {
         let hours = self.settings.bypass_retention_hours;
@@ -347,6 +397,7 @@ impl Cleaner {
                     }
                 }
             }
+            pace.rest().await;
         }
     }
 
@@ -411,6 +462,27 @@ mod tests {
             storage_path: storage_path.map(str::to_owned),
             image_url: image_url.to_owned(),
             image_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn the_rest_after_a_batch_is_in_proportion_to_it_and_bounded() {
+        let pace = Pace::new(1.0);
+        assert_eq!(
+            pace.rest_after(Duration::from_millis(40)),
+            Duration::from_millis(40)
+        );
+        assert_eq!(pace.rest_after(Duration::from_secs(5)), MAX_REST);
+        let half = Pace::new(0.5);
+        assert_eq!(
+            half.rest_after(Duration::from_millis(40)),
+            Duration::from_millis(20)
+        );
+        for flat_out in [0.0, -1.0, f64::NAN] {
+            assert_eq!(
+                Pace::new(flat_out).rest_after(Duration::from_secs(1)),
+                Duration::ZERO
+            );
         }
     }
 

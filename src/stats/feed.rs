@@ -3,7 +3,10 @@
 //!
 //! Senders never wait: [`Feed::send`] puts the message into a bounded channel, or drops it and
 //! counts the drop when the channel is full (the broker is down or slow). One [`run`] task per
-//! process drains the channel and publishes with confirms.
+//! process drains the channel and publishes with confirms, pipelined: whatever is queued when it
+//! looks (up to [`WINDOW`] messages) goes out back to back and is confirmed together, so at a
+//! few thousand jobs a second the feed costs a round trip per window, not one per message, and
+//! keeps up instead of dropping.
 //!
 //! The publisher keeps a broker connection of its own rather than borrowing the worker's
 //! (`worker::session`): the worker's connection comes and goes with its consume loop, is closed at
@@ -11,6 +14,7 @@
 //! `memoji-worker cleanup`. A second connection per process is cheap, reconnects on its own
 //! schedule, and keeps metrics from ever sharing a channel (or a failure) with results.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -20,7 +24,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Broker, BrokerError};
+use crate::broker::{Broker, BrokerError, Outgoing};
 use crate::config::AmqpSettings;
 use crate::telemetry;
 
@@ -29,6 +33,19 @@ pub(crate) const JOB_COMPLETED: &str = "job.completed";
 pub(crate) const CLEANUP_COMPLETED: &str = "cleanup.completed";
 /// A scheduled warming run's report (`maintenance::warming`).
 pub(crate) const WARM_COMPLETED: &str = "warm.completed";
+
+/// Whether messages with `routing_key` are persistent. `job.completed`, one per job, is not: the
+/// broker keeps it in memory instead of writing every one to disk (at thousands of jobs a second,
+/// that write was a large part of the broker's work per job). A broker restart loses the
+/// `job.completed` messages still queued, as a full feed buffer drops them: per-job events are
+/// best-effort, and the figures that must survive are in Postgres (`GET /api/cache/stats`, the
+/// analytics). Snapshots and reports, a few a minute, stay persistent.
+fn persistent(routing_key: &str) -> bool {
+    routing_key != JOB_COMPLETED
+}
+
+/// Most messages published before waiting for their confirms.
+const WINDOW: usize = 256;
 
 /// How long a stopping process keeps trying to publish what is still queued.
 const DRAIN_GRACE: Duration = Duration::from_secs(3);
@@ -101,8 +118,8 @@ pub async fn run(settings: AmqpSettings, outbox: Outbox, shutdown: CancellationT
         .with_jitter()
         .without_max_times();
     let mut pauses = reconnect.build();
-    // A message taken from the channel but not yet confirmed: tried again after reconnecting.
-    let mut unsent: Option<Message> = None;
+    // Messages taken from the channel but not confirmed: tried again after reconnecting.
+    let mut unsent: VecDeque<Message> = VecDeque::new();
     let stopping = async {
         shutdown.cancelled().await;
         tokio::time::sleep(DRAIN_GRACE).await;
@@ -141,7 +158,7 @@ pub async fn run(settings: AmqpSettings, outbox: Outbox, shutdown: CancellationT
             }
         }
     }
-    let mut dropped = u64::from(unsent.is_some());
+    let mut dropped = unsent.len() as u64;
     receiver.close();
     while receiver.try_recv().is_ok() {
         dropped += 1;
@@ -157,46 +174,55 @@ async fn publish_all(
     broker: &Broker,
     settings: &AmqpSettings,
     receiver: &mut mpsc::Receiver<Message>,
-    unsent: &mut Option<Message>,
+    unsent: &mut VecDeque<Message>,
     shutdown: &CancellationToken,
 ) -> Option<BrokerError> {
     loop {
-        let message = match unsent.take() {
-            Some(message) => message,
-            None => {
-                let next = if shutdown.is_cancelled() {
-                    receiver.try_recv().ok()
-                } else {
-                    tokio::select! {
-                        next = receiver.recv() => next,
-                        () = shutdown.cancelled() => receiver.try_recv().ok(),
-                    }
-                };
-                // Nothing left after shutdown, or every sender is gone.
-                next?
-            }
-        };
-        let mut properties = BasicProperties::default()
-            .with_message_id(uuid::Uuid::new_v4().to_string().into())
-            .with_timestamp(chrono::Utc::now().timestamp().max(0) as u64);
-        if let Some(headers) = &message.headers {
-            properties = properties.with_headers(headers.clone());
+        if unsent.is_empty() {
+            let next = if shutdown.is_cancelled() {
+                receiver.try_recv().ok()
+            } else {
+                tokio::select! {
+                    next = receiver.recv() => next,
+                    () = shutdown.cancelled() => receiver.try_recv().ok(),
+                }
+            };
+            // Nothing left after shutdown, or every sender is gone.
+            unsent.push_back(next?);
         }
-        match broker
-            .publish(
-                &settings.metrics_exchange,
-                message.routing_key,
-                &message.body,
-                properties,
-                false,
-            )
-            .await
-        {
-            Ok(()) => telemetry::count_feed_published(message.routing_key),
-            Err(error) => {
-                *unsent = Some(message);
-                return Some(error);
+        while unsent.len() < WINDOW {
+            match receiver.try_recv() {
+                Ok(message) => unsent.push_back(message),
+                Err(_) => break,
             }
+        }
+        let window: Vec<Outgoing<'_>> = unsent
+            .iter()
+            .take(WINDOW)
+            .map(|message| {
+                let properties = BasicProperties::default()
+                    .with_message_id(uuid::Uuid::new_v4().to_string().into())
+                    .with_timestamp(chrono::Utc::now().timestamp().max(0) as u64);
+                Outgoing {
+                    routing_key: message.routing_key,
+                    persistent: persistent(message.routing_key),
+                    body: &message.body,
+                    properties: match &message.headers {
+                        Some(headers) => properties.with_headers(headers.clone()),
+                        None => properties,
+                    },
+                }
+            })
+            .collect();
+        let (confirmed, failed) = broker
+            .publish_pipelined(&settings.metrics_exchange, &window)
+            .await;
+        drop(window);
+        for message in unsent.drain(..confirmed) {
+            telemetry::count_feed_published(message.routing_key);
+        }
+        if let Some(error) = failed {
+            return Some(error);
         }
     }
 }

@@ -7,12 +7,14 @@
 //! - `claim`: who may work on a job, and who may generate a key (single flight); decisions only.
 //! - `lead`: the leader's path — turn, charge, generate, store, record.
 //! - `step`: why a step stopped short, and whether another delivery can help.
-//! - [`settle`]: the only place that acks, requeues or dead-letters.
+//! - [`settle`]: the only place that decides to ack, requeue or dead-letter.
+//! - `acks`: the frames that do it, in tag order, a run settled together as one `multiple` ack.
 //!
 //! Correctness does not rest on shutting down cleanly: a delivery is acked only after its result is
 //! recorded and confirmed by the broker, so a crash anywhere means a redelivery that is answered
 //! from the job table.
 
+mod acks;
 pub mod batch;
 mod claim;
 pub mod context;
@@ -137,6 +139,7 @@ async fn session(
     let (channel, mut consumer) = broker
         .consume_jobs(&tag, ctx.settings.amqp.prefetch)
         .await?;
+    let acks = acks::Acks::start(channel.clone(), ctx.settings.worker.coalesce_acks);
     *connected = true;
     health.set(Some(broker.clone()));
     tracing::info!(queue = %ctx.settings.amqp.job_queue, prefetch = ctx.settings.amqp.prefetch, "consuming jobs");
@@ -147,8 +150,10 @@ async fn session(
             () = shutdown.cancelled() => break Ok(()),
             () = ctx.outage.reported() => {
                 // The database is out of reach: take no deliveries until it answers again.
-                if let Err(error) = outage::stop_consuming(&channel, &mut consumer, &tag).await {
-                    break Err(BrokerError::from(error));
+                match outage::stop_consuming(&channel, &acks, &mut consumer, &tag).await {
+                    Ok(()) => {}
+                    Err(acks::AckError::Amqp(error)) => break Err(BrokerError::from(error)),
+                    Err(acks::AckError::Stopped) => break Ok(()),
                 }
                 if !ctx.outage.wait_for_database(&ctx.db, shutdown).await {
                     break Ok(());
@@ -161,7 +166,7 @@ async fn session(
             }
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    let task = mine.track_future(process(ctx.clone(), broker.clone(), delivery, shutdown.clone()));
+                    let task = mine.track_future(process(ctx.clone(), broker.clone(), acks.clone(), delivery, shutdown.clone()));
                     in_flight.spawn(task);
                 }
                 Some(Err(error)) => break Err(BrokerError::from(error)),
@@ -183,7 +188,7 @@ async fn session(
     // The consuming channel too lives until then: dropped, it would hand the deliveries back.
     in_flight.spawn(async move {
         mine.wait().await;
-        drop((consumer, channel));
+        drop((consumer, acks, channel));
         broker.close().await;
     });
     ended
@@ -197,6 +202,7 @@ async fn session(
 async fn process(
     ctx: Arc<Context>,
     broker: Arc<Broker>,
+    acks: acks::Acks,
     delivery: Delivery,
     shutdown: CancellationToken,
 ) {
@@ -232,7 +238,7 @@ async fn process(
             enqueued_at,
             &trace,
         );
-        settle::settle(&broker, &delivery, outcome, &trace, &shutdown).await;
+        settle::settle(&broker, &acks, &delivery, outcome, &trace, &shutdown).await;
     }
     .instrument(span)
     .await

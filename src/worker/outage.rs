@@ -14,12 +14,13 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
-use lapin::options::{BasicCancelOptions, BasicNackOptions};
+use lapin::options::BasicCancelOptions;
 use lapin::{Channel, Consumer};
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::acks::{AckError, Acks};
 use crate::db;
 
 /// Longest wait for the broker to confirm that a cancelled consumer sent its last delivery.
@@ -84,24 +85,21 @@ impl Outage {
 /// The jobs in flight settle on their own (they are handed back too while the database is away).
 pub(crate) async fn stop_consuming(
     channel: &Channel,
+    acks: &Acks,
     consumer: &mut Consumer,
     tag: &str,
-) -> Result<(), lapin::Error> {
+) -> Result<(), AckError> {
     channel
         .basic_cancel(tag.into(), BasicCancelOptions::default())
         .await?;
-    let requeue = BasicNackOptions {
-        requeue: true,
-        ..BasicNackOptions::default()
-    };
     let mut handed_back = 0_u32;
     let drained = tokio::time::timeout(DRAIN_LIMIT, async {
         // After the cancel, the stream yields what was already sent, then ends.
         while let Some(Ok(delivery)) = consumer.next().await {
-            delivery.nack(requeue).await?;
+            acks.hand_back(delivery.delivery_tag).await?;
             handed_back += 1;
         }
-        Ok::<(), lapin::Error>(())
+        Ok::<(), AckError>(())
     })
     .await;
     tracing::warn!(

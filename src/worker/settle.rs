@@ -13,11 +13,11 @@
 use std::time::Duration;
 
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::AMQPValue;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use super::acks::Acks;
 use crate::broker::{Broker, ReplyTo};
 use crate::job::{ErrorCode, JobError, JobResult, Outcome, Recipient};
 use crate::telemetry::trace::Incoming;
@@ -40,6 +40,7 @@ const MAX_RETRY_PAUSE: Duration = Duration::from_secs(30);
 /// logged.
 pub(crate) async fn settle(
     broker: &Broker,
+    acks: &Acks,
     delivery: &Delivery,
     outcome: Outcome,
     trace: &Incoming,
@@ -82,11 +83,11 @@ pub(crate) async fn settle(
         }),
     };
     let Some(failure) = failed else {
-        return ack(delivery).await;
+        return ack(acks, delivery).await;
     };
     let deliveries = delivery_count(delivery);
     if failure.hopeless || deliveries >= broker.settings().delivery_limit {
-        return give_up(broker, delivery, failure, deliveries + 1, trace).await;
+        return give_up(broker, acks, delivery, failure, deliveries + 1, trace).await;
     }
     let pause = failure.after.unwrap_or_else(|| retry_pause(deliveries));
     tracing::warn!(
@@ -99,7 +100,7 @@ pub(crate) async fn settle(
         () = tokio::time::sleep(pause) => {}
         () = shutdown.cancelled() => {}
     }
-    requeue(delivery, &failure.cause).await;
+    requeue(acks, delivery, &failure.cause).await;
 }
 
 /// The last delivery the queue allows failed too (or another could not do better): answer
@@ -108,6 +109,7 @@ pub(crate) async fn settle(
 /// copy fails, the delivery is handed back and the queue's own limit dead-letters it.
 async fn give_up(
     broker: &Broker,
+    acks: &Acks,
     delivery: &Delivery,
     failure: Failure,
     deliveries: u32,
@@ -133,24 +135,27 @@ async fn give_up(
         .dead_letter(&delivery.data, &delivery.properties, &reason)
         .await
     {
-        Ok(()) => ack(delivery).await,
-        Err(error) => requeue(delivery, &format!("could not dead-letter it: {error}")).await,
+        Ok(()) => ack(acks, delivery).await,
+        Err(error) => {
+            requeue(
+                acks,
+                delivery,
+                &format!("could not dead-letter it: {error}"),
+            )
+            .await;
+        }
     }
 }
 
-async fn ack(delivery: &Delivery) {
-    if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
+async fn ack(acks: &Acks, delivery: &Delivery) {
+    if let Err(error) = acks.ack(delivery.delivery_tag).await {
         // The channel is gone: the broker redelivers, and the job table answers again.
         tracing::warn!(%error, "could not ack; the job will be redelivered and answered from its record");
     }
 }
 
-async fn requeue(delivery: &Delivery, cause: &str) {
-    let requeue = BasicNackOptions {
-        requeue: true,
-        ..BasicNackOptions::default()
-    };
-    if let Err(error) = delivery.nack(requeue).await {
+async fn requeue(acks: &Acks, delivery: &Delivery, cause: &str) {
+    if let Err(error) = acks.hand_back(delivery.delivery_tag).await {
         tracing::warn!(%error, %cause, "could not hand the job back; the broker will redeliver it");
     }
 }

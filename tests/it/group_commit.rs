@@ -10,22 +10,6 @@ use serde_json::{Value, json};
 
 use crate::helpers::{TestEnv, count, eventually, job_ids, openai_ok, usage_count};
 
-/// The value of a counter on the worker's `/metrics`, 0 when not there yet.
-async fn counter(env: &TestEnv, name: &str) -> f64 {
-    let text = env
-        .http
-        .get(format!("{}/metrics", env.http_base()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// Fills the cache with one entry per config and returns their hashes.
 async fn warm(env: &mut TestEnv, configs: &[Value]) -> Vec<String> {
     let mut hashes = Vec::new();
@@ -45,8 +29,8 @@ async fn a_burst_of_hits_is_answered_in_batches_and_each_job_is_recorded_once() 
         .map(|hair| json!({"hair": hair}))
         .collect();
     let hashes = warm(&mut env, &configs).await;
-    let batches_before = counter(&env, "memoji_hit_batches_total").await;
-    let batched_before = counter(&env, "memoji_hit_batch_jobs_total").await;
+    let batches_before = env.counter("memoji_hit_batches_total").await;
+    let batched_before = env.counter("memoji_hit_batch_jobs_total").await;
 
     const JOBS: usize = 400;
     let jobs: Vec<Value> = (0..JOBS)
@@ -84,8 +68,8 @@ async fn a_burst_of_hits_is_answered_in_batches_and_each_job_is_recorded_once() 
         );
     }
     assert_eq!(env.openai.calls(), 4, "no hit generated anything");
-    let batches = counter(&env, "memoji_hit_batches_total").await - batches_before;
-    let batched = counter(&env, "memoji_hit_batch_jobs_total").await - batched_before;
+    let batches = env.counter("memoji_hit_batches_total").await - batches_before;
+    let batched = env.counter("memoji_hit_batch_jobs_total").await - batched_before;
     assert_eq!(
         batched, JOBS as f64,
         "every new job's hit went through a batch"
@@ -121,7 +105,7 @@ async fn a_batch_the_database_refuses_sends_its_jobs_down_the_one_job_path() {
     ] {
         sqlx::query(sql).execute(&env.db).await.unwrap();
     }
-    let fallbacks_before = counter(&env, "memoji_hit_batch_fallbacks_total").await;
+    let fallbacks_before = env.counter("memoji_hit_batch_fallbacks_total").await;
     let jobs: Vec<Value> = (0..60)
         .map(|i| {
             let user = if i % 10 == 0 {
@@ -141,7 +125,7 @@ async fn a_batch_the_database_refuses_sends_its_jobs_down_the_one_job_path() {
         assert_eq!(results[id].len(), 1, "{id}");
         assert_eq!(results[id][0]["cached"], true, "{:?}", results[id]);
     }
-    assert!(counter(&env, "memoji_hit_batch_fallbacks_total").await > fallbacks_before);
+    assert!(env.counter("memoji_hit_batch_fallbacks_total").await > fallbacks_before);
     assert_eq!(
         usage_count(&env.db, &hash).await,
         61,

@@ -10,6 +10,7 @@ mod openai;
 mod openai_batches;
 mod support;
 
+mod acks;
 mod admin_api;
 mod admin_limits;
 mod analytics;

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use serde_json::json;
 
-use crate::helpers::{ADMIN_TOKEN, TestEnv, openai_ok};
+use crate::helpers::{ADMIN_TOKEN, TestEnv, job_ids, openai_ok};
 use crate::schemas::assert_valid;
 
 #[tokio::test]
@@ -44,6 +44,52 @@ async fn job_completed_stats_snapshot_and_cleanup_completed_arrive_on_the_metric
     let published = tap.next_with("cleanup.completed", |_| true).await;
     assert_valid("metrics/cleanup-completed.schema.json", &published);
     assert_eq!(published, report);
+    env.cleanup().await;
+}
+
+/// A burst of jobs: the feed publishes its messages in pipelined windows, and every job still
+/// gets exactly one `job.completed` (none dropped, none twice, none mixed up with another's).
+#[tokio::test]
+async fn a_burst_of_jobs_gets_one_job_completed_each() {
+    let mut env = TestEnv::start(vec![openai_ok()]).await;
+    let mut tap = env.metrics_tap().await;
+    env.run(&env.job("u", json!({}))).await;
+    let jobs: Vec<_> = (0..300).map(|_| env.job("u", json!({}))).collect();
+    for job in &jobs {
+        env.publish(job).await;
+    }
+    let ids = job_ids(&jobs);
+    let results = env
+        .results_for_all(&ids, std::time::Duration::from_secs(60))
+        .await;
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    while seen.len() < ids.len() {
+        let event = tap
+            .next_with("job.completed", |e| {
+                e["job_id"].as_str().is_some_and(|id| ids.contains(id))
+            })
+            .await;
+        let id = event["job_id"].as_str().unwrap().to_owned();
+        assert_eq!(event["cached"], true, "{event}");
+        assert_eq!(
+            event["duration_ms"], results[&id][0]["duration_ms"],
+            "{event}"
+        );
+        *seen.entry(id).or_default() += 1;
+    }
+    assert!(
+        seen.values().all(|&n| n == 1),
+        "a job.completed twice: {seen:?}"
+    );
+    // Nothing more for these jobs after every one had its message.
+    let quiet = tokio::time::timeout(
+        std::time::Duration::from_millis(500),
+        tap.next_with("job.completed", |e| {
+            e["job_id"].as_str().is_some_and(|id| ids.contains(id))
+        }),
+    )
+    .await;
+    assert!(quiet.is_err(), "a job.completed twice: {:?}", quiet.ok());
     env.cleanup().await;
 }
 

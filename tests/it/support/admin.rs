@@ -23,6 +23,22 @@ impl TestEnv {
         (status, response.json().await.unwrap())
     }
 
+    /// The value of an unlabelled counter on the worker's `/metrics`, 0 when not there yet.
+    pub async fn counter(&self, name: &str) -> f64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.http_base()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// `POST {base}/api/cache/cleanup`, with the bearer token if given.
     pub async fn post_cleanup(
         &self,
