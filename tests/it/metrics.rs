@@ -20,7 +20,12 @@ async fn job_completed_stats_snapshot_and_cleanup_completed_arrive_on_the_metric
 
     for result in [&miss, &hit, &invalid] {
         let id = result["job_id"].clone();
-        let event = tap.next_with("job.completed", |e| e["job_id"] == id).await;
+        let delivery = tap
+            .next_delivery_with("job.completed", |e| e["job_id"] == id)
+            .await;
+        // Per-job events are kept in the broker's memory, not written to its disk.
+        assert_eq!(*delivery.properties.delivery_mode(), Some(1));
+        let event: serde_json::Value = serde_json::from_slice(&delivery.data).unwrap();
         assert_valid("metrics/job-completed.schema.json", &event);
         assert_eq!(event["status"], result["status"]);
         assert_eq!(event["cached"], result["cached"]);
@@ -41,7 +46,13 @@ async fn job_completed_stats_snapshot_and_cleanup_completed_arrive_on_the_metric
         .post_cleanup(&env.http_base(), true, Some(ADMIN_TOKEN))
         .await;
     assert_eq!(status, 200);
-    let published = tap.next_with("cleanup.completed", |_| true).await;
+    let delivery = tap.next_delivery_with("cleanup.completed", |_| true).await;
+    assert_eq!(
+        *delivery.properties.delivery_mode(),
+        Some(2),
+        "reports are persistent"
+    );
+    let published: serde_json::Value = serde_json::from_slice(&delivery.data).unwrap();
     assert_valid("metrics/cleanup-completed.schema.json", &published);
     assert_eq!(published, report);
     env.cleanup().await;
