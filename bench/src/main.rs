@@ -145,6 +145,9 @@ enum Command {
         secs: f64,
         #[arg(long, default_value_t = 5)]
         stats_runs: usize,
+        /// The cleanup's `cleanup.pause_factor` (0: flat out); the worker's default otherwise.
+        #[arg(long)]
+        pause_factor: Option<f64>,
     },
     /// §5 scale-out: 1, 2, 3 worker processes on one queue.
     ScaleOut {
@@ -275,6 +278,7 @@ async fn main() -> anyhow::Result<()> {
             rate,
             secs,
             stats_runs,
+            pause_factor,
         } => {
             let args = ScaleArgs {
                 rows,
@@ -282,6 +286,7 @@ async fn main() -> anyhow::Result<()> {
                 rate,
                 secs,
                 stats_runs,
+                pause_factor,
             };
             scenarios::scale(&mut run, &args).await
         }

@@ -337,10 +337,14 @@ pub struct ScaleArgs {
     pub rate: f64,
     pub secs: f64,
     pub stats_runs: usize,
+    pub pause_factor: Option<f64>,
 }
 
 /// §4: statistics and cleanup over a large cache, and hit latency while the cleanup runs.
 pub async fn scale(bench: &mut Bench, args: &ScaleArgs) -> anyhow::Result<()> {
+    if let Some(factor) = args.pause_factor {
+        bench.settings.cleanup.pause_factor = factor;
+    }
     seed::prewarm(&bench.db, args.keys).await?;
     eprintln!("seeding {} rows", args.rows);
     let seeded = seed::seed(&bench.db, args.rows).await?;
@@ -412,8 +416,9 @@ pub async fn scale(bench: &mut Bench, args: &ScaleArgs) -> anyhow::Result<()> {
         stats_max.as_secs_f64() * 1000.0
     );
     println!(
-        "| full cleanup (`Cleaner`, batches of {}) | {:.1} s: {} deleted, {} archived |",
+        "| full cleanup (`Cleaner`, batches of {}, pause factor {}) | {:.1} s: {} deleted, {} archived |",
         bench.settings.cleanup.batch_size,
+        bench.settings.cleanup.pause_factor,
         cleaned.elapsed.as_secs_f64(),
         cleaned.deleted,
         cleaned.archived

@@ -58,6 +58,11 @@ pub(crate) struct Message {
     body: Vec<u8>,
     /// A job's trace context (`telemetry::trace`), for `job.completed`.
     headers: Option<FieldTable>,
+    /// Its AMQP `message_id`, fixed when it is queued: a message sent again after a broker
+    /// failure carries the same one, so a consumer can tell the copy.
+    id: String,
+    /// When it was queued (AMQP `timestamp`, seconds).
+    at: u64,
 }
 
 /// The sending side; cheap to clone.
@@ -101,6 +106,8 @@ impl Feed {
             routing_key,
             body,
             headers,
+            id: uuid::Uuid::new_v4().to_string(),
+            at: chrono::Utc::now().timestamp().max(0) as u64,
         };
         if self.sender.try_send(message).is_err() {
             telemetry::count_feed_dropped(routing_key);
@@ -201,8 +208,8 @@ async fn publish_all(
             .take(WINDOW)
             .map(|message| {
                 let properties = BasicProperties::default()
-                    .with_message_id(uuid::Uuid::new_v4().to_string().into())
-                    .with_timestamp(chrono::Utc::now().timestamp().max(0) as u64);
+                    .with_message_id(message.id.as_str().into())
+                    .with_timestamp(message.at);
                 Outgoing {
                     routing_key: message.routing_key,
                     persistent: persistent(message.routing_key),
