@@ -195,15 +195,7 @@ async fn without_experiments_messages_are_todays() {
     assert_eq!(listing["experiments"], json!([]));
     let (status, _) = env.get_json("/api/experiments/freshness").await;
     assert_eq!(status, 404);
-    let html = env
-        .http
-        .get(env.http_base())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = env.get_text("").await;
     assert!(
         !html.contains("id=\"experiments\""),
         "no Experiments section"
@@ -363,15 +355,7 @@ async fn the_report_counts_each_arm_as_its_jobs_ran() {
     );
 
     // The dashboard shows each arm's jobs.
-    let html = env
-        .http
-        .get(env.http_base())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = env.get_text("").await;
     assert!(
         html.contains("id=\"experiment-freshness\""),
         "the Experiments section"

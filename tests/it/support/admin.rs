@@ -23,17 +23,21 @@ impl TestEnv {
         (status, response.json().await.unwrap())
     }
 
-    /// The value of an unlabelled counter on the worker's `/metrics`, 0 when not there yet.
-    pub async fn counter(&self, name: &str) -> f64 {
-        let text = self
-            .http
-            .get(format!("{}/metrics", self.http_base()))
+    /// `GET {base}{path}` as text.
+    pub async fn get_text(&self, path: &str) -> String {
+        self.http
+            .get(format!("{}{path}", self.http_base()))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// The value of an unlabelled counter on the worker's `/metrics`, 0 when not there yet.
+    pub async fn counter(&self, name: &str) -> f64 {
+        let text = self.get_text("/metrics").await;
         text.lines()
             .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or(0.0)
