@@ -14,21 +14,26 @@
 //! - a tag settled above a gap (a lower delivery is still at work, say a miss generating) is sent
 //!   on its own at once: coalescing never holds an ack back waiting for a slow job.
 //!
+//! So coalescing pays while nothing below is still at work: hit traffic, and the hits between
+//! generations. While a generation is in flight, the hits settled after it are acked one by one,
+//! as before this module; once it settles, the floor passes them all and coalescing resumes.
+//!
 //! A caller's [`Acks::ack`] returns once its frame is sent, as `Acker::ack` did, so a session
 //! that waits for its deliveries' tasks before closing the channel still closes it after their
 //! acks. If some tag were never settled here, coalescing would stop at it and every later tag
 //! would be acked on its own; nothing would be acked that is not settled.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use lapin::Channel;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument as _;
 
-/// Tags acked above a gap that are remembered to let `floor` pass them later; beyond this many
-/// (a gap that never closes) they are forgotten and coalescing stops for the channel's life.
-const MAX_ABOVE_GAP: usize = 1 << 16;
+/// Runs of tags acked above a gap, remembered (as ranges) to let `floor` pass them once the gap
+/// closes. There are about as many as deliveries at work, at most the prefetch; beyond this many
+/// (deliveries never settled here) they are forgotten and coalescing stops for the channel's life.
+const MAX_RUNS_ABOVE_GAP: usize = 1 << 16;
 
 /// Why a delivery could not be settled.
 #[derive(Debug, thiserror::Error)]
@@ -148,8 +153,10 @@ struct Order {
     floor: u64,
     /// Settled, not sent yet.
     settled: BTreeMap<u64, Note>,
-    /// Sent on their own above a gap: `floor` passes them once the gap closes.
-    above_gap: BTreeSet<u64>,
+    /// Sent on their own above a gap, as ranges (first tag → last tag): `floor` passes them once
+    /// the gap closes. A long generation below a stream of hits makes one long range, not one
+    /// entry per hit.
+    above_gap: BTreeMap<u64, u64>,
 }
 
 impl Order {
@@ -158,7 +165,7 @@ impl Order {
             coalesce,
             floor: 0,
             settled: BTreeMap::new(),
-            above_gap: BTreeSet::new(),
+            above_gap: BTreeMap::new(),
         }
     }
 
@@ -176,7 +183,7 @@ impl Order {
         let rest = std::mem::take(&mut self.settled);
         for (tag, note) in rest {
             if self.coalesce {
-                self.above_gap.insert(tag);
+                self.acked_above_gap(tag);
             }
             frames.push(Frame {
                 tag,
@@ -185,16 +192,31 @@ impl Order {
                 waiting: vec![note.sent],
             });
         }
-        if self.above_gap.len() > MAX_ABOVE_GAP {
+        if self.above_gap.len() > MAX_RUNS_ABOVE_GAP {
             tracing::warn!(
                 floor = self.floor,
-                "a delivery below {} acks has not been settled; acks are sent one by one from now on",
-                MAX_ABOVE_GAP
+                "deliveries in {} places have not been settled; acks are sent one by one from now on",
+                MAX_RUNS_ABOVE_GAP
             );
             self.coalesce = false;
             self.above_gap.clear();
         }
         frames
+    }
+
+    /// Remembers `tag` as acked above the gap, joining the ranges it touches.
+    fn acked_above_gap(&mut self, tag: u64) {
+        let mut first = tag;
+        let mut last = tag;
+        if let Some((&start, &end)) = self.above_gap.range(..tag).next_back()
+            && end + 1 == tag
+        {
+            first = start;
+        }
+        if let Some(end) = self.above_gap.remove(&(tag + 1)) {
+            last = end;
+        }
+        self.above_gap.insert(first, last);
     }
 
     /// The run just above `floor`: acks gathered into one `multiple` ack, hand-backs on their own.
@@ -203,8 +225,8 @@ impl Order {
         let mut run_last = 0;
         loop {
             let next = self.floor + 1;
-            if self.above_gap.remove(&next) {
-                self.floor = next;
+            if let Some(last) = self.above_gap.remove(&next) {
+                self.floor = last;
                 continue;
             }
             let Some(note) = self.settled.remove(&next) else {
@@ -328,17 +350,56 @@ mod tests {
     }
 
     #[test]
-    fn a_gap_that_never_closes_ends_coalescing_instead_of_growing() {
+    fn a_long_generation_below_a_stream_of_hits_is_one_range_and_coalescing_resumes_after_it() {
         let mut order = Order::new(true);
-        let notes: Vec<(u64, How)> = (2..=(MAX_ABOVE_GAP as u64 + 2)).map(|t| (t, Ack)).collect();
+        // Tag 1 generates for a long time while 200,000 hits above it settle, in rounds.
+        for round in 0..2_000_u64 {
+            let notes: Vec<(u64, How)> = (0..100).map(|i| (2 + round * 100 + i, Ack)).collect();
+            assert!(frames(&mut order, &notes).iter().all(|f| !f.2));
+        }
+        assert_eq!(order.above_gap.len(), 1, "one range");
+        assert_eq!(frames(&mut order, &[(1, Ack)]), [(1, Ack, false, 1)]);
+        assert_eq!(order.floor, 200_001);
+        assert!(order.above_gap.is_empty());
+        assert_eq!(
+            frames(&mut order, &[(200_002, Ack), (200_003, Ack)]),
+            [(200_003, Ack, true, 2)]
+        );
+    }
+
+    #[test]
+    fn ranges_above_a_gap_join_from_either_side() {
+        let mut order = Order::new(true);
+        frames(&mut order, &[(5, Ack), (3, Ack), (9, Ack)]);
+        assert_eq!(order.above_gap.len(), 3);
+        frames(&mut order, &[(4, Ack)]);
+        assert_eq!(order.above_gap, BTreeMap::from([(3, 5), (9, 9)]));
+        // 1, 2 and 6–8 settle: the floor passes everything up to 9.
+        assert_eq!(
+            frames(
+                &mut order,
+                &[(1, Ack), (2, Ack), (6, Ack), (7, Ack), (8, Ack)]
+            ),
+            [(8, Ack, true, 5)]
+        );
+        assert_eq!(order.floor, 9);
+        assert!(order.above_gap.is_empty());
+    }
+
+    #[test]
+    fn deliveries_never_settled_in_many_places_end_coalescing_instead_of_growing() {
+        let mut order = Order::new(true);
+        // Every other tag is never settled: as many ranges as acks.
+        let notes: Vec<(u64, How)> = (1..=(MAX_RUNS_ABOVE_GAP as u64 + 1))
+            .map(|n| (2 * n, Ack))
+            .collect();
         let sent = frames(&mut order, &notes);
         assert!(sent.iter().all(|f| !f.2));
         assert!(!order.coalesce);
         assert!(order.above_gap.is_empty());
-        // Tag 1, settled at last, is acked on its own: nothing assumes what came after it.
         assert_eq!(
-            frames(&mut order, &[(1, Ack), (70_000, Ack)]),
-            [(1, Ack, false, 1), (70_000, Ack, false, 1)]
+            frames(&mut order, &[(1, Ack), (3, Ack)]),
+            [(1, Ack, false, 1), (3, Ack, false, 1)]
         );
     }
 }
